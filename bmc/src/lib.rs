@@ -1,0 +1,1 @@
+//! kiln-bmc: BMC addresses, the `Bmc` trait and its Redfish and IPMI (RMCP+) drivers.

@@ -1,0 +1,3 @@
+//! kiln: the appliance library. `main.rs` only parses arguments and calls [`server::run`].
+
+pub mod server;

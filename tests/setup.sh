@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs everything kiln's demo and tests need, idempotently; fast (a few seconds) when all is present.
+#   apt packages (QEMU, iPXE, OVMF, BMC emulators, DHCP/TFTP clients, PostgreSQL, libvirt, ...)
+#   a Python venv under .cache/venv with sushy-tools and virtualbmc (pinned)
+# Nothing is downloaded from anywhere but Debian's and PyPI's package registries.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${KILN_CACHE:-$ROOT/.cache}
+mkdir -p "$CACHE"
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+APT_PACKAGES=(
+  qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf seabios
+  busybox-static cpio kmod
+  openipmi ipmitool
+  iproute2 tftp-hpa udhcpc isc-dhcp-client dnsmasq-base
+  kea-dhcp4-server kea-admin
+  postgresql
+  libvirt-daemon-system libvirt-dev pkg-config
+  debootstrap dosfstools mtools xorriso fdisk gdisk
+  curl python3-venv python3-dev gcc
+  etcd-server
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing apt packages: ${missing[*]}"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Python venv with the BMC emulators (pinned). Rebuilt only when the pin list changes.
+PY_PINS="sushy-tools==2.2.0 virtualbmc==3.3.0 libvirt-python==9.0.0"
+VENV=$CACHE/venv
+if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$PY_PINS" ]; then
+  log "building Python venv $VENV ($PY_PINS)"
+  rm -rf "$VENV"
+  /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check $PY_PINS
+  echo "$PY_PINS" > "$VENV/.pins"
+fi
+
+# /dev/kvm as Debian's udev rule would leave it, or libvirt re-probes QEMU on every call (TESTBED.md).
+if [ -c /dev/kvm ]; then chgrp kvm /dev/kvm 2>/dev/null && chmod 0660 /dev/kvm 2>/dev/null || true; fi
+# Debian's SeaBIOS ships no firmware descriptor; libvirt's firmware autoselection (firmware='bios') needs one.
+if [ ! -e /etc/qemu/firmware/50-seabios-kiln.json ]; then
+  mkdir -p /etc/qemu/firmware
+  cat > /etc/qemu/firmware/50-seabios-kiln.json <<'JSON'
+{
+    "description": "SeaBIOS (kiln lab: lets libvirt firmware autoselection satisfy firmware='bios')",
+    "interface-types": ["bios"],
+    "mapping": {"device": "memory", "filename": "/usr/share/seabios/bios-256k.bin"},
+    "targets": [{"architecture": "x86_64", "machines": ["pc-i440fx-*", "pc-q35-*"]}],
+    "features": [],
+    "tags": []
+}
+JSON
+fi
+log "ready (venv: $VENV)"
