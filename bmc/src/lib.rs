@@ -1,1 +1,38 @@
-//! kiln-bmc: BMC addresses, the `Bmc` trait and its Redfish and IPMI (RMCP+) drivers.
+//! kiln-bmc: BMC addresses, the narrow `Bmc` trait and its drivers (Redfish, IPMI over LAN, an in-process fake).
+//!
+//! This crate owns talking to one BMC; it must not know about hosts, states or the store.
+
+pub mod types;
+
+pub use types::{
+    BmcDisk, BootMode, BootPersistence, BootTarget, Capabilities, Inventory, PowerAction, PowerState, Secret,
+};
+
+use std::future::Future;
+
+/// A baseboard management controller: the seven things kiln asks of one.
+///
+/// Every method is idempotent: asking for the state already in place is `Ok(())`.
+pub trait Bmc: Send + Sync {
+    /// The error type of this driver; `is_transient` tells the executor whether to retry.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Reads the current power state.
+    fn power_state(&self) -> impl Future<Output = Result<PowerState, Self::Error>> + Send;
+    /// Performs a power action; completes when the BMC accepted it (not necessarily when the power state changed).
+    fn set_power(&self, action: PowerAction) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Sets the device the host boots from next (once) or always (persistent).
+    fn set_boot(
+        &self,
+        target: BootTarget,
+        persistence: BootPersistence,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Inserts a virtual CD from `image_url`.
+    fn insert_media(&self, image_url: &str) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Ejects any virtual media.
+    fn eject_media(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Reads what the BMC knows of the hardware (fields the BMC does not expose are left empty).
+    fn inventory(&self) -> impl Future<Output = Result<Inventory, Self::Error>> + Send;
+    /// What this BMC can do.
+    fn capabilities(&self) -> Capabilities;
+}

@@ -1,0 +1,129 @@
+//! Value types shared by every BMC driver and by kiln's executor: power, boot targets, inventory, secrets.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The power state a BMC reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerState {
+    On,
+    Off,
+    /// Transitioning (Redfish `PoweringOn`/`PoweringOff`) or not reported.
+    Unknown,
+}
+
+/// A power action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PowerAction {
+    On,
+    /// Graceful shutdown, falling back to a forced power off after the driver's timeout.
+    Off,
+    ForceOff,
+    /// Power cycle (off then on).
+    Cycle,
+    /// Warm reset.
+    Reset,
+}
+
+/// Firmware boot mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BootMode {
+    #[default]
+    Uefi,
+    Legacy,
+}
+
+/// Where the host should boot from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "device")]
+pub enum BootTarget {
+    /// Network boot by PXE.
+    Pxe { mode: BootMode },
+    /// UEFI HTTP boot.
+    UefiHttp,
+    /// The local disk.
+    Disk { mode: BootMode },
+    /// The virtual CD.
+    VirtualCd { mode: BootMode },
+}
+
+/// Whether a boot target applies to the next boot only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootPersistence {
+    Once,
+    Persistent,
+}
+
+/// What a driver supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub virtual_media: bool,
+    pub uefi_http_boot: bool,
+    pub inventory: bool,
+}
+
+/// Hardware as seen by the BMC. Every field is optional because BMCs differ in what they expose.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Inventory {
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub serial_number: Option<String>,
+    pub uuid: Option<String>,
+    pub processor_count: Option<u32>,
+    pub processor_model: Option<String>,
+    pub memory_mib: Option<u64>,
+    pub disks: Vec<BmcDisk>,
+    pub nic_macs: Vec<String>,
+}
+
+/// A disk the BMC reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BmcDisk {
+    pub name: String,
+    pub size_bytes: Option<u64>,
+}
+
+/// A secret (BMC password, token) that never prints: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is sent to its peer.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s} {s:?}"), "*** ***");
+        assert_eq!(s.expose(), "hunter2");
+    }
+}

@@ -1,0 +1,284 @@
+//! The agent protocol: the wire types kiln-agent and the appliance exchange under `/agent/v1`.
+//!
+//! This module owns only data shapes (serde); it must not do I/O. Both `kiln-agent` and `kiln` (the controller)
+//! depend on it, so a change here is a protocol change: keep fields additive and optional.
+//!
+//! Endpoints (all `POST`, JSON, `Authorization: Bearer <boot token from kiln.token=...>`):
+//! - `/agent/v1/heartbeat`  body [`Heartbeat`]      → [`HeartbeatReply`] (the next command, if any)
+//! - `/agent/v1/inventory`  body [`HardwareInventory`] → 204
+//! - `/agent/v1/progress`   body [`Progress`]       → 204
+//! - `/agent/v1/result`     body [`CommandResult`]  → 204
+
+use serde::{Deserialize, Serialize};
+
+/// Periodic liveness message; also carries the command the agent is busy with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub agent_version: String,
+    /// The id of the command being executed, if any.
+    #[serde(default)]
+    pub busy_with: Option<u64>,
+}
+
+/// The appliance's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The next command to run; `None` means keep heartbeating.
+    #[serde(default)]
+    pub command: Option<Command>,
+    /// Seconds until the next heartbeat.
+    pub interval_secs: u32,
+}
+
+/// A command for the agent, identified so that its result can be matched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: u64,
+    #[serde(flatten)]
+    pub kind: CommandKind,
+}
+
+/// What the agent is asked to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum CommandKind {
+    /// Collect the hardware inventory and POST it to `/agent/v1/inventory`.
+    Inspect,
+    /// Stream an image to the root disk chosen by `root_device_hints`, then write the config drive if given.
+    WriteImage {
+        image: ImageSpec,
+        #[serde(default)]
+        root_device_hints: RootDeviceHints,
+        #[serde(default)]
+        config_drive: Option<ConfigDrive>,
+    },
+    /// Erase partition tables and filesystem signatures (start and end of every disk).
+    EraseMetadata,
+    /// Overwrite every non-removable disk completely.
+    EraseDisks,
+    /// Reboot the host (the appliance has set the next boot device already).
+    Reboot,
+    /// Power the host off.
+    PowerOff,
+}
+
+/// An image to write and how to verify it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    pub url: String,
+    /// Hex digest of the bytes as published, or an `http(s)://` URL of a `sha256sum`-style file.
+    pub checksum: String,
+    #[serde(default)]
+    pub checksum_type: ChecksumType,
+    /// Disk format; `None` means detect from the bytes.
+    #[serde(default)]
+    pub format: Option<ImageFormat>,
+}
+
+/// Digest algorithm of an image checksum (Metal3's `checksumType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ChecksumType {
+    /// Chosen from the digest length (64 hex digits: sha256, 128: sha512). md5 is never chosen automatically.
+    #[default]
+    Auto,
+    Sha256,
+    Sha512,
+    Md5,
+}
+
+/// Disk image format (Metal3's `image.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+/// Metal3 `rootDeviceHints`: every given field must match; none given means the default choice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RootDeviceHints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hctl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_size_gigabytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wwn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wwn_with_extension: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wwn_vendor_extension: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotational: Option<bool>,
+}
+
+/// The OpenStack config drive contents written after the image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigDrive {
+    /// `meta_data.json` (kiln fills `uuid`, `hostname`, `name`, `public_keys` as needed).
+    pub meta_data: serde_json::Value,
+    #[serde(default)]
+    pub user_data: Option<String>,
+    #[serde(default)]
+    pub network_data: Option<serde_json::Value>,
+}
+
+/// Progress of the running command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub command_id: u64,
+    /// A short phase name: `downloading`, `writing`, `verifying`, `config_drive`, `erasing`.
+    pub phase: String,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    #[serde(default)]
+    pub total_bytes: Option<u64>,
+}
+
+/// The outcome of a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub command_id: u64,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// Success, or a failure a person can act on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded {
+        /// For `WriteImage`: the disk written and the verified digest.
+        #[serde(default)]
+        detail: serde_json::Value,
+    },
+    Failed {
+        /// A stable machine-readable kind: `checksum_mismatch`, `download`, `decode`, `no_root_device`, `io`, ...
+        kind: String,
+        message: String,
+    },
+}
+
+/// Hardware inventory collected by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HardwareInventory {
+    pub system: SystemInfo,
+    pub cpu: CpuInfo,
+    pub memory_mib: u64,
+    pub disks: Vec<DiskInfo>,
+    pub nics: Vec<NicInfo>,
+    /// `uefi` or `legacy`, from `/sys/firmware/efi`.
+    pub boot_mode: String,
+}
+
+/// DMI system identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SystemInfo {
+    pub vendor: String,
+    pub product: String,
+    pub serial: String,
+    pub uuid: String,
+}
+
+/// Processors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CpuInfo {
+    pub model: String,
+    pub count: u32,
+    pub architecture: String,
+}
+
+/// A block device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DiskInfo {
+    /// `/dev/vda`
+    pub name: String,
+    #[serde(default)]
+    pub by_path: Option<String>,
+    pub size_bytes: u64,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub vendor: String,
+    #[serde(default)]
+    pub serial: String,
+    #[serde(default)]
+    pub wwn: String,
+    #[serde(default)]
+    pub wwn_with_extension: String,
+    #[serde(default)]
+    pub wwn_vendor_extension: String,
+    #[serde(default)]
+    pub hctl: String,
+    pub rotational: bool,
+    pub removable: bool,
+}
+
+/// A network interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NicInfo {
+    pub name: String,
+    pub mac: String,
+    #[serde(default)]
+    pub driver: String,
+    pub link_up: bool,
+    #[serde(default)]
+    pub speed_mbps: Option<u32>,
+    #[serde(default)]
+    pub ipv4: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_image_command_round_trips_with_flattened_tag() {
+        let cmd = Command {
+            id: 7,
+            kind: CommandKind::WriteImage {
+                image: ImageSpec {
+                    url: "http://10.0.0.1/img.qcow2".into(),
+                    checksum: "ab".repeat(32),
+                    checksum_type: ChecksumType::Sha256,
+                    format: Some(ImageFormat::Qcow2),
+                },
+                root_device_hints: RootDeviceHints {
+                    min_size_gigabytes: Some(4),
+                    ..Default::default()
+                },
+                config_drive: None,
+            },
+        };
+        let json = serde_json::to_value(&cmd).unwrap();
+        assert_eq!(json["command"], "write_image");
+        assert_eq!(json["id"], 7);
+        assert_eq!(json["root_device_hints"]["minSizeGigabytes"], 4);
+        let back: Command = serde_json::from_value(json).unwrap();
+        assert_eq!(back, cmd);
+    }
+
+    #[test]
+    fn failed_outcome_is_tagged() {
+        let r = CommandResult {
+            command_id: 3,
+            outcome: Outcome::Failed {
+                kind: "checksum_mismatch".into(),
+                message: "expected ab, got cd".into(),
+            },
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["outcome"], "failed");
+        assert_eq!(json["kind"], "checksum_mismatch");
+        assert_eq!(serde_json::from_value::<CommandResult>(json).unwrap(), r);
+    }
+}
