@@ -252,7 +252,7 @@ impl SessionKeys {
 
     /// Reverses [`Self::encrypt`]: takes IV + ciphertext, checks and strips the padding.
     pub fn decrypt(&self, payload: &[u8]) -> Result<Vec<u8>, &'static str> {
-        if payload.len() < 32 || payload.len() % 16 != 0 {
+        if payload.len() < 32 || !payload.len().is_multiple_of(16) {
             return Err("encrypted payload is not an IV plus whole AES blocks");
         }
         let cipher = self.aes();

@@ -67,6 +67,9 @@ pub fn encode_v15(message: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Computes the AuthCode over the bytes it covers.
+pub type AuthCodeFn<'a> = &'a dyn Fn(&[u8]) -> Vec<u8>;
+
 /// Encodes an RMCP+ packet. `payload` is already encrypted when `encrypted`. When `auth_code` is given the
 /// packet carries the integrity trailer (pad to a multiple of 4, pad length, next header 0x07) and the AuthCode
 /// computed by `auth_code` over the session header through next header.
@@ -76,7 +79,7 @@ pub fn encode_v20(
     session_id: u32,
     session_seq: u32,
     payload: &[u8],
-    auth_code: Option<&dyn Fn(&[u8]) -> Vec<u8>>,
+    auth_code: Option<AuthCodeFn<'_>>,
 ) -> Vec<u8> {
     let mut out = RMCP_HEADER.to_vec();
     let start = out.len();

@@ -438,13 +438,15 @@ impl Client {
         }
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(c) = cause {
-            if c.downcast_ref::<rustls::Error>().is_some() {
-                return BmcError::Tls {
-                    bmc: self.bmc.clone(),
-                    source: Box::new(e),
-                };
+            // `io::Error::source` skips the error it wraps, so look inside it too.
+            let wrapped = c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+            if c.is::<rustls::Error>() || wrapped.is_some_and(|w| w.is::<rustls::Error>()) {
+                return BmcError::Tls { bmc: self.bmc.clone(), source: Box::new(e) };
             }
-            cause = c.source();
+            cause = match wrapped {
+                Some(w) => Some(w as &(dyn std::error::Error + 'static)),
+                None => c.source(),
+            };
         }
         if e.is_redirect() {
             return self.protocol(operation, "too many redirects");
