@@ -39,7 +39,10 @@ async fn wait_power(bmc: &impl Bmc<Error = BmcError>, want: PowerState) {
         if bmc.power_state().await.unwrap() == want {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(40), "power did not become {want:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "power did not become {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -77,7 +80,9 @@ async fn system_by_name_follows_the_redirect() {
 async fn ambiguous_and_missing_systems() {
     let sushy = Sushy::start(&[NODE0, NODE1], SushyOptions::default());
     let e = connect(&sushy.address(None)).await.unwrap_err();
-    let BmcError::AmbiguousSystem { systems, .. } = &e else { panic!("{e}") };
+    let BmcError::AmbiguousSystem { systems, .. } = &e else {
+        panic!("{e}")
+    };
     assert_eq!(systems.len(), 2, "{e}");
     assert!(e.to_string().contains(NODE0.uuid), "{e}");
 
@@ -128,24 +133,32 @@ async fn boot_override_once_and_persistent() {
     let system = format!("/redfish/v1/Systems/{}", NODE0.uuid);
     let patches = || sushy.count_requests("\"PATCH ");
 
-    bmc.set_boot(BootTarget::Pxe { mode: BootMode::Uefi }, BootPersistence::Once).await.unwrap();
+    bmc.set_boot(BootTarget::Pxe { mode: BootMode::Uefi }, BootPersistence::Once)
+        .await
+        .unwrap();
     let boot = &raw_get(&sushy, &system).await["Boot"];
     assert_eq!(boot["BootSourceOverrideTarget"], "Pxe");
     assert_eq!(boot["BootSourceOverrideMode"], "UEFI");
 
-    bmc.set_boot(BootTarget::Disk { mode: BootMode::Legacy }, BootPersistence::Persistent).await.unwrap();
+    bmc.set_boot(BootTarget::Disk { mode: BootMode::Legacy }, BootPersistence::Persistent)
+        .await
+        .unwrap();
     let boot = &raw_get(&sushy, &system).await["Boot"];
     assert_eq!(boot["BootSourceOverrideTarget"], "Hdd");
     assert_eq!(boot["BootSourceOverrideMode"], "Legacy");
     let before = patches();
-    bmc.set_boot(BootTarget::Disk { mode: BootMode::Legacy }, BootPersistence::Persistent).await.unwrap();
+    bmc.set_boot(BootTarget::Disk { mode: BootMode::Legacy }, BootPersistence::Persistent)
+        .await
+        .unwrap();
     assert_eq!(patches(), before, "setting what is in place sends no PATCH");
 
     bmc.set_boot(BootTarget::UefiHttp, BootPersistence::Once).await.unwrap();
     // sushy's fake driver accepts UefiHttp but stores it as network boot and reads back "Pxe".
     let target = raw_get(&sushy, &system).await["Boot"]["BootSourceOverrideTarget"].clone();
     assert!(target == "UefiHttp" || target == "Pxe", "{target}");
-    bmc.set_boot(BootTarget::VirtualCd { mode: BootMode::Uefi }, BootPersistence::Once).await.unwrap();
+    bmc.set_boot(BootTarget::VirtualCd { mode: BootMode::Uefi }, BootPersistence::Once)
+        .await
+        .unwrap();
     assert_eq!(raw_get(&sushy, &system).await["Boot"]["BootSourceOverrideTarget"], "Cd");
 }
 
@@ -165,7 +178,11 @@ async fn virtual_media_insert_and_eject() {
     assert_eq!(media["Image"], image.as_str());
     let inserts = sushy.count_requests("InsertMedia");
     bmc.insert_media(&image).await.unwrap();
-    assert_eq!(sushy.count_requests("InsertMedia"), inserts, "inserting the same image again sends nothing");
+    assert_eq!(
+        sushy.count_requests("InsertMedia"),
+        inserts,
+        "inserting the same image again sends nothing"
+    );
 
     bmc.eject_media().await.unwrap();
     assert_eq!(raw_get(&sushy, &cd).await["Inserted"], false);
@@ -185,7 +202,13 @@ async fn inventory_copes_with_absent_collections() {
 
 #[tokio::test]
 async fn basic_auth_and_wrong_credentials() {
-    let sushy = Sushy::start(&[NODE0], SushyOptions { users: vec![("admin", "password")], tls: false });
+    let sushy = Sushy::start(
+        &[NODE0],
+        SushyOptions {
+            users: vec![("admin", "password")],
+            tls: false,
+        },
+    );
     let bmc = connect(&sushy.address(None)).await.unwrap();
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
 
@@ -202,18 +225,34 @@ async fn basic_auth_and_wrong_credentials() {
 #[tokio::test]
 async fn tls_verification_is_on_by_default() {
     install_crypto();
-    let sushy = Sushy::start(&[NODE0], SushyOptions { users: vec![], tls: true });
+    let sushy = Sushy::start(
+        &[NODE0],
+        SushyOptions {
+            users: vec![],
+            tls: true,
+        },
+    );
     let address: BmcAddress = sushy.address(None).parse().unwrap();
 
     let e = kiln_bmc::connect(&address, creds(), opts()).await.unwrap_err();
-    assert!(matches!(e, BmcError::Tls { .. }), "{e}: {:?}", std::error::Error::source(&e));
+    assert!(
+        matches!(e, BmcError::Tls { .. }),
+        "{e}: {:?}",
+        std::error::Error::source(&e)
+    );
     assert!(!e.is_transient());
 
-    let trusted = BmcOptions { ca_bundle_pem: Some(sushy.ca_pem()), ..opts() };
+    let trusted = BmcOptions {
+        ca_bundle_pem: Some(sushy.ca_pem()),
+        ..opts()
+    };
     let bmc = kiln_bmc::connect(&address, creds(), trusted).await.unwrap();
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
 
-    let insecure = BmcOptions { disable_certificate_verification: true, ..opts() };
+    let insecure = BmcOptions {
+        disable_certificate_verification: true,
+        ..opts()
+    };
     let bmc: AnyBmc = kiln_bmc::connect(&address, creds(), insecure).await.unwrap();
     assert_eq!(bmc.protocol(), "redfish");
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);

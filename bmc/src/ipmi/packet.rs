@@ -279,6 +279,12 @@ impl Response {
     }
 }
 
+/// Some BMCs (ipmi_sim) answer a failed session step with only the tag and status byte: read the console
+/// session ID as 0 when it is missing.
+fn u32_or_zero(b: &[u8], at: usize) -> u32 {
+    if b.len() >= at + 4 { u32_at(b, at) } else { 0 }
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
@@ -369,7 +375,7 @@ impl OpenSessionResponse {
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        if b.len() < 8 {
+        if b.len() < 2 || (b[1] == 0 && b.len() < 8) {
             return err("Open Session Response truncated");
         }
         let accepted = if b[1] == 0 {
@@ -388,8 +394,8 @@ impl OpenSessionResponse {
         Ok(Self {
             tag: b[0],
             status: b[1],
-            privilege: b[2] & 0x0F,
-            console_session_id: u32_at(b, 4),
+            privilege: b.get(2).copied().unwrap_or(0) & 0x0F,
+            console_session_id: u32_or_zero(b, 4),
             accepted,
         })
     }
@@ -458,14 +464,14 @@ impl Rakp2 {
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        if b.len() < 8 {
+        if b.len() < 2 || (b[1] == 0 && b.len() < 8) {
             return err("RAKP 2 truncated");
         }
         if b[1] != 0 {
             return Ok(Self {
                 tag: b[0],
                 status: b[1],
-                console_session_id: u32_at(b, 4),
+                console_session_id: u32_or_zero(b, 4),
                 bmc_random: [0; 16],
                 bmc_guid: [0; 16],
                 auth_code: vec![],
@@ -533,14 +539,14 @@ impl Rakp4 {
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        if b.len() < 8 {
+        if b.len() < 2 || (b[1] == 0 && b.len() < 8) {
             return err("RAKP 4 truncated");
         }
         Ok(Self {
             tag: b[0],
             status: b[1],
-            console_session_id: u32_at(b, 4),
-            icv: b[8..].to_vec(),
+            console_session_id: u32_or_zero(b, 4),
+            icv: b.get(8..).unwrap_or_default().to_vec(),
         })
     }
 }
@@ -670,6 +676,11 @@ mod tests {
             assert!(Rakp2::decode(&[0u8; 40][..n]).is_err());
             assert!(Rakp4::decode(&[0u8; 8][..n]).is_err());
         }
+        // A bare tag + error status, as ipmi_sim sends for an unsupported algorithm, is a valid refusal.
+        let refusal = OpenSessionResponse::decode(&[0x01, 0x04]).unwrap();
+        assert_eq!((refusal.tag, refusal.status, refusal.accepted), (0x01, 0x04, None));
+        assert_eq!(Rakp2::decode(&[0x02, 0x0D]).unwrap().status, 0x0D);
+        assert_eq!(Rakp4::decode(&[0x03, 0x0F]).unwrap().status, 0x0F);
         assert!(OpenSessionResponse::decode(&[0u8; 35]).is_err());
         assert!(Rakp2::decode(&[0u8; 39]).is_err());
     }

@@ -319,7 +319,10 @@ impl Session {
                 |bytes| {
                     expect_payload(t, op, bytes, payload_type::OPEN_SESSION_RESPONSE, |p| {
                         let r = OpenSessionResponse::decode(p)?;
-                        Ok((r.tag == tag && r.console_session_id == console_session_id).then_some(r))
+                        Ok(
+                            (r.tag == tag && (r.status != 0 || r.console_session_id == console_session_id))
+                                .then_some(r),
+                        )
                     })
                 },
             )
@@ -382,7 +385,10 @@ impl Session {
                 |bytes| {
                     expect_payload(t, op, bytes, payload_type::RAKP2, |p| {
                         let r = Rakp2::decode(p)?;
-                        Ok((r.tag == tag && r.console_session_id == console_session_id).then_some(r))
+                        Ok(
+                            (r.tag == tag && (r.status != 0 || r.console_session_id == console_session_id))
+                                .then_some(r),
+                        )
                     })
                 },
             )
@@ -464,7 +470,10 @@ impl Session {
                 |bytes| {
                     expect_payload(t, op, bytes, payload_type::RAKP4, |p| {
                         let r = Rakp4::decode(p)?;
-                        Ok((r.tag == tag && r.console_session_id == console_session_id).then_some(r))
+                        Ok(
+                            (r.tag == tag && (r.status != 0 || r.console_session_id == console_session_id))
+                                .then_some(r),
+                        )
                     })
                 },
             )

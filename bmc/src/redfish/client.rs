@@ -441,7 +441,10 @@ impl Client {
             // `io::Error::source` skips the error it wraps, so look inside it too.
             let wrapped = c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
             if c.is::<rustls::Error>() || wrapped.is_some_and(|w| w.is::<rustls::Error>()) {
-                return BmcError::Tls { bmc: self.bmc.clone(), source: Box::new(e) };
+                return BmcError::Tls {
+                    bmc: self.bmc.clone(),
+                    source: Box::new(e),
+                };
             }
             cause = match wrapped {
                 Some(w) => Some(w as &(dyn std::error::Error + 'static)),

@@ -12,18 +12,27 @@ use std::time::{Duration, Instant};
 
 /// The repository root (the workspace), where `tests/setup.sh` puts the venv.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn venv_bin(name: &str) -> PathBuf {
-    let cache = std::env::var_os("KILN_CACHE").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache"));
+    let cache = std::env::var_os("KILN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cache"));
     let bin = cache.join("venv/bin").join(name);
     assert!(bin.exists(), "{} is missing: run tests/setup.sh first", bin.display());
     bin
 }
 
 fn require_tool(name: &str) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/bin"]) {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin"])
+    {
         let p = Path::new(dir).join(name);
         if p.exists() {
             return p;
@@ -55,10 +64,18 @@ pub struct FakeSystem {
     pub mac: &'static str,
 }
 
-pub const NODE0: FakeSystem =
-    FakeSystem { uuid: "27946b59-9e44-4fa7-8e91-f3527a1ef094", name: "node-0", power: "Off", mac: "52:54:00:aa:00:01" };
-pub const NODE1: FakeSystem =
-    FakeSystem { uuid: "5d1e0a9c-3c64-4b0e-9d0c-2a6f4c1f7e11", name: "node-1", power: "On", mac: "52:54:00:aa:00:02" };
+pub const NODE0: FakeSystem = FakeSystem {
+    uuid: "27946b59-9e44-4fa7-8e91-f3527a1ef094",
+    name: "node-0",
+    power: "Off",
+    mac: "52:54:00:aa:00:01",
+};
+pub const NODE1: FakeSystem = FakeSystem {
+    uuid: "5d1e0a9c-3c64-4b0e-9d0c-2a6f4c1f7e11",
+    name: "node-1",
+    power: "On",
+    mac: "52:54:00:aa:00:02",
+};
 
 #[derive(Default)]
 pub struct SushyOptions {
@@ -91,7 +108,10 @@ impl Sushy {
             let mut lines = String::new();
             for (user, password) in &options.users {
                 let out = Command::new(&python)
-                    .args(["-c", "import bcrypt,sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt(4)).decode())"])
+                    .args([
+                        "-c",
+                        "import bcrypt,sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt(4)).decode())",
+                    ])
                     .arg(password)
                     .output()
                     .expect("run python bcrypt");
@@ -103,7 +123,11 @@ impl Sushy {
         }
         if options.tls {
             let (cert, key) = self_signed_cert(dir.path());
-            conf += &format!("SUSHY_EMULATOR_SSL_CERT = '{}'\nSUSHY_EMULATOR_SSL_KEY = '{}'\n", cert.display(), key.display());
+            conf += &format!(
+                "SUSHY_EMULATOR_SSL_CERT = '{}'\nSUSHY_EMULATOR_SSL_KEY = '{}'\n",
+                cert.display(),
+                key.display()
+            );
         }
         let conf_path = dir.path().join("sushy.conf");
         std::fs::write(&conf_path, conf).unwrap();
@@ -118,7 +142,12 @@ impl Sushy {
             .stderr(log)
             .spawn()
             .expect("start sushy-emulator");
-        let sushy = Sushy { port, dir, child, https: options.tls };
+        let sushy = Sushy {
+            port,
+            dir,
+            child,
+            https: options.tls,
+        };
         sushy.wait_ready();
         sushy
     }
@@ -170,19 +199,65 @@ impl Drop for Sushy {
 pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
     let openssl = require_tool("openssl");
     let run = |args: &[&str]| {
-        let out = Command::new(&openssl).current_dir(dir).args(args).output().expect("run openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(&openssl)
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=kiln test CA"]
-        .iter()
-        .copied()
-        .chain(["-keyout", "ca.key", "-out", "ca.pem"])
-        .collect::<Vec<_>>());
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "leaf.csr"]);
-    std::fs::write(dir.join("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
     run(&[
-        "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-extfile", "leaf.ext", "-out", "cert.pem",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=kiln test CA",
+    ]
+    .iter()
+    .copied()
+    .chain(["-keyout", "ca.key", "-out", "ca.pem"])
+    .collect::<Vec<_>>());
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
     ]);
     (dir.join("cert.pem"), dir.join("key.pem"))
 }
@@ -299,7 +374,9 @@ set_working_mc 0x20
     /// The chassis as the control script recorded it: (power "0"/"1", boot device).
     pub fn chassis(&self) -> (String, String) {
         let read = |f: &str, d: &str| {
-            std::fs::read_to_string(self.dir.path().join("chassis").join(f)).map(|s| s.trim().to_string()).unwrap_or(d.into())
+            std::fs::read_to_string(self.dir.path().join("chassis").join(f))
+                .map(|s| s.trim().to_string())
+                .unwrap_or(d.into())
         };
         (read("power", "0"), read("boot", "default"))
     }
@@ -316,12 +393,26 @@ set_working_mc 0x20
     /// Runs ipmitool against this BMC with cipher suite 3 (the reference client).
     pub fn ipmitool(&self, args: &[&str]) -> String {
         let out = Command::new(require_tool("ipmitool"))
-            .args(["-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "-I",
+                "lanplus",
+                "-C",
+                "3",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+            ])
             .args(["-U", IPMI_USER, "-P", IPMI_PASSWORD])
             .args(args)
             .output()
             .expect("run ipmitool");
-        assert!(out.status.success(), "ipmitool {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ipmitool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
