@@ -409,11 +409,9 @@ impl Bmc for RedfishBmc {
         let mut boot = json!({"BootSourceOverrideTarget": name, "BootSourceOverrideEnabled": enabled});
         if self.found.has_boot_mode {
             boot["BootSourceOverrideMode"] = json!(boot_mode_name(mode));
-        } else if mode == BootMode::Legacy {
-            return Err(BmcError::Unsupported {
-                bmc: self.bmc(),
-                operation: "legacy boot mode".into(),
-            });
+        } else {
+            // Without BootSourceOverrideMode the firmware mode is not ours to choose; set the device only.
+            tracing::debug!(bmc = %self.client.bmc, ?mode, "the System has no BootSourceOverrideMode: mode not set");
         }
         let body = json!({"Boot": boot});
         match self
@@ -423,8 +421,9 @@ impl Bmc for RedfishBmc {
         {
             Ok(_) => Ok(()),
             // DSP0266 section 13.2.3: the service demands If-Match (428), or our view was stale (412).
-            Err(BmcError::Http { status: 412 | 428, .. }) => {
-                let etag = match etag {
+            Err(BmcError::Http { status: status @ (412 | 428), .. }) => {
+                // 412: our ETag was stale, fetch a fresh one; 428: the one we read will do.
+                let etag = match etag.filter(|_| status == 428) {
                     Some(etag) => Some(etag),
                     None => self.client.get_with_etag::<ComputerSystem>(&self.found.system).await?.1,
                 };

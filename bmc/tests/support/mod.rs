@@ -3,6 +3,8 @@
 //! the "no secrets in logs" checks.
 #![allow(dead_code)]
 
+pub mod mock_redfish;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
