@@ -26,7 +26,9 @@ fn opts() -> BmcOptions {
 }
 
 async fn connect_with(addr: SocketAddr, password: &str, opts: BmcOptions) -> Result<RedfishBmc, BmcError> {
-    let BmcAddress::Redfish(a) = format!("redfish+http://{addr}").parse().unwrap() else { unreachable!() };
+    let BmcAddress::Redfish(a) = format!("redfish+http://{addr}").parse().unwrap() else {
+        unreachable!()
+    };
     RedfishBmc::connect(&a, Credentials::new(USER, password), opts).await
 }
 
@@ -66,10 +68,17 @@ async fn wrong_password_is_an_auth_error_and_leaks_no_session() {
     let e = connect_with(addr, "Wr0ng-M0ck", opts()).await.unwrap_err();
     assert_eq!(e.kind(), BmcErrorKind::Auth, "{e}");
     let text = format!("{e} {e:?}");
-    assert!(text.contains("Invalid user name or password"), "extended info surfaced: {text}");
+    assert!(
+        text.contains("Invalid user name or password"),
+        "extended info surfaced: {text}"
+    );
     assert!(!text.contains("Wr0ng-M0ck") && !text.contains(PASSWORD), "{text}");
     let m = mock.lock().unwrap();
-    assert_eq!((m.failed_logins, m.sessions.len()), (1, 0), "no retry of a failed login");
+    assert_eq!(
+        (m.failed_logins, m.sessions.len()),
+        (1, 0),
+        "no retry of a failed login"
+    );
 }
 
 #[tokio::test]
@@ -89,21 +98,30 @@ async fn dropping_without_close_still_deletes_the_session() {
 async fn boot_override_sends_if_match_when_required() {
     let (addr, mock) = mock_redfish::start(Mock::default()).await;
     let bmc = connect(addr).await;
-    bmc.set_boot(BootTarget::Pxe { mode: BootMode::Uefi }, BootPersistence::Once).await.unwrap();
+    bmc.set_boot(BootTarget::Pxe { mode: BootMode::Uefi }, BootPersistence::Once)
+        .await
+        .unwrap();
     {
         let m = mock.lock().unwrap();
         assert_eq!(m.boot_target, "Pxe");
         assert_eq!(m.patches, 2, "one 428 without If-Match, then one with it");
     }
     // A System without BootSourceOverrideMode: the mode is not ours to set, the device is in place already.
-    bmc.set_boot(BootTarget::Pxe { mode: BootMode::Legacy }, BootPersistence::Once).await.unwrap();
+    bmc.set_boot(BootTarget::Pxe { mode: BootMode::Legacy }, BootPersistence::Once)
+        .await
+        .unwrap();
     assert_eq!(mock.lock().unwrap().patches, 2, "nothing to change: no PATCH");
     // Someone else changed the System since our last call: the ETag read just before the PATCH is used.
     mock.lock().unwrap().etag += 10;
-    bmc.set_boot(BootTarget::Disk { mode: BootMode::Uefi }, BootPersistence::Once).await.unwrap();
+    bmc.set_boot(BootTarget::Disk { mode: BootMode::Uefi }, BootPersistence::Once)
+        .await
+        .unwrap();
     assert_eq!(mock.lock().unwrap().boot_target, "Hdd");
     // A refusal carries the service's @Message.ExtendedInfo.
-    let e = bmc.set_boot(BootTarget::UefiHttp, BootPersistence::Once).await.unwrap_err();
+    let e = bmc
+        .set_boot(BootTarget::UefiHttp, BootPersistence::Once)
+        .await
+        .unwrap_err();
     assert!(matches!(e, BmcError::Http { status: 400, .. }), "{e}");
     assert!(e.to_string().contains("Base.1.8.PropertyValueNotInList"), "{e}");
     bmc.close().await.unwrap();
@@ -111,11 +129,18 @@ async fn boot_override_sends_if_match_when_required() {
 
 #[tokio::test]
 async fn graceful_off_falls_back_to_force_off() {
-    let (addr, mock) = mock_redfish::start(Mock { power: "On", ..Default::default() }).await;
+    let (addr, mock) = mock_redfish::start(Mock {
+        power: "On",
+        ..Default::default()
+    })
+    .await;
     let bmc = connect(addr).await;
     let start = Instant::now();
     bmc.set_power(PowerAction::Off).await.unwrap();
-    assert!(start.elapsed() >= Duration::from_millis(250), "waited for the graceful shutdown");
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "waited for the graceful shutdown"
+    );
     assert_eq!(mock.lock().unwrap().resets, ["GracefulShutdown", "ForceOff"]);
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
     bmc.close().await.unwrap();
@@ -124,7 +149,11 @@ async fn graceful_off_falls_back_to_force_off() {
 #[tokio::test]
 async fn reset_honours_the_allowable_values() {
     // Only On, ForceOff and GracefulShutdown are allowed: a reset becomes ForceOff, wait, On.
-    let (addr, mock) = mock_redfish::start(Mock { power: "On", ..Default::default() }).await;
+    let (addr, mock) = mock_redfish::start(Mock {
+        power: "On",
+        ..Default::default()
+    })
+    .await;
     let bmc = connect(addr).await;
     bmc.set_power(PowerAction::Reset).await.unwrap();
     assert_eq!(mock.lock().unwrap().resets, ["ForceOff", "On"]);
@@ -132,9 +161,11 @@ async fn reset_honours_the_allowable_values() {
     assert_eq!(mock.lock().unwrap().resets, ["ForceOff", "On", "ForceOff", "On"]);
     bmc.close().await.unwrap();
 
-    let (addr, mock) =
-        mock_redfish::start(Mock { allowed_resets: vec!["ForceOn", "ForceOff", "ForceRestart"], ..Default::default() })
-            .await;
+    let (addr, mock) = mock_redfish::start(Mock {
+        allowed_resets: vec!["ForceOn", "ForceOff", "ForceRestart"],
+        ..Default::default()
+    })
+    .await;
     let bmc = connect(addr).await;
     bmc.set_power(PowerAction::On).await.unwrap();
     assert_eq!(mock.lock().unwrap().resets, ["ForceOn"]);
@@ -177,7 +208,11 @@ async fn service_unavailable_is_retried_with_backoff() {
     let e = bmc.power_state().await.unwrap_err();
     assert!(matches!(e, BmcError::Http { status: 503, .. }), "{e}");
     assert!(e.is_transient());
-    assert_eq!(mock.lock().unwrap().system_gets, gets + 3 + 4, "retries: 3, so 4 attempts");
+    assert_eq!(
+        mock.lock().unwrap().system_gets,
+        gets + 3 + 4,
+        "retries: 3, so 4 attempts"
+    );
     mock.lock().unwrap().fail_next_503 = 0;
     bmc.close().await.unwrap();
 }
@@ -197,7 +232,11 @@ async fn malformed_json_is_a_clear_protocol_error() {
 #[tokio::test]
 async fn a_silent_bmc_times_out_within_the_budget() {
     let (addr, mock) = mock_redfish::start(Mock::default()).await;
-    let quick = BmcOptions { request_timeout: Duration::from_millis(300), retries: 1, ..opts() };
+    let quick = BmcOptions {
+        request_timeout: Duration::from_millis(300),
+        retries: 1,
+        ..opts()
+    };
     let bmc = connect_with(addr, PASSWORD, quick).await.unwrap();
     mock.lock().unwrap().hang = true;
     let start = Instant::now();
@@ -205,14 +244,19 @@ async fn a_silent_bmc_times_out_within_the_budget() {
     let took = start.elapsed();
     assert!(matches!(e, BmcError::Timeout { .. }), "{e}");
     assert!(e.is_transient());
-    assert!(took >= Duration::from_millis(600) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
 }
 
 #[tokio::test]
 async fn nothing_listening_is_a_connect_error() {
     let port = support::free_tcp_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let e = connect_with(addr, PASSWORD, BmcOptions { retries: 0, ..opts() }).await.unwrap_err();
+    let e = connect_with(addr, PASSWORD, BmcOptions { retries: 0, ..opts() })
+        .await
+        .unwrap_err();
     assert!(matches!(e, BmcError::Connect { .. }), "{e}");
     assert_eq!(e.kind(), BmcErrorKind::Unreachable);
 }

@@ -421,7 +421,10 @@ impl Bmc for RedfishBmc {
         {
             Ok(_) => Ok(()),
             // DSP0266 section 13.2.3: the service demands If-Match (428), or our view was stale (412).
-            Err(BmcError::Http { status: status @ (412 | 428), .. }) => {
+            Err(BmcError::Http {
+                status: status @ (412 | 428),
+                ..
+            }) => {
                 // 412: our ETag was stale, fetch a fresh one; 428: the one we read will do.
                 let etag = match etag.filter(|_| status == 428) {
                     Some(etag) => Some(etag),

@@ -121,7 +121,11 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
         let login: Value = serde_json::from_slice(&body).unwrap_or_default();
         if login["UserName"] != USER || login["Password"] != PASSWORD {
             m.failed_logins += 1;
-            return error(StatusCode::UNAUTHORIZED, "Base.1.8.NoValidSession", "Invalid user name or password");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "Base.1.8.NoValidSession",
+                "Invalid user name or password",
+            );
         }
         m.sessions_created += 1;
         let id = m.sessions_created;
@@ -136,7 +140,11 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
             .into_response();
     }
     // Everything else needs a session token (no basic auth on this service).
-    let token = headers.get("X-Auth-Token").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let token = headers
+        .get("X-Auth-Token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let Some(&session_id) = m.sessions.get(&token) else {
         return error(StatusCode::UNAUTHORIZED, "Base.1.8.NoValidSession", "No valid session");
     };
@@ -144,16 +152,20 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
         (Method::DELETE, p) if p.starts_with("/redfish/v1/SessionService/Sessions/") => {
             let id: u32 = p.rsplit('/').next().unwrap().parse().unwrap_or(0);
             if id != session_id {
-                return error(StatusCode::FORBIDDEN, "Base.1.8.InsufficientPrivilege", "not your session");
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "Base.1.8.InsufficientPrivilege",
+                    "not your session",
+                );
             }
             m.sessions.remove(&token);
             m.sessions_deleted += 1;
             StatusCode::NO_CONTENT.into_response()
         }
-        (Method::GET, "/redfish/v1/SessionService") => {
-            axum::Json(json!({"ServiceEnabled": true, "Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}}))
-                .into_response()
-        }
+        (Method::GET, "/redfish/v1/SessionService") => axum::Json(
+            json!({"ServiceEnabled": true, "Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}}),
+        )
+        .into_response(),
         (Method::GET, "/redfish/v1/Systems") => {
             axum::Json(json!({"Members": [{"@odata.id": "/redfish/v1/Systems/1"}]})).into_response()
         }
@@ -161,10 +173,19 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
             m.system_gets += 1;
             if m.fail_next_503 > 0 {
                 m.fail_next_503 -= 1;
-                return error(StatusCode::SERVICE_UNAVAILABLE, "Base.1.8.ServiceTemporarilyUnavailable", "busy");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Base.1.8.ServiceTemporarilyUnavailable",
+                    "busy",
+                );
             }
             if m.malformed {
-                return (StatusCode::OK, [("Content-Type", "application/json")], "{\"PowerState\": \"On\", ").into_response();
+                return (
+                    StatusCode::OK,
+                    [("Content-Type", "application/json")],
+                    "{\"PowerState\": \"On\", ",
+                )
+                    .into_response();
             }
             let etag = format!("W/\"{}\"", m.etag);
             ([("ETag", etag)], axum::Json(system_json(&m))).into_response()
@@ -172,13 +193,24 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
         (Method::PATCH, "/redfish/v1/Systems/1") => {
             m.patches += 1;
             let Some(if_match) = headers.get("If-Match").and_then(|v| v.to_str().ok()) else {
-                return error(StatusCode::PRECONDITION_REQUIRED, "Base.1.8.PreconditionRequired", "If-Match required");
+                return error(
+                    StatusCode::PRECONDITION_REQUIRED,
+                    "Base.1.8.PreconditionRequired",
+                    "If-Match required",
+                );
             };
             if if_match != format!("W/\"{}\"", m.etag) {
-                return error(StatusCode::PRECONDITION_FAILED, "Base.1.8.PreconditionFailed", "stale ETag");
+                return error(
+                    StatusCode::PRECONDITION_FAILED,
+                    "Base.1.8.PreconditionFailed",
+                    "stale ETag",
+                );
             }
             let patch: Value = serde_json::from_slice(&body).unwrap_or_default();
-            let target = patch["Boot"]["BootSourceOverrideTarget"].as_str().unwrap_or_default().to_string();
+            let target = patch["Boot"]["BootSourceOverrideTarget"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if target == "UefiHttp" {
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -194,7 +226,11 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
             let req: Value = serde_json::from_slice(&body).unwrap_or_default();
             let reset = req["ResetType"].as_str().unwrap_or_default().to_string();
             if !m.allowed_resets.contains(&reset.as_str()) {
-                return error(StatusCode::BAD_REQUEST, "Base.1.8.ActionParameterValueNotInList", "bad ResetType");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Base.1.8.ActionParameterValueNotInList",
+                    "bad ResetType",
+                );
             }
             m.resets.push(reset.clone());
             match reset.as_str() {
@@ -206,7 +242,8 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
             StatusCode::NO_CONTENT.into_response()
         }
         (Method::GET, "/redfish/v1/Managers/1") => {
-            axum::Json(json!({"Id": "1", "VirtualMedia": {"@odata.id": "/redfish/v1/Managers/1/VirtualMedia"}})).into_response()
+            axum::Json(json!({"Id": "1", "VirtualMedia": {"@odata.id": "/redfish/v1/Managers/1/VirtualMedia"}}))
+                .into_response()
         }
         (Method::GET, "/redfish/v1/Managers/1/VirtualMedia") => {
             axum::Json(json!({"Members": [{"@odata.id": "/redfish/v1/Managers/1/VirtualMedia/CD1"}]})).into_response()
@@ -218,7 +255,11 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
             m.task_polls = 0;
             // Remember the requested image in the task; it lands when the task completes.
             m.pending_image = Some(req["Image"].as_str().unwrap_or_default().to_string());
-            (StatusCode::ACCEPTED, [("Location", "/redfish/v1/TaskService/TaskMonitors/7")]).into_response()
+            (
+                StatusCode::ACCEPTED,
+                [("Location", "/redfish/v1/TaskService/TaskMonitors/7")],
+            )
+                .into_response()
         }
         (Method::POST, "/redfish/v1/Managers/1/VirtualMedia/CD1/Actions/VirtualMedia.EjectMedia") => {
             m.image = None;
@@ -232,7 +273,11 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
             m.image = m.pending_image.take();
             axum::Json(json!({"TaskState": "Completed", "TaskStatus": "OK"})).into_response()
         }
-        _ => error(StatusCode::NOT_FOUND, "Base.1.8.ResourceMissingAtURI", &format!("no {method} {path}")),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "Base.1.8.ResourceMissingAtURI",
+            &format!("no {method} {path}"),
+        ),
     }
 }
 
