@@ -19,7 +19,7 @@ APT_PACKAGES=(
   libvirt-daemon-system libvirt-dev pkg-config
   debootstrap dosfstools mtools xorriso fdisk gdisk e2fsprogs zstd xz-utils bzip2
   extlinux syslinux-common grub-efi-amd64-bin grub-common
-  curl socat python3-venv python3-dev gcc
+  curl socat python3-venv python3-dev gcc openssl
   etcd-server
 )
 missing=()
