@@ -5,4 +5,4 @@ pub mod decide;
 pub mod leases;
 pub mod server;
 
-pub use server::{DhcpCounters, DhcpServer};
+pub use server::DhcpServer;

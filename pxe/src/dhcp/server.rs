@@ -4,7 +4,6 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dhcproto::v4::{Message, Opcode};
@@ -15,56 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{DhcpMode, PxeConfig};
+use crate::counters::{PxeCounters, bump};
 use crate::dhcp::decide::{self, Ctx, Decision};
 use crate::dhcp::leases::{LeaseJournal, LeaseTable};
 use crate::error::PxeError;
 use crate::lookup::HostLookup;
 use crate::mac::MacAddr;
-
-/// Counters the controller can render (Prometheus or a status page). Monotonic.
-#[derive(Debug, Default)]
-pub struct DhcpCounters {
-    /// Datagrams received.
-    pub received: AtomicU64,
-    /// Datagrams that did not parse as a DHCP BOOTREQUEST with a usable `chaddr`.
-    pub malformed: AtomicU64,
-    /// Well-formed requests that got no reply (unknown MAC, other server, ...).
-    pub ignored: AtomicU64,
-    /// OFFERs sent (full and proxy).
-    pub offers: AtomicU64,
-    /// ACKs sent (full, INFORM and port-4011 proxy).
-    pub acks: AtomicU64,
-    /// NAKs sent.
-    pub naks: AtomicU64,
-    /// RELEASEs applied.
-    pub releases: AtomicU64,
-    /// Replies that could not be sent.
-    pub send_errors: AtomicU64,
-    /// Lease journal writes that failed.
-    pub journal_errors: AtomicU64,
-}
-
-impl DhcpCounters {
-    /// Name and value of every counter, for rendering.
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            ("received", g(&self.received)),
-            ("malformed", g(&self.malformed)),
-            ("ignored", g(&self.ignored)),
-            ("offers", g(&self.offers)),
-            ("acks", g(&self.acks)),
-            ("naks", g(&self.naks)),
-            ("releases", g(&self.releases)),
-            ("send_errors", g(&self.send_errors)),
-            ("journal_errors", g(&self.journal_errors)),
-        ]
-    }
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
 
 /// Opens a UDP socket on `0.0.0.0:port` bound to `iface` (`SO_BINDTODEVICE`) with `SO_BROADCAST`.
 ///
@@ -162,7 +117,7 @@ pub struct DhcpServer {
     cfg: Arc<PxeConfig>,
     server_ip: Ipv4Addr,
     lookup: Arc<dyn HostLookup>,
-    counters: Arc<DhcpCounters>,
+    counters: Arc<PxeCounters>,
     table: LeaseTable,
     journal: Option<LeaseJournal>,
     sock: UdpSocket,
@@ -178,7 +133,7 @@ impl DhcpServer {
         cfg: Arc<PxeConfig>,
         server_ip: Ipv4Addr,
         lookup: Arc<dyn HostLookup>,
-        counters: Arc<DhcpCounters>,
+        counters: Arc<PxeCounters>,
     ) -> Result<Self, PxeError> {
         let iface = cfg.dhcp.interface.clone();
         let sock = bind_udp("dhcp", &iface, cfg.dhcp.server_port)?;
@@ -225,9 +180,9 @@ impl DhcpServer {
                 },
             };
             let data = if on_4011 { &buf2[..n] } else { &buf[..n] };
-            bump(&self.counters.received);
+            bump(&self.counters.dhcp_received);
             let Some((msg, mac)) = parse_request(data) else {
-                bump(&self.counters.malformed);
+                bump(&self.counters.dhcp_malformed);
                 tracing::debug!(%from, len = n, "dropped malformed DHCP datagram");
                 continue;
             };
@@ -276,7 +231,7 @@ impl DhcpServer {
         if let Some(j) = self.journal.as_mut() {
             for l in &d.journal {
                 if let Err(e) = j.append(l, &self.table, now) {
-                    bump(&self.counters.journal_errors);
+                    bump(&self.counters.dhcp_journal_errors);
                     tracing::error!(error = &e as &dyn std::error::Error, "lease journal write failed");
                 }
             }
@@ -294,29 +249,29 @@ impl DhcpServer {
                         Ok(_) => {
                             use dhcproto::v4::MessageType as M;
                             match kind {
-                                Some(M::Offer) => bump(&self.counters.offers),
-                                Some(M::Ack) => bump(&self.counters.acks),
-                                Some(M::Nak) => bump(&self.counters.naks),
+                                Some(M::Offer) => bump(&self.counters.dhcp_offers),
+                                Some(M::Ack) => bump(&self.counters.dhcp_acks),
+                                Some(M::Nak) => bump(&self.counters.dhcp_naks),
                                 _ => {}
                             }
                             tracing::info!(reply = ?kind, yiaddr = %reply.yiaddr(), to = %to, file = reply.fname_str().and_then(Result::ok).unwrap_or(""), "replied");
                         }
                         Err(e) => {
-                            bump(&self.counters.send_errors);
+                            bump(&self.counters.dhcp_send_errors);
                             tracing::warn!(error = %e, to = %to, "send failed");
                         }
                     },
                     Err(e) => {
-                        bump(&self.counters.send_errors);
+                        bump(&self.counters.dhcp_send_errors);
                         tracing::warn!(error = %e, "encode failed");
                     }
                 }
             }
             None => {
                 if d.reason == "released" {
-                    bump(&self.counters.releases);
+                    bump(&self.counters.dhcp_releases);
                 } else {
-                    bump(&self.counters.ignored);
+                    bump(&self.counters.dhcp_ignored);
                 }
                 tracing::debug!(reason = d.reason, "no reply");
             }
