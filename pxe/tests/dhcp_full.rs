@@ -38,21 +38,33 @@ fn hosts() -> serde_json::Value {
 /// Runs udhcpc once on `iface` as a BIOS PXE client; returns the `bound` environment, or `None` if no lease.
 fn udhcpc(lab: &Lab, iface: &str, extra: &[&str]) -> Option<std::collections::HashMap<String, String>> {
     let out = lab.dir.path().join(format!("udhcpc-{iface}-{}.env", rand_suffix()));
-    let script = write_script(lab.dir.path(), "udhcpc.sh", "#!/bin/sh\n[ \"$1\" = bound ] && env > \"$OUT\"\nexit 0\n");
+    let script = write_script(
+        lab.dir.path(),
+        "udhcpc.sh",
+        "#!/bin/sh\n[ \"$1\" = bound ] && env > \"$OUT\"\nexit 0\n",
+    );
     let mut cmd = Lab::netns_cmd(&lab.cli, "udhcpc");
-    cmd.args(["-i", iface, "-f", "-q", "-n", "-t", "3", "-T", "1", "-A", "1", "-s"]).arg(&script);
-    cmd.args(["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"]).args(extra).env("OUT", &out);
+    cmd.args(["-i", iface, "-f", "-q", "-n", "-t", "3", "-T", "1", "-A", "1", "-s"])
+        .arg(&script);
+    cmd.args(["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"])
+        .args(extra)
+        .env("OUT", &out);
     let (in_time, ok, text) = run_with_timeout(&mut cmd, Duration::from_secs(20));
     assert!(in_time, "udhcpc hung: {text}");
     if !ok {
         assert!(!out.exists());
         return None;
     }
-    Some(env_lines(&std::fs::read_to_string(&out).unwrap_or_else(|_| panic!("udhcpc ok but no env: {text}"))))
+    Some(env_lines(
+        &std::fs::read_to_string(&out).unwrap_or_else(|_| panic!("udhcpc ok but no env: {text}")),
+    ))
 }
 
 fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 /// Runs ISC dhclient (foreground, one try) on `iface` as a PXE client until it reports BOUND.
@@ -60,7 +72,10 @@ fn dhclient(lab: &mut Lab, iface: &str) -> std::collections::HashMap<String, Str
     let d = lab.dir.path().to_owned();
     let out = d.join(format!("dhclient-{iface}.env"));
     // dhclient scrubs the environment: the output path goes into the script itself.
-    let body = format!("#!/bin/sh\ncase \"$reason\" in BOUND|REBOOT) env > {};; esac\nexit 0\n", out.display());
+    let body = format!(
+        "#!/bin/sh\ncase \"$reason\" in BOUND|REBOOT) env > {};; esac\nexit 0\n",
+        out.display()
+    );
     let script = write_script(&d, &format!("dhclient-{iface}.sh"), &body);
     let conf = d.join("dhclient.conf");
     std::fs::write(
@@ -70,7 +85,12 @@ fn dhclient(lab: &mut Lab, iface: &str) -> std::collections::HashMap<String, Str
     )
     .unwrap();
     let mut cmd = Lab::netns_cmd(&lab.cli, "dhclient");
-    cmd.args(["-d", "-1", "-v", "-cf"]).arg(&conf).arg("-lf").arg(d.join(format!("{iface}.leases"))).arg("-pf").arg(d.join(format!("{iface}.pid")));
+    cmd.args(["-d", "-1", "-v", "-cf"])
+        .arg(&conf)
+        .arg("-lf")
+        .arg(d.join(format!("{iface}.leases")))
+        .arg("-pf")
+        .arg(d.join(format!("{iface}.pid")));
     cmd.arg("-sf").arg(&script).arg(iface);
     let p = lab.spawn_bg(&format!("dhclient-{iface}"), cmd);
     for _ in 0..200 {
@@ -128,7 +148,10 @@ fn full_mode_with_udhcpc_and_dhclient_and_restart() {
     assert_eq!(b_ipxe["ip"], b_ip, "same client keeps its address");
 
     let log = lab.stop(&kiln);
-    assert!(log.contains("unknown_mac_seen"), "events should report the unknown MAC:\n{log}");
+    assert!(
+        log.contains("unknown_mac_seen"),
+        "events should report the unknown MAC:\n{log}"
+    );
     let journal = std::fs::read_to_string(lab.dir.path().join("state/leases.jsonl")).unwrap();
     assert!(journal.contains(MAC_B) && journal.contains(&b_ip), "journal: {journal}");
 

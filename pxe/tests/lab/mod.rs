@@ -26,7 +26,11 @@ pub fn run(cmd: &mut Command) -> std::process::Output {
 
 fn sh(args: &[&str]) {
     let out = run(Command::new(args[0]).args(&args[1..]));
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Deletes `kiln-pxe-<pid>-*` namespaces left by runs whose process is gone.
@@ -63,7 +67,15 @@ impl Lab {
         clean_leftovers();
         let base = format!("kiln-pxe-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
         let (srv, cli) = (format!("{base}-s"), format!("{base}-c"));
-        let lab = Self { base, srv: srv.clone(), cli: cli.clone(), site: None, dir: tempfile::tempdir().unwrap(), children: vec![], nclients: 0 };
+        let lab = Self {
+            base,
+            srv: srv.clone(),
+            cli: cli.clone(),
+            site: None,
+            dir: tempfile::tempdir().unwrap(),
+            children: vec![],
+            nclients: 0,
+        };
         sh(&["ip", "netns", "add", &srv]);
         sh(&["ip", "netns", "add", &cli]);
         sh(&["ip", "-n", &srv, "link", "set", "lo", "up"]);
@@ -78,7 +90,10 @@ impl Lab {
     fn attach(&mut self, ns: &str, name: &str, mac: &str) {
         self.nclients += 1;
         let peer = format!("p{}", self.nclients);
-        sh(&["ip", "link", "add", name, "netns", ns, "address", mac, "type", "veth", "peer", "name", &peer, "netns", &self.srv]);
+        sh(&[
+            "ip", "link", "add", name, "netns", ns, "address", mac, "type", "veth", "peer", "name", &peer, "netns",
+            &self.srv,
+        ]);
         sh(&["ip", "-n", &self.srv, "link", "set", &peer, "master", "br0", "up"]);
         sh(&["ip", "-n", ns, "link", "set", name, "up"]);
     }
@@ -117,7 +132,13 @@ impl Lab {
     }
 
     /// Starts `kiln-pxe-lab` in the server namespace and waits for `READY`.
-    pub fn start_kiln(&mut self, label: &str, cfg: &serde_json::Value, hosts: &serde_json::Value, http: Option<&str>) -> Proc {
+    pub fn start_kiln(
+        &mut self,
+        label: &str,
+        cfg: &serde_json::Value,
+        hosts: &serde_json::Value,
+        http: Option<&str>,
+    ) -> Proc {
         let cfg_path = self.dir.path().join(format!("{label}-config.json"));
         let hosts_path = self.dir.path().join(format!("{label}-hosts.json"));
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
@@ -129,7 +150,9 @@ impl Lab {
             cmd.arg(h);
         }
         cmd.env("RUST_LOG", "debug,async_tftp=info,hyper=info,tower_http=info");
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(std::fs::File::create(&log).unwrap());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
         let mut child = cmd.spawn().expect("spawn kiln-pxe-lab");
         let pid = child.id();
         let stdout = child.stdout.take().unwrap();
@@ -142,7 +165,10 @@ impl Lab {
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(l) if l.starts_with("READY") => {}
-            other => panic!("kiln-pxe-lab did not start ({other:?}); log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
+            other => panic!(
+                "kiln-pxe-lab did not start ({other:?}); log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
         }
         Proc { pid, log }
     }
@@ -187,7 +213,10 @@ impl Drop for Lab {
             let _ = Command::new("cp").arg("-r").arg(&kept).arg(&dst).status();
             eprintln!("lab logs kept in {}", dst.display());
         }
-        for ns in [Some(&self.srv), Some(&self.cli), self.site.as_ref()].into_iter().flatten() {
+        for ns in [Some(&self.srv), Some(&self.cli), self.site.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
@@ -195,18 +224,31 @@ impl Drop for Lab {
 
 /// Runs `cmd` with a deadline; returns (exited in time, status success).
 pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> (bool, bool, String) {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + limit;
     loop {
         if let Ok(Some(st)) = child.try_wait() {
             let out = child.wait_with_output().unwrap();
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             return (true, st.success(), text);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             return (false, false, text);
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -215,7 +257,10 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> (bool, bool, Stri
 
 /// Parses `KEY=VALUE` lines.
 pub fn env_lines(text: &str) -> std::collections::HashMap<String, String> {
-    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned())).collect()
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
 }
 
 pub fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
