@@ -49,11 +49,20 @@ impl ApiClient {
     /// [`AgentError::Client`] when the TLS stack cannot be set up.
     pub fn new(base: ApiBase, token: Token, backoff: Backoff) -> Result<Self, AgentError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|source| AgentError::Client { source })?;
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(60))
+        };
+        // The platform verifier refuses to start without system CA certificates (a bare ramdisk); plain-HTTP
+        // appliances must still work, so fall back to an empty trust store (HTTPS then fails verification).
+        let http = builder().build().or_else(|e| {
+            tracing::warn!(error = %e, "no system CA certificates; HTTPS to the appliance will fail");
+            builder()
+                .tls_certs_only([])
+                .build()
+                .map_err(|source| AgentError::Client { source })
+        })?;
         Ok(ApiClient {
             http,
             base,
@@ -92,11 +101,13 @@ impl ApiClient {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| AgentError::Status {
-            url: url.clone(),
-            status: status.as_u16(),
-            body: format!("undecodable reply: {e}"),
-        })
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| AgentError::Status {
+                url: url.clone(),
+                status: status.as_u16(),
+                body: format!("undecodable reply: {e}"),
+            })
     }
 
     /// POSTs until it succeeds or fails permanently, sleeping with backoff between transient failures.

@@ -52,7 +52,13 @@ pub fn read_partitions(root: &Path, disk: &str) -> Vec<(u64, u64)> {
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(disk))
         .filter_map(|e| {
-            let rd = |f: &str| std::fs::read_to_string(e.path().join(f)).ok()?.trim().parse::<u64>().ok();
+            let rd = |f: &str| {
+                std::fs::read_to_string(e.path().join(f))
+                    .ok()?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            };
             Some((rd("start")? * 512, rd("size")? * 512))
         })
         .collect();
@@ -82,11 +88,12 @@ fn zero_range(f: &File, disk: &Path, offset: u64, len: u64, counter: &Counter) -
     let mut pos = offset;
     while pos < offset + len {
         let n = (offset + len - pos).min(chunk.len() as u64) as usize;
-        f.write_all_at(&chunk[..n], pos).map_err(|source| AgentError::EraseDisk {
-            disk: disk.display().to_string(),
-            offset: pos,
-            source,
-        })?;
+        f.write_all_at(&chunk[..n], pos)
+            .map_err(|source| AgentError::EraseDisk {
+                disk: disk.display().to_string(),
+                offset: pos,
+                source,
+            })?;
         pos += n as u64;
         counter.done.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -94,11 +101,13 @@ fn zero_range(f: &File, disk: &Path, offset: u64, len: u64, counter: &Counter) -
 }
 
 fn sync(f: &mut File, disk: &Path, size: u64) -> Result<(), AgentError> {
-    f.flush().and_then(|_| f.sync_all()).map_err(|source| AgentError::EraseDisk {
-        disk: disk.display().to_string(),
-        offset: size,
-        source,
-    })
+    f.flush()
+        .and_then(|_| f.sync_all())
+        .map_err(|source| AgentError::EraseDisk {
+            disk: disk.display().to_string(),
+            offset: size,
+            source,
+        })
 }
 
 /// Zeroes the [`metadata_ranges`] of one disk (a block device or a file) and flushes it. Returns the bytes zeroed.
@@ -160,11 +169,7 @@ mod tests {
         let r = metadata_ranges(g, &[(MIB, 100 * MIB), (101 * MIB, g - 102 * MIB)]);
         assert_eq!(
             r,
-            vec![
-                (0, 2 * MIB),
-                (100 * MIB, 2 * MIB),
-                (g - 2 * MIB, 2 * MIB),
-            ],
+            vec![(0, 2 * MIB), (100 * MIB, 2 * MIB), (g - 2 * MIB, 2 * MIB),],
             "the ends of adjacent regions merge"
         );
     }
@@ -173,7 +178,10 @@ mod tests {
     fn small_disks_and_bad_partitions_are_clipped() {
         assert_eq!(metadata_ranges(4096, &[]), vec![(0, 4096)]);
         assert_eq!(metadata_ranges(0, &[(0, 10)]), vec![]);
-        assert_eq!(metadata_ranges(10 * MIB, &[(9 * MIB, 100 * MIB)]), vec![(0, MIB), (9 * MIB, MIB)]);
+        assert_eq!(
+            metadata_ranges(10 * MIB, &[(9 * MIB, 100 * MIB)]),
+            vec![(0, MIB), (9 * MIB, MIB)]
+        );
     }
 
     proptest::proptest! {

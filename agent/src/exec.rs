@@ -105,7 +105,10 @@ impl Agent {
 
     /// Erases metadata (`whole == false`) or whole disks on every non-removable disk, reporting progress.
     async fn erase(self: &Arc<Self>, id: u64, whole: bool) -> Result<serde_json::Value, AgentError> {
-        let disks: Vec<_> = inspect::read_disks(&self.root).into_iter().filter(|d| !d.removable).collect();
+        let disks: Vec<_> = inspect::read_disks(&self.root)
+            .into_iter()
+            .filter(|d| !d.removable)
+            .collect();
         let counter = Arc::new(Counter::default());
         let root = self.root.clone();
         let c = counter.clone();
@@ -129,7 +132,10 @@ impl Agent {
         });
         let disks = self
             .with_progress(id, "erasing", work, move || {
-                (counter.done.load(Ordering::Relaxed), counter.total.load(Ordering::Relaxed))
+                (
+                    counter.done.load(Ordering::Relaxed),
+                    counter.total.load(Ordering::Relaxed),
+                )
             })
             .await
             .map_err(|e| AgentError::EraseDisk {

@@ -59,7 +59,11 @@ pub fn split_wwid(wwid: &str) -> (String, String, String) {
     }
     let hex = hex.to_ascii_lowercase();
     let (base, ext) = hex.split_at(16);
-    let ext = if ext.is_empty() { String::new() } else { format!("0x{ext}") };
+    let ext = if ext.is_empty() {
+        String::new()
+    } else {
+        format!("0x{ext}")
+    };
     (format!("0x{base}"), format!("0x{hex}"), ext)
 }
 
@@ -70,7 +74,9 @@ fn is_pci_addr(s: &str) -> bool {
         && b[4] == b':'
         && b[7] == b':'
         && b[10] == b'.'
-        && s.chars().enumerate().all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
+        && s.chars()
+            .enumerate()
+            .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
 }
 
 fn parse_hctl(s: &str) -> Option<[u32; 4]> {
@@ -80,7 +86,11 @@ fn parse_hctl(s: &str) -> Option<[u32; 4]> {
 
 /// The SCSI `host:channel:target:lun` of a disk from its sysfs device path, if it is a SCSI disk.
 pub fn hctl_from_devpath(devpath: &str) -> Option<String> {
-    devpath.split('/').rev().find(|c| parse_hctl(c).is_some()).map(str::to_string)
+    devpath
+        .split('/')
+        .rev()
+        .find(|c| parse_hctl(c).is_some())
+        .map(str::to_string)
 }
 
 /// The udev-style `/dev/disk/by-path/...` name computed from a sysfs device path (busybox has no udev). Handles
@@ -100,7 +110,7 @@ pub fn by_path_from_devpath(devpath: &str, name: &str) -> Option<String> {
         path.push_str(&format!("-ata-{port}"));
     } else if let Some(h) = below.iter().find_map(|c| parse_hctl(c)) {
         path.push_str(&format!("-scsi-0:{}:{}:{}", h[1], h[2], h[3]));
-    } else if below.iter().any(|c| *c == "nvme") {
+    } else if below.contains(&"nvme") {
         let nsid = name.rsplit_once('n').and_then(|(_, n)| n.parse::<u32>().ok())?;
         path.push_str(&format!("-nvme-{nsid}"));
     } else if !below.iter().any(|c| c.starts_with("virtio")) {
@@ -146,11 +156,15 @@ pub fn read_disk(root: &Path, name: &str) -> Option<DiskInfo> {
     let dir = root.join("sys/block").join(name);
     let sectors: u64 = read_trim(&dir.join("size"))?.parse().ok()?;
     let dev = dir.join("device");
-    let devpath = resolve_link(&dir).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let devpath = resolve_link(&dir)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let serial = read_trim(&dir.join("serial"))
         .or_else(|| read_trim(&dev.join("serial")))
         .unwrap_or_default();
-    let wwid = read_trim(&dir.join("wwid")).or_else(|| read_trim(&dev.join("wwid"))).unwrap_or_default();
+    let wwid = read_trim(&dir.join("wwid"))
+        .or_else(|| read_trim(&dev.join("wwid")))
+        .unwrap_or_default();
     let (wwn, wwn_with_extension, wwn_vendor_extension) = split_wwid(&wwid);
     let by_path = existing_by_path(root, name).or_else(|| by_path_from_devpath(&devpath, name));
     Some(DiskInfo {
@@ -183,7 +197,11 @@ fn existing_by_path(root: &Path, name: &str) -> Option<String> {
 /// Every disk under `<root>/sys/block`, sorted by name.
 pub fn read_disks(root: &Path) -> Vec<DiskInfo> {
     let mut names: Vec<String> = fs::read_dir(root.join("sys/block"))
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.retain(|n| is_disk_name(n));
     names.sort();
@@ -219,7 +237,11 @@ pub fn read_nic(root: &Path, name: &str, ipv4: &BTreeMap<String, Vec<String>>) -
 /// Every physical NIC, sorted by name.
 pub fn read_nics(root: &Path, ipv4: &BTreeMap<String, Vec<String>>) -> Vec<NicInfo> {
     let mut names: Vec<String> = fs::read_dir(root.join("sys/class/net"))
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names.iter().filter_map(|n| read_nic(root, n, ipv4)).collect()
@@ -253,7 +275,11 @@ pub fn read_memory_mib(root: &Path) -> u64 {
         .unwrap_or(0);
     read_trim(&mem.join("block_size_bytes"))
         .and_then(|b| memory_from_blocks_mib(&b, blocks))
-        .or_else(|| fs::read_to_string(root.join("proc/meminfo")).ok().and_then(|t| parse_meminfo_mib(&t)))
+        .or_else(|| {
+            fs::read_to_string(root.join("proc/meminfo"))
+                .ok()
+                .and_then(|t| parse_meminfo_mib(&t))
+        })
         .unwrap_or(0)
 }
 
@@ -266,7 +292,12 @@ pub fn inventory(root: &Path, ipv4: &BTreeMap<String, Vec<String>>) -> HardwareI
         memory_mib: read_memory_mib(root),
         disks: read_disks(root),
         nics: read_nics(root, ipv4),
-        boot_mode: if root.join("sys/firmware/efi").exists() { "uefi" } else { "legacy" }.to_string(),
+        boot_mode: if root.join("sys/firmware/efi").exists() {
+            "uefi"
+        } else {
+            "legacy"
+        }
+        .to_string(),
     }
 }
 
@@ -276,7 +307,9 @@ pub fn local_ipv4() -> BTreeMap<String, Vec<String>> {
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for a in addrs {
             if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
-                out.entry(a.interface_name.clone()).or_default().push(sin.ip().to_string());
+                out.entry(a.interface_name.clone())
+                    .or_default()
+                    .push(sin.ip().to_string());
             }
         }
     }

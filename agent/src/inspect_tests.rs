@@ -33,14 +33,21 @@ fn wwid_splits_like_ironic() {
     assert_eq!(wx, "0x6001405abcdef0123456789abcdef012");
     assert_eq!(ve, "0x3456789abcdef012");
     let (w, wx, ve) = split_wwid("naa.5000C500A1B2C3D4");
-    assert_eq!((w.as_str(), wx.as_str(), ve.as_str()), ("0x5000c500a1b2c3d4", "0x5000c500a1b2c3d4", ""));
+    assert_eq!(
+        (w.as_str(), wx.as_str(), ve.as_str()),
+        ("0x5000c500a1b2c3d4", "0x5000c500a1b2c3d4", "")
+    );
     assert_eq!(split_wwid("t10.ATA QEMU HARDDISK").0, "");
 }
 
 #[test]
 fn by_path_from_sysfs_paths() {
     let cases = [
-        ("/sys/devices/pci0000:00/0000:00:04.0/virtio1/block/vda", "vda", Some("pci-0000:00:04.0")),
+        (
+            "/sys/devices/pci0000:00/0000:00:04.0/virtio1/block/vda",
+            "vda",
+            Some("pci-0000:00:04.0"),
+        ),
         (
             "/sys/devices/pci0000:00/0000:00:1f.2/ata3/host2/target2:0:0/2:0:0:0/block/sda",
             "sda",
@@ -51,7 +58,11 @@ fn by_path_from_sysfs_paths() {
             "sdb",
             Some("pci-0000:00:05.0-scsi-0:0:1:3"),
         ),
-        ("/sys/devices/pci0000:00/0000:00:06.0/nvme/nvme0/nvme0n2", "nvme0n2", Some("pci-0000:00:06.0-nvme-2")),
+        (
+            "/sys/devices/pci0000:00/0000:00:06.0/nvme/nvme0/nvme0n2",
+            "nvme0n2",
+            Some("pci-0000:00:06.0-nvme-2"),
+        ),
         (
             "/sys/devices/pci0000:00/0000:00:1d.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0/block/sdc",
             "sdc",
@@ -60,13 +71,20 @@ fn by_path_from_sysfs_paths() {
         ("/sys/devices/virtual/block/loop0", "loop0", None),
     ];
     for (p, n, want) in cases {
-        assert_eq!(by_path_from_devpath(p, n), want.map(|w| format!("/dev/disk/by-path/{w}")), "{p}");
+        assert_eq!(
+            by_path_from_devpath(p, n),
+            want.map(|w| format!("/dev/disk/by-path/{w}")),
+            "{p}"
+        );
     }
     assert_eq!(
         hctl_from_devpath("/sys/devices/pci0000:00/0000:00:1f.2/ata3/host2/target2:0:0/2:0:0:0/block/sda"),
         Some("2:0:0:0".into())
     );
-    assert_eq!(hctl_from_devpath("/sys/devices/pci0000:00/0000:00:04.0/virtio1/block/vda"), None);
+    assert_eq!(
+        hctl_from_devpath("/sys/devices/pci0000:00/0000:00:04.0/virtio1/block/vda"),
+        None
+    );
 }
 
 #[test]
@@ -97,7 +115,11 @@ fn fixture() -> tempfile::TempDir {
     write(&vda.join("queue/rotational"), "1\n");
     write(&vda.join("removable"), "0\n");
     fs::create_dir_all(r.join("sys/block")).unwrap();
-    symlink("../devices/pci0000:00/0000:00:04.0/virtio1/block/vda", r.join("sys/block/vda")).unwrap();
+    symlink(
+        "../devices/pci0000:00/0000:00:04.0/virtio1/block/vda",
+        r.join("sys/block/vda"),
+    )
+    .unwrap();
     symlink("../../../virtio1", vda.join("device")).unwrap();
     // SATA sda
     let hctl = r.join("sys/devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0");
@@ -108,8 +130,11 @@ fn fixture() -> tempfile::TempDir {
     write(&hctl.join("model"), "QEMU HARDDISK   \n");
     write(&hctl.join("vendor"), "ATA     \n");
     write(&hctl.join("wwid"), "naa.5000c500a1b2c3d4\n");
-    symlink("../devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block/sda", r.join("sys/block/sda"))
-        .unwrap();
+    symlink(
+        "../devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block/sda",
+        r.join("sys/block/sda"),
+    )
+    .unwrap();
     symlink("../../../0:0:0:0", sda.join("device")).unwrap();
     // loop0, skipped
     write(&r.join("sys/devices/virtual/block/loop0/size"), "0\n");
@@ -125,7 +150,11 @@ fn fixture() -> tempfile::TempDir {
     symlink("../../../../bus/virtio/drivers/virtio_net", virtio0.join("driver")).unwrap();
     symlink("../../../virtio0", eth0.join("device")).unwrap();
     fs::create_dir_all(r.join("sys/class/net")).unwrap();
-    symlink("../../devices/pci0000:00/0000:00:03.0/virtio0/net/eth0", r.join("sys/class/net/eth0")).unwrap();
+    symlink(
+        "../../devices/pci0000:00/0000:00:03.0/virtio0/net/eth0",
+        r.join("sys/class/net/eth0"),
+    )
+    .unwrap();
     let lo = r.join("sys/devices/virtual/net/lo");
     write(&lo.join("address"), "00:00:00:00:00:00\n");
     symlink("../../devices/virtual/net/lo", r.join("sys/class/net/lo")).unwrap();
@@ -138,7 +167,10 @@ fn fixture() -> tempfile::TempDir {
     let mem = r.join("sys/devices/system/memory");
     write(&mem.join("block_size_bytes"), "8000000\n");
     for i in 0..4 {
-        write(&mem.join(format!("memory{i}/state")), if i == 3 { "offline\n" } else { "online\n" });
+        write(
+            &mem.join(format!("memory{i}/state")),
+            if i == 3 { "offline\n" } else { "online\n" },
+        );
     }
     t
 }
@@ -174,7 +206,10 @@ fn inventory_of_a_fixture_tree() {
 
     assert_eq!(inv.nics.len(), 1, "lo is virtual");
     let n = &inv.nics[0];
-    assert_eq!((n.name.as_str(), n.mac.as_str(), n.driver.as_str()), ("eth0", "52:54:00:ab:cd:01", "virtio_net"));
+    assert_eq!(
+        (n.name.as_str(), n.mac.as_str(), n.driver.as_str()),
+        ("eth0", "52:54:00:ab:cd:01", "virtio_net")
+    );
     assert!(n.link_up);
     assert_eq!(n.speed_mbps, None);
     assert_eq!(n.ipv4, vec!["10.0.2.15".to_string()]);
@@ -193,5 +228,8 @@ fn udev_by_path_links_win_when_present() {
     fs::create_dir_all(&d).unwrap();
     symlink("../../vda", d.join("pci-0000:00:04.0-virtio")).unwrap();
     let vda = read_disk(t.path(), "vda").unwrap();
-    assert_eq!(vda.by_path.as_deref(), Some("/dev/disk/by-path/pci-0000:00:04.0-virtio"));
+    assert_eq!(
+        vda.by_path.as_deref(),
+        Some("/dev/disk/by-path/pci-0000:00:04.0-virtio")
+    );
 }

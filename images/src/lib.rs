@@ -2,3 +2,4 @@
 //! the ramdisk builder, and (in [`protocol`]) the wire types shared by kiln-agent and the appliance.
 
 pub mod protocol;
+pub mod ramdisk;
