@@ -18,7 +18,7 @@ APT_PACKAGES=(
   postgresql
   libvirt-daemon-system libvirt-dev pkg-config
   debootstrap dosfstools mtools xorriso fdisk gdisk
-  curl python3-venv python3-dev gcc
+  curl socat python3-venv python3-dev gcc
   etcd-server
 )
 missing=()
