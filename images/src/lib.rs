@@ -9,6 +9,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod protocol;
 pub mod qcow2;
+pub mod ramdisk;
 pub mod source;
 pub mod target;
 
