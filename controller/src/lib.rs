@@ -1,3 +1,7 @@
-//! kiln: the appliance library. `main.rs` only parses arguments and calls [`server::run`].
+//! kiln: the appliance library. `main.rs` only parses arguments and calls into [`server`] or [`cli`].
 
+pub mod crypto;
+pub mod machine;
+pub mod model;
 pub mod server;
+pub mod types;
