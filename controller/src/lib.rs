@@ -4,4 +4,7 @@ pub mod crypto;
 pub mod machine;
 pub mod model;
 pub mod server;
+pub mod store;
+#[doc(hidden)]
+pub mod testing;
 pub mod types;

@@ -239,6 +239,8 @@ pub struct HostView {
 }
 
 /// Something the executor must do, in order, before committing the next state.
+// Actions live for one step and come a handful at a time; boxing the command would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     SetBoot {
