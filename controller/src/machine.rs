@@ -406,6 +406,48 @@ pub fn step(host: &HostView, obs: &Observed, now: Ts) -> Decision {
     }
 }
 
+/// Decides what becomes of a host whose BMC actions for `attempted` failed for good (retries are the executor's).
+/// Only `next`, `wake` and `reason` of the result are used; its actions are not performed.
+pub fn action_failed(
+    host: &HostView,
+    attempted: &State,
+    f: &BmcFailure,
+    message: &str,
+    now: Ts,
+    jitter: f64,
+) -> Decision {
+    let kind = if f.auth { "bmc_auth" } else { "bmc_unreachable" };
+    let hint = if f.auth {
+        "the BMC refused the credentials"
+    } else {
+        "check that the BMC is reachable and healthy"
+    };
+    let retries = attempted.job().map_or(0, |j| j.retries);
+    let op = match attempted {
+        State::Registering { .. } => Some(Operation::Registering),
+        State::Inspecting(_) => Some(Operation::Inspecting),
+        State::Preparing(_) => Some(Operation::Preparing),
+        State::Provisioning(_) => Some(Operation::Provisioning),
+        State::Deprovisioning(_) => Some(Operation::Deprovisioning),
+        State::Unmanaged
+        | State::Available { .. }
+        | State::Provisioned { .. }
+        | State::ExternallyProvisioned { .. }
+        | State::Deleting { .. }
+        | State::Error(_) => None,
+    };
+    match (op, attempted) {
+        (Some(op), _) => error(host, now, op, kind, format!("{message} ({hint})"), retries, jitter),
+        (None, State::Deleting { .. }) => decide(attempted.clone(), vec![], now, "power-off failed; deleting anyway"),
+        (None, _) => decide(
+            host.state.clone(),
+            vec![],
+            now.plus_secs(host.policy.idle_poll_secs),
+            format!("{message} ({hint}); request dropped"),
+        ),
+    }
+}
+
 fn idle_with_power(host: &HostView, state: State, now: Ts, reason: &str) -> Decision {
     let idle = now.plus_secs(host.policy.idle_poll_secs);
     match host.requests.power {

@@ -591,3 +591,23 @@ proptest! {
         prop_assert!(d.wake >= T0.plus_ms(dt));
     }
 }
+
+#[test]
+fn failed_bmc_actions_map_to_the_operation() {
+    let h = HostView::test()
+        .in_state(State::Available { since: T0 })
+        .with_image("http://x/i");
+    let f = BmcFailure {
+        message: "timeout".into(),
+        transient: true,
+        auth: false,
+    };
+    let d = action_failed(&h, &State::Provisioning(booting(1)), &f, "power On failed", T0, 0.0);
+    assert!(
+        matches!(&d.next, State::Error(e) if e.operation == Operation::Provisioning && e.kind == "bmc_unreachable" && e.message.contains("power On failed"))
+    );
+    let d = action_failed(&h, &State::Available { since: T0 }, &f, "power Off failed", T0, 0.0);
+    assert_eq!(d.next, h.state);
+    let d = action_failed(&h, &State::Deleting { since: T0 }, &f, "power Off failed", T0, 0.0);
+    assert_eq!(d.next, State::Deleting { since: T0 });
+}
