@@ -1,20 +1,15 @@
 //! Passwords and session tokens never reach logs or error messages: every flow below runs with tracing at
-//! TRACE for all targets (the `log` records of reqwest/hyper bridged in), then the capture and the errors'
-//! Display and Debug are searched for the secrets, raw and base64-encoded (HTTP basic auth).
+//! TRACE for all targets (the `log` records of reqwest/hyper bridged in), then the capture (shared by the tests
+//! of this binary, so each check also covers the others' flows) and the errors' Display and Debug are searched
+//! for the secrets, raw and base64-encoded (HTTP basic auth).
 
 mod support;
 
-use std::sync::Once;
 use std::time::Duration;
 
 use kiln_bmc::{Bmc, BmcAddress, BmcOptions, BootMode, BootPersistence, BootTarget, Credentials, PowerAction};
 use support::mock_redfish::{self, Mock};
 use support::{IpmiSim, NODE0, Sushy, SushyOptions};
-
-fn bridge_log_crate() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| tracing_log::LogTracer::init().expect("install the log bridge"));
-}
 
 fn opts() -> BmcOptions {
     BmcOptions {
@@ -53,8 +48,7 @@ fn assert_clean(haystack: &str, secrets: &[&str]) {
 
 #[tokio::test]
 async fn redfish_basic_auth_leaks_nothing() {
-    bridge_log_crate();
-    let (logs, _guard) = support::capture_logs();
+    let logs = support::capture_logs();
     let good = "G00d-Sushy-Pw";
     let wrong = "Wr0ng-Sushy-Pw";
     let sushy = Sushy::start(
@@ -103,8 +97,7 @@ async fn redfish_basic_auth_leaks_nothing() {
 
 #[tokio::test]
 async fn redfish_sessions_leak_nothing() {
-    bridge_log_crate();
-    let (logs, _guard) = support::capture_logs();
+    let logs = support::capture_logs();
     let (addr, mock) = mock_redfish::start(Mock {
         power: "On",
         ..Default::default()
@@ -140,8 +133,7 @@ async fn redfish_sessions_leak_nothing() {
 
 #[tokio::test]
 async fn ipmi_leaks_nothing() {
-    bridge_log_crate();
-    let (logs, _guard) = support::capture_logs();
+    let logs = support::capture_logs();
     let sim = IpmiSim::start();
     let address: BmcAddress = sim.address().parse().unwrap();
     let bmc = kiln_bmc::connect(

@@ -7,6 +7,7 @@ pub mod agent_api;
 pub mod api;
 pub mod bmcs;
 pub mod cli;
+pub mod cli_bmc;
 pub mod crypto;
 pub mod executor;
 pub mod http_util;

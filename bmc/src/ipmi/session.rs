@@ -157,14 +157,21 @@ impl Transport {
             attempts,
             attempt_timeout,
             || datagram.clone(),
-            |bytes| match packet::decode(bytes, 0) {
-                Ok(Packet::V15 { message, .. }) => match Response::decode(&message) {
+            |bytes| {
+                // Answers come back in v1.5 format, or (pyghmi, virtualbmc) as a session-less RMCP+ IPMI payload.
+                let message = match packet::decode(bytes, 0) {
+                    Ok(Packet::V15 { message, .. }) => message,
+                    Ok(Packet::V20(p)) if p.payload_type == payload_type::IPMI && p.session_id == 0 && !p.encrypted => {
+                        p.payload
+                    }
+                    Ok(Packet::V20(_)) => return Verdict::Ignore,
+                    Err(e) => return Verdict::Done(Err(self.protocol(operation, e))),
+                };
+                match Response::decode(&message) {
                     Ok(r) if r.cmd == cmd && r.rq_seq == rq_seq && r.netfn == netfn + 1 => Verdict::Done(Ok(r)),
                     Ok(_) => Verdict::Ignore,
                     Err(e) => Verdict::Done(Err(self.protocol(operation, e))),
-                },
-                Ok(Packet::V20(_)) => Verdict::Ignore,
-                Err(e) => Verdict::Done(Err(self.protocol(operation, e))),
+                }
             },
         )
         .await

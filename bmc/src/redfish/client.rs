@@ -111,6 +111,11 @@ impl Client {
         *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = auth;
     }
 
+    /// Authenticates every request with HTTP basic authentication from now on.
+    pub(crate) fn use_basic_auth(&self) {
+        self.set_auth(Auth::Basic);
+    }
+
     /// Whether the client authenticates with a session token (else basic auth).
     pub(crate) fn uses_session(&self) -> bool {
         matches!(self.auth(), Auth::Session { .. })

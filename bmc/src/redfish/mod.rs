@@ -1,6 +1,6 @@
 //! The Redfish driver (DMTF DSP0266 protocol, DSP0268 schemas): one ComputerSystem behind one Redfish service.
 //! It maps kiln's narrow [`Bmc`] operations onto Systems, Managers, VirtualMedia and the Reset action; the HTTP
-//! mechanics (auth, pacing, retries, task monitors) live in [`client`].
+//! mechanics (auth, pacing, retries, task monitors) live in `client`.
 
 mod client;
 pub mod model;
@@ -50,7 +50,14 @@ impl RedfishBmc {
     /// address names none and the service has several, and transport errors.
     pub async fn connect(address: &RedfishAddress, creds: Credentials, opts: BmcOptions) -> Result<Self, BmcError> {
         let client = Client::new(address, creds, opts)?;
-        let root: ServiceRoot = client.get_json("/redfish/v1/").await?;
+        // DSP0266 section 13.3.1 makes the service root public, but some BMCs want credentials even there.
+        let root: ServiceRoot = match client.get_json("/redfish/v1/").await {
+            Err(BmcError::AuthFailed { .. }) => {
+                client.use_basic_auth();
+                client.get_json("/redfish/v1/").await?
+            }
+            other => other?,
+        };
         tracing::debug!(bmc = %client.bmc, version = ?root.redfish_version, vendor = ?root.vendor, "redfish service root");
         client.login(&root).await?;
         let result = Self::discover(&client, address, &root).await;

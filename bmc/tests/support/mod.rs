@@ -430,6 +430,97 @@ impl Drop for IpmiSim {
     }
 }
 
+/// pyghmi's `fakebmc` (the IPMI engine of virtualbmc): suite 3 only, but it answers Get Channel Cipher
+/// Suites; user admin / password.
+pub struct PyghmiBmc {
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl PyghmiBmc {
+    pub fn start() -> PyghmiBmc {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_udp_port();
+        let log = std::fs::File::create(dir.path().join("fakebmc.log")).unwrap();
+        let child = Command::new(venv_bin("fakebmc"))
+            .args(["--port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start pyghmi fakebmc");
+        let bmc = PyghmiBmc { port, child, dir };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            let out = Command::new(require_tool("ipmitool"))
+                .args([
+                    "-I",
+                    "lanplus",
+                    "-C",
+                    "3",
+                    "-N",
+                    "1",
+                    "-R",
+                    "1",
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ])
+                .args(["-U", "admin", "-P", "password", "chassis", "power", "status"])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return bmc;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "fakebmc did not answer: {}",
+            std::fs::read_to_string(bmc.dir.path().join("fakebmc.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn address(&self) -> String {
+        format!("ipmi://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ipmitool(&self, args: &[&str]) -> String {
+        let out = Command::new(require_tool("ipmitool"))
+            .args([
+                "-I",
+                "lanplus",
+                "-C",
+                "3",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "admin",
+                "-P",
+                "password",
+            ])
+            .args(args)
+            .output()
+            .expect("run ipmitool");
+        assert!(
+            out.status.success(),
+            "ipmitool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for PyghmiBmc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// ipmi_sim's chassis_control program: `STATE get power|boot`, `STATE set power 1|0 | reset 1 | shutdown 1 |
 /// boot DEV | identify I F`; records state in files (no VM).
 const CHASSIS_SCRIPT: &str = r#"#!/bin/sh
@@ -489,13 +580,23 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
     }
 }
 
-/// Installs a debug-level subscriber for the current thread; returns the capture and the guard.
-pub fn capture_logs() -> (LogCapture, tracing::subscriber::DefaultGuard) {
-    let capture = LogCapture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .finish();
-    (capture.clone(), tracing::subscriber::set_default(subscriber))
+/// The process-wide log capture: a global subscriber at TRACE for every target, with `log` records (reqwest,
+/// hyper) bridged in. Global rather than per-thread because tracing's per-callsite interest cache makes
+/// thread-scoped subscribers miss events in multi-threaded test binaries. Tests in one binary share it; filter
+/// by the BMC's `host:port` where that matters.
+pub fn capture_logs() -> LogCapture {
+    static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let capture = LogCapture::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(capture.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("one global subscriber per test binary");
+            tracing_log::LogTracer::init().expect("install the log bridge");
+            capture
+        })
+        .clone()
 }
