@@ -195,7 +195,7 @@ fn fetch_windowed(server: SocketAddr, name: &str, blksize: usize, window: u16) -
         }
         data.extend(&buf[4..n]);
         let last = n - 4 < blksize;
-        if last || block % window == 0 {
+        if last || block.is_multiple_of(window) {
             s.send_to(&ack(block), peer).unwrap();
         }
         if last {

@@ -20,8 +20,7 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 pub const SERVER: &str = "10.99.0.1";
 
 pub fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    out
+    cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
 }
 
 fn sh(args: &[&str]) {
