@@ -53,8 +53,11 @@ pub enum AgentError {
     WriteImage {
         disk: String,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: kiln_images::ImageError,
     },
+
+    #[error("writing the config drive to {disk}: {reason}")]
+    ConfigDrive { disk: String, reason: String },
 
     #[error("{action} via reboot(2)")]
     Power {
@@ -77,6 +80,7 @@ impl AgentError {
             | AgentError::EraseDisk { .. }
             | AgentError::NoRootDevice
             | AgentError::WriteImage { .. }
+            | AgentError::ConfigDrive { .. }
             | AgentError::Power { .. } => false,
         }
     }
@@ -89,7 +93,8 @@ impl AgentError {
             AgentError::Client { .. } | AgentError::Http { .. } | AgentError::Status { .. } => "api",
             AgentError::OpenDisk { .. } | AgentError::EraseDisk { .. } => "io",
             AgentError::NoRootDevice => "no_root_device",
-            AgentError::WriteImage { .. } => "write_image",
+            AgentError::WriteImage { source, .. } => source.kind(),
+            AgentError::ConfigDrive { .. } => "config_drive",
             AgentError::Power { .. } => "power",
         }
     }

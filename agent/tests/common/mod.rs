@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
+use axum::routing::post;
 use kiln_images::protocol::{
     Command as AgentCommand, CommandKind, CommandResult, HardwareInventory, Heartbeat, HeartbeatReply, Progress,
 };
@@ -69,7 +69,6 @@ pub struct Appliance {
     pub script: Mutex<VecDeque<AgentCommand>>,
     pub current: Mutex<Option<AgentCommand>>,
     pub seen: Mutex<Seen>,
-    pub image: Vec<u8>,
 }
 
 fn authorized(app: &Appliance, h: &HeaderMap) -> bool {
@@ -124,12 +123,9 @@ async fn result(State(app): State<Arc<Appliance>>, h: HeaderMap, Json(r): Json<C
     StatusCode::NO_CONTENT
 }
 
-async fn serve_image(State(app): State<Arc<Appliance>>) -> Vec<u8> {
-    app.image.clone()
-}
-
 /// Starts the appliance on `127.0.0.1:0`; returns it and its port. The server task ends with the runtime.
-pub async fn start_appliance(token: &str, script: Vec<CommandKind>, image: Vec<u8>) -> (Arc<Appliance>, u16) {
+/// Files under `files` are served at `/files/...` (with Range support).
+pub async fn start_appliance(token: &str, script: Vec<CommandKind>, files: &Path) -> (Arc<Appliance>, u16) {
     let app = Arc::new(Appliance {
         token: token.to_string(),
         script: Mutex::new(
@@ -141,15 +137,14 @@ pub async fn start_appliance(token: &str, script: Vec<CommandKind>, image: Vec<u
         ),
         current: Mutex::new(None),
         seen: Mutex::new(Seen::default()),
-        image,
     });
     let router = axum::Router::new()
         .route("/agent/v1/heartbeat", post(heartbeat))
         .route("/agent/v1/inventory", post(inventory))
         .route("/agent/v1/progress", post(progress))
         .route("/agent/v1/result", post(result))
-        .route("/image.raw", get(serve_image))
-        .with_state(app.clone());
+        .with_state(app.clone())
+        .nest_service("/files", tower_http::services::ServeDir::new(files));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -177,6 +172,8 @@ pub struct VmSpec {
     pub mac: String,
     pub disk: PathBuf,
     pub disk_serial: String,
+    /// More virtio disks, after `disk`.
+    pub extra_disks: Vec<PathBuf>,
     pub system_serial: String,
     pub uuid: String,
     pub append: String,
@@ -221,6 +218,14 @@ impl Vm {
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(dir.join("qemu.stdout")).unwrap())
         .stderr(std::fs::File::create(dir.join("qemu.stderr")).unwrap());
+        for (i, extra) in spec.extra_disks.iter().enumerate() {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},format=raw,if=none,id=x{i},cache=unsafe",
+                    extra.display()
+                ))
+                .args(["-device", &format!("virtio-blk-pci,drive=x{i}")]);
+        }
         let child = cmd.spawn().expect("qemu-system-x86_64 (tests/setup.sh installs it)");
         Vm { child, serial }
     }
