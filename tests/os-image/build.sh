@@ -26,8 +26,8 @@ trap cleanup EXIT
 mkdir -p "$OUT" "$WORK/rootfs" "$MNT"
 
 # debootstrap is the slow part (downloads ~150 MiB): cache its tarball of packages.
-TARBALL=$CACHE/os-image/debootstrap-bookworm-$KEY.tgz
 INCLUDE=linux-image-cloud-amd64,python3-cffi-backend,systemd-sysv,udev,cloud-init,ifupdown,isc-dhcp-client,curl,ca-certificates,e2fsprogs,iproute2,netbase,openssh-server
+TARBALL=$CACHE/os-image/debootstrap-bookworm-$(echo "$INCLUDE" | sha256sum | cut -c1-12).tgz
 if [ ! -f "$TARBALL" ]; then
   log "downloading packages (debootstrap --make-tarball)"
   debootstrap --variant=minbase --include=$INCLUDE --make-tarball="$TARBALL.tmp" bookworm "$WORK/tb" "$MIRROR" >&2
@@ -58,7 +58,8 @@ CMDLINE="root=LABEL=kilnroot ro console=ttyS0,115200 net.ifnames=0"
 # Disk layout (GPT): 1 = ESP (64 MiB), 2 = root (legacy BIOS bootable, attribute bit 2).
 DISK=$WORK/debian.raw
 truncate -s 1536M "$DISK"
-sgdisk -q -n1:2048:+64M -t1:ef00 -c1:ESP -n2:0:0 -t2:8300 -c2:root -A2:set:2 "$DISK"
+sgdisk -n1:2048:+64M -t1:ef00 -c1:ESP -n2:0:0 -t2:8300 -c2:root "$DISK" >/dev/null 2>&1
+sgdisk -A2:set:2 "$DISK" >/dev/null 2>&1
 P2_START=$(sgdisk -i2 "$DISK" | sed -n 's/^First sector: \([0-9]*\).*/\1/p')
 P2_END=$(sgdisk -i2 "$DISK" | sed -n 's/^Last sector: \([0-9]*\).*/\1/p')
 P2_SIZE=$(( (P2_END - P2_START + 1) * 512 ))

@@ -22,7 +22,13 @@ impl OsImage {
             .output()
             .context("run tests/os-image/build.sh")?;
         anyhow::ensure!(out.status.success(), "tests/os-image/build.sh failed");
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default());
+        let dir = PathBuf::from(
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or_default(),
+        );
         anyhow::ensure!(dir.join("SHA256SUMS").is_file(), "no SHA256SUMS in {}", dir.display());
         Ok(Self { dir })
     }
@@ -43,7 +49,11 @@ impl OsImage {
     pub fn sha256(&self, file: &str) -> anyhow::Result<String> {
         let sums = std::fs::read_to_string(self.dir.join("SHA256SUMS"))?;
         sums.lines()
-            .find_map(|l| l.split_once("  ").filter(|(_, f)| *f == file).map(|(h, _)| h.to_owned()))
+            .find_map(|l| {
+                l.split_once("  ")
+                    .filter(|(_, f)| *f == file)
+                    .map(|(h, _)| h.to_owned())
+            })
             .with_context(|| format!("{file} not in SHA256SUMS"))
     }
 }

@@ -14,11 +14,25 @@ fn config_drive(dir: &std::path::Path, marker: &str) -> anyhow::Result<std::path
     let i = img.display().to_string();
     cmd::run("mmd", &["-i", &i, "::/openstack", "::/openstack/latest"])?;
     let meta = dir.join("meta_data.json");
-    std::fs::write(&meta, r#"{"uuid":"0b9a7e8c-1111-4a4a-9c9c-000000000001","hostname":"os-image-test","name":"os-image-test"}"#)?;
+    std::fs::write(
+        &meta,
+        r#"{"uuid":"0b9a7e8c-1111-4a4a-9c9c-000000000001","hostname":"os-image-test","name":"os-image-test"}"#,
+    )?;
     let user = dir.join("user_data");
     std::fs::write(&user, format!("#!/bin/sh\necho {marker} > /dev/ttyS0\n"))?;
-    cmd::run("mcopy", &["-i", &i, &meta.display().to_string(), "::/openstack/latest/meta_data.json"])?;
-    cmd::run("mcopy", &["-i", &i, &user.display().to_string(), "::/openstack/latest/user_data"])?;
+    cmd::run(
+        "mcopy",
+        &[
+            "-i",
+            &i,
+            &meta.display().to_string(),
+            "::/openstack/latest/meta_data.json",
+        ],
+    )?;
+    cmd::run(
+        "mcopy",
+        &["-i", &i, &user.display().to_string(), "::/openstack/latest/user_data"],
+    )?;
     Ok(img)
 }
 
@@ -30,7 +44,17 @@ fn boot(uefi: bool) -> anyhow::Result<()> {
     let overlay = dir.path().join("disk.qcow2");
     cmd::run(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-b", &image.raw().display().to_string(), "-F", "raw", &overlay.display().to_string()],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            &image.raw().display().to_string(),
+            "-F",
+            "raw",
+            &overlay.display().to_string(),
+        ],
     )?;
     let marker = format!("KILN-USERDATA-{}", std::process::id());
     let cd = config_drive(dir.path(), &marker)?;
