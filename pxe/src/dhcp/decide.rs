@@ -139,19 +139,17 @@ fn choose_boot(ctx: &Ctx<'_>, req: &Message, mac: MacAddr, host: Option<&BootHos
     (client, classify::boot_file(client, mac, ctx.boot))
 }
 
-/// Puts the boot file in `file` (and option 67 when asked for), `siaddr` for TFTP, and option 60 for HTTP boot.
-fn add_boot(m: &mut Message, req: &Message, client: Client, file: &BootFile, server: Ipv4Addr) {
-    if let BootFile::Tftp(_) = file {
-        m.set_siaddr(server);
-    }
+/// Puts the boot file in `file` and option 67, our address in `siaddr`, and option 60 for HTTP boot.
+///
+/// iPXE accepts a proxyDHCP answer only with both a non-zero `siaddr` and option 67 (its `dhcp_has_pxeopts`), so
+/// both are always set, whether the file is fetched by TFTP or is a URL.
+fn add_boot(m: &mut Message, client: Client, file: &BootFile, server: Ipv4Addr) {
+    m.set_siaddr(server);
     if file.as_str().len() < 128 {
         m.set_fname_str(file.as_str());
     }
-    let asked_67 = matches!(req.opts().get(OptionCode::ParameterRequestList), Some(DhcpOption::ParameterRequestList(l)) if l.contains(&OptionCode::BootfileName));
-    if asked_67 || file.as_str().len() >= 128 {
-        m.opts_mut()
-            .insert(DhcpOption::BootfileName(file.as_str().as_bytes().to_vec()));
-    }
+    m.opts_mut()
+        .insert(DhcpOption::BootfileName(file.as_str().as_bytes().to_vec()));
     if let Client::Http(_) = client {
         // UEFI 2.x §24.7.3: the offer must carry "HTTPClient" in option 60 for the firmware to accept the URL.
         m.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
@@ -202,7 +200,7 @@ pub fn full(ctx: &Ctx<'_>, table: &mut LeaseTable, req: &Message, mac: MacAddr, 
             add_subnet_opts(&mut m, subnet, host);
             let (client, file) = choose_boot(ctx, req, mac, host);
             if let Some(f) = &file {
-                add_boot(&mut m, req, client, f, ctx.server);
+                add_boot(&mut m, client, f, ctx.server);
             }
             let mut events = Vec::new();
             if host.is_none() {
@@ -278,7 +276,7 @@ pub fn full(ctx: &Ctx<'_>, table: &mut LeaseTable, req: &Message, mac: MacAddr, 
             add_subnet_opts(&mut m, subnet, host);
             let (client, file) = choose_boot(ctx, req, mac, host);
             if let Some(f) = &file {
-                add_boot(&mut m, req, client, f, ctx.server);
+                add_boot(&mut m, client, f, ctx.server);
             }
             let to = destination(req, MessageType::Ack, ctx);
             let events = vec![BootEvent::DhcpAckSent {
@@ -398,7 +396,7 @@ pub fn proxy(
     };
     let reply_kind = if on_4011 { MessageType::Ack } else { MessageType::Offer };
     let mut m = reply_to(req, reply_kind, ctx.server);
-    add_boot(&mut m, req, client, &file, ctx.server);
+    add_boot(&mut m, client, &file, ctx.server);
     let o = m.opts_mut();
     if !matches!(client, Client::Http(_)) {
         o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
