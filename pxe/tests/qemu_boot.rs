@@ -166,4 +166,8 @@ fn ovmf_netboots_from_kiln_alone_dhcp_tftp_ipxe_http() {
         "no TFTP of ipxe.efi:\n{log}"
     );
     assert!(log.contains("ipxe script served"), "{log}");
+    assert!(
+        log.contains(r#"{"event":"tftp_file_served","path":"ipxe.efi"}"#),
+        "no TFTP event for the host:\n{log}"
+    );
 }

@@ -13,6 +13,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::clients::ClientMap;
 use crate::config::{DhcpMode, PxeConfig};
 use crate::counters::{PxeCounters, bump};
 use crate::dhcp::decide::{self, Ctx, Decision};
@@ -122,6 +123,7 @@ pub struct DhcpServer {
     journal: Option<LeaseJournal>,
     sock: UdpSocket,
     sock_4011: Option<UdpSocket>,
+    clients: Arc<ClientMap>,
 }
 
 impl DhcpServer {
@@ -134,6 +136,7 @@ impl DhcpServer {
         server_ip: Ipv4Addr,
         lookup: Arc<dyn HostLookup>,
         counters: Arc<PxeCounters>,
+        clients: Arc<ClientMap>,
     ) -> Result<Self, PxeError> {
         let iface = cfg.dhcp.interface.clone();
         let sock = bind_udp("dhcp", &iface, cfg.dhcp.server_port)?;
@@ -157,6 +160,7 @@ impl DhcpServer {
             journal,
             sock,
             sock_4011,
+            clients,
         })
     }
 
@@ -248,6 +252,10 @@ impl DhcpServer {
                     Ok(bytes) => match sock.send_to(&bytes, SocketAddr::V4(*to)).await {
                         Ok(_) => {
                             use dhcproto::v4::MessageType as M;
+                            self.clients.note(reply.yiaddr(), mac);
+                            if on_4011 {
+                                self.clients.note(*from.ip(), mac);
+                            }
                             match kind {
                                 Some(M::Offer) => bump(&self.counters.dhcp_offers),
                                 Some(M::Ack) => bump(&self.counters.dhcp_acks),
