@@ -1,5 +1,5 @@
 //! QEMU VMs netbooting from kiln in a private netns, the way real hardware does:
-//! - SeaBIOS with the NIC's iPXE ROM, kiln in **proxy** mode beside dnsmasq (the site's DHCP server, addresses
+//! - SeaBIOS with the NIC's iPXE ROM, and OVMF with its own PXE client, kiln in **proxy** mode beside dnsmasq (the site's DHCP server, addresses
 //!   only): dnsmasq leases the address, kiln's proxyDHCP (ports 67/4011) hands iPXE its per-host script URL;
 //! - OVMF (UEFI) with its own PXE client, kiln **alone** in full mode: DHCP, TFTP of `ipxe.efi`, iPXE's DHCP
 //!   again, then the per-host script over HTTP.
@@ -82,8 +82,8 @@ fn tail(s: &str) -> String {
         .join("\n")
 }
 
-#[test]
-fn seabios_ipxe_boots_via_kiln_proxy_beside_dnsmasq() {
+/// Proxy mode beside dnsmasq (addresses only); returns (console, dnsmasq log, kiln log).
+fn proxy_beside_dnsmasq(uefi: bool, limit: Duration) -> (String, String, String) {
     let mut lab = Lab::new();
     let site = lab.add_site();
     lab.add_tap("tap0");
@@ -119,10 +119,9 @@ fn seabios_ipxe_boots_via_kiln_proxy_beside_dnsmasq() {
         "state_dir": lab.dir.path().join("state"),
     });
     let kiln = lab.start_kiln("kiln", &cfg, &hosts(), Some(&format!("{SERVER}:8080")));
-    let vm = lab.spawn_bg("console", qemu(&lab, false));
-    let console = assert_marker(&vm.log, Duration::from_secs(150));
+    let vm = lab.spawn_bg("console", qemu(&lab, uefi));
+    let console = assert_marker(&vm.log, limit);
     lab.stop(&vm);
-
     // The address came from dnsmasq's range, the script from kiln.
     assert!(
         console.contains("10.99.0.15") || console.contains("10.99.0.16"),
@@ -138,6 +137,22 @@ fn seabios_ipxe_boots_via_kiln_proxy_beside_dnsmasq() {
     );
     assert!(log.contains("ipxe script served"), "{log}");
     assert!(log.contains("ipxe_script_fetched"), "{log}");
+    (console, dns_log, log)
+}
+
+#[test]
+fn seabios_ipxe_boots_via_kiln_proxy_beside_dnsmasq() {
+    proxy_beside_dnsmasq(false, Duration::from_secs(150));
+}
+
+#[test]
+fn ovmf_pxe_boots_via_kiln_proxy_beside_dnsmasq() {
+    let (_, _, log) = proxy_beside_dnsmasq(true, Duration::from_secs(240));
+    // Firmware PXE fetched the iPXE EFI binary from kiln's TFTP, then iPXE took over.
+    assert!(
+        log.contains("tftp read") && log.contains("ipxe.efi"),
+        "no TFTP of ipxe.efi:\n{log}"
+    );
 }
 
 #[test]
