@@ -73,16 +73,31 @@ pub fn subnet_for<'a>(ctx: &Ctx<'a>, req: &Message) -> Option<&'a SubnetConfig> 
     ctx.dhcp.subnets.iter().find(|s| s.contains(anchor))
 }
 
-/// RFC 2131 §4.1: relay → `giaddr`:67; NAK → broadcast; `ciaddr` set → unicast there; else broadcast. (A unicast to
-/// `yiaddr` for clients without the broadcast flag would need an ARP entry; broadcasting reaches them as well.)
-pub fn destination(req: &Message, kind: MessageType, ctx: &Ctx<'_>) -> SocketAddrV4 {
+/// RFC 2131 §4.1: relay → `giaddr`:67; NAK → broadcast; `ciaddr` set → unicast there; broadcast flag set →
+/// broadcast; otherwise unicast to `yiaddr` (the socket loop first inserts an ARP entry for it, see
+/// [`needs_arp`]).
+pub fn destination(req: &Message, kind: MessageType, yiaddr: Ipv4Addr, ctx: &Ctx<'_>) -> SocketAddrV4 {
     if !req.giaddr().is_unspecified() {
         return SocketAddrV4::new(req.giaddr(), ctx.dhcp.server_port);
     }
-    if kind != MessageType::Nak && !req.ciaddr().is_unspecified() {
+    if kind == MessageType::Nak {
+        return SocketAddrV4::new(Ipv4Addr::BROADCAST, ctx.dhcp.client_port);
+    }
+    if !req.ciaddr().is_unspecified() {
         return SocketAddrV4::new(req.ciaddr(), ctx.dhcp.client_port);
     }
-    SocketAddrV4::new(Ipv4Addr::BROADCAST, ctx.dhcp.client_port)
+    if req.flags().broadcast() || yiaddr.is_unspecified() {
+        return SocketAddrV4::new(Ipv4Addr::BROADCAST, ctx.dhcp.client_port);
+    }
+    SocketAddrV4::new(yiaddr, ctx.dhcp.client_port)
+}
+
+/// Whether sending `reply` to `to` needs an ARP entry first: a unicast to a client that has no address yet.
+pub fn needs_arp(req: &Message, reply: &Message, to: &SocketAddrV4) -> bool {
+    req.giaddr().is_unspecified()
+        && req.ciaddr().is_unspecified()
+        && !reply.yiaddr().is_unspecified()
+        && *to.ip() == reply.yiaddr()
 }
 
 /// A reply skeleton: BOOTREPLY with the request's xid, flags, giaddr and chaddr, and options 53 and 54.
@@ -212,7 +227,7 @@ pub fn full(ctx: &Ctx<'_>, table: &mut LeaseTable, req: &Message, mac: MacAddr, 
                 ip: Some(ip),
                 boot_file: file.map(|f| f.as_str().to_owned()),
             });
-            let to = destination(req, MessageType::Offer, ctx);
+            let to = destination(req, MessageType::Offer, ip, ctx);
             Decision {
                 reply: Some((m, to)),
                 journal: vec![],
@@ -255,7 +270,7 @@ pub fn full(ctx: &Ctx<'_>, table: &mut LeaseTable, req: &Message, mac: MacAddr, 
             if expected != Some(asked) {
                 // We own this client (it is in our inventory): a NAK sends it back to DISCOVER at once.
                 let m = reply_to(req, MessageType::Nak, ctx.server);
-                let to = destination(req, MessageType::Nak, ctx);
+                let to = destination(req, MessageType::Nak, Ipv4Addr::UNSPECIFIED, ctx);
                 return Decision {
                     reply: Some((m, to)),
                     reason: "nak",
@@ -278,7 +293,7 @@ pub fn full(ctx: &Ctx<'_>, table: &mut LeaseTable, req: &Message, mac: MacAddr, 
             if let Some(f) = &file {
                 add_boot(&mut m, client, f, ctx.server);
             }
-            let to = destination(req, MessageType::Ack, ctx);
+            let to = destination(req, MessageType::Ack, asked, ctx);
             let events = vec![BootEvent::DhcpAckSent {
                 ip: Some(asked),
                 boot_file: file.map(|f| f.as_str().to_owned()),
@@ -343,7 +358,7 @@ pub fn full(ctx: &Ctx<'_>, table: &mut LeaseTable, req: &Message, mac: MacAddr, 
             let mut m = reply_to(req, MessageType::Ack, ctx.server);
             m.set_ciaddr(req.ciaddr());
             add_subnet_opts(&mut m, subnet, host);
-            let to = destination(req, MessageType::Ack, ctx);
+            let to = destination(req, MessageType::Ack, Ipv4Addr::UNSPECIFIED, ctx);
             Decision {
                 reply: Some((m, to)),
                 reason: "inform",

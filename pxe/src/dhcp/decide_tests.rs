@@ -115,7 +115,9 @@ fn reserved_bios_client_full_dora() {
         Some(&h),
     );
     let (offer, to) = out.reply.unwrap();
-    assert_eq!(to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+    // no broadcast flag: unicast to the offered address (after an ARP entry), RFC 2131 §4.1
+    assert_eq!(to, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 42), 68));
+    assert!(needs_arp(&req(MessageType::Discover, mac(1), vec![]), &offer, &to));
     assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
     assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 0, 0, 42));
     assert_eq!(offer.siaddr(), SERVER);
@@ -133,6 +135,11 @@ fn reserved_bios_client_full_dora() {
     let (ack, _) = out.reply.unwrap();
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(out.journal.len(), 1);
+    // with the broadcast flag: broadcast
+    let mut r = req(MessageType::Discover, mac(1), pxe_bios());
+    r.set_flags(Flags::default().set_broadcast());
+    let (_, to) = full(&c, &mut t, &r, mac(1), Some(&h)).reply.unwrap();
+    assert_eq!(to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
     assert_eq!(t.get(mac(1)).unwrap().state, LeaseState::Bound);
     assert_eq!(t.get(mac(1)).unwrap().expires, 100 + 3600);
 }

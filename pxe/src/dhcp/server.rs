@@ -124,6 +124,7 @@ pub struct DhcpServer {
     sock: UdpSocket,
     sock_4011: Option<UdpSocket>,
     clients: Arc<ClientMap>,
+    neigh: Option<crate::dhcp::arp::Neighbours>,
 }
 
 impl DhcpServer {
@@ -161,6 +162,7 @@ impl DhcpServer {
             sock,
             sock_4011,
             clients,
+            neigh: crate::dhcp::arp::Neighbours::open(&iface).ok(),
         })
     }
 
@@ -248,8 +250,20 @@ impl DhcpServer {
                 } else {
                     &self.sock
                 };
+                let mut to = *to;
+                if decide::needs_arp(&msg, reply, &to) {
+                    let res = match self.neigh.as_mut() {
+                        Some(n) => n.insert(*to.ip(), mac),
+                        None => Err(std::io::ErrorKind::Unsupported.into()),
+                    };
+                    if let Err(e) = res {
+                        // No neighbour entry, no unicast: broadcasting still reaches the client.
+                        tracing::debug!(error = %e, "neighbour entry failed, broadcasting");
+                        to = SocketAddrV4::new(Ipv4Addr::BROADCAST, self.cfg.dhcp.client_port);
+                    }
+                }
                 match reply.to_vec() {
-                    Ok(bytes) => match sock.send_to(&bytes, SocketAddr::V4(*to)).await {
+                    Ok(bytes) => match sock.send_to(&bytes, SocketAddr::V4(to)).await {
                         Ok(_) => {
                             use dhcproto::v4::MessageType as M;
                             self.clients.note(reply.yiaddr(), mac);
