@@ -3,12 +3,14 @@
 //!
 //! Start with [`write_image`] (the pipeline, in [`pipeline`]), [`qcow2`] (the streaming decoder) and [`digest`].
 
+pub mod configdrive;
 pub mod digest;
 pub mod error;
 pub mod pipeline;
 pub mod progress;
 pub mod protocol;
 pub mod qcow2;
+pub mod rootdev;
 pub mod source;
 pub mod target;
 
