@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod protocol;
 pub mod qcow2;
+pub mod ramdisk;
 pub mod rootdev;
 pub mod source;
 pub mod target;

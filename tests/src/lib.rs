@@ -1,1 +1,55 @@
-//! lab
+//! kiln's test lab: private network namespaces with a bridge, QEMU VMs on it, BMC emulators (sushy-tools, ipmi_sim)
+//! wired to those VMs, and a logs directory per run.
+//!
+//! Everything the lab starts is recorded under `/run/kiln-lab/<owner-pid>-<n>/` so that a later run can clean up after
+//! one that was killed with SIGKILL ([`state::reap_stale`]). Everything is torn down on drop, including on panic.
+//! The lab never touches the machine's real networks: addresses live only inside namespaces it created.
+
+pub mod cmd;
+pub mod ipmi;
+pub mod lab;
+pub mod libvirt;
+pub mod logs;
+pub mod netns;
+pub mod osimage;
+pub mod qemu;
+pub mod state;
+pub mod sushy;
+
+use std::path::PathBuf;
+
+/// The repository root (the workspace directory).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The project's cache directory (`.cache/`, git-ignored), where `tests/setup.sh` puts the Python venv.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("KILN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cache"))
+}
+
+/// A binary of the BMC emulators' Python venv.
+pub fn venv_bin(name: &str) -> PathBuf {
+    cache_dir().join("venv/bin").join(name)
+}
+
+/// Finds a free TCP port on loopback (racy by nature; good enough for test peers that need a fixed port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Finds a free UDP port on loopback.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
+}

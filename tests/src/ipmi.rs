@@ -1,0 +1,195 @@
+//! An IPMI-over-LAN BMC for one lab VM: OpenIPMI's `ipmi_sim` on the lab namespace's loopback (RMCP+, cipher suite 3) with a
+//! `chassis_control` program that starts and stops the VM's QEMU inside the lab namespace, so both power and
+//! `chassis bootdev pxe|disk` work. Killed (with its VM) on drop.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+use anyhow::Context;
+
+use crate::{cmd, logs::LogDir, netns::Netns, qemu::VmSpec, state::Record};
+
+/// The user the lab's BMCs accept.
+pub const USERNAME: &str = "admin";
+/// The lab's BMC password (test credentials of a private emulator, not a secret).
+pub const PASSWORD: &str = "kiln-lab-pw";
+
+const CHASSIS_SCRIPT: &str = r#"#!/bin/bash
+# ipmi_sim chassis_control program for one kiln lab VM.
+#   THIS STATE get power|boot...        -> "power:0|1" / "boot:none|pxe|default|cdrom|bios"
+#   THIS STATE set power 1|0 | reset 1 | shutdown 1 | boot pxe|default|... | identify I F
+# Boot 'pxe' starts QEMU with the NIC first in the boot order; anything else without the NIC's option ROM.
+S=${1:?state dir}; shift; op=$1; shift
+log() { echo "$(date +%s.%N) $*" >> "$S/chassis.log"; }
+running() { [ -f "$S/qemu.pid" ] && kill -0 "$(cat "$S/qemu.pid")" 2>/dev/null; }
+boot() { cat "$S/boot" 2>/dev/null || echo default; }
+start_vm() {
+  running && return 0
+  if [ "$(boot)" = pxe ]; then mapfile -t A < "$S/qemu-pxe.args"; else mapfile -t A < "$S/qemu-disk.args"; fi
+  rm -f "$S/qemu.pid"
+  ip netns exec "$(cat "$S/netns")" qemu-system-x86_64 "${A[@]}" -daemonize -pidfile "$S/qemu.pid" >> "$S/qemu.out" 2>&1 </dev/null
+  log "start rc=$? boot=$(boot) pid=$(cat "$S/qemu.pid" 2>/dev/null)"
+}
+stop_vm() {
+  running || return 0
+  local p; p=$(cat "$S/qemu.pid"); kill "$p"
+  for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$p" 2>/dev/null; rm -f "$S/qemu.pid"; log "stop pid=$p"
+}
+case $op in
+  get) for p in "$@"; do case $p in
+         power) if running; then echo power:1; else echo power:0; fi;;
+         boot) echo "boot:$(boot)";;
+         *) echo "Invalid parameter: $p"; exit 1;;
+       esac; done;;
+  set) while [ $# -gt 0 ]; do p=$1; v=$2; shift 2; log "set $p $v"
+         case $p in
+           power) if [ "$v" = 1 ]; then start_vm; else stop_vm; fi;;
+           reset) stop_vm; start_vm;;
+           shutdown) stop_vm;;
+           boot) case $v in none|pxe|default|cdrom|bios) echo "$v" > "$S/boot";; *) echo "Invalid boot value: $v"; exit 1;; esac;;
+           identify) shift;;
+           *) echo "Invalid parameter: $p"; exit 1;;
+         esac; done;;
+  check) exit 1;;
+  *) echo "Unknown operation: $op"; exit 1;;
+esac
+exit 0
+"#;
+
+/// A running `ipmi_sim` wired to one VM.
+#[derive(Debug)]
+pub struct IpmiSim {
+    pub port: u16,
+    netns: String,
+    pub state_dir: PathBuf,
+    pub serial_log: PathBuf,
+    child: Child,
+}
+
+impl IpmiSim {
+    /// Starts ipmi_sim on 127.0.0.1:<free port> for a VM (not yet powered on) on a tap in `ns`.
+    pub fn start(record: &Record, ns: &Netns, spec: &VmSpec, dir: &Path, logs: &LogDir) -> anyhow::Result<Self> {
+        spec.prepare(dir)?;
+        let state_dir = dir.join(format!("ipmi-{}", spec.name));
+        std::fs::create_dir_all(state_dir.join("sim"))?;
+        let tap = crate::qemu::tap_name(&spec.name);
+        ns.add_tap(&tap)?;
+        let serial_log = logs.file(&format!("console-{}.log", spec.name));
+        std::fs::write(
+            state_dir.join("qemu-pxe.args"),
+            spec.qemu_args(dir, &tap, &serial_log, true).join("\n"),
+        )?;
+        std::fs::write(
+            state_dir.join("qemu-disk.args"),
+            spec.qemu_args(dir, &tap, &serial_log, false).join("\n"),
+        )?;
+        std::fs::write(state_dir.join("netns"), ns.name())?;
+        let script = state_dir.join("chassis.sh");
+        std::fs::write(&script, CHASSIS_SCRIPT)?;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        record.add_pidfile(&state_dir.join("qemu.pid"));
+
+        let port = crate::free_udp_port();
+        let lan_conf = format!(
+            r#"name "kiln-{name}"
+set_working_mc 0x20
+  startlan 1
+    addr 127.0.0.1 {port}
+    priv_limit admin
+    allowed_auths_callback none md2 md5 straight
+    allowed_auths_user none md2 md5 straight
+    allowed_auths_operator none md2 md5 straight
+    allowed_auths_admin none md2 md5 straight
+    guid a123456789abcdefa123456789abcdef
+  endlan
+  chassis_control "{script} {state}"
+  user 2 true "{USERNAME}" "{PASSWORD}" admin 10 none md2 md5 straight
+"#,
+            name = spec.name,
+            script = script.display(),
+            state = state_dir.display(),
+        );
+        std::fs::write(state_dir.join("lan.conf"), lan_conf)?;
+        std::fs::write(
+            state_dir.join("sim.emu"),
+            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n",
+        )?;
+        let log = std::fs::File::create(logs.file(&format!("ipmi_sim-{}.log", spec.name)))?;
+        let child = ns
+            .command("ipmi_sim")
+            .arg("-c")
+            .arg(state_dir.join("lan.conf"))
+            .arg("-f")
+            .arg(state_dir.join("sim.emu"))
+            .arg("-s")
+            .arg(state_dir.join("sim"))
+            .arg("-n")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start ipmi_sim")?;
+        record.add_pid(child.id());
+        let sim = Self {
+            port,
+            netns: ns.name().to_owned(),
+            state_dir,
+            serial_log,
+            child,
+        };
+        cmd::wait_for("ipmi_sim to answer", std::time::Duration::from_secs(10), || {
+            sim.ipmitool(&["mc", "info"]).ok()
+        })?;
+        Ok(sim)
+    }
+
+    /// Runs `ipmitool -I lanplus -C 3` (ipmi_sim speaks suite 3 only) against this BMC, inside the lab namespace.
+    pub fn ipmitool(&self, args: &[&str]) -> anyhow::Result<String> {
+        let port = self.port.to_string();
+        let mut full = vec![
+            "netns",
+            "exec",
+            &self.netns,
+            "ipmitool",
+            "-I",
+            "lanplus",
+            "-C",
+            "3",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            USERNAME,
+            "-P",
+            PASSWORD,
+        ];
+        full.extend_from_slice(args);
+        cmd::run("ip", &full)
+    }
+
+    /// The BMC address in kiln's (Metal3's) syntax.
+    pub fn address(&self) -> String {
+        format!("ipmi://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the VM's QEMU is running.
+    pub fn vm_running(&self) -> bool {
+        std::fs::read_to_string(self.state_dir.join("qemu.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
+    }
+}
+
+impl Drop for IpmiSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Ok(pid) = std::fs::read_to_string(self.state_dir.join("qemu.pid")) {
+            cmd::quiet("kill", &["-9", pid.trim()]);
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! A whole lab in one value: namespace + bridge, libvirtd with Redfish VMs behind sushy-tools, IPMI VMs behind
+//! ipmi_sim, and optionally `kiln serve` running inside the namespace (where the VMs and the BMC emulators are
+//! reachable) with its HTTP port forwarded to the host's loopback. Used by `kiln-lab demo` and the end-to-end tests.
+//! Fields drop in declaration order, so processes stop before the namespace goes away.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
+
+use crate::{
+    cmd,
+    ipmi::IpmiSim,
+    libvirt::Libvirtd,
+    logs::LogDir,
+    netns::{Netns, SERVER_IP},
+    qemu::{Firmware, VmSpec},
+    state::Record,
+    sushy::{Driver, Sushy},
+};
+
+/// Which BMC emulator drives a lab VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BmcKind {
+    Redfish,
+    Ipmi,
+}
+
+/// A lab VM as an operator would enroll it.
+#[derive(Debug, Clone)]
+pub struct LabHost {
+    pub name: String,
+    pub mac: String,
+    pub firmware: Firmware,
+    pub bmc: BmcKind,
+    pub bmc_address: String,
+    pub console: PathBuf,
+    pub disks: Vec<PathBuf>,
+}
+
+/// A running lab.
+pub struct Lab {
+    kiln: Option<Child>,
+    forwarder: Option<Child>,
+    pub sushy: Option<Sushy>,
+    pub ipmi: Vec<IpmiSim>,
+    pub libvirt: Option<Libvirtd>,
+    pub hosts: Vec<LabHost>,
+    pub ns: Netns,
+    pub dir: PathBuf,
+    pub logs: LogDir,
+    pub record: Record,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab")
+            .field("ns", &self.ns)
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lab {
+    /// Starts a lab with the given VMs. Redfish VMs are libvirt domains behind sushy-tools; IPMI VMs are QEMU
+    /// processes behind their own ipmi_sim.
+    pub fn start(name: &str, vms: &[(VmSpec, BmcKind)]) -> anyhow::Result<Self> {
+        let record = Record::new()?;
+        let logs = LogDir::new(name)?;
+        let dir = logs.path().join("state");
+        std::fs::create_dir_all(&dir)?;
+        let ns = Netns::create(&record)?;
+        let mut lab = Self {
+            kiln: None,
+            forwarder: None,
+            sushy: None,
+            ipmi: Vec::new(),
+            libvirt: None,
+            hosts: Vec::new(),
+            ns,
+            dir,
+            logs,
+            record,
+        };
+        let redfish: Vec<&VmSpec> = vms
+            .iter()
+            .filter(|(_, k)| *k == BmcKind::Redfish)
+            .map(|(s, _)| s)
+            .collect();
+        if !redfish.is_empty() {
+            let mut libvirt = Libvirtd::start(&lab.record, &lab.ns, &lab.dir, &lab.logs)?;
+            let mut domains = Vec::new();
+            for spec in &redfish {
+                let domain = libvirt.define(&lab.record, spec, &lab.dir, &lab.logs)?;
+                domains.push((libvirt.uuid(&domain)?, *spec));
+            }
+            lab.libvirt = Some(libvirt);
+            let sushy = Sushy::start(&lab.record, &lab.ns, &lab.logs, Driver::Libvirt)?;
+            for (uuid, spec) in domains {
+                lab.hosts.push(LabHost {
+                    name: spec.name.clone(),
+                    mac: spec.mac.clone(),
+                    firmware: spec.firmware,
+                    bmc: BmcKind::Redfish,
+                    bmc_address: sushy.address(&uuid),
+                    console: lab.logs.file(&format!("console-{}.log", spec.name)),
+                    disks: spec.disk_paths(&lab.dir),
+                });
+            }
+            lab.sushy = Some(sushy);
+        }
+        for (spec, _) in vms.iter().filter(|(_, k)| *k == BmcKind::Ipmi) {
+            let sim = IpmiSim::start(&lab.record, &lab.ns, spec, &lab.dir, &lab.logs)?;
+            lab.hosts.push(LabHost {
+                name: spec.name.clone(),
+                mac: spec.mac.clone(),
+                firmware: spec.firmware,
+                bmc: BmcKind::Ipmi,
+                bmc_address: sim.address(),
+                console: sim.serial_log.clone(),
+                disks: spec.disk_paths(&lab.dir),
+            });
+            lab.ipmi.push(sim);
+        }
+        Ok(lab)
+    }
+
+    /// Starts `kiln serve` inside the namespace on `10.99.0.1:8080` (data in the lab's state directory) and, if
+    /// `host_port` is given, forwards `127.0.0.1:host_port` on the host to it. Returns the kiln URL as seen from the
+    /// host (or from the namespace if not forwarded).
+    pub fn start_kiln(&mut self, extra_args: &[&str], host_port: Option<u16>) -> anyhow::Result<String> {
+        let kiln = target_bin("kiln")?;
+        let data = self.dir.join("kiln-data");
+        std::fs::create_dir_all(&data)?;
+        let log = std::fs::File::create(self.logs.file("kiln.log"))?;
+        let listen = format!("{SERVER_IP}:8080");
+        let child = self
+            .ns
+            .command(&kiln.display().to_string())
+            .arg("serve")
+            .args(["--listen", &listen])
+            .args(extra_args)
+            .current_dir(&data)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start kiln serve")?;
+        self.record.add_pid(child.id());
+        self.kiln = Some(child);
+        let health = format!("http://{listen}/healthz");
+        cmd::wait_for(
+            "kiln serve to answer /healthz",
+            std::time::Duration::from_secs(30),
+            || {
+                self.ns
+                    .command("curl")
+                    .args(["-sf", "-o", "/dev/null", &health])
+                    .status()
+                    .ok()
+                    .filter(|s| s.success())
+            },
+        )?;
+        let Some(port) = host_port else {
+            return Ok(format!("http://{listen}"));
+        };
+        let ns = self.ns.name().to_owned();
+        let fwd = Command::new("socat")
+            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+            .arg(format!(
+                "EXEC:ip netns exec {ns} socat STDIO TCP\\:{}",
+                listen.replace(':', "\\:")
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.logs.file("forwarder.log"))?)
+            .spawn()
+            .context("start socat (run tests/setup.sh)")?;
+        self.record.add_pid(fwd.id());
+        self.forwarder = Some(fwd);
+        let url = format!("http://127.0.0.1:{port}");
+        cmd::wait_for("the forwarded kiln port", std::time::Duration::from_secs(10), || {
+            cmd::output("curl", &["-sf", "-o", "/dev/null", &format!("{url}/healthz")])
+                .ok()
+                .filter(|o| o.status.success())
+        })?;
+        Ok(url)
+    }
+
+    /// The state directory of the lab's kiln (data dir).
+    pub fn kiln_data(&self) -> PathBuf {
+        self.dir.join("kiln-data")
+    }
+
+    /// Whether `kiln serve` is still running.
+    pub fn kiln_running(&mut self) -> bool {
+        self.kiln.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in [self.forwarder.as_mut(), self.kiln.as_mut()].into_iter().flatten() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            for _ in 0..50 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Finds a binary built by cargo in the same target directory as the running executable.
+pub fn target_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir: Option<&Path> = exe.parent();
+    while let Some(d) = dir {
+        let candidate = d.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        if d.file_name().is_some_and(|n| n == "debug" || n == "release") {
+            break;
+        }
+        dir = d.parent();
+    }
+    anyhow::bail!(
+        "`{name}` not built next to {} (run `cargo build --workspace --bins`)",
+        exe.display()
+    )
+}

@@ -1,0 +1,123 @@
+//! sushy-tools' Redfish emulator for the lab: the libvirt driver (real lab VMs) or the fake driver (no VMs, power
+//! changes land 1-11 s later like real hardware), on the lab namespace's loopback (where kiln runs in the lab) with
+//! HTTP basic auth. Killed on drop.
+
+use std::fmt::Write as _;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
+
+use crate::{cmd, logs::LogDir, netns::Netns, state::Record};
+
+/// A system of the fake driver.
+#[derive(Debug, Clone)]
+pub struct FakeSystem {
+    pub uuid: String,
+    pub name: String,
+    pub mac: String,
+}
+
+/// A running sushy-emulator.
+#[derive(Debug)]
+pub struct Sushy {
+    pub port: u16,
+    child: Child,
+}
+
+/// Which driver the emulator uses.
+#[derive(Debug, Clone)]
+pub enum Driver {
+    Libvirt,
+    Fake(Vec<FakeSystem>),
+}
+
+impl Sushy {
+    /// Starts the emulator; returns once its service root answers.
+    pub fn start(record: &Record, ns: &Netns, logs: &LogDir, driver: Driver) -> anyhow::Result<Self> {
+        let port = crate::free_port();
+        let dir = logs.path().join(format!("sushy-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let htpasswd = dir.join("htpasswd");
+        let out = Command::new(crate::venv_bin("python3"))
+            .args([
+                "-c",
+                "import bcrypt,sys; print(sys.argv[1] + ':' + bcrypt.hashpw(sys.argv[2].encode(), bcrypt.gensalt(4)).decode())",
+                crate::ipmi::USERNAME,
+                crate::ipmi::PASSWORD,
+            ])
+            .output()
+            .context("hash the lab password with bcrypt (run tests/setup.sh)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "bcrypt failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&htpasswd, &out.stdout)?;
+        let mut conf = format!(
+            "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\nSUSHY_EMULATOR_LISTEN_PORT = {port}\nSUSHY_EMULATOR_AUTH_FILE = '{}'\n",
+            htpasswd.display()
+        );
+        match &driver {
+            Driver::Libvirt => {
+                conf.push_str(
+                    "SUSHY_EMULATOR_LIBVIRT_URI = 'qemu:///system'\nSUSHY_EMULATOR_IGNORE_BOOT_DEVICE = False\n",
+                );
+                conf.push_str(
+                    "SUSHY_EMULATOR_BOOT_LOADER_MAP = {'UEFI': {'x86_64': '/usr/share/OVMF/OVMF_CODE_4M.fd'}, \
+                     'Legacy': {'x86_64': None}}\n",
+                );
+            }
+            Driver::Fake(systems) => {
+                conf.push_str("SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_FAKE_SYSTEMS = [\n");
+                for s in systems {
+                    let _ = writeln!(
+                        conf,
+                        "  {{'uuid': '{}', 'name': '{}', 'power_state': 'Off', 'nics': [{{'mac': '{}', 'ip': '10.99.0.50'}}]}},",
+                        s.uuid, s.name, s.mac
+                    );
+                }
+                conf.push_str("]\n");
+            }
+        }
+        let conf_path = dir.join("emulator.conf");
+        std::fs::write(&conf_path, conf)?;
+        let log = std::fs::File::create(logs.file(&format!("sushy-{port}.log")))?;
+        let child = ns
+            .command(&crate::venv_bin("sushy-emulator").display().to_string())
+            .arg("--config")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start sushy-emulator (run tests/setup.sh)")?;
+        record.add_pid(child.id());
+        let sushy = Self { port, child };
+        let url = format!("{}/redfish/v1/", sushy.base_url());
+        cmd::wait_for("sushy-emulator to answer", std::time::Duration::from_secs(30), || {
+            ns.command("curl")
+                .args(["-sf", "-o", "/dev/null", &url])
+                .status()
+                .ok()
+                .filter(|s| s.success())
+        })?;
+        Ok(sushy)
+    }
+
+    /// `http://127.0.0.1:PORT` (inside the lab namespace)
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The Redfish BMC address of a system in kiln's (Metal3's) syntax.
+    pub fn address(&self, system_id: &str) -> String {
+        format!("redfish+http://127.0.0.1:{}/redfish/v1/Systems/{system_id}", self.port)
+    }
+}
+
+impl Drop for Sushy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
