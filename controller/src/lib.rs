@@ -8,6 +8,7 @@ pub mod api;
 pub mod bmcs;
 pub mod cli;
 pub mod cli_bmc;
+pub mod cli_image;
 pub mod crypto;
 pub mod executor;
 pub mod http_util;
