@@ -105,6 +105,17 @@ async fn agent_inspects_erases_writes_and_powers_off_in_a_vm() {
         vec![
             CommandKind::Inspect,
             CommandKind::EraseMetadata,
+            // A wrong checksum first: it must fail with its kind and the log tail, and leave no partition table.
+            CommandKind::WriteImage {
+                image: ImageSpec {
+                    url: "http://10.0.2.2:PORT/files/image.qcow2".into(),
+                    checksum: "0".repeat(64),
+                    checksum_type: ChecksumType::Sha256,
+                    format: None,
+                },
+                root_device_hints: RootDeviceHints::default(),
+                config_drive: None,
+            },
             CommandKind::WriteImage {
                 image: ImageSpec {
                     url: "http://10.0.2.2:PORT/files/image.qcow2".into(),
@@ -165,11 +176,23 @@ async fn agent_inspects_erases_writes_and_powers_off_in_a_vm() {
     assert!(!seen.heartbeats.is_empty());
     assert_eq!(seen.unauthorized, 0, "{}", ctx());
 
-    // Every command reported success, in order.
+    // Every command reported, in order; only the write with the wrong checksum failed, saying why.
     let ids: Vec<u64> = seen.results.iter().map(|r| r.command_id).collect();
-    assert_eq!(ids, vec![1, 2, 3, 4], "{}", ctx());
+    assert_eq!(ids, vec![1, 2, 3, 4, 5], "{}", ctx());
     for r in &seen.results {
-        assert!(matches!(r.outcome, Outcome::Succeeded { .. }), "{r:#?}\n{}", ctx());
+        match (&r.outcome, r.command_id) {
+            (Outcome::Failed { kind, message }, 3) => {
+                assert_eq!(kind, "checksum_mismatch", "{message}");
+                assert!(
+                    message.contains(&digest),
+                    "the message names the computed digest: {message}"
+                );
+                assert!(message.contains("--- agent log tail ---\n"), "{message}");
+                assert!(message.contains("KILN-AGENT write-image /dev/vda"), "{message}");
+            }
+            (Outcome::Succeeded { .. }, 1 | 2 | 4 | 5) => {}
+            _ => panic!("unexpected result {r:#?}\n{}", ctx()),
+        }
     }
 
     // Inventory matches the VM.
@@ -208,13 +231,15 @@ async fn agent_inspects_erases_writes_and_powers_off_in_a_vm() {
 
     // Progress was streamed during the write.
     assert!(
-        seen.progress.iter().any(|p| p.command_id == 3),
-        "no progress for the write\n{}",
+        seen.progress
+            .iter()
+            .any(|p| p.command_id == 4 && p.bytes_written == raw.len() as u64),
+        "no final progress for the write\n{}",
         ctx()
     );
 
     // The WriteImage result names the disk and the verified digest.
-    let Outcome::Succeeded { detail } = &seen.results[2].outcome else {
+    let Outcome::Succeeded { detail } = &seen.results[3].outcome else {
         unreachable!()
     };
     assert_eq!(detail["disk"], "/dev/vda", "{detail}");

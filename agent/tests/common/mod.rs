@@ -124,8 +124,21 @@ async fn result(State(app): State<Arc<Appliance>>, h: HeaderMap, Json(r): Json<C
 }
 
 /// Starts the appliance on `127.0.0.1:0`; returns it and its port. The server task ends with the runtime.
-/// Files under `files` are served at `/files/...` (with Range support).
+/// Starts the appliance on `127.0.0.1:0`; returns it and its port.
 pub async fn start_appliance(token: &str, script: Vec<CommandKind>, files: &Path) -> (Arc<Appliance>, u16) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (serve(listener, token, script, files), port)
+}
+
+/// Starts the appliance on a given loopback port.
+pub async fn start_appliance_on(port: u16, token: &str, script: Vec<CommandKind>, files: &Path) -> Arc<Appliance> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    serve(listener, token, script, files)
+}
+
+/// Files under `files` are served at `/files/...` (with Range support). The server task ends with the runtime.
+fn serve(listener: tokio::net::TcpListener, token: &str, script: Vec<CommandKind>, files: &Path) -> Arc<Appliance> {
     let app = Arc::new(Appliance {
         token: token.to_string(),
         script: Mutex::new(
@@ -145,10 +158,8 @@ pub async fn start_appliance(token: &str, script: Vec<CommandKind>, files: &Path
         .route("/agent/v1/result", post(result))
         .with_state(app.clone())
         .nest_service("/files", tower_http::services::ServeDir::new(files));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (app, port)
+    app
 }
 
 /// A QEMU process killed (by PID) on drop; its serial console goes to `serial`.
