@@ -18,6 +18,7 @@ APT_PACKAGES=(
   postgresql
   libvirt-daemon-system libvirt-dev pkg-config
   debootstrap dosfstools mtools xorriso fdisk gdisk
+  zstd xz-utils bzip2 gzip
   curl socat python3-venv python3-dev gcc
   etcd-server
 )
