@@ -192,7 +192,12 @@ pub struct VmSpec {
 
 impl Vm {
     pub fn start(r: &Ramdisk, spec: &VmSpec, dir: &Path) -> Vm {
-        let serial = dir.join("serial.log");
+        Vm::boot(&r.kernel, &r.initramfs, spec, dir, "serial.log")
+    }
+
+    /// Direct kernel boot of `kernel` + `initrd`; the console goes to `dir/serial_name`.
+    pub fn boot(kernel: &Path, initrd: &Path, spec: &VmSpec, dir: &Path, serial_name: &str) -> Vm {
+        let serial = dir.join(serial_name);
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
             "-accel",
@@ -207,9 +212,9 @@ impl Vm {
         ])
         .args(["-smp", &spec.cpus.to_string(), "-m", &spec.memory_mib.to_string()])
         .arg("-kernel")
-        .arg(&r.kernel)
+        .arg(kernel)
         .arg("-initrd")
-        .arg(&r.initramfs)
+        .arg(initrd)
         .args(["-append", &spec.append])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
@@ -227,8 +232,8 @@ impl Vm {
         .args(["-smbios", &format!("type=1,serial={}", spec.system_serial)])
         .args(["-uuid", &spec.uuid])
         .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(dir.join("qemu.stdout")).unwrap())
-        .stderr(std::fs::File::create(dir.join("qemu.stderr")).unwrap());
+        .stdout(std::fs::File::create(dir.join(format!("{serial_name}.qemu-stdout"))).unwrap())
+        .stderr(std::fs::File::create(dir.join(format!("{serial_name}.qemu-stderr"))).unwrap());
         for (i, extra) in spec.extra_disks.iter().enumerate() {
             cmd.arg("-drive")
                 .arg(format!(
