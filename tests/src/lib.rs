@@ -11,6 +11,7 @@ pub mod lab;
 pub mod libvirt;
 pub mod logs;
 pub mod netns;
+pub mod osimage;
 pub mod qemu;
 pub mod state;
 pub mod sushy;
