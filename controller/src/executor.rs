@@ -66,11 +66,14 @@ pub struct Executor {
     config: ExecutorConfig,
     notify: Arc<Notify>,
     calls: Mutex<HashMap<i64, VecDeque<Instant>>>,
-    bmcs: Mutex<HashMap<i64, (String, Arc<dyn DynBmc>)>>,
+    bmcs: Mutex<HashMap<i64, CachedBmc>>,
     action_attempts: Mutex<HashMap<i64, u32>>,
     busy: Mutex<usize>,
     woken: Mutex<std::collections::HashSet<i64>>,
 }
+
+/// A connected BMC and the address+username it was connected with.
+type CachedBmc = (String, Arc<dyn DynBmc>);
 
 struct ActionError {
     failure: BmcFailure,
@@ -308,9 +311,8 @@ impl Executor {
             Ok(Some(st)) => st.holds_slot(),
             Ok(None) | Err(_) => h.state.holds_slot(),
         };
-        if reserved && !holds {
-            self.release_slot();
-        } else if !reserved && h.state.holds_slot() && !holds {
+        // Give back a slot reserved for nothing, or one the host no longer holds.
+        if (reserved || h.state.holds_slot()) && !holds {
             self.release_slot();
         }
         result.map(|_| ())
@@ -505,10 +507,10 @@ impl Executor {
     async fn record_change(&self, h: &Host, next: &State, reason: &str, now: Ts) -> Result<(), StoreError> {
         let outcome = if matches!(next, State::Error(_)) { "error" } else { "ok" };
         let (old_sub, new_sub) = (h.state.sub_phase(), next.sub_phase());
-        if old_sub != new_sub {
-            if let Some(o) = &old_sub {
-                self.end_phase(h.id, o, now, outcome).await?;
-            }
+        if old_sub != new_sub
+            && let Some(o) = &old_sub
+        {
+            self.end_phase(h.id, o, now, outcome).await?;
         }
         if next.name() != h.state.name() {
             self.end_phase(h.id, h.state.name(), now, outcome).await?;
