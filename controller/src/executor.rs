@@ -194,7 +194,7 @@ impl Executor {
         true
     }
 
-    fn bmc_for(&self, h: &Host) -> Result<Arc<dyn DynBmc>, BmcFailure> {
+    async fn bmc_for(&self, h: &Host) -> Result<Arc<dyn DynBmc>, BmcFailure> {
         let Some(info) = &h.spec.bmc else {
             return Err(BmcFailure {
                 message: "host has no BMC address".into(),
@@ -203,14 +203,13 @@ impl Executor {
             });
         };
         let key = format!("{}|{}", info.address, info.username);
-        let mut m = self.bmcs.lock().expect("bmcs lock");
-        if let Some((k, b)) = m.get(&h.id)
+        if let Some((k, b)) = self.bmcs.lock().expect("bmcs lock").get(&h.id)
             && *k == key
         {
             return Ok(b.clone());
         }
-        let b = self.connector.connect(&h.name, info)?;
-        m.insert(h.id, (key, b.clone()));
+        let b = self.timed("connect", self.connector.connect(&h.name, info)).await?;
+        self.bmcs.lock().expect("bmcs lock").insert(h.id, (key, b.clone()));
         Ok(b)
     }
 
@@ -255,7 +254,7 @@ impl Executor {
         };
         let bmc = if wants_power && h.spec.bmc.is_some() && self.budget(h.id, 1) {
             calls += 1;
-            match self.bmc_for(h) {
+            match self.bmc_for(h).await {
                 Ok(b) => match self.timed("power_state", b.power_state()).await {
                     Ok(p) => BmcObs::Power(p),
                     Err(f) => BmcObs::Failed(f),
@@ -353,7 +352,7 @@ impl Executor {
                     } else {
                         BootPersistence::Persistent
                     };
-                    match self.bmc_for(h) {
+                    match self.bmc_for(h).await {
                         Ok(b) => self.timed("set_boot", b.set_boot(*target, p)).await,
                         Err(f) => Err(f),
                     }
@@ -367,7 +366,7 @@ impl Executor {
                         continue;
                     }
                     *calls += 1;
-                    let r = match self.bmc_for(h) {
+                    let r = match self.bmc_for(h).await {
                         Ok(b) => self.timed("set_power", b.set_power(*pa)).await,
                         Err(f) => Err(f),
                     };

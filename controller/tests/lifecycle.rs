@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln::bmcs::{BmcAdapter, BmcConnector, DynBmc};
+use kiln::bmcs::{BmcAdapter, BmcConnector, DynBmc, FnConnector};
 use kiln::machine::{BmcFailure, Policy};
 use kiln::model::BmcInfo;
 use kiln::netboot::{BootInstructions, StoreLookup};
@@ -36,6 +36,8 @@ struct Fake {
     persistent: Mutex<Option<BootTarget>>,
     calls: Mutex<Vec<String>>,
     fail_next: AtomicU32,
+    /// The host never network-boots (a bad cable, a wrong boot MAC).
+    dead_nic: std::sync::atomic::AtomicBool,
     boots: mpsc::UnboundedSender<(String, BootKind)>,
 }
 
@@ -53,6 +55,7 @@ impl Fake {
     fn boot(&self) {
         let target = self.once.lock().unwrap().take().or(*self.persistent.lock().unwrap());
         let kind = match target {
+            Some(BootTarget::Pxe { .. }) | Some(BootTarget::UefiHttp) if self.dead_nic.load(Ordering::SeqCst) => return,
             Some(BootTarget::Pxe { .. }) | Some(BootTarget::UefiHttp) => BootKind::Network,
             _ => BootKind::Disk,
         };
@@ -124,26 +127,30 @@ struct Lab {
     port: u16,
     /// The netboot lookup of the running appliance (what the pxe services would call).
     lookup: Arc<Mutex<Option<StoreLookup>>>,
+    tweak: fn(&mut Config),
 }
 
-fn config(dir: &std::path::Path, max_jobs: usize) -> Config {
-    Config {
+fn config(dir: &std::path::Path, tweak: fn(&mut Config)) -> Config {
+    let mut c = Config {
         data_dir: dir.to_path_buf(),
         heartbeat_secs: 1,
-        max_concurrent_jobs: max_jobs,
+        max_concurrent_jobs: 4,
         bmc_calls_per_minute: 120,
         policy: Policy {
             busy_poll_secs: 1,
             idle_poll_secs: 1,
             boot_timeout_secs: 60,
+            backoff_base_secs: 1,
             ..Policy::default()
         },
         ..Config::default()
-    }
+    };
+    tweak(&mut c);
+    c
 }
 
 impl Lab {
-    async fn start(max_jobs: usize) -> Lab {
+    async fn start(tweak: fn(&mut Config)) -> Lab {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (boots_tx, boots_rx) = mpsc::unbounded_channel();
         let dir = tempfile::tempdir().unwrap();
@@ -161,32 +168,34 @@ impl Lab {
             server: None,
             port: 0,
             lookup: Arc::default(),
+            tweak,
         };
-        lab.serve(max_jobs).await;
+        lab.serve().await;
         lab.spawn_firmware(boots_rx);
         lab
     }
 
     fn connector(&self) -> Arc<dyn BmcConnector> {
         let fakes = self.fakes.clone();
-        Arc::new(
+        Arc::new(FnConnector(
             move |host: &HostName, _b: &BmcInfo| -> Result<Arc<dyn DynBmc>, BmcFailure> {
-                let f = fakes.lock().unwrap().get(host.as_str()).cloned().ok_or(BmcFailure {
+                let f = fakes.lock().unwrap().get(host.as_str()).cloned();
+                let f = f.ok_or(BmcFailure {
                     message: "no such fake".into(),
                     transient: false,
                     auth: false,
                 })?;
                 Ok(Arc::new(BmcAdapter::new(FakeBmc(f), |_| (true, false))))
             },
-        )
+        ))
     }
 
     /// Starts (or restarts, on the same port and data directory) the appliance.
-    async fn serve(&mut self, max_jobs: usize) {
+    async fn serve(&mut self) {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
         self.port = listener.local_addr().unwrap().port();
         self.base = format!("http://127.0.0.1:{}", self.port);
-        let app = Appliance::open(config(self.dir.path(), max_jobs), self.connector())
+        let app = Appliance::open(config(self.dir.path(), self.tweak), self.connector())
             .await
             .unwrap();
         self.admin = std::fs::read_to_string(self.dir.path().join("admin.token"))
@@ -264,6 +273,7 @@ impl Lab {
             persistent: Mutex::default(),
             calls: Mutex::default(),
             fail_next: AtomicU32::new(0),
+            dead_nic: Default::default(),
             boots: self.boots_tx.clone(),
         });
         self.fakes.lock().unwrap().insert(name.into(), f.clone());
@@ -290,7 +300,16 @@ impl Lab {
     }
 
     async fn enroll(&self, name: &str) {
-        self.add_fake(name);
+        self.enroll_with(name, json!({})).await;
+    }
+
+    async fn enroll_with(&self, name: &str, options: Value) -> Arc<Fake> {
+        let fake = self.add_fake(name);
+        self.enroll_fake(name, options).await;
+        fake
+    }
+
+    async fn enroll_fake(&self, name: &str, options: Value) {
         let (s, b) = self
             .api(
                 reqwest::Method::POST,
@@ -300,6 +319,7 @@ impl Lab {
                     "bmc": { "address": format!("redfish+http://127.0.0.1:9/redfish/v1/Systems/{name}"), "username": "admin", "password": PASSWORD },
                     "boot_mac": mac_of(name),
                     "labels": { "rack": "r1" },
+                    "options": options,
                 })),
             )
             .await;
@@ -424,7 +444,7 @@ async fn hosts_go_from_enroll_to_provisioned_and_back_with_a_concurrency_limit()
             .with_writer(move || l2.clone())
             .finish(),
     );
-    let mut lab = Lab::start(1).await;
+    let mut lab = Lab::start(|c| c.max_concurrent_jobs = 1).await;
     lab.enroll("node-1").await;
     lab.enroll("node-2").await;
     let h1 = lab.wait_state("node-1", "available").await;
@@ -467,7 +487,7 @@ async fn hosts_go_from_enroll_to_provisioned_and_back_with_a_concurrency_limit()
     }
     assert!(writing, "never saw the image write in progress");
     lab.kill().await;
-    lab.serve(1).await;
+    lab.serve().await;
     let h = lab.wait_state("node-1", "provisioned").await;
     assert_eq!(h["counters"]["deploys"], 1);
     let writes = lab.commands.lock().unwrap()["node-1"]
@@ -596,7 +616,7 @@ async fn hosts_go_from_enroll_to_provisioned_and_back_with_a_concurrency_limit()
 
 #[tokio::test]
 async fn bad_input_and_bad_tokens_are_refused_with_the_field_named() {
-    let lab = Lab::start(4).await;
+    let lab = Lab::start(|_| {}).await;
     let post = |body: Value| lab.api(reqwest::Method::POST, "/api/v1/hosts", Some(body));
     let good = json!({ "name": "node-7", "bmc": { "address": "ipmi://127.0.0.1:623", "username": "u", "password": "pw-Secret-77" }, "boot_mac": "52:54:00:00:00:07" });
     let cases = [
@@ -705,4 +725,60 @@ async fn bad_input_and_bad_tokens_are_refused_with_the_field_named() {
         !lab.bodies.lock().unwrap().join("").contains("pw-Secret-77"),
         "password echoed"
     );
+}
+
+#[tokio::test]
+async fn bmc_trouble_is_retried_within_a_per_host_call_budget_and_boot_timeouts_are_actionable() {
+    let lab = Lab::start(|c| {
+        c.bmc_calls_per_minute = 3;
+        c.policy.boot_timeout_secs = 2;
+    })
+    .await;
+    // Two transient BMC failures during registration, then success: retried with backoff, no error state.
+    let f = lab.add_fake("node-3");
+    f.fail_next.store(2, Ordering::SeqCst);
+    lab.enroll_fake("node-3", json!({ "inspect": false })).await;
+    lab.wait_state("node-3", "available").await;
+    // Idle power sync keeps polling every second, but never beyond 3 BMC calls per host per minute.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = f.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    let (_, ev) = lab.api(reqwest::Method::GET, "/api/v1/hosts/node-3/events", None).await;
+    assert!(
+        ev.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().contains("registering -> available")),
+        "{ev}"
+    );
+
+    // A host that never network-boots fails inspection with a message naming what to check, then retries.
+    let lab = Lab::start(|c| c.policy.boot_timeout_secs = 2).await;
+    let dead = lab.add_fake("node-4");
+    dead.dead_nic.store(true, Ordering::SeqCst);
+    lab.enroll_fake("node-4", json!({})).await;
+    let mut err = Value::Null;
+    for _ in 0..200 {
+        let (_, h) = lab.api(reqwest::Method::GET, "/api/v1/hosts/node-4", None).await;
+        if h["state"] == "error" {
+            err = h;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(err["error"]["type"], "inspection error", "{err}");
+    assert_eq!(err["error"]["kind"], "boot_timeout");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains(&mac_of("node-4")),
+        "{err}"
+    );
+    assert!(err["error"]["retry_at"].is_string());
+    for _ in 0..200 {
+        let (_, h) = lab.api(reqwest::Method::GET, "/api/v1/hosts/node-4", None).await;
+        if h["counters"]["boots"].as_u64() >= Some(2) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the failed inspection was never retried");
 }
