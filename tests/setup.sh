@@ -18,7 +18,7 @@ APT_PACKAGES=(
   postgresql
   libvirt-daemon-system libvirt-dev pkg-config
   debootstrap dosfstools mtools xorriso fdisk gdisk
-  curl python3-venv python3-dev gcc
+  curl python3-venv python3-dev gcc openssl
   etcd-server
 )
 missing=()
