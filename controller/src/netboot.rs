@@ -24,6 +24,8 @@ pub enum BootInstructions {
     },
     /// Boot from the local disk.
     LocalDisk { host: String },
+    /// A known host that should not network-boot now (lease it an address, offer no boot file).
+    Nothing { host: String },
 }
 
 impl BootInstructions {
@@ -36,7 +38,7 @@ impl BootInstructions {
                 "kiln.api={api_url} kiln.token={} kiln.host={host}",
                 token.expose()
             )),
-            BootInstructions::LocalDisk { .. } => None,
+            BootInstructions::LocalDisk { .. } | BootInstructions::Nothing { .. } => None,
         }
     }
 }
@@ -51,7 +53,8 @@ pub struct StoreLookup {
 
 impl StoreLookup {
     /// Instructions for `mac`, or `None` for a MAC kiln does not own (the DHCP server must then stay silent).
-    /// Every call for a host that should boot the agent mints a new token for the current boot.
+    /// Every call for a host that should boot the agent mints a new token for the current boot (the latest one is
+    /// what the iPXE script carries; all of them die when the phase ends).
     ///
     /// # Errors
     /// The store's error.
@@ -63,7 +66,7 @@ impl StoreLookup {
         match &h.state {
             State::Inspecting(j) | State::Preparing(j) | State::Provisioning(j) | State::Deprovisioning(j) => {
                 if j.phase == JobPhase::Delayed {
-                    return Ok(None);
+                    return Ok(Some(BootInstructions::Nothing { host }));
                 }
                 let token = random_hex(32);
                 self.store
@@ -83,7 +86,7 @@ impl StoreLookup {
             | State::Registering { .. }
             | State::Available { .. }
             | State::Deleting { .. }
-            | State::Error(_) => Ok(None),
+            | State::Error(_) => Ok(Some(BootInstructions::Nothing { host })),
         }
     }
 }

@@ -508,9 +508,18 @@ async fn hosts_go_from_enroll_to_provisioned_and_back_with_a_concurrency_limit()
     );
 
     // Per-phase timing: states and sub-phases with durations.
-    let (_, t) = lab
-        .api(reqwest::Method::GET, "/api/v1/hosts/node-1/timings", None)
-        .await;
+    // (The state is saved just before its timing rows are written, so allow the rows a moment.)
+    let mut t = Value::Null;
+    for _ in 0..40 {
+        t = lab
+            .api(reqwest::Method::GET, "/api/v1/hosts/node-1/timings", None)
+            .await
+            .1;
+        if t.as_array().unwrap().iter().any(|r| r["phase"] == "provisioned") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let phases: Vec<&str> = t
         .as_array()
         .unwrap()
@@ -601,6 +610,7 @@ async fn hosts_go_from_enroll_to_provisioned_and_back_with_a_concurrency_limit()
         m.contains("kiln_phase_duration_seconds_bucket{state=\"provisioning\""),
         "{m}"
     );
+    assert!(m.contains("kiln_pxe_events_total{event=\"dhcp_offers\"} 0"), "{m}");
 
     // No BMC password or agent token in any API response or log line.
     let tokens: Vec<String> = lab.tokens.lock().unwrap().values().flatten().cloned().collect();
