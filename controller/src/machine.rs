@@ -12,6 +12,7 @@ use crate::types::{HostName, Ts};
 
 /// Timeouts, retry limits and intervals the machine decides with. Configurable per appliance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// From power-on to the agent's first heartbeat.
     pub boot_timeout_secs: u64,
