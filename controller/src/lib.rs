@@ -17,6 +17,7 @@ pub mod machine;
 pub mod metrics;
 pub mod model;
 pub mod netboot;
+pub mod policy;
 pub mod pxe_lookup;
 pub mod server;
 pub mod store;

@@ -18,6 +18,7 @@ pub enum BootInstructions {
     /// The token is a [`Secret`]: this value can be logged.
     Agent {
         host: String,
+        mac: MacAddr,
         boot: u64,
         token: Secret,
         api_url: String,
@@ -33,9 +34,13 @@ impl BootInstructions {
     pub fn kernel_args(&self) -> Option<String> {
         match self {
             BootInstructions::Agent {
-                host, token, api_url, ..
+                host,
+                mac,
+                token,
+                api_url,
+                ..
             } => Some(format!(
-                "kiln.api={api_url} kiln.token={} kiln.host={host}",
+                "kiln.api={api_url} kiln.token={} kiln.mac={mac} kiln.host={host}",
                 token.expose()
             )),
             BootInstructions::LocalDisk { .. } | BootInstructions::Nothing { .. } => None,
@@ -74,6 +79,7 @@ impl StoreLookup {
                     .await?;
                 Ok(Some(BootInstructions::Agent {
                     host,
+                    mac: *mac,
                     boot: j.boot,
                     token: Secret::new(token),
                     api_url: self.api_url.clone(),
