@@ -17,11 +17,14 @@ export GOMODCACHE=$CACHE/kube/gomod GOCACHE=$CACHE/kube/gocache GOFLAGS=-mod=mod
 log() { printf 'kube build: %s\n' "$*" >&2; }
 mkdir -p "$OUT"
 cd "$HERE"
+MAJOR=${K8S_VERSION#v}; MAJOR=${MAJOR%%.*}; MINOR=${K8S_VERSION#v*.}; MINOR=${MINOR%%.*}
+V=k8s.io/component-base/version
+STAMP="-X $V.gitVersion=$K8S_VERSION -X $V.gitMajor=$MAJOR -X $V.gitMinor=$MINOR -X $V.gitTreeState=clean"
 build() { # build <package> <output name>
   if [ -x "$OUT/$2" ]; then return; fi
   log "building $2 from $1 (slow the first time)"
   local t0=$SECONDS
-  nice -n 10 "$GO" build -trimpath -ldflags='-s -w' -o "$OUT/$2.tmp" "$1"
+  nice -n 10 "$GO" build -trimpath -ldflags="-s -w $STAMP" -o "$OUT/$2.tmp" "$1"
   mv "$OUT/$2.tmp" "$OUT/$2"
   log "built $OUT/$2 in $((SECONDS - t0)) s"
 }
@@ -32,9 +35,10 @@ if [ ! -e "$CRD/.done" ]; then
   log "fetching the Cluster API $CAPI_VERSION CRDs"
   dir=$(cd /tmp && GOFLAGS= "$GO" mod download -json "sigs.k8s.io/cluster-api@$CAPI_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
   mkdir -p "$CRD"
-  cp "$dir"/config/crd/bases/*.yaml "$CRD/"
-  cp "$dir"/bootstrap/kubeadm/config/crd/bases/*.yaml "$CRD/" 2>/dev/null || true
-  cp "$dir"/controlplane/kubeadm/config/crd/bases/*.yaml "$CRD/" 2>/dev/null || true
+  # core (cluster.x-k8s.io, ipam, runtime addons), kubeadm bootstrap and control plane
+  for sub in core bootstrap/kubeadm controlplane/kubeadm; do
+    cp "$dir/$sub"/config/crd/bases/*.yaml "$CRD/"
+  done
   chmod -R u+w "$CRD"
   touch "$CRD/.done"
 fi

@@ -7,3 +7,5 @@
 pub mod bmh;
 pub mod capi;
 pub mod crds;
+pub mod engine;
+pub mod host_controller;
