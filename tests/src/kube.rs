@@ -41,7 +41,10 @@ pub fn bin_dir() -> PathBuf {
 /// The cached Cluster API CRDs (`config/crd/bases` of `sigs.k8s.io/cluster-api` plus kubeadm bootstrap and control
 /// plane), one YAML file each.
 pub fn capi_crd_dir() -> PathBuf {
-    crate::cache_dir().join("kube").join(format!("cluster-api-{CAPI_VERSION}")).join("crd")
+    crate::cache_dir()
+        .join("kube")
+        .join(format!("cluster-api-{CAPI_VERSION}"))
+        .join("crd")
 }
 
 /// The bearer token of the admin user.
@@ -63,9 +66,17 @@ pub struct KubeApiServer {
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().context("run openssl")?;
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .context("run openssl")?;
     if !out.status.success() {
-        bail!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "openssl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -110,10 +121,17 @@ impl KubeApiServer {
     pub fn binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
         let apiserver = bin_dir().join("kube-apiserver");
         if !apiserver.exists() {
-            bail!("{} is missing: run tests/setup.sh (it runs tests/kube/build.sh)", apiserver.display());
+            bail!(
+                "{} is missing: run tests/setup.sh (it runs tests/kube/build.sh)",
+                apiserver.display()
+            );
         }
         let built = bin_dir().join("etcd");
-        let etcd = if built.exists() { built } else { PathBuf::from("/usr/bin/etcd") };
+        let etcd = if built.exists() {
+            built
+        } else {
+            PathBuf::from("/usr/bin/etcd")
+        };
         Ok((apiserver, etcd))
     }
 
@@ -127,13 +145,30 @@ impl KubeApiServer {
         let mut ca = vec!["req", "-x509"];
         ca.extend(ec);
         ca.extend([
-            "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=kiln-test-ca",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kiln-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ]);
         openssl(d, &ca)?;
         let mut csr = vec!["req"];
         csr.extend(ec);
-        csr.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=kube-apiserver"]);
+        csr.extend([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=kube-apiserver",
+        ]);
         openssl(d, &csr)?;
         std::fs::write(
             d.join("server.ext"),
@@ -143,13 +178,40 @@ impl KubeApiServer {
         openssl(
             d,
             &[
-                "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-                "server.crt", "-days", "2", "-extfile", "server.ext",
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
             ],
         )?;
-        openssl(d, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "sa.key"])?;
+        openssl(
+            d,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                "sa.key",
+            ],
+        )?;
         openssl(d, &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
-        std::fs::write(d.join("tokens.csv"), format!("{ADMIN_TOKEN},kiln-admin,kiln-admin-uid,system:masters\n"))?;
+        std::fs::write(
+            d.join("tokens.csv"),
+            format!("{ADMIN_TOKEN},kiln-admin,kiln-admin-uid,system:masters\n"),
+        )?;
 
         let (etcd_port, peer_port, port) = (crate::free_port(), crate::free_port(), crate::free_port());
         let p = |f: &str| d.join(f).display().to_string();
@@ -207,7 +269,15 @@ impl KubeApiServer {
                 p("ca.crt")
             ),
         )?;
-        let mut me = Self { url, kubeconfig, ca_pem, etcd, apiserver, dir, _record: record };
+        let mut me = Self {
+            url,
+            kubeconfig,
+            ca_pem,
+            etcd,
+            apiserver,
+            dir,
+            _record: record,
+        };
         if let Err(e) = me.wait_ready(Duration::from_secs(90)).await {
             let msg = format!(
                 "{e:#}\n--- kube-apiserver log ---\n{}\n--- etcd log ---\n{}",
@@ -317,9 +387,12 @@ pub async fn install_crds(client: &kube::Client, crds: &[CustomResourceDefinitio
     for crd in crds {
         let name = crd.metadata.name.clone().unwrap_or_default();
         let cond = kube::runtime::conditions::is_crd_established();
-        tokio::time::timeout(Duration::from_secs(30), kube::runtime::wait::await_condition(api.clone(), &name, cond))
-            .await
-            .with_context(|| format!("CRD {name} not established"))??;
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            kube::runtime::wait::await_condition(api.clone(), &name, cond),
+        )
+        .await
+        .with_context(|| format!("CRD {name} not established"))??;
     }
     Ok(())
 }

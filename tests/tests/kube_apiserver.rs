@@ -47,20 +47,29 @@ async fn apiserver_serves_kiln_and_capi_crds() {
     let version = client.apiserver_version().await.unwrap();
     assert_eq!(format!("v{}.{}", version.major, version.minor), {
         let v = kiln_tests::kube::k8s_version();
-        v.rsplitn(2, '.').nth(1).unwrap().to_owned()
+        v.rsplit_once('.').unwrap().0.to_owned()
     });
 
     let mut crds = parse_crds(&kiln::kube::crds::crds_yaml()).unwrap();
     let capi = read_crd_dir(&capi_crd_dir()).unwrap();
-    assert!(capi.iter().any(|c| c.metadata.name.as_deref() == Some("machines.cluster.x-k8s.io")));
+    assert!(
+        capi.iter()
+            .any(|c| c.metadata.name.as_deref() == Some("machines.cluster.x-k8s.io"))
+    );
     crds.extend(capi);
     install_crds(&client, &crds).await.expect("install CRDs");
 
     // A Metal3 manifest applies unchanged (server-side field validation is strict for unknown fields).
     let obj: serde_json::Value = serde_saphyr::from_str(METAL3_HOST).unwrap();
     let hosts: Api<BareMetalHost> = Api::namespaced(client.clone(), "default");
-    let pp = PatchParams { field_validation: Some(kube::api::ValidationDirective::Strict), ..PatchParams::apply("kubectl") };
-    hosts.patch("worker-0", &pp, &Patch::Apply(&obj)).await.expect("apply Metal3 BareMetalHost");
+    let pp = PatchParams {
+        field_validation: Some(kube::api::ValidationDirective::Strict),
+        ..PatchParams::apply("kubectl")
+    };
+    hosts
+        .patch("worker-0", &pp, &Patch::Apply(&obj))
+        .await
+        .expect("apply Metal3 BareMetalHost");
     let got = hosts.get("worker-0").await.unwrap();
     assert_eq!(got.spec.boot_mac_address.as_deref(), Some("52:54:00:12:34:56"));
     assert_eq!(got.spec.boot_mode, Some(BootMode::Legacy));
@@ -73,7 +82,10 @@ async fn apiserver_serves_kiln_and_capi_crds() {
     let mut bad = obj.clone();
     bad["spec"]["noSuchField"] = serde_json::json!(1);
     bad["metadata"]["name"] = "bad".into();
-    let err = hosts.patch("bad", &pp, &Patch::Apply(&bad)).await.expect_err("unknown field must be rejected");
+    let err = hosts
+        .patch("bad", &pp, &Patch::Apply(&bad))
+        .await
+        .expect_err("unknown field must be rejected");
     assert!(err.to_string().contains("noSuchField"), "{err}");
 
     // The CAPI CRDs are served too: create a Cluster with the real v1beta2 schema.
@@ -88,7 +100,10 @@ async fn apiserver_serves_kiln_and_capi_crds() {
         "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "KilnCluster", "name": "c1"}}
     }))
     .unwrap();
-    clusters.create(&PostParams::default(), &cluster).await.expect("create a CAPI Cluster");
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .expect("create a CAPI Cluster");
 
     // Namespaces work (RBAC admin via the static token).
     let ns: Api<Namespace> = Api::all(client.clone());

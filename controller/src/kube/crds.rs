@@ -75,7 +75,11 @@ mod tests {
             }
         }
         let mut extra: Vec<String> = std::fs::read_dir(&dir)
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         extra.retain(|n| n.ends_with(".yaml") && !crd_files().iter().any(|(f, _)| f == n));
         assert!(
@@ -93,17 +97,36 @@ mod tests {
         assert!(v.subresources.as_ref().unwrap().status.is_some());
         let schema = serde_json::to_value(v.schema.as_ref().unwrap()).unwrap();
         let spec = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"];
-        for f in ["bmc", "bootMACAddress", "bootMode", "online", "consumerRef", "image", "userData", "networkData",
-            "metaData", "rootDeviceHints", "automatedCleaningMode", "externallyProvisioned", "architecture"]
-        {
+        for f in [
+            "bmc",
+            "bootMACAddress",
+            "bootMode",
+            "online",
+            "consumerRef",
+            "image",
+            "userData",
+            "networkData",
+            "metaData",
+            "rootDeviceHints",
+            "automatedCleaningMode",
+            "externallyProvisioned",
+            "architecture",
+        ] {
             assert!(spec.get(f).is_some(), "spec.{f} missing");
         }
         assert!(spec["image"]["properties"].get("format").is_some());
         let status = &schema["openAPIV3Schema"]["properties"]["status"]["properties"];
         assert!(status["provisioning"]["properties"].get("ID").is_some());
-        for f in ["operationalStatus", "errorType", "errorMessage", "poweredOn", "hardware", "operationHistory",
-            "errorCount", "conditions"]
-        {
+        for f in [
+            "operationalStatus",
+            "errorType",
+            "errorMessage",
+            "poweredOn",
+            "hardware",
+            "operationHistory",
+            "errorCount",
+            "conditions",
+        ] {
             assert!(status.get(f).is_some(), "status.{f} missing");
         }
     }

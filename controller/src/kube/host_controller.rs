@@ -113,7 +113,10 @@ async fn reconcile<E: Engine>(host: Arc<BareMetalHost>, ctx: Arc<Ctx<E>>) -> Res
     }
     let ns = host.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<BareMetalHost> = Api::namespaced(ctx.client.clone(), &ns);
-    let key = HostKey { namespace: ns.clone(), name: host.name_any() };
+    let key = HostKey {
+        namespace: ns.clone(),
+        name: host.name_any(),
+    };
     let has_finalizer = host.finalizers().iter().any(|f| f == FINALIZER);
 
     if host.metadata.deletion_timestamp.is_some() {
@@ -170,7 +173,11 @@ async fn reconcile<E: Engine>(host: Arc<BareMetalHost>, ctx: Arc<Ctx<E>>) -> Res
     if !same_status(host.status.as_ref(), &status) {
         write_status(&api, &host, &status, &ctx.config.manager).await?;
     }
-    Ok(Action::requeue(if state.is_stable() { ctx.config.idle_requeue } else { ctx.config.busy_requeue }))
+    Ok(Action::requeue(if state.is_stable() {
+        ctx.config.idle_requeue
+    } else {
+        ctx.config.busy_requeue
+    }))
 }
 
 fn now() -> Time {
@@ -185,13 +192,23 @@ async fn host_spec(host: &BareMetalHost, secrets: &Api<Secret>) -> Result<Result
         return Ok(Err("spec.bmc.credentialsName is empty".into()));
     }
     let Some(creds) = secrets.get_opt(&s.bmc.credentials_name).await? else {
-        return Ok(Err(format!("BMC credentials Secret {} not found", s.bmc.credentials_name)));
+        return Ok(Err(format!(
+            "BMC credentials Secret {} not found",
+            s.bmc.credentials_name
+        )));
     };
     let (Some(user), Some(pass)) = (secret_key(&creds, &["username"]), secret_key(&creds, &["password"])) else {
-        return Ok(Err(format!("Secret {} lacks username or password", s.bmc.credentials_name)));
+        return Ok(Err(format!(
+            "Secret {} lacks username or password",
+            s.bmc.credentials_name
+        )));
     };
     let mut data = Vec::new();
-    for (r, key) in [(&s.user_data, "userData"), (&s.network_data, "networkData"), (&s.meta_data, "metaData")] {
+    for (r, key) in [
+        (&s.user_data, "userData"),
+        (&s.network_data, "networkData"),
+        (&s.meta_data, "metaData"),
+    ] {
         data.push(match r {
             None => None,
             Some(r) => match referenced(secrets, host, r, key).await? {
@@ -237,12 +254,21 @@ async fn referenced(
     key: &str,
 ) -> Result<Result<SecretBytes, String>, Error> {
     let name = r.name.clone().unwrap_or_default();
-    let other_ns = r.namespace.as_deref().filter(|n| Some(*n) != host.metadata.namespace.as_deref());
+    let other_ns = r
+        .namespace
+        .as_deref()
+        .filter(|n| Some(*n) != host.metadata.namespace.as_deref());
     let secret = match other_ns {
-        Some(ns) => Api::<Secret>::namespaced(secrets.clone().into_client(), ns).get_opt(&name).await?,
+        Some(ns) => {
+            Api::<Secret>::namespaced(secrets.clone().into_client(), ns)
+                .get_opt(&name)
+                .await?
+        }
         None => secrets.get_opt(&name).await?,
     };
-    let Some(secret) = secret else { return Ok(Err(format!("Secret {name} not found"))) };
+    let Some(secret) = secret else {
+        return Ok(Err(format!("Secret {name} not found")));
+    };
     Ok(secret_key(&secret, &[key, "value"]).ok_or_else(|| format!("Secret {name} has neither {key} nor value")))
 }
 
@@ -253,7 +279,13 @@ fn secret_key(secret: &Secret, keys: &[&str]) -> Option<SecretBytes> {
             .as_ref()
             .and_then(|d| d.get(*k))
             .map(|b| SecretBytes(b.0.clone()))
-            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(*k)).map(|s| SecretBytes(s.clone().into_bytes())))
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(*k))
+                    .map(|s| SecretBytes(s.clone().into_bytes()))
+            })
     })
 }
 
@@ -277,8 +309,11 @@ pub fn status_from(host: &BareMetalHost, st: &HostState, now: Time) -> BareMetal
             s.error_message = m.clone();
         }
         None => {
-            s.operational_status =
-                if st.state == ProvisioningState::None { OperationalStatus::Discovered } else { OperationalStatus::Ok };
+            s.operational_status = if st.state == ProvisioningState::None {
+                OperationalStatus::Discovered
+            } else {
+                OperationalStatus::Ok
+            };
             s.error_type = None;
             s.error_message = String::new();
         }
@@ -316,16 +351,30 @@ fn conditions(s: &BareMetalHostStatus, prev: &[Condition], now: &Time) -> Vec<Co
     use ProvisioningState as P;
     let ok = s.operational_status == OperationalStatus::Ok;
     let want = [
-        ("Ready", ok && s.provisioning.state == P::Provisioned, if ok { "Provisioned" } else { "Error" }),
+        (
+            "Ready",
+            ok && s.provisioning.state == P::Provisioned,
+            if ok { "Provisioned" } else { "Error" },
+        ),
         ("Provisioned", s.provisioning.state == P::Provisioned, "Provisioned"),
-        ("AvailableForProvisioning", s.provisioning.state == P::Available, "Available"),
-        ("Manageable", !matches!(s.provisioning.state, P::None | P::Registering | P::Unmanaged), "Manageable"),
+        (
+            "AvailableForProvisioning",
+            s.provisioning.state == P::Available,
+            "Available",
+        ),
+        (
+            "Manageable",
+            !matches!(s.provisioning.state, P::None | P::Registering | P::Unmanaged),
+            "Manageable",
+        ),
     ];
     want.iter()
         .map(|(t, on, reason)| {
             let status = if *on { "True" } else { "False" };
             let old = prev.iter().find(|c| c.type_ == *t);
-            let since = old.filter(|c| c.status == status).map(|c| c.last_transition_time.clone());
+            let since = old
+                .filter(|c| c.status == status)
+                .map(|c| c.last_transition_time.clone());
             Condition {
                 type_: (*t).into(),
                 status: status.into(),
@@ -359,8 +408,12 @@ async fn write_status(
     status: &BareMetalHostStatus,
     _manager: &str,
 ) -> Result<(), kube::Error> {
-    api.patch_status(&host.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
-        .await?;
+    api.patch_status(
+        &host.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
     Ok(())
 }
 
@@ -369,14 +422,16 @@ async fn add_finalizer(api: &Api<BareMetalHost>, host: &BareMetalHost) -> Result
     f.push(FINALIZER.into());
     // resourceVersion in the merge patch makes this an optimistic-concurrency update.
     let patch = json!({"metadata": {"finalizers": f, "resourceVersion": host.resource_version()}});
-    api.patch(&host.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    api.patch(&host.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
     Ok(())
 }
 
 async fn remove_finalizer(api: &Api<BareMetalHost>, host: &BareMetalHost) -> Result<(), kube::Error> {
     let f: Vec<String> = host.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     let patch = json!({"metadata": {"finalizers": f, "resourceVersion": host.resource_version()}});
-    api.patch(&host.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    api.patch(&host.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
     Ok(())
 }
 

@@ -55,7 +55,10 @@ fn step(spec: &HostSpec, st: &mut HostState) {
     st.state = match st.state {
         S::None => S::Registering,
         S::Registering if spec.bmc.address.starts_with("fail://") => {
-            st.error = Some((ErrorType::Registration, format!("cannot reach BMC {}", spec.bmc.address)));
+            st.error = Some((
+                ErrorType::Registration,
+                format!("cannot reach BMC {}", spec.bmc.address),
+            ));
             st.error_count += 1;
             S::Registering
         }
@@ -105,12 +108,18 @@ impl Engine for MemoryEngine {
             *n += 1;
             Entry {
                 spec: spec.clone(),
-                state: HostState { id: format!("mem-{n}"), ..Default::default() },
+                state: HostState {
+                    id: format!("mem-{n}"),
+                    ..Default::default()
+                },
                 releasing: false,
             }
         });
         if entry.releasing {
-            return Err(EngineError::Rejected { host: key.to_string(), reason: "being released".into() });
+            return Err(EngineError::Rejected {
+                host: key.to_string(),
+                reason: "being released".into(),
+            });
         }
         if entry.spec.bmc != spec.bmc && entry.state.error.is_some() {
             entry.state.error = None; // new credentials: retry registration
@@ -126,7 +135,9 @@ impl Engine for MemoryEngine {
 
     async fn release_host(&self, key: &HostKey, deprovision: bool) -> Result<Release, EngineError> {
         let mut hosts = self.hosts.lock().unwrap();
-        let Some(entry) = hosts.get_mut(key) else { return Ok(Release::Done) };
+        let Some(entry) = hosts.get_mut(key) else {
+            return Ok(Release::Done);
+        };
         let on_disk = matches!(entry.state.state, S::Provisioned | S::Provisioning | S::Deprovisioning);
         if deprovision && on_disk && !entry.releasing {
             entry.releasing = true;
@@ -139,7 +150,10 @@ impl Engine for MemoryEngine {
 
     async fn reboot_host(&self, key: &HostKey) -> Result<(), EngineError> {
         if !self.hosts.lock().unwrap().contains_key(key) {
-            return Err(EngineError::Rejected { host: key.to_string(), reason: "unknown host".into() });
+            return Err(EngineError::Rejected {
+                host: key.to_string(),
+                reason: "unknown host".into(),
+            });
         }
         *self.reboots.lock().unwrap().entry(key.clone()).or_default() += 1;
         Ok(())

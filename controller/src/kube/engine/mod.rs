@@ -7,7 +7,9 @@
 
 use std::future::Future;
 
-use super::bmh::{AutomatedCleaningMode, BootMode, ErrorType, HardwareDetails, Image, ProvisioningState, RootDeviceHints};
+use super::bmh::{
+    AutomatedCleaningMode, BootMode, ErrorType, HardwareDetails, Image, ProvisioningState, RootDeviceHints,
+};
 
 pub mod memory;
 
@@ -119,14 +121,18 @@ impl EngineError {
 /// kiln's engine as the Kubernetes controllers see it.
 pub trait Engine: Send + Sync + 'static {
     /// Creates or updates a host's desired state; returns what the engine observes now.
-    fn apply_host(&self, key: &HostKey, spec: &HostSpec) -> impl Future<Output = Result<HostState, EngineError>> + Send;
+    fn apply_host(&self, key: &HostKey, spec: &HostSpec)
+    -> impl Future<Output = Result<HostState, EngineError>> + Send;
 
     /// What the engine observes about a host, `None` when it does not know it.
     fn host_state(&self, key: &HostKey) -> impl Future<Output = Result<Option<HostState>, EngineError>> + Send;
 
     /// Deprovisions (unless `deprovision` is false: detached hosts) and forgets a host.
-    fn release_host(&self, key: &HostKey, deprovision: bool)
-    -> impl Future<Output = Result<Release, EngineError>> + Send;
+    fn release_host(
+        &self,
+        key: &HostKey,
+        deprovision: bool,
+    ) -> impl Future<Output = Result<Release, EngineError>> + Send;
 
     /// Power-cycles a host through its BMC (remediation).
     fn reboot_host(&self, key: &HostKey) -> impl Future<Output = Result<(), EngineError>> + Send;
