@@ -6,6 +6,7 @@
 
 pub mod bmh;
 pub mod capi;
+pub mod claim;
 pub mod crds;
 pub mod engine;
 pub mod host_controller;
