@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn choice_prefers_own_then_failure_domain_and_never_takes_consumed_hosts() {
-        use ProvisioningState::*;
+        use ProvisioningState as P;
         let me = ObjectReference {
             kind: Some("KilnMachine".into()),
             name: Some("m1".into()),
@@ -235,13 +235,13 @@ mod tests {
             ..Default::default()
         };
         let hosts = vec![
-            host("a", Available, &[("role", "worker")], Some("other")),
-            host("b", Inspecting, &[("role", "worker")], None),
-            host("c", Available, &[("role", "cp")], None),
-            host("d", Available, &[("role", "worker")], None),
+            host("a", P::Available, &[("role", "worker")], Some("other")),
+            host("b", P::Inspecting, &[("role", "worker")], None),
+            host("c", P::Available, &[("role", "cp")], None),
+            host("d", P::Available, &[("role", "worker")], None),
             host(
                 "e",
-                Available,
+                P::Available,
                 &[("role", "worker"), (FAILURE_DOMAIN_LABEL, "fd2")],
                 None,
             ),
@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(choose_host(&hosts, &sel, Some("fd2"), &me).unwrap().name_any(), "e");
         assert_eq!(choose_host(&hosts, &sel, Some("fd9"), &me).unwrap().name_any(), "d");
         let mut mine = hosts.clone();
-        mine.push(host("z", Provisioned, &[("role", "worker")], Some("m1")));
+        mine.push(host("z", P::Provisioned, &[("role", "worker")], Some("m1")));
         assert_eq!(choose_host(&mine, &sel, None, &me).unwrap().name_any(), "z");
         assert!(choose_host(&hosts[..3], &sel, None, &me).is_none());
     }
