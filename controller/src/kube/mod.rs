@@ -10,3 +10,4 @@ pub mod claim;
 pub mod crds;
 pub mod engine;
 pub mod host_controller;
+pub mod machine_controller;
