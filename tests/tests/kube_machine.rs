@@ -12,7 +12,7 @@ use kiln::kube::bmh::{BareMetalHost, ProvisioningState as S};
 use kiln::kube::capi::KilnMachine;
 use kiln::kube::engine::{HostKey, memory::MemoryEngine};
 use kiln::kube::{host_controller, machine_controller};
-use kiln_tests::kube::{KubeApiServer, capi_crd_dir, install_crds, parse_crds, read_crd_dir};
+use kiln_tests::kube::{KubeApiServer, apply_manifest_dir, capi_crd_dir, install_crds, parse_crds, read_crd_dir};
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use serde_json::json;
@@ -50,6 +50,37 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
     crds.extend(read_crd_dir(&capi_crd_dir()).unwrap());
     install_crds(&client, &crds).await.unwrap();
 
+    // deploy/'s namespace, ServiceAccount and RBAC; the controllers run as that ServiceAccount, proving the role
+    // grants enough.
+    let deploy = kiln_tests::repo_root().join("deploy/config");
+    apply_manifest_dir(&client, &deploy.join("manager"))
+        .await
+        .expect("apply deploy/config/manager");
+    let applied = apply_manifest_dir(&client, &deploy.join("rbac"))
+        .await
+        .expect("apply deploy/config/rbac");
+    assert!(
+        applied.contains(&"ClusterRole/kiln-controller".to_string()),
+        "{applied:?}"
+    );
+    let sa = server
+        .client_as(
+            "system:serviceaccount:kiln-system:kiln-controller",
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:kiln-system",
+                "system:authenticated",
+            ],
+        )
+        .await
+        .unwrap();
+    // Sanity: the ServiceAccount is really restricted (no rights on, e.g., ConfigMaps).
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(sa.clone(), "default");
+    assert!(
+        cms.list(&Default::default()).await.is_err(),
+        "the ServiceAccount must not list ConfigMaps"
+    );
+
     let engine = Arc::new(MemoryEngine::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -66,12 +97,12 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
         idle_requeue: Duration::from_secs(2),
     };
     let t1 = tokio::spawn(host_controller::run(
-        client.clone(),
+        sa.clone(),
         engine.clone(),
         hc,
         stopped(stop_rx.clone()),
     ));
-    let t2 = tokio::spawn(machine_controller::run(client.clone(), mc, stopped(stop_rx.clone())));
+    let t2 = tokio::spawn(machine_controller::run(sa.clone(), mc, stopped(stop_rx.clone())));
 
     let hosts: Api<BareMetalHost> = Api::namespaced(client.clone(), "default");
     let kms: Api<KilnMachine> = Api::namespaced(client.clone(), "default");
