@@ -17,8 +17,10 @@ APT_PACKAGES=(
   kea-dhcp4-server kea-admin
   postgresql
   libvirt-daemon-system libvirt-dev pkg-config
-  debootstrap dosfstools mtools xorriso fdisk gdisk
-  curl socat python3-venv python3-dev gcc
+  debootstrap dosfstools mtools xorriso fdisk gdisk e2fsprogs zstd xz-utils bzip2
+  extlinux syslinux-common grub-efi-amd64-bin grub-common
+  curl socat python3-venv python3-dev gcc openssl
+  gzip
   etcd-server
 )
 missing=()

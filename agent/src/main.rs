@@ -1,7 +1,58 @@
-//! kiln-agent: runs inside the netboot ramdisk; inspects the host and writes images on the appliance's command.
+//! The kiln-agent binary: reads the boot parameters from `/proc/cmdline`, sets up logging, and runs the heartbeat
+//! loop. Networking is already up (the ramdisk's `/init` ran udhcpc); when this returns, `/init` powers off.
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "kiln-agent starting");
-    Ok(())
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_agent::api::{ApiClient, Backoff};
+use kiln_agent::console::LogTail;
+use kiln_agent::exec::{self, Agent};
+use kiln_agent::{cmdline, error::chain};
+
+fn main() -> std::process::ExitCode {
+    let log = LogTail::default();
+    log.marker("start");
+    // `KILN_AGENT_CMDLINE` lets a developer run the agent on a workstation; the ramdisk uses /proc/cmdline.
+    let text = std::env::var("KILN_AGENT_CMDLINE")
+        .or_else(|_| std::fs::read_to_string("/proc/cmdline"))
+        .unwrap_or_default();
+    let cfg = match cmdline::parse_cmdline(&text) {
+        Ok(c) => c,
+        Err(e) => {
+            log.marker("fatal cmdline");
+            eprintln!("kiln-agent: {}", chain(&e));
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let level = if cfg.debug { "debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_ansi(false)
+        .with_writer(log.clone())
+        .init();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), api = %cfg.api, mac = ?cfg.mac.map(|m| m.to_string()), "kiln-agent starting");
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kiln-agent: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let api = ApiClient::new(cfg.api.clone(), cfg.token.clone(), Backoff::default())?;
+        let agent = Arc::new(Agent {
+            api,
+            root: PathBuf::from("/"),
+            log: log.clone(),
+        });
+        exec::run(agent).await
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %chain(&e), "agent stopped");
+            log.marker(&format!("fatal {}", e.kind()));
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

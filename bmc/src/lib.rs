@@ -1,9 +1,37 @@
+// NOTE TO THE BMC ENGINEER (remove this line when you have read it): the "common context" your task refers to is in /tmp/common.md: read it NOW (build with CARGO_TARGET_DIR=/work/main/target, deadlines 05:40/05:50 UTC, git rules).
 //! kiln-bmc: BMC addresses, the narrow `Bmc` trait and its drivers (Redfish, IPMI over LAN, an in-process fake).
 //!
 //! This crate owns talking to one BMC; it must not know about hosts, states or the store.
+//!
+//! Where to start reading:
+//! - [`address`]: `BmcAddress`, parsed once from a Metal3-style URL (`redfish://`, `ipmi://`, ...).
+//! - [`Bmc`] (below) and [`types`]: the seven operations and their value types.
+//! - [`connect`] and [`AnyBmc`]: pick the driver from the address; what the controller calls.
+//! - [`redfish`]: DSP0266/DSP0268 on reqwest (sessions or basic auth, ETags, task monitors, retries).
+//! - [`ipmi`]: IPMI v2.0 RMCP+ on tokio UDP (RAKP, cipher suites 3 and 17, chassis commands).
+//! - [`fake`]: `FakeBmc`, an in-process BMC that misbehaves on request, for other crates' tests.
+//! - [`error`]: `BmcError`, with `is_transient()` for retry decisions and `kind()` for exit codes.
+//!
+//! Every driver paces itself per BMC (one request in flight, a minimum gap; see `throttle`) and never puts a
+//! password or session token in a log line or an error.
 
+pub mod address;
+mod any;
+pub mod config;
+pub mod error;
+pub mod fake;
+pub mod ipmi;
+pub mod redfish;
+mod throttle;
 pub mod types;
 
+pub use address::{AddressError, AddressPart, BmcAddress, IpmiAddress, RedfishAddress, RedfishFlavor, Transport};
+pub use any::{AnyBmc, connect};
+pub use config::{BmcOptions, Credentials, IpmiPrivilege};
+pub use error::{BmcError, BmcErrorKind};
+pub use fake::FakeBmc;
+pub use ipmi::IpmiBmc;
+pub use redfish::RedfishBmc;
 pub use types::{
     BmcDisk, BootMode, BootPersistence, BootTarget, Capabilities, Inventory, PowerAction, PowerState, Secret,
 };

@@ -1,4 +1,24 @@
-//! kiln: the appliance library. `main.rs` only parses arguments and calls [`server::run`].
+//! kiln: the appliance library. `main.rs` only parses arguments and calls into [`server`] or [`cli`].
+//!
+//! Start reading at [`machine`] (the pure host state machine), then [`executor`] (which performs its decisions),
+//! [`store`] (SQLite/PostgreSQL), [`api`] and [`agent_api`] (HTTP), and [`server`] (how `kiln serve` runs them).
 
+pub mod agent_api;
+pub mod api;
+pub mod bmcs;
+pub mod cli;
+pub mod cli_bmc;
+pub mod crypto;
+pub mod executor;
+pub mod http_util;
+pub mod import;
 pub mod kube;
+pub mod machine;
+pub mod metrics;
+pub mod model;
+pub mod netboot;
 pub mod server;
+pub mod store;
+#[doc(hidden)]
+pub mod testing;
+pub mod types;

@@ -1,40 +1,106 @@
 //! The `kiln` binary: parses the command line and hands over to the library.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use kiln::cli::{ClientArgs, HostCmd};
+use kiln::server::{Appliance, Config};
 
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Bare-metal provisioning appliance")]
 struct Cli {
+    #[command(flatten)]
+    client: ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the appliance (HTTP API, web page, netboot services).
+    /// Run the appliance (store, executor, REST API, agent API).
     Serve {
         /// Address of the HTTP listener.
         #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// TOML config file.
+        #[arg(long, env = "KILN_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory (database, key, admin token); default ./kiln-data.
+        #[arg(long, env = "KILN_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// postgres://... or sqlite:PATH (default: <data-dir>/kiln.db).
+        #[arg(long, env = "KILN_DATABASE_URL")]
+        database_url: Option<String>,
+        /// URL agents reach kiln at (default: http://<listen>).
+        #[arg(long, env = "KILN_API_URL")]
+        api_url: Option<String>,
+        /// Agent jobs running at once; more hosts wait as `delayed`.
+        #[arg(long)]
+        max_concurrent_jobs: Option<usize>,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
     },
+    /// Manage hosts.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Enroll Metal3 BareMetalHost manifests (with their credential Secrets) from a multi-document YAML file.
+    Import { file: PathBuf },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let cli = Cli::parse();
+    let json_logs = matches!(cli.command, Command::Serve { log_json: true, .. });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if json_logs {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match cli.command {
-        Command::Serve { listen } => {
+        Command::Serve {
+            listen,
+            config,
+            data_dir,
+            database_url,
+            api_url,
+            max_concurrent_jobs,
+            log_json: _,
+        } => {
+            let mut cfg = match config {
+                Some(p) => Config::from_file(&p)?,
+                None => Config::default(),
+            };
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            if database_url.is_some() {
+                cfg.database_url = database_url;
+            }
+            if api_url.is_some() {
+                cfg.api_url = api_url;
+            }
+            if let Some(n) = max_concurrent_jobs {
+                cfg.max_concurrent_jobs = n;
+            }
             let listener = tokio::net::TcpListener::bind(listen).await?;
-            tracing::info!(addr = %listener.local_addr()?, "kiln serving");
-            kiln::server::run(listener, shutdown_signal()).await?;
+            let addr = listener.local_addr()?;
+            // The real BMC drivers and the netboot services are wired in here (see kiln::bmcs::BmcConnector and
+            // kiln::netboot::StoreLookup).
+            let app = Appliance::open(cfg, Arc::new(kiln::bmcs::NoDrivers)).await?;
+            tracing::info!(%addr, store = app.store.backend(), "kiln serving");
+            kiln::server::run(app, listener, shutdown_signal()).await?;
             tracing::info!("kiln stopped");
         }
+        Command::Host(cmd) => kiln::cli::host(&cli.client, cmd).await?,
+        Command::Import { file } => kiln::cli::import(&cli.client, &file).await?,
     }
     Ok(())
 }

@@ -1,26 +1,241 @@
-//! The HTTP front door of `kiln serve`: owns routing and graceful shutdown, not the handlers' logic.
+//! `kiln serve` as a library: opens the data directory (key, admin token, store), builds the HTTP router (REST API,
+//! agent API, `/healthz`, `/metrics`, OpenAPI) and runs it with the executor until shutdown. It owns start-up and
+//! graceful shutdown, not the handlers' logic.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 
+use axum::extract::State as AxState;
+use axum::http::header;
+use axum::response::IntoResponse;
 use axum::{Json, Router, routing::get};
+use kiln_bmc::Secret;
+use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::bmcs::BmcConnector;
+use crate::crypto::{CryptoError, SecretKey, random_hex, read_or_create_0600};
+use crate::executor::{Executor, ExecutorConfig};
+use crate::http_util::{ApiError, AppState};
+use crate::machine::Policy;
+use crate::metrics::Metrics;
+use crate::netboot::StoreLookup;
+use crate::store::{Store, StoreError};
+
+/// Errors of starting the appliance.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create data directory {path}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read or create the admin token file {path}")]
+    AdminToken {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot load the secrets key")]
+    Key(#[source] CryptoError),
+    #[error("cannot open the store")]
+    Store(#[source] StoreError),
+    #[error("cannot read config file {path}")]
+    Config {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Appliance configuration (TOML file, overridden by flags).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Data directory: `kiln.db`, `secret.key`, `admin.token`.
+    pub data_dir: PathBuf,
+    /// `postgres://...` or `sqlite:PATH`; default `<data_dir>/kiln.db`.
+    pub database_url: Option<String>,
+    /// URL the agent reaches kiln at; default derived from the listener.
+    pub api_url: Option<String>,
+    pub heartbeat_secs: u32,
+    pub max_concurrent_jobs: usize,
+    pub bmc_calls_per_minute: usize,
+    pub policy: Policy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let e = ExecutorConfig::default();
+        Self {
+            data_dir: PathBuf::from("./kiln-data"),
+            database_url: None,
+            api_url: None,
+            heartbeat_secs: 5,
+            max_concurrent_jobs: e.max_concurrent_jobs,
+            bmc_calls_per_minute: e.bmc_calls_per_minute,
+            policy: Policy::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file.
+    ///
+    /// # Errors
+    /// [`ServeError::Config`].
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ServeError> {
+        let err = |source: Box<dyn std::error::Error + Send + Sync>| ServeError::Config {
+            path: path.display().to_string(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(Box::new(e)))?;
+        toml::from_str(&text).map_err(|e| err(Box::new(e)))
+    }
+}
+
+/// Everything `kiln serve` runs, opened but not yet serving.
+pub struct Appliance {
+    pub state: AppState,
+    pub executor: Arc<Executor>,
+    pub store: Arc<dyn Store>,
+    config: Config,
+}
+
+/// Path of the admin token file in a data directory.
+pub fn admin_token_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("admin.token")
+}
+
+impl Appliance {
+    /// Opens the data directory (creating the key and admin token on first start) and the store.
+    ///
+    /// # Errors
+    /// [`ServeError`] naming what could not be opened.
+    pub async fn open(config: Config, connector: Arc<dyn BmcConnector>) -> Result<Self, ServeError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let key = SecretKey::load_or_create(dir).map_err(ServeError::Key)?;
+        let tpath = admin_token_path(dir);
+        let token = read_or_create_0600(&tpath, || random_hex(32)).map_err(|source| ServeError::AdminToken {
+            path: tpath.display().to_string(),
+            source,
+        })?;
+        let store = crate::store::connect(config.database_url.as_deref(), dir, key)
+            .await
+            .map_err(ServeError::Store)?;
+        let metrics = Arc::new(Metrics::default());
+        let exec_cfg = ExecutorConfig {
+            policy: config.policy,
+            max_concurrent_jobs: config.max_concurrent_jobs,
+            bmc_calls_per_minute: config.bmc_calls_per_minute,
+            ..ExecutorConfig::default()
+        };
+        let executor = Executor::new(store.clone(), connector, metrics.clone(), exec_cfg);
+        let state = AppState {
+            store: store.clone(),
+            executor: executor.clone(),
+            metrics,
+            admin_token: Arc::new(Secret::new(token)),
+            heartbeat_secs: config.heartbeat_secs,
+        };
+        Ok(Self {
+            state,
+            executor,
+            store,
+            config,
+        })
+    }
+
+    /// The netboot lookup (the pxe services' `HostLookup`) for agents reaching kiln at `api_url`.
+    pub fn lookup(&self, api_url: &str) -> StoreLookup {
+        StoreLookup {
+            store: self.store.clone(),
+            api_url: self.config.api_url.clone().unwrap_or_else(|| api_url.to_owned()),
+        }
+    }
+}
 
 /// Builds the appliance's HTTP router.
-pub fn router() -> Router {
-    Router::new().route("/healthz", get(healthz))
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi))
+        .merge(crate::api::router(state.clone()))
+        .merge(crate::agent_api::router())
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(state)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+async fn healthz(AxState(app): AxState<AppState>) -> impl IntoResponse {
+    let store_ok = app.store.events(None, 1).await.is_ok();
+    let code = if store_ok {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(
+            json!({ "status": if store_ok { "ok" } else { "store unavailable" }, "version": env!("CARGO_PKG_VERSION"), "store": app.store.backend() }),
+        ),
+    )
 }
 
-/// Serves the appliance on an already-bound listener until `shutdown` completes.
+async fn metrics(AxState(app): AxState<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let mut by_state: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for h in app.store.hosts().await? {
+        *by_state
+            .entry((h.state.name().to_owned(), h.state.operational_status().to_owned()))
+            .or_default() += 1;
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(&by_state),
+    ))
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+}
+
+/// Serves the appliance on an already-bound listener, with the executor, until `shutdown` completes. The executor
+/// finishes its current pass (every action it started is persisted) before this returns.
 ///
 /// # Errors
 /// Returns the I/O error that stopped the HTTP server.
-pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router()).with_graceful_shutdown(shutdown).await
+pub async fn run(
+    app: Appliance,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let cancel = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(app.executor.clone().run(cancel.clone()));
+    let c = cancel.clone();
+    let served = axum::serve(listener, router(app.state.clone()))
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = c.cancelled() => {}
+            }
+        })
+        .await;
+    cancel.cancel();
+    while tasks.join_next().await.is_some() {}
+    served
 }
 
 #[cfg(test)]
@@ -29,10 +244,16 @@ mod tests {
 
     #[tokio::test]
     async fn healthz_answers_ok_on_a_real_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        let app = Appliance::open(cfg, Arc::new(crate::bmcs::NoDrivers)).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(run(listener, async {
+        let server = tokio::spawn(run(app, listener, async {
             let _ = rx.await;
         }));
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -47,5 +268,11 @@ mod tests {
         assert!(body.contains("\"status\":\"ok\""), "{body}");
         tx.send(()).unwrap();
         server.await.unwrap().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(admin_token_path(&dir.path().join("data")))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -39,6 +39,7 @@ pub struct Command {
 }
 
 /// What the agent is asked to do.
+#[allow(clippy::large_enum_variant)] // one command at a time; boxing would only complicate the wire type
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum CommandKind {

@@ -167,7 +167,10 @@ impl Lab {
         let ns = self.ns.name().to_owned();
         let fwd = Command::new("socat")
             .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
-            .arg(format!("EXEC:ip netns exec {ns} socat STDIO TCP\\:{}", listen.replace(':', "\\:")))
+            .arg(format!(
+                "EXEC:ip netns exec {ns} socat STDIO TCP\\:{}",
+                listen.replace(':', "\\:")
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.logs.file("forwarder.log"))?)

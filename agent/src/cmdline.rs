@@ -1,0 +1,213 @@
+//! The kernel command line: what the appliance tells the agent at boot (`kiln.api`, `kiln.token`, `kiln.mac`,
+//! `kiln.debug`). Pure parsing only; reading `/proc/cmdline` happens in `main`.
+
+use std::fmt;
+
+use crate::error::AgentError;
+
+/// The boot token: a bearer secret whose `Debug`/`Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(s: impl Into<String>) -> Self {
+        Token(s.into())
+    }
+    /// The secret itself, for the `Authorization` header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The appliance's agent API base, e.g. `http://10.0.2.2:8080` (no trailing slash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiBase(String);
+
+impl ApiBase {
+    /// Accepts `http://` and `https://` URLs with a host; strips a trailing `/`.
+    pub fn parse(s: &str) -> Result<Self, AgentError> {
+        let rest = s
+            .strip_prefix("http://")
+            .or_else(|| s.strip_prefix("https://"))
+            .ok_or_else(|| AgentError::Cmdline {
+                reason: format!("kiln.api must be an http(s) URL, got {s:?}"),
+            })?;
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(AgentError::Cmdline {
+                reason: format!("kiln.api has no host: {s:?}"),
+            });
+        }
+        Ok(ApiBase(s.trim_end_matches('/').to_string()))
+    }
+
+    /// `{base}/agent/v1/{endpoint}`.
+    pub fn endpoint(&self, endpoint: &str) -> String {
+        format!("{}/agent/v1/{endpoint}", self.0)
+    }
+}
+
+impl fmt::Display for ApiBase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A MAC address in canonical lower-case colon form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mac([u8; 6]);
+
+impl std::str::FromStr for Mac {
+    type Err = AgentError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || AgentError::Cmdline {
+            reason: format!("not a MAC address: {s:?}"),
+        };
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 6];
+        for (o, p) in out.iter_mut().zip(parts) {
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// Everything the agent takes from the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootConfig {
+    pub api: ApiBase,
+    pub token: Token,
+    /// The NIC the host booted from (PXE `BOOTIF`-like); `None` means any.
+    pub mac: Option<Mac>,
+    pub debug: bool,
+}
+
+/// Parses `/proc/cmdline` text. Words are split on whitespace; a value may be double-quoted
+/// (`kiln.token="a b"` is not supported by the kernel either, so quotes are only stripped).
+/// The last occurrence of a key wins, as with the kernel's own parameters.
+///
+/// # Errors
+/// [`AgentError::Cmdline`] when `kiln.api` or `kiln.token` is missing or malformed.
+pub fn parse_cmdline(text: &str) -> Result<BootConfig, AgentError> {
+    let mut api = None;
+    let mut token = None;
+    let mut mac = None;
+    let mut debug = false;
+    for word in text.split_whitespace() {
+        let (key, value) = match word.split_once('=') {
+            Some((k, v)) => (k, v.trim_matches('"')),
+            None => (word, ""),
+        };
+        match key {
+            "kiln.api" => api = Some(value.to_string()),
+            "kiln.token" => token = Some(value.to_string()),
+            "kiln.mac" => mac = Some(value.to_string()),
+            // `kiln.debug` alone or `kiln.debug=1|true|yes`
+            "kiln.debug" => debug = matches!(value, "" | "1" | "true" | "yes" | "on"),
+            _ => {}
+        }
+    }
+    let api = api.ok_or_else(|| AgentError::Cmdline {
+        reason: "kiln.api= is missing".into(),
+    })?;
+    let token = token.filter(|t| !t.is_empty()).ok_or_else(|| AgentError::Cmdline {
+        reason: "kiln.token= is missing or empty".into(),
+    })?;
+    Ok(BootConfig {
+        api: ApiBase::parse(&api)?,
+        token: Token(token),
+        mac: mac.map(|m| m.parse()).transpose()?,
+        debug,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_typical_cmdline() {
+        let c = parse_cmdline(
+            "BOOT_IMAGE=/vmlinuz console=ttyS0 kiln.api=http://10.0.2.2:8080/ kiln.token=s3cret \
+             kiln.mac=52:54:00:AB:cd:01 kiln.debug quiet\n",
+        )
+        .unwrap();
+        assert_eq!(c.api.to_string(), "http://10.0.2.2:8080");
+        assert_eq!(c.api.endpoint("heartbeat"), "http://10.0.2.2:8080/agent/v1/heartbeat");
+        assert_eq!(c.token.expose(), "s3cret");
+        assert_eq!(c.mac.unwrap().to_string(), "52:54:00:ab:cd:01");
+        assert!(c.debug);
+    }
+
+    #[test]
+    fn token_never_prints() {
+        let c = parse_cmdline("kiln.api=https://kiln kiln.token=hunter2").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(c.token.to_string(), "***");
+        assert!(!c.debug);
+        assert_eq!(c.mac, None);
+    }
+
+    #[test]
+    fn last_occurrence_wins_and_quotes_are_stripped() {
+        let c = parse_cmdline("kiln.api=http://a kiln.api=\"http://b:1\" kiln.token=t kiln.debug=0").unwrap();
+        assert_eq!(c.api.to_string(), "http://b:1");
+        assert!(!c.debug);
+    }
+
+    #[test]
+    fn missing_or_bad_values_are_errors() {
+        for bad in [
+            "kiln.token=t",
+            "kiln.api=http://a",
+            "kiln.api=http://a kiln.token=",
+            "kiln.api=ftp://a kiln.token=t",
+            "kiln.api=http:// kiln.token=t",
+            "kiln.api=http://a kiln.token=t kiln.mac=52:54:00:ab:cd",
+            "kiln.api=http://a kiln.token=t kiln.mac=52:54:00:ab:cd:zz",
+        ] {
+            assert!(parse_cmdline(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn mac_round_trips(bytes in proptest::array::uniform6(0u8..)) {
+            let m = Mac(bytes);
+            proptest::prop_assert_eq!(m.to_string().parse::<Mac>().unwrap(), m);
+        }
+
+        #[test]
+        fn never_panics(s in "\\PC*") {
+            let _ = parse_cmdline(&s);
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The WriteImage command: choose the root disk from the hints ([`crate::rootdev`]), stream the image with the
+//! `kiln_images` pipeline while reporting progress, then write the config drive. Format, checksum and disk-layout
+//! logic all live in `kiln_images`; this module only wires them to the agent.
+
+use std::sync::Arc;
+
+use kiln_images::protocol::{ConfigDrive, ImageSpec, RootDeviceHints};
+use serde_json::json;
+
+use crate::error::AgentError;
+use crate::exec::Agent;
+use crate::{inspect, rootdev};
+
+/// Writes `image` to the disk chosen by `hints` and the config drive after it; returns the result detail
+/// (`disk`, `digest`, `format`, `compression`, `bytes_written`, `config_drive`).
+///
+/// # Errors
+/// [`AgentError::NoRootDevice`] or [`AgentError::WriteImage`] (whose kind is the pipeline's, e.g.
+/// `checksum_mismatch`).
+pub async fn write_image(
+    agent: &Arc<Agent>,
+    id: u64,
+    image: &ImageSpec,
+    hints: &RootDeviceHints,
+    config_drive: Option<&ConfigDrive>,
+) -> Result<serde_json::Value, AgentError> {
+    let disks = inspect::read_disks(&agent.root);
+    let disk = rootdev::choose(&disks, hints).ok_or(AgentError::NoRootDevice)?;
+    let path = agent.root.join("dev").join(disk.name.trim_start_matches("/dev/"));
+    tracing::info!(disk = %disk.name, size = disk.size_bytes, url = %image.url, "writing image");
+    agent.log.marker(&format!("write-image {}", disk.name));
+    let progress = kiln_images::Progress::new();
+    let p = progress.clone();
+    let report = agent
+        .with_progress(
+            id,
+            "writing",
+            kiln_images::write_image(image, &path, &progress),
+            move || {
+                let s = p.snapshot();
+                (s.bytes_written, s.image_size.unwrap_or(0))
+            },
+        )
+        .await
+        .map_err(|source| AgentError::WriteImage {
+            disk: disk.name.clone(),
+            source,
+        })?;
+    tracing::info!(
+        disk = %disk.name,
+        bytes = report.image_size,
+        digest = %report.digest,
+        elapsed = ?report.elapsed,
+        "image written"
+    );
+    agent.log.marker("image-written");
+    let config = match config_drive {
+        Some(cd) => Some(crate::configdrive::write(agent, &path, cd).await?),
+        None => None,
+    };
+    Ok(json!({
+        "disk": disk.name,
+        "by_path": disk.by_path,
+        "digest": report.digest.to_string(),
+        "verified": report.verified,
+        "format": format!("{:?}", report.format).to_lowercase(),
+        "compression": report.compression.name(),
+        "bytes_written": report.image_size,
+        "config_drive": config,
+    }))
+}

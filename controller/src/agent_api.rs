@@ -1,0 +1,182 @@
+//! The agent API under `/agent/v1` (endpoints documented in `kiln_images::protocol`): one-time boot tokens are
+//! checked against the host's current boot and phase, heartbeats hand out the next queued command, reports are
+//! stored. It owns token checks; it must not change host states (the executor does, from what is stored here).
+
+use axum::body::Bytes;
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use kiln_images::protocol::{Command, CommandResult, HardwareInventory, Heartbeat, HeartbeatReply, Progress};
+
+use crate::crypto::hash_token;
+use crate::executor::{now, outcome_label};
+use crate::http_util::{ApiError, AppState, bearer, parse_body};
+use crate::model::Host;
+use crate::store::CommandStatus;
+
+/// The routes under `/agent/v1`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/agent/v1/heartbeat", post(heartbeat))
+        .route("/agent/v1/inventory", post(inventory))
+        .route("/agent/v1/progress", post(progress))
+        .route("/agent/v1/result", post(result))
+}
+
+/// The host and boot a token is valid for, right now.
+async fn authenticate(app: &AppState, headers: &HeaderMap, endpoint: &'static str) -> Result<(Host, u64), ApiError> {
+    let deny = |why: &'static str| {
+        app.metrics.inc(
+            "kiln_agent_requests_total",
+            vec![("endpoint", endpoint.into()), ("outcome", why.into())],
+        );
+        tracing::warn!(endpoint, why, "agent request refused");
+        ApiError::unauthorized()
+    };
+    let token = bearer(headers).ok_or_else(|| deny("no_token"))?;
+    let rec = app
+        .store
+        .token(&hash_token(token))
+        .await?
+        .ok_or_else(|| deny("unknown_token"))?;
+    if rec.revoked {
+        return Err(deny("revoked_token"));
+    }
+    let host = app
+        .store
+        .host_by_id(rec.host_id)
+        .await?
+        .ok_or_else(|| deny("host_gone"))?;
+    // Valid only for the boot and phase it was minted for: an old boot's agent is turned away.
+    let current = host.state.job().map(|j| j.boot);
+    if current != Some(rec.boot) || host.state.name() != rec.phase {
+        return Err(deny("stale_token"));
+    }
+    app.metrics.inc(
+        "kiln_agent_requests_total",
+        vec![("endpoint", endpoint.into()), ("outcome", "ok".into())],
+    );
+    Ok((host, rec.boot))
+}
+
+async fn heartbeat(
+    AxState(app): AxState<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<HeartbeatReply>, ApiError> {
+    let (host, boot) = authenticate(&app, &headers, "heartbeat").await?;
+    let hb: Heartbeat = parse_body(&body)?;
+    let first = app.store.agent_boot(host.id, boot).await?.is_none();
+    app.store.heartbeat(host.id, boot, now()).await?;
+    if first {
+        app.store
+            .add_event(
+                host.name.as_str(),
+                now(),
+                "agent",
+                &format!("agent {} first heartbeat (boot {boot})", hb.agent_version),
+            )
+            .await?;
+        app.executor.wake(host.id);
+    }
+    let mut command = None;
+    if let Some(c) = app.store.pending_command(host.id, boot).await? {
+        // Hand the command out until the agent says it is busy with it (a lost reply is resent).
+        if hb.busy_with != Some(c.id) {
+            if c.status == CommandStatus::Queued {
+                app.store
+                    .set_command_status(host.id, c.id, CommandStatus::Sent, None, now())
+                    .await?;
+            }
+            command = Some(Command {
+                id: c.id,
+                kind: c.command,
+            });
+        }
+    }
+    Ok(Json(HeartbeatReply {
+        command,
+        interval_secs: app.heartbeat_secs,
+    }))
+}
+
+async fn inventory(AxState(app): AxState<AppState>, headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
+    let (host, _) = authenticate(&app, &headers, "inventory").await?;
+    let inv: HardwareInventory = parse_body(&body)?;
+    let value =
+        serde_json::to_value(&inv).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    app.store.put_inspection(host.id, &value, now()).await?;
+    app.store
+        .add_event(
+            host.name.as_str(),
+            now(),
+            "inspection",
+            &format!(
+                "{} CPUs, {} MiB, {} disks, {} NICs",
+                inv.cpu.count,
+                inv.memory_mib,
+                inv.disks.len(),
+                inv.nics.len()
+            ),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn progress(AxState(app): AxState<AppState>, headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
+    let (host, boot) = authenticate(&app, &headers, "progress").await?;
+    let p: Progress = parse_body(&body)?;
+    let value = serde_json::to_value(&p).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let previous = app.store.agent_boot(host.id, boot).await?.and_then(|b| b.progress);
+    if previous.as_ref().and_then(|v| v.get("phase")).and_then(|v| v.as_str()) != Some(p.phase.as_str()) {
+        app.store
+            .add_event(
+                host.name.as_str(),
+                now(),
+                "progress",
+                &format!("agent phase {} (command {})", p.phase, p.command_id),
+            )
+            .await?;
+    }
+    app.store.heartbeat(host.id, boot, now()).await?;
+    app.store.set_progress(host.id, boot, &value).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn result(AxState(app): AxState<AppState>, headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
+    let (host, boot) = authenticate(&app, &headers, "result").await?;
+    let r: CommandResult = parse_body(&body)?;
+    let cmd = app
+        .store
+        .command(host.id, r.command_id)
+        .await?
+        .filter(|c| c.boot == boot);
+    let Some(cmd) = cmd else {
+        return Err(ApiError::field(
+            StatusCode::NOT_FOUND,
+            "command_id",
+            format!("no command {} for this boot", r.command_id),
+        ));
+    };
+    if matches!(cmd.status, CommandStatus::Succeeded | CommandStatus::Failed) {
+        return Ok(StatusCode::NO_CONTENT); // a retried report
+    }
+    let status = match &r.outcome {
+        kiln_images::protocol::Outcome::Succeeded { .. } => CommandStatus::Succeeded,
+        kiln_images::protocol::Outcome::Failed { .. } => CommandStatus::Failed,
+    };
+    app.store
+        .set_command_status(host.id, r.command_id, status, Some(&r.outcome), now())
+        .await?;
+    app.store
+        .add_event(
+            host.name.as_str(),
+            now(),
+            "agent",
+            &format!("command {} {}", r.command_id, outcome_label(&r.outcome)),
+        )
+        .await?;
+    app.executor.wake(host.id);
+    Ok(StatusCode::NO_CONTENT)
+}

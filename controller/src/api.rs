@@ -1,0 +1,551 @@
+//! The REST API under `/api/v1`: hosts CRUD, provision/deprovision/power/inspect actions, events, per-phase timing,
+//! inspection data. It validates input at the edge (errors name the field) and writes operator intent to the store;
+//! it must not perform BMC calls or change host states (the executor does).
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State as AxState};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kiln_bmc::{BootMode, PowerAction, Secret};
+use kiln_images::protocol::{ChecksumType, ImageFormat, ImageSpec, RootDeviceHints};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::crypto::ct_eq;
+use crate::executor::now;
+use crate::http_util::{ApiError, AppState, bearer, parse_body};
+use crate::machine::State;
+use crate::model::{BmcInfo, Counters, EraseMode, Host, HostOptions, HostSpec};
+use crate::store::{Event, PhaseRecord};
+use crate::types::{BmcAddress, HostName, MacAddr};
+
+/// The authenticated routes under `/api/v1`.
+pub fn router(app: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/hosts", get(list_hosts).post(create_host))
+        .route("/api/v1/hosts/{name}", get(get_host).delete(delete_host))
+        .route("/api/v1/hosts/{name}/provision", post(provision))
+        .route("/api/v1/hosts/{name}/deprovision", post(deprovision))
+        .route("/api/v1/hosts/{name}/power", post(power))
+        .route("/api/v1/hosts/{name}/inspect", post(inspect))
+        .route("/api/v1/hosts/{name}/events", get(host_events))
+        .route("/api/v1/hosts/{name}/timings", get(timings))
+        .route("/api/v1/hosts/{name}/inspection", get(inspection))
+        .route("/api/v1/events", get(all_events))
+        .layer(axum::middleware::from_fn_with_state(app, require_admin))
+}
+
+async fn require_admin(AxState(app): AxState<AppState>, req: Request, next: Next) -> Response {
+    match bearer(req.headers()) {
+        Some(t) if ct_eq(t, app.admin_token.expose()) => next.run(req).await,
+        _ => ApiError::unauthorized().into_response(),
+    }
+}
+
+/// Body of `POST /api/v1/hosts`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostCreate {
+    pub name: String,
+    #[serde(default)]
+    pub bmc: Option<BmcIn>,
+    #[serde(default)]
+    pub boot_mac: Option<String>,
+    #[serde(default)]
+    pub boot_mode: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub root_device_hints: Option<RootDeviceHints>,
+    #[serde(default)]
+    pub options: Option<HostOptions>,
+}
+
+/// BMC credentials as sent by the client.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BmcIn {
+    pub address: String,
+    pub username: String,
+    pub password: Secret,
+}
+
+/// Body of `POST /api/v1/hosts/{name}/provision`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionIn {
+    pub image: ImageIn,
+    #[serde(default)]
+    pub user_data: Option<String>,
+    #[serde(default)]
+    pub network_data: Option<Value>,
+    #[serde(default)]
+    pub meta_data: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageIn {
+    pub url: String,
+    #[serde(default)]
+    pub checksum: Option<String>,
+    #[serde(default)]
+    pub checksum_type: Option<ChecksumType>,
+    #[serde(default)]
+    pub format: Option<ImageFormat>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeprovisionIn {
+    #[serde(default)]
+    erase: Option<EraseMode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PowerIn {
+    action: String,
+}
+
+/// A host as the API shows it (never the BMC password).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HostOut {
+    pub name: String,
+    pub state: String,
+    pub operational_status: String,
+    pub power: Option<String>,
+    pub boot_mac: Option<String>,
+    pub boot_mode: BootMode,
+    pub bmc: Option<BmcOut>,
+    pub labels: BTreeMap<String, String>,
+    pub image: Option<ImageSpec>,
+    pub root_device_hints: RootDeviceHints,
+    pub options: HostOptions,
+    pub error: Option<Value>,
+    pub detail: Value,
+    pub progress: Option<Value>,
+    pub counters: Counters,
+    pub created: String,
+    pub updated: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BmcOut {
+    pub address: String,
+    pub username: String,
+}
+
+fn host_out(h: &Host, progress: Option<Value>) -> HostOut {
+    let error = match &h.state {
+        State::Error(e) => Some(json!({
+            "type": e.operation.error_type(), "kind": e.kind, "message": e.message, "retries": e.retries,
+            "at": e.at.rfc3339(), "retry_at": e.retry_at.map(|t| t.rfc3339()),
+        })),
+        _ => None,
+    };
+    HostOut {
+        name: h.name.to_string(),
+        state: h.state.name().into(),
+        operational_status: h.state.operational_status().into(),
+        power: h.power.map(|p| {
+            serde_json::to_value(p)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        }),
+        boot_mac: h.spec.boot_mac.map(|m| m.to_string()),
+        boot_mode: h.spec.boot_mode,
+        bmc: h.spec.bmc.as_ref().map(|b| BmcOut {
+            address: b.address.to_string(),
+            username: b.username.clone(),
+        }),
+        labels: h.spec.labels.clone(),
+        image: h.spec.image.clone(),
+        root_device_hints: h.spec.root_device_hints.clone(),
+        options: h.spec.options,
+        error,
+        detail: serde_json::to_value(&h.state).unwrap_or(Value::Null),
+        progress,
+        counters: h.counters,
+        created: h.created.rfc3339(),
+        updated: h.updated.rfc3339(),
+    }
+}
+
+fn unprocessable(field: &str, msg: impl Into<String>) -> ApiError {
+    ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, msg)
+}
+
+fn parse_name(name: &str) -> Result<HostName, ApiError> {
+    name.parse()
+        .map_err(|e: crate::types::ParseError| ApiError::field(StatusCode::BAD_REQUEST, "name", e.0))
+}
+
+async fn load(app: &AppState, name: &str) -> Result<Host, ApiError> {
+    let n = parse_name(name)?;
+    app.store
+        .host(&n)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&format!("host {name}")))
+}
+
+fn parse_boot_mode(s: &str) -> Result<BootMode, ApiError> {
+    match s {
+        "uefi" | "UEFI" => Ok(BootMode::Uefi),
+        "legacy" | "bios" => Ok(BootMode::Legacy),
+        _ => Err(unprocessable(
+            "boot_mode",
+            format!("boot mode must be uefi or legacy, got {s:?}"),
+        )),
+    }
+}
+
+/// Builds a host spec from an enroll request, naming the first bad field.
+pub fn spec_from(c: &HostCreate) -> Result<(HostName, HostSpec), ApiError> {
+    let name: HostName = c
+        .name
+        .parse()
+        .map_err(|e: crate::types::ParseError| unprocessable("name", e.0))?;
+    let bmc = match &c.bmc {
+        Some(b) => {
+            let address: BmcAddress = b
+                .address
+                .parse()
+                .map_err(|e: crate::types::ParseError| unprocessable("bmc.address", e.0))?;
+            if b.username.is_empty() {
+                return Err(unprocessable("bmc.username", "BMC username must not be empty"));
+            }
+            Some(BmcInfo {
+                address,
+                username: b.username.clone(),
+                password: b.password.clone(),
+            })
+        }
+        None => None,
+    };
+    let boot_mac = c
+        .boot_mac
+        .as_deref()
+        .map(|m| m.parse::<MacAddr>().map_err(|e| unprocessable("boot_mac", e.0)))
+        .transpose()?;
+    let boot_mode = c
+        .boot_mode
+        .as_deref()
+        .map(parse_boot_mode)
+        .transpose()?
+        .unwrap_or_default();
+    for k in c.labels.keys() {
+        if k.is_empty() || k.contains([',', '=', ' ']) {
+            return Err(unprocessable(
+                "labels",
+                format!("label key {k:?} must be non-empty without ',', '=' or spaces"),
+            ));
+        }
+    }
+    let options = c.options.unwrap_or_default();
+    let spec = HostSpec {
+        labels: c.labels.clone(),
+        bmc,
+        boot_mac,
+        boot_mode,
+        root_device_hints: c.root_device_hints.clone().unwrap_or_default(),
+        options,
+        ..Default::default()
+    };
+    Ok((name, spec))
+}
+
+/// Validates an image request: an http(s) URL and a checksum given as `sha256:HEX`, `sha512:HEX`, bare hex or a
+/// checksum-file URL.
+pub fn image_from(i: &ImageIn) -> Result<ImageSpec, ApiError> {
+    let u =
+        url::Url::parse(&i.url).map_err(|e| unprocessable("image.url", format!("{:?} is not a URL: {e}", i.url)))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(unprocessable("image.url", "image URL must be http:// or https://"));
+    }
+    let Some(raw) = i.checksum.as_deref().filter(|c| !c.is_empty()) else {
+        return Err(unprocessable(
+            "image.checksum",
+            "an image checksum is required (sha256:HEX, sha512:HEX or a checksum-file URL)",
+        ));
+    };
+    let (ty, value) = match raw.split_once(':') {
+        Some(("sha256", h)) => (ChecksumType::Sha256, h),
+        Some(("sha512", h)) => (ChecksumType::Sha512, h),
+        Some(("md5", h)) => (ChecksumType::Md5, h),
+        _ => (i.checksum_type.unwrap_or_default(), raw),
+    };
+    if value.starts_with("http://") || value.starts_with("https://") {
+        return Ok(ImageSpec {
+            url: i.url.clone(),
+            checksum: value.into(),
+            checksum_type: i.checksum_type.unwrap_or_default(),
+            format: i.format,
+        });
+    }
+    let want = match ty {
+        ChecksumType::Sha256 => vec![64],
+        ChecksumType::Sha512 => vec![128],
+        ChecksumType::Md5 => vec![32],
+        ChecksumType::Auto => vec![64, 128],
+    };
+    if !want.contains(&value.len()) || !value.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(unprocessable(
+            "image.checksum",
+            format!("checksum must be {ty:?} hex ({want:?} digits) or a URL"),
+        ));
+    }
+    Ok(ImageSpec {
+        url: i.url.clone(),
+        checksum: value.to_ascii_lowercase(),
+        checksum_type: ty,
+        format: i.format,
+    })
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    selector: Option<String>,
+}
+
+async fn list_hosts(
+    AxState(app): AxState<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<HostOut>>, ApiError> {
+    let mut want = Vec::new();
+    if let Some(sel) = q.selector.as_deref().filter(|s| !s.is_empty()) {
+        for part in sel.split(',') {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                ApiError::field(
+                    StatusCode::BAD_REQUEST,
+                    "selector",
+                    format!("selector term {part:?} is not key=value"),
+                )
+            })?;
+            want.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    let hosts = app.store.hosts().await?;
+    Ok(Json(
+        hosts
+            .iter()
+            .filter(|h| want.iter().all(|(k, v)| h.spec.labels.get(k) == Some(v)))
+            .map(|h| host_out(h, None))
+            .collect(),
+    ))
+}
+
+async fn create_host(AxState(app): AxState<AppState>, body: Bytes) -> Result<(StatusCode, Json<HostOut>), ApiError> {
+    let c: HostCreate = parse_body(&body)?;
+    let (name, spec) = spec_from(&c)?;
+    let h = app.store.create_host(&name, &spec, now()).await?;
+    app.store
+        .add_event(name.as_str(), now(), "enrolled", "host enrolled")
+        .await?;
+    app.executor.poke();
+    Ok((StatusCode::CREATED, Json(host_out(&h, None))))
+}
+
+async fn get_host(AxState(app): AxState<AppState>, Path(name): Path<String>) -> Result<Json<HostOut>, ApiError> {
+    let h = load(&app, &name).await?;
+    let progress = match h.state.job() {
+        Some(j) => app.store.agent_boot(h.id, j.boot).await?.and_then(|b| b.progress),
+        None => None,
+    };
+    Ok(Json(host_out(&h, progress)))
+}
+
+async fn delete_host(
+    AxState(app): AxState<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<HostOut>), ApiError> {
+    let h = load(&app, &name).await?;
+    let mut req = h.requests.clone();
+    req.delete = true;
+    let h = app.store.update_spec(h.id, &h.spec, &req, now()).await?;
+    app.executor.poke();
+    Ok((StatusCode::ACCEPTED, Json(host_out(&h, None))))
+}
+
+async fn provision(
+    AxState(app): AxState<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<HostOut>), ApiError> {
+    let h = load(&app, &name).await?;
+    let p: ProvisionIn = parse_body(&body)?;
+    let image = image_from(&p.image)?;
+    if h.spec.options.externally_provisioned {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "host is externally provisioned; kiln never writes it",
+        ));
+    }
+    if h.spec.boot_mac.is_none() {
+        return Err(unprocessable(
+            "boot_mac",
+            "host has no boot MAC; kiln cannot network-boot it",
+        ));
+    }
+    let mut spec = h.spec.clone();
+    spec.image = Some(image);
+    spec.user_data = p.user_data;
+    spec.network_data = p.network_data;
+    spec.meta_data = p.meta_data;
+    let h = app.store.update_spec(h.id, &spec, &h.requests, now()).await?;
+    app.store
+        .add_event(h.name.as_str(), now(), "provision", "image set")
+        .await?;
+    app.executor.poke();
+    Ok((StatusCode::ACCEPTED, Json(host_out(&h, None))))
+}
+
+async fn deprovision(
+    AxState(app): AxState<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<HostOut>), ApiError> {
+    let h = load(&app, &name).await?;
+    let d: DeprovisionIn = if body.is_empty() {
+        DeprovisionIn::default()
+    } else {
+        parse_body(&body)?
+    };
+    let mut spec = h.spec.clone();
+    spec.image = None;
+    if let Some(e) = d.erase {
+        spec.options.erase = e;
+    }
+    let h = app.store.update_spec(h.id, &spec, &h.requests, now()).await?;
+    app.store
+        .add_event(h.name.as_str(), now(), "deprovision", "image removed")
+        .await?;
+    app.executor.poke();
+    Ok((StatusCode::ACCEPTED, Json(host_out(&h, None))))
+}
+
+async fn power(
+    AxState(app): AxState<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<HostOut>), ApiError> {
+    let h = load(&app, &name).await?;
+    let p: PowerIn = parse_body(&body)?;
+    let action = match p.action.as_str() {
+        "on" => PowerAction::On,
+        "off" => PowerAction::Off,
+        "force-off" => PowerAction::ForceOff,
+        "cycle" => PowerAction::Cycle,
+        "reset" => PowerAction::Reset,
+        other => {
+            return Err(unprocessable(
+                "action",
+                format!("power action must be on, off, force-off, cycle or reset, got {other:?}"),
+            ));
+        }
+    };
+    if h.spec.bmc.is_none() {
+        return Err(unprocessable("bmc", "host has no BMC"));
+    }
+    if h.state.job().is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "host is {}; power requests are refused while kiln drives it",
+                h.state.name()
+            ),
+        ));
+    }
+    let mut req = h.requests.clone();
+    req.power = Some(action);
+    let h = app.store.update_spec(h.id, &h.spec, &req, now()).await?;
+    app.executor.poke();
+    Ok((StatusCode::ACCEPTED, Json(host_out(&h, None))))
+}
+
+async fn inspect(
+    AxState(app): AxState<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<HostOut>), ApiError> {
+    let h = load(&app, &name).await?;
+    if !matches!(h.state, State::Available { .. } | State::Error(_)) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("host is {}; inspection needs an available host", h.state.name()),
+        ));
+    }
+    let mut req = h.requests.clone();
+    req.inspect = true;
+    let h = app.store.update_spec(h.id, &h.spec, &req, now()).await?;
+    app.executor.poke();
+    Ok((StatusCode::ACCEPTED, Json(host_out(&h, None))))
+}
+
+#[derive(Deserialize)]
+struct EventQuery {
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+async fn host_events(
+    AxState(app): AxState<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<EventQuery>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let n = parse_name(&name)?;
+    Ok(Json(
+        app.store
+            .events(Some(n.as_str()), q.limit.unwrap_or(100).clamp(1, 10_000))
+            .await?,
+    ))
+}
+
+async fn all_events(
+    AxState(app): AxState<AppState>,
+    Query(q): Query<EventQuery>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    Ok(Json(
+        app.store.events(None, q.limit.unwrap_or(100).clamp(1, 10_000)).await?,
+    ))
+}
+
+/// A timing row as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TimingOut {
+    pub phase: String,
+    pub started: String,
+    pub ended: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub outcome: Option<String>,
+}
+
+async fn timings(AxState(app): AxState<AppState>, Path(name): Path<String>) -> Result<Json<Vec<TimingOut>>, ApiError> {
+    let h = load(&app, &name).await?;
+    let rows: Vec<PhaseRecord> = app.store.phases(h.id).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| TimingOut {
+                phase: r.phase,
+                started: r.started.rfc3339(),
+                ended: r.ended.map(|e| e.rfc3339()),
+                duration_ms: r.ended.map(|e| e.since(r.started)),
+                outcome: r.outcome,
+            })
+            .collect(),
+    ))
+}
+
+async fn inspection(AxState(app): AxState<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let h = load(&app, &name).await?;
+    match app.store.inspection(h.id).await? {
+        Some((data, at)) => Ok(Json(json!({ "at": at.rfc3339(), "inventory": data }))),
+        None => Err(ApiError::not_found("inspection data")),
+    }
+}

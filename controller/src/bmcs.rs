@@ -1,0 +1,102 @@
+//! The executor's seam to BMC drivers: an object-safe [`DynBmc`] over any [`kiln_bmc::Bmc`], and the
+//! [`BmcConnector`] the executor asks for a host's BMC. This module owns error classification for the state
+//! machine; it must not decide anything about hosts.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kiln_bmc::{Bmc, BootPersistence, BootTarget, PowerAction, PowerState};
+
+use crate::machine::BmcFailure;
+use crate::model::BmcInfo;
+use crate::types::HostName;
+
+/// The calls the executor makes, object-safe, with errors already classified.
+#[async_trait]
+pub trait DynBmc: Send + Sync {
+    async fn power_state(&self) -> Result<PowerState, BmcFailure>;
+    async fn set_power(&self, action: PowerAction) -> Result<(), BmcFailure>;
+    async fn set_boot(&self, target: BootTarget, persistence: BootPersistence) -> Result<(), BmcFailure>;
+}
+
+/// How a driver error is classified: (transient, credentials refused).
+pub type Classify<E> = fn(&E) -> (bool, bool);
+
+/// Wraps a [`Bmc`] driver; `classify` tells transient and authentication failures apart (drivers expose
+/// `is_transient()`; pass a function that calls it).
+pub struct BmcAdapter<B: Bmc> {
+    bmc: B,
+    classify: Classify<B::Error>,
+}
+
+impl<B: Bmc> BmcAdapter<B> {
+    pub fn new(bmc: B, classify: Classify<B::Error>) -> Self {
+        Self { bmc, classify }
+    }
+}
+
+/// The whole error chain as one line (drivers never put credentials in errors; secrets print as `***`).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl<B: Bmc> BmcAdapter<B> {
+    fn fail(&self, e: B::Error) -> BmcFailure {
+        let (transient, auth) = (self.classify)(&e);
+        BmcFailure {
+            message: chain(&e),
+            transient,
+            auth,
+        }
+    }
+}
+
+#[async_trait]
+impl<B: Bmc + 'static> DynBmc for BmcAdapter<B> {
+    async fn power_state(&self) -> Result<PowerState, BmcFailure> {
+        self.bmc.power_state().await.map_err(|e| self.fail(e))
+    }
+    async fn set_power(&self, action: PowerAction) -> Result<(), BmcFailure> {
+        self.bmc.set_power(action).await.map_err(|e| self.fail(e))
+    }
+    async fn set_boot(&self, target: BootTarget, persistence: BootPersistence) -> Result<(), BmcFailure> {
+        self.bmc.set_boot(target, persistence).await.map_err(|e| self.fail(e))
+    }
+}
+
+/// Gives the executor a BMC for a host. The appliance wires the real drivers (`kiln_bmc::connect`) here; tests
+/// wire fakes.
+pub trait BmcConnector: Send + Sync {
+    /// # Errors
+    /// A [`BmcFailure`] when the address cannot be used (unsupported scheme, bad TLS settings).
+    fn connect(&self, host: &HostName, bmc: &BmcInfo) -> Result<Arc<dyn DynBmc>, BmcFailure>;
+}
+
+/// A connector that refuses every host: what `kiln serve` uses until real drivers are wired in.
+pub struct NoDrivers;
+
+impl BmcConnector for NoDrivers {
+    fn connect(&self, _host: &HostName, bmc: &BmcInfo) -> Result<Arc<dyn DynBmc>, BmcFailure> {
+        Err(BmcFailure {
+            message: format!("no BMC driver is wired into this build for {}", bmc.address.scheme()),
+            transient: false,
+            auth: false,
+        })
+    }
+}
+
+impl<F> BmcConnector for F
+where
+    F: Fn(&HostName, &BmcInfo) -> Result<Arc<dyn DynBmc>, BmcFailure> + Send + Sync,
+{
+    fn connect(&self, host: &HostName, bmc: &BmcInfo) -> Result<Arc<dyn DynBmc>, BmcFailure> {
+        self(host, bmc)
+    }
+}

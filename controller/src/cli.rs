@@ -1,0 +1,590 @@
+//! The `kiln` command line (everything but `serve`, which `main` runs): a client of the REST API that reads the
+//! admin token file by default and prints tables, JSON or YAML. It owns presentation; it must not open the store.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::api::{HostOut, TimingOut};
+use crate::store::Event;
+
+/// Errors of CLI commands.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("request to {url} failed")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("kiln answered {status}: {error}{}", field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
+    Api {
+        status: u16,
+        error: String,
+        field: Option<String>,
+    },
+    #[error("cannot read {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse {what}: {message}")]
+    Parse { what: String, message: String },
+    #[error("host {host} ended in state {state}: {message}")]
+    Failed {
+        host: String,
+        state: String,
+        message: String,
+    },
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+/// Where the API is and how to authenticate.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Base URL of `kiln serve`.
+    #[arg(long, global = true, env = "KILN_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// File holding the admin token (written by `kiln serve` on first start).
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_TOKEN_FILE",
+        default_value = "./kiln-data/admin.token"
+    )]
+    pub token_file: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+/// `kiln host ...`
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// Enroll a host.
+    Enroll {
+        name: String,
+        /// BMC address, e.g. redfish+http://10.0.0.5:8000/redfish/v1/Systems/1 or ipmi://10.0.0.6:623.
+        #[arg(long)]
+        bmc: Option<String>,
+        #[arg(long)]
+        username: Option<String>,
+        /// File containing the BMC password (never pass it on the command line).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[arg(long)]
+        boot_mac: Option<String>,
+        #[arg(long, value_parser = ["uefi", "legacy"])]
+        boot_mode: Option<String>,
+        /// Label key=value (repeatable).
+        #[arg(long = "label", short = 'l')]
+        labels: Vec<String>,
+        /// Root device hints as JSON (`{"deviceName":"/dev/sda"}`) or key=value,... (`deviceName=/dev/sda`).
+        #[arg(long)]
+        root_device_hints: Option<String>,
+        /// Skip inspection after registration.
+        #[arg(long)]
+        no_inspect: bool,
+        /// Adopt a host that already runs its OS (never written).
+        #[arg(long)]
+        externally_provisioned: bool,
+    },
+    /// List hosts.
+    List {
+        /// Label selector k=v[,k=v].
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+    },
+    /// Show one host with its per-phase timing.
+    Show { name: String },
+    /// Write an image to a host.
+    Provision {
+        name: String,
+        #[arg(long)]
+        image: String,
+        /// sha256:HEX, sha512:HEX or the URL of a checksum file.
+        #[arg(long)]
+        checksum: String,
+        #[arg(long)]
+        user_data: Option<PathBuf>,
+        #[arg(long)]
+        network_data: Option<PathBuf>,
+        /// Wait until the host is provisioned (or failed).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Erase a host and make it available again.
+    Deprovision {
+        name: String,
+        #[arg(long, value_parser = ["metadata", "full"])]
+        erase: Option<String>,
+    },
+    /// Power a host on, off or cycle it.
+    Power {
+        name: String,
+        #[arg(value_parser = ["on", "off", "cycle", "reset", "force-off"])]
+        action: String,
+    },
+    /// Inspect an available host again.
+    Inspect { name: String },
+    /// Delete a host (powers it off).
+    Delete { name: String },
+    /// Follow state changes (of one host, or all).
+    Watch { name: Option<String> },
+}
+
+/// A REST client of `kiln serve`.
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// Reads the token file and builds the client.
+    ///
+    /// # Errors
+    /// [`CliError::Io`] when the token file cannot be read.
+    pub fn new(args: &ClientArgs) -> Result<Self, CliError> {
+        let token = match std::env::var("KILN_TOKEN") {
+            Ok(t) => t,
+            Err(_) => std::fs::read_to_string(&args.token_file).map_err(|source| CliError::Io {
+                path: args.token_file.display().to_string(),
+                source,
+            })?,
+        };
+        Ok(Self::with_token(&args.server, token.trim()))
+    }
+
+    pub fn with_token(base: &str, token: &str) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("reqwest client");
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T, CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let http = |source| CliError::Http {
+            url: url.clone(),
+            source,
+        };
+        let resp = req.send().await.map_err(http)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(http)?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_str(&text).unwrap_or(json!({ "error": text }));
+            return Err(CliError::Api {
+                status: status.as_u16(),
+                error: v["error"].as_str().unwrap_or("").to_owned(),
+                field: v["field"].as_str().map(str::to_owned),
+            });
+        }
+        serde_json::from_str(&text).map_err(|e| CliError::Parse {
+            what: url.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T, CliError> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+}
+
+fn read(path: &PathBuf) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|source| CliError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn print_value<T: Serialize>(out: Output, v: &T) -> Result<bool, CliError> {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v).expect("serializable")),
+        Output::Yaml => print!(
+            "{}",
+            serde_saphyr::to_string(&serde_json::to_value(v).expect("serializable")).map_err(|e| CliError::Parse {
+                what: "yaml output".into(),
+                message: e.to_string()
+            })?
+        ),
+        Output::Table | Output::Wide => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// The host table (`wide` adds BMC, labels and counters).
+pub fn hosts_table(hosts: &[HostOut], wide: bool) -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED);
+    let mut header = vec!["NAME", "STATE", "STATUS", "POWER", "BOOT MAC", "IMAGE", "ERROR"];
+    if wide {
+        header.extend(["BMC", "LABELS", "BOOTS", "DEPLOYS"]);
+    }
+    t.set_header(header);
+    for h in hosts {
+        let mut row = vec![
+            h.name.clone(),
+            h.state.clone(),
+            h.operational_status.clone(),
+            h.power.clone().unwrap_or_else(|| "-".into()),
+            h.boot_mac.clone().unwrap_or_else(|| "-".into()),
+            h.image.as_ref().map(|i| i.url.clone()).unwrap_or_else(|| "-".into()),
+            h.error
+                .as_ref()
+                .map(|e| {
+                    format!(
+                        "{}: {}",
+                        e["kind"].as_str().unwrap_or(""),
+                        e["message"].as_str().unwrap_or("")
+                    )
+                })
+                .unwrap_or_default(),
+        ];
+        if wide {
+            row.push(h.bmc.as_ref().map(|b| b.address.clone()).unwrap_or_else(|| "-".into()));
+            row.push(
+                h.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+            row.push(h.counters.boots.to_string());
+            row.push(h.counters.deploys.to_string());
+        }
+        t.add_row(row);
+    }
+    t
+}
+
+/// The per-phase timing table of `kiln host show`.
+pub fn timing_table(rows: &[TimingOut]) -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED);
+    t.set_header(["PHASE", "STARTED", "DURATION", "OUTCOME"]);
+    for r in rows {
+        let dur = r
+            .duration_ms
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "running".into());
+        t.add_row([
+            r.phase.clone(),
+            r.started.clone(),
+            dur,
+            r.outcome.clone().unwrap_or_default(),
+        ]);
+    }
+    t
+}
+
+fn parse_hints(s: &str) -> Result<Value, CliError> {
+    if s.trim_start().starts_with('{') {
+        return serde_json::from_str(s).map_err(|e| CliError::Parse {
+            what: "--root-device-hints".into(),
+            message: e.to_string(),
+        });
+    }
+    let mut m = serde_json::Map::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| CliError::Parse {
+            what: "--root-device-hints".into(),
+            message: format!("{part:?} is not key=value"),
+        })?;
+        let v = match v.parse::<u64>() {
+            Ok(n) if k == "minSizeGigabytes" => json!(n),
+            _ if k == "rotational" => json!(v == "true"),
+            _ => json!(v),
+        };
+        m.insert(k.to_owned(), v);
+    }
+    Ok(Value::Object(m))
+}
+
+/// Waits until `name` reaches `target`, failing on `error`.
+async fn wait_for(c: &Client, name: &str, target: &str) -> Result<HostOut, CliError> {
+    let mut last = String::new();
+    loop {
+        let h: HostOut = c.get(&format!("/api/v1/hosts/{name}")).await?;
+        let line = format!("{} {}", h.state, h.operational_status);
+        if line != last {
+            eprintln!("{name}: {line}");
+            last = line;
+        }
+        if h.state == target {
+            return Ok(h);
+        }
+        if h.state == "error" {
+            let message = h
+                .error
+                .as_ref()
+                .and_then(|e| e["message"].as_str())
+                .unwrap_or("")
+                .to_owned();
+            return Err(CliError::Failed {
+                host: name.into(),
+                state: h.state,
+                message,
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Runs a `kiln host` command.
+///
+/// # Errors
+/// [`CliError`] of the failed request.
+pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
+    let c = Client::new(args)?;
+    let out = args.output;
+    match cmd {
+        HostCmd::Enroll {
+            name,
+            bmc,
+            username,
+            password_file,
+            boot_mac,
+            boot_mode,
+            labels,
+            root_device_hints,
+            no_inspect,
+            externally_provisioned,
+        } => {
+            let mut body = json!({ "name": name, "options": { "inspect": !no_inspect, "externally_provisioned": externally_provisioned } });
+            if let Some(addr) = bmc {
+                let password = match &password_file {
+                    Some(p) => read(p)?.trim_end_matches(['\n', '\r']).to_owned(),
+                    None => {
+                        return Err(CliError::Parse {
+                            what: "--password-file".into(),
+                            message: "required with --bmc".into(),
+                        });
+                    }
+                };
+                body["bmc"] =
+                    json!({ "address": addr, "username": username.unwrap_or_default(), "password": password });
+            }
+            if let Some(m) = boot_mac {
+                body["boot_mac"] = json!(m);
+            }
+            if let Some(m) = boot_mode {
+                body["boot_mode"] = json!(m);
+            }
+            let mut lm = serde_json::Map::new();
+            for l in labels {
+                let (k, v) = l.split_once('=').ok_or_else(|| CliError::Parse {
+                    what: "--label".into(),
+                    message: format!("{l:?} is not key=value"),
+                })?;
+                lm.insert(k.into(), json!(v));
+            }
+            body["labels"] = Value::Object(lm);
+            if let Some(h) = root_device_hints {
+                body["root_device_hints"] = parse_hints(&h)?;
+            }
+            let h: HostOut = c.post("/api/v1/hosts", body).await?;
+            if !print_value(out, &h)? {
+                println!("{}", hosts_table(&[h], out == Output::Wide));
+            }
+        }
+        HostCmd::List { selector } => {
+            let path = match selector {
+                Some(s) => format!(
+                    "/api/v1/hosts?selector={}",
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                ),
+                None => "/api/v1/hosts".into(),
+            };
+            let hosts: Vec<HostOut> = c.get(&path).await?;
+            if !print_value(out, &hosts)? {
+                println!("{}", hosts_table(&hosts, out == Output::Wide));
+            }
+        }
+        HostCmd::Show { name } => {
+            let h: HostOut = c.get(&format!("/api/v1/hosts/{name}")).await?;
+            let timings: Vec<TimingOut> = c.get(&format!("/api/v1/hosts/{name}/timings")).await?;
+            if !print_value(out, &json!({ "host": h, "timings": timings }))? {
+                println!("{}", hosts_table(std::slice::from_ref(&h), true));
+                if let Some(p) = &h.progress {
+                    println!("progress: {p}");
+                }
+                println!("{}", timing_table(&timings));
+            }
+        }
+        HostCmd::Provision {
+            name,
+            image,
+            checksum,
+            user_data,
+            network_data,
+            wait,
+        } => {
+            let mut body = json!({ "image": { "url": image, "checksum": checksum } });
+            if let Some(f) = user_data {
+                body["user_data"] = json!(read(&f)?);
+            }
+            if let Some(f) = network_data {
+                let text = read(&f)?;
+                body["network_data"] = serde_json::from_str(&text).map_err(|e| CliError::Parse {
+                    what: f.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            }
+            let h: HostOut = c.post(&format!("/api/v1/hosts/{name}/provision"), body).await?;
+            let h = if wait {
+                wait_for(&c, &name, "provisioned").await?
+            } else {
+                h
+            };
+            if !print_value(out, &h)? {
+                println!("{}", hosts_table(&[h], false));
+            }
+        }
+        HostCmd::Deprovision { name, erase } => {
+            let body = match erase {
+                Some(e) => json!({ "erase": e }),
+                None => json!({}),
+            };
+            let h: HostOut = c.post(&format!("/api/v1/hosts/{name}/deprovision"), body).await?;
+            if !print_value(out, &h)? {
+                println!("{}", hosts_table(&[h], false));
+            }
+        }
+        HostCmd::Power { name, action } => {
+            let h: HostOut = c
+                .post(&format!("/api/v1/hosts/{name}/power"), json!({ "action": action }))
+                .await?;
+            if !print_value(out, &h)? {
+                println!("{}: power {action} requested", h.name);
+            }
+        }
+        HostCmd::Inspect { name } => {
+            let h: HostOut = c.post(&format!("/api/v1/hosts/{name}/inspect"), json!({})).await?;
+            if !print_value(out, &h)? {
+                println!("{}: inspection requested", h.name);
+            }
+        }
+        HostCmd::Delete { name } => {
+            let h: HostOut = c.delete(&format!("/api/v1/hosts/{name}")).await?;
+            if !print_value(out, &h)? {
+                println!("{}: deletion requested", h.name);
+            }
+        }
+        HostCmd::Watch { name } => watch(&c, name.as_deref()).await?,
+    }
+    Ok(())
+}
+
+async fn watch(c: &Client, name: Option<&str>) -> Result<(), CliError> {
+    let mut seen = std::collections::BTreeMap::<String, String>::new();
+    loop {
+        let hosts: Vec<HostOut> = match name {
+            Some(n) => {
+                let h: HostOut = c.get(&format!("/api/v1/hosts/{n}")).await?;
+                vec![h]
+            }
+            None => c.get("/api/v1/hosts").await?,
+        };
+        for h in hosts {
+            let progress = h
+                .progress
+                .as_ref()
+                .map(|p| {
+                    let w = p["bytes_written"].as_u64().unwrap_or(0);
+                    match p["total_bytes"].as_u64() {
+                        Some(t) if t > 0 => format!(
+                            " {} {:>3}% [{:<20}]",
+                            p["phase"].as_str().unwrap_or(""),
+                            w * 100 / t,
+                            "#".repeat((w * 20 / t) as usize)
+                        ),
+                        _ => format!(" {} {} MiB", p["phase"].as_str().unwrap_or(""), w >> 20),
+                    }
+                })
+                .unwrap_or_default();
+            let line = format!(
+                "{} {} {}{progress}",
+                h.state,
+                h.operational_status,
+                h.power.unwrap_or_default()
+            );
+            if seen.get(&h.name) != Some(&line) {
+                println!("{} {:<20} {line}", crate::executor::now().rfc3339(), h.name);
+                seen.insert(h.name.clone(), line);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// `kiln import FILE`: enrolls every `BareMetalHost` in the file (and provisions those with an image).
+///
+/// # Errors
+/// [`CliError`] for an unreadable file, a bad manifest or a refused request.
+pub async fn import(args: &ClientArgs, file: &PathBuf) -> Result<(), CliError> {
+    let text = read(file)?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| CliError::Parse {
+        what: file.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let hosts = crate::import::translate(&docs).map_err(|e| CliError::Parse {
+        what: file.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let c = Client::new(args)?;
+    let mut done: Vec<Event> = Vec::new();
+    for h in hosts {
+        let _: HostOut = c.post("/api/v1/hosts", h.enroll).await?;
+        let mut msg = "enrolled".to_owned();
+        if let Some(p) = h.provision {
+            let _: HostOut = c.post(&format!("/api/v1/hosts/{}/provision", h.name), p).await?;
+            msg.push_str(", provisioning");
+        }
+        println!("{}: {msg}", h.name);
+        done.push(Event {
+            id: 0,
+            host: h.name,
+            at: crate::executor::now(),
+            kind: "import".into(),
+            message: msg,
+        });
+    }
+    print_value(args.output, &done)?;
+    Ok(())
+}

@@ -1,0 +1,809 @@
+//! The host state machine: a pure [`step`] from (host, observation, now) to a [`Decision`]. No async, no clock
+//! read, no logging, no I/O: the executor gathers observations, performs the actions and persists the result.
+//!
+//! State names are Metal3's `status.provisioning.state` values (see DESIGN.md's lifecycle table).
+
+use kiln_bmc::{BootMode, BootTarget, PowerAction, PowerState};
+use kiln_images::protocol::{CommandKind, ConfigDrive, Outcome};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{EraseMode, HostSpec, Requests};
+use crate::types::{HostName, Ts};
+
+/// Timeouts, retry limits and intervals the machine decides with. Configurable per appliance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// From power-on to the agent's first heartbeat.
+    pub boot_timeout_secs: u64,
+    /// From queuing a command to its result.
+    pub command_timeout_secs: u64,
+    /// Silence after which a running agent is considered gone.
+    pub heartbeat_timeout_secs: u64,
+    /// Registration attempts and automatic retries of a failed operation.
+    pub max_retries: u32,
+    pub backoff_base_secs: u64,
+    pub backoff_cap_secs: u64,
+    /// How often an idle host is looked at (power-state sync).
+    pub idle_poll_secs: u64,
+    /// How often a busy host is looked at.
+    pub busy_poll_secs: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            boot_timeout_secs: 900,
+            command_timeout_secs: 3600,
+            heartbeat_timeout_secs: 300,
+            max_retries: 3,
+            backoff_base_secs: 5,
+            backoff_cap_secs: 600,
+            idle_poll_secs: 60,
+            busy_poll_secs: 2,
+        }
+    }
+}
+
+/// An operation that can fail; names the Metal3 error type the host shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    Registering,
+    Inspecting,
+    Preparing,
+    Provisioning,
+    Deprovisioning,
+}
+
+impl Operation {
+    /// Metal3's `errorType` spelling.
+    pub fn error_type(self) -> &'static str {
+        match self {
+            Operation::Registering => "registration error",
+            Operation::Inspecting => "inspection error",
+            Operation::Preparing => "preparation error",
+            Operation::Provisioning => "provisioning error",
+            Operation::Deprovisioning => "deprovisioning error",
+        }
+    }
+}
+
+/// What went wrong, for people and for retry decisions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostError {
+    pub operation: Operation,
+    /// Machine-readable cause: `bmc_unreachable`, `bmc_auth`, `boot_timeout`, `command_timeout`, `agent_lost`, or
+    /// the agent's own failure kind (`checksum_mismatch`, ...).
+    pub kind: String,
+    /// What happened and what to check, in words.
+    pub message: String,
+    /// Automatic retries already made of this operation.
+    pub retries: u32,
+    pub at: Ts,
+    /// When the machine retries by itself; `None` once retries are exhausted (an operator must act).
+    pub retry_at: Option<Ts>,
+}
+
+/// Where an agent-driven job (inspect, prepare, provision, deprovision) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum JobPhase {
+    /// Waiting for a concurrency slot (shown as `delayed`).
+    Delayed,
+    /// Boot-once network boot set and power-on sent; waiting for the agent's first heartbeat.
+    Booting,
+    /// A command is queued for (or running on) the agent.
+    Running { command: u64 },
+}
+
+/// An agent-driven job: which boot of the host it uses and since when it is in its phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    #[serde(flatten)]
+    pub phase: JobPhase,
+    /// The agent boot this job uses (tokens and commands are scoped to it).
+    pub boot: u64,
+    pub started: Ts,
+    pub phase_since: Ts,
+    /// Automatic retries already made of this operation.
+    pub retries: u32,
+}
+
+/// The host's state; each carries its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    Unmanaged,
+    Registering { since: Ts, attempt: u32 },
+    Inspecting(Job),
+    Preparing(Job),
+    Available { since: Ts },
+    Provisioning(Job),
+    Provisioned { since: Ts, image_url: String },
+    Deprovisioning(Job),
+    ExternallyProvisioned { since: Ts },
+    Deleting { since: Ts },
+    Error(HostError),
+}
+
+impl State {
+    /// Metal3's state name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Unmanaged => "unmanaged",
+            State::Registering { .. } => "registering",
+            State::Inspecting(_) => "inspecting",
+            State::Preparing(_) => "preparing",
+            State::Available { .. } => "available",
+            State::Provisioning(_) => "provisioning",
+            State::Provisioned { .. } => "provisioned",
+            State::Deprovisioning(_) => "deprovisioning",
+            State::ExternallyProvisioned { .. } => "externally provisioned",
+            State::Deleting { .. } => "deleting",
+            State::Error(_) => "error",
+        }
+    }
+
+    /// The agent job, for states that run one.
+    pub fn job(&self) -> Option<&Job> {
+        match self {
+            State::Inspecting(j) | State::Preparing(j) | State::Provisioning(j) | State::Deprovisioning(j) => Some(j),
+            State::Unmanaged
+            | State::Registering { .. }
+            | State::Available { .. }
+            | State::Provisioned { .. }
+            | State::ExternallyProvisioned { .. }
+            | State::Deleting { .. }
+            | State::Error(_) => None,
+        }
+    }
+
+    /// The sub-phase name used for timing records (`provisioning.booting`), if the state has sub-phases.
+    pub fn sub_phase(&self) -> Option<String> {
+        self.job().map(|j| {
+            let p = match j.phase {
+                JobPhase::Delayed => "delayed",
+                JobPhase::Booting => "booting",
+                JobPhase::Running { .. } => "running",
+            };
+            format!("{}.{p}", self.name())
+        })
+    }
+
+    /// The operational status shown beside the state: `delayed`, `error` or `ok`.
+    pub fn operational_status(&self) -> &'static str {
+        match self {
+            State::Error(_) => "error",
+            s if s.job().is_some_and(|j| j.phase == JobPhase::Delayed) => "delayed",
+            _ => "ok",
+        }
+    }
+
+    /// Whether this state holds one of the limited concurrent-job slots.
+    pub fn holds_slot(&self) -> bool {
+        self.job().is_some_and(|j| j.phase != JobPhase::Delayed)
+    }
+}
+
+/// A failed BMC call as the executor saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BmcFailure {
+    pub message: String,
+    pub transient: bool,
+    /// The BMC refused the credentials.
+    pub auth: bool,
+}
+
+/// What the executor read from the BMC before this step.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum BmcObs {
+    /// Not read this time (rate limit, or not needed); use the host's last known power.
+    #[default]
+    NotRead,
+    Power(PowerState),
+    Failed(BmcFailure),
+}
+
+/// What the executor read about the current boot's agent.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AgentObs {
+    /// Last heartbeat of the agent of the current job's boot.
+    pub last_heartbeat: Option<Ts>,
+    /// The outcome of the command the job is waiting for, once reported.
+    pub result: Option<Outcome>,
+}
+
+/// Everything observed for one step.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Observed {
+    pub bmc: BmcObs,
+    pub agent: AgentObs,
+    /// A concurrency slot is free for this host to start an agent job.
+    pub slot_free: bool,
+    /// A uniform random number in [0, 1) for backoff jitter (supplied so `step` stays pure).
+    pub jitter: f64,
+}
+
+/// The host as the machine sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostView {
+    pub name: HostName,
+    pub spec: HostSpec,
+    pub requests: Requests,
+    pub state: State,
+    /// Last known power state.
+    pub power: Option<PowerState>,
+    /// Agent boots so far.
+    pub boots: u64,
+    pub policy: Policy,
+}
+
+/// Something the executor must do, in order, before committing the next state.
+// Actions live for one step and come a handful at a time; boxing the command would only add noise.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    SetBoot {
+        target: BootTarget,
+        once: bool,
+    },
+    Power(PowerAction),
+    /// Queue a command for the agent of `boot`.
+    Enqueue {
+        boot: u64,
+        id: u64,
+        kind: CommandKind,
+    },
+    /// Invalidate every agent token of the host.
+    RevokeTokens,
+    ClearPowerRequest,
+    ClearInspectRequest,
+    /// Remove the host from the store.
+    Forget,
+}
+
+/// The result of a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub next: State,
+    pub actions: Vec<Action>,
+    /// When to look at the host again.
+    pub wake: Ts,
+    /// Why, in a few words (logged by the executor on a state change).
+    pub reason: String,
+}
+
+/// Exponential backoff with jitter and a cap, in milliseconds.
+pub fn backoff_ms(policy: &Policy, retries: u32, jitter: f64) -> i64 {
+    let base = policy.backoff_base_secs.saturating_mul(1000);
+    let exp = base.saturating_mul(1u64 << retries.min(30));
+    let capped = exp.min(policy.backoff_cap_secs.saturating_mul(1000)) as f64;
+    // Full range [50%, 100%] of the capped delay: spreads retries of many hosts failing together.
+    (capped * (0.5 + 0.5 * jitter.clamp(0.0, 1.0))) as i64
+}
+
+/// The command id of a job's boot (one command per boot).
+pub fn command_id(boot: u64) -> u64 {
+    boot
+}
+
+fn decide(next: State, actions: Vec<Action>, wake: Ts, reason: impl Into<String>) -> Decision {
+    Decision {
+        next,
+        actions,
+        wake,
+        reason: reason.into(),
+    }
+}
+
+/// Which agent job a state runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobKind {
+    Inspect,
+    Prepare,
+    Provision,
+    Deprovision,
+}
+
+impl JobKind {
+    fn state(self, job: Job) -> State {
+        match self {
+            JobKind::Inspect => State::Inspecting(job),
+            JobKind::Prepare => State::Preparing(job),
+            JobKind::Provision => State::Provisioning(job),
+            JobKind::Deprovision => State::Deprovisioning(job),
+        }
+    }
+    fn operation(self) -> Operation {
+        match self {
+            JobKind::Inspect => Operation::Inspecting,
+            JobKind::Prepare => Operation::Preparing,
+            JobKind::Provision => Operation::Provisioning,
+            JobKind::Deprovision => Operation::Deprovisioning,
+        }
+    }
+}
+
+/// Decides what to do with a host. Pure: same inputs, same decision.
+pub fn step(host: &HostView, obs: &Observed, now: Ts) -> Decision {
+    let idle = now.plus_secs(host.policy.idle_poll_secs);
+    if host.requests.delete {
+        return match &host.state {
+            State::Deleting { .. } => decide(host.state.clone(), vec![Action::Forget], now, "deleted"),
+            _ => {
+                let mut actions = vec![Action::RevokeTokens];
+                if host.spec.bmc.is_some() && !matches!(host.state, State::ExternallyProvisioned { .. }) {
+                    actions.push(Action::Power(PowerAction::Off));
+                }
+                decide(State::Deleting { since: now }, actions, now, "delete requested")
+            }
+        };
+    }
+    match &host.state {
+        State::Unmanaged => match host.spec.bmc {
+            Some(_) => decide(
+                State::Registering { since: now, attempt: 0 },
+                vec![],
+                now,
+                "BMC credentials set",
+            ),
+            None => decide(State::Unmanaged, vec![], idle, "no BMC address yet"),
+        },
+        State::Registering { since, attempt } => registering(host, obs, now, *since, *attempt),
+        State::Inspecting(job) => run_job(host, obs, now, JobKind::Inspect, *job),
+        State::Preparing(job) => run_job(host, obs, now, JobKind::Prepare, *job),
+        State::Provisioning(job) => {
+            if host.spec.image.is_none() {
+                return start_job(
+                    host,
+                    obs,
+                    now,
+                    JobKind::Deprovision,
+                    0,
+                    "image removed during provisioning",
+                );
+            }
+            run_job(host, obs, now, JobKind::Provision, *job)
+        }
+        State::Deprovisioning(job) => run_job(host, obs, now, JobKind::Deprovision, *job),
+        State::Available { .. } => {
+            if host.spec.bmc.is_none() {
+                return decide(State::Unmanaged, vec![], now, "BMC credentials removed");
+            }
+            if host.spec.options.externally_provisioned {
+                return decide(State::ExternallyProvisioned { since: now }, vec![], now, "adopted");
+            }
+            if host.requests.inspect {
+                let mut d = start_job(host, obs, now, JobKind::Inspect, 0, "inspection requested");
+                d.actions.push(Action::ClearInspectRequest);
+                return d;
+            }
+            if host.spec.image.is_some() {
+                return start_job(host, obs, now, JobKind::Provision, 0, "image set");
+            }
+            idle_with_power(host, host.state.clone(), now, "idle")
+        }
+        State::Provisioned { image_url, .. } => match &host.spec.image {
+            None => start_job(host, obs, now, JobKind::Deprovision, 0, "image removed"),
+            Some(img) if img.url != *image_url => start_job(host, obs, now, JobKind::Deprovision, 0, "image changed"),
+            Some(_) => idle_with_power(host, host.state.clone(), now, "running its OS"),
+        },
+        State::ExternallyProvisioned { .. } => {
+            if !host.spec.options.externally_provisioned {
+                return start_job(
+                    host,
+                    obs,
+                    now,
+                    JobKind::Deprovision,
+                    0,
+                    "no longer externally provisioned",
+                );
+            }
+            idle_with_power(host, host.state.clone(), now, "externally provisioned")
+        }
+        State::Deleting { .. } => decide(host.state.clone(), vec![Action::Forget], now, "deleted"),
+        State::Error(err) => in_error(host, obs, now, err),
+    }
+}
+
+/// Decides what becomes of a host whose BMC actions for `attempted` failed for good (retries are the executor's).
+/// Only `next`, `wake` and `reason` of the result are used; its actions are not performed.
+pub fn action_failed(
+    host: &HostView,
+    attempted: &State,
+    f: &BmcFailure,
+    message: &str,
+    now: Ts,
+    jitter: f64,
+) -> Decision {
+    let kind = if f.auth { "bmc_auth" } else { "bmc_unreachable" };
+    let hint = if f.auth {
+        "the BMC refused the credentials"
+    } else {
+        "check that the BMC is reachable and healthy"
+    };
+    let retries = attempted.job().map_or(0, |j| j.retries);
+    let op = match attempted {
+        State::Registering { .. } => Some(Operation::Registering),
+        State::Inspecting(_) => Some(Operation::Inspecting),
+        State::Preparing(_) => Some(Operation::Preparing),
+        State::Provisioning(_) => Some(Operation::Provisioning),
+        State::Deprovisioning(_) => Some(Operation::Deprovisioning),
+        State::Unmanaged
+        | State::Available { .. }
+        | State::Provisioned { .. }
+        | State::ExternallyProvisioned { .. }
+        | State::Deleting { .. }
+        | State::Error(_) => None,
+    };
+    match (op, attempted) {
+        (Some(op), _) => error(host, now, op, kind, format!("{message} ({hint})"), retries, jitter),
+        (None, State::Deleting { .. }) => decide(attempted.clone(), vec![], now, "power-off failed; deleting anyway"),
+        (None, _) => decide(
+            host.state.clone(),
+            vec![],
+            now.plus_secs(host.policy.idle_poll_secs),
+            format!("{message} ({hint}); request dropped"),
+        ),
+    }
+}
+
+fn idle_with_power(host: &HostView, state: State, now: Ts, reason: &str) -> Decision {
+    let idle = now.plus_secs(host.policy.idle_poll_secs);
+    match host.requests.power {
+        Some(a) => decide(
+            state,
+            vec![Action::Power(a), Action::ClearPowerRequest],
+            now,
+            format!("power {a:?} requested"),
+        ),
+        None => decide(state, vec![], idle, reason),
+    }
+}
+
+fn registering(host: &HostView, obs: &Observed, now: Ts, since: Ts, attempt: u32) -> Decision {
+    let p = &host.policy;
+    match &obs.bmc {
+        BmcObs::Power(_) => {
+            if host.spec.options.externally_provisioned {
+                decide(
+                    State::ExternallyProvisioned { since: now },
+                    vec![],
+                    now,
+                    "registered, externally provisioned",
+                )
+            } else if host.spec.options.inspect {
+                start_job(host, obs, now, JobKind::Inspect, 0, "registered")
+            } else {
+                decide(
+                    State::Available { since: now },
+                    vec![],
+                    now,
+                    "registered, inspection disabled",
+                )
+            }
+        }
+        BmcObs::Failed(f) if f.transient && !f.auth && attempt < p.max_retries => {
+            let wake = now.plus_ms(backoff_ms(p, attempt, obs.jitter));
+            decide(
+                State::Registering {
+                    since,
+                    attempt: attempt + 1,
+                },
+                vec![],
+                wake,
+                "BMC not reachable yet, retrying",
+            )
+        }
+        BmcObs::Failed(f) => {
+            let (kind, hint) = if f.auth {
+                (
+                    "bmc_auth",
+                    "the BMC refused the credentials: check the username and password",
+                )
+            } else {
+                (
+                    "bmc_unreachable",
+                    "check the BMC address, that it is reachable from kiln, and its TLS settings",
+                )
+            };
+            let message = format!("{hint} ({})", f.message);
+            error(host, now, Operation::Registering, kind, message, attempt, obs.jitter)
+        }
+        BmcObs::NotRead => decide(
+            State::Registering { since, attempt },
+            vec![],
+            now.plus_secs(p.busy_poll_secs),
+            "waiting to read the BMC",
+        ),
+    }
+}
+
+fn error(
+    host: &HostView,
+    now: Ts,
+    operation: Operation,
+    kind: &str,
+    message: String,
+    retries: u32,
+    jitter: f64,
+) -> Decision {
+    let p = &host.policy;
+    let retry_at = (retries < p.max_retries).then(|| now.plus_ms(backoff_ms(p, retries, jitter)));
+    let wake = retry_at.unwrap_or(now.plus_secs(p.idle_poll_secs));
+    let mut actions = vec![Action::RevokeTokens];
+    if matches!(
+        operation,
+        Operation::Inspecting | Operation::Preparing | Operation::Deprovisioning
+    ) {
+        actions.push(Action::Power(PowerAction::Off));
+    }
+    let next = State::Error(HostError {
+        operation,
+        kind: kind.to_owned(),
+        message: message.clone(),
+        retries,
+        at: now,
+        retry_at,
+    });
+    decide(next, actions, wake, message)
+}
+
+fn in_error(host: &HostView, obs: &Observed, now: Ts, err: &HostError) -> Decision {
+    let idle = now.plus_secs(host.policy.idle_poll_secs);
+    let retries = err.retries + 1;
+    // Operator intent first: a deprovision clears a failed provision, an image set retries it.
+    match err.operation {
+        Operation::Provisioning if host.spec.image.is_none() => {
+            return start_job(
+                host,
+                obs,
+                now,
+                JobKind::Deprovision,
+                0,
+                "image removed after a failed provision",
+            );
+        }
+        Operation::Registering
+        | Operation::Inspecting
+        | Operation::Preparing
+        | Operation::Provisioning
+        | Operation::Deprovisioning => {}
+    }
+    if host.requests.inspect && err.operation != Operation::Registering {
+        let mut d = start_job(host, obs, now, JobKind::Inspect, 0, "inspection requested");
+        d.actions.push(Action::ClearInspectRequest);
+        return d;
+    }
+    match err.retry_at {
+        Some(at) if now >= at => match err.operation {
+            Operation::Registering => decide(
+                State::Registering { since: now, attempt: 0 },
+                vec![],
+                now,
+                "retrying registration",
+            ),
+            Operation::Inspecting => start_job(host, obs, now, JobKind::Inspect, retries, "retrying inspection"),
+            Operation::Preparing => start_job(host, obs, now, JobKind::Prepare, retries, "retrying preparation"),
+            Operation::Provisioning => start_job(host, obs, now, JobKind::Provision, retries, "retrying provisioning"),
+            Operation::Deprovisioning => {
+                start_job(host, obs, now, JobKind::Deprovision, retries, "retrying deprovisioning")
+            }
+        },
+        Some(at) => decide(host.state.clone(), vec![], at, "waiting to retry"),
+        None => idle_with_power(
+            host,
+            host.state.clone(),
+            now,
+            "retries exhausted; waiting for the operator",
+        )
+        .with_wake_at_most(idle),
+    }
+}
+
+impl Decision {
+    fn with_wake_at_most(mut self, at: Ts) -> Self {
+        self.wake = self.wake.min(at);
+        self
+    }
+}
+
+fn pxe_target(mode: BootMode) -> BootTarget {
+    BootTarget::Pxe { mode }
+}
+
+/// Starts (or queues, when no slot is free) an agent job on a fresh boot.
+fn start_job(host: &HostView, obs: &Observed, now: Ts, kind: JobKind, retries: u32, reason: &str) -> Decision {
+    let boot = host.boots + 1;
+    let job = Job {
+        phase: JobPhase::Delayed,
+        boot,
+        started: now,
+        phase_since: now,
+        retries,
+    };
+    if !obs.slot_free {
+        return decide(
+            kind.state(job),
+            vec![Action::RevokeTokens],
+            now.plus_secs(host.policy.busy_poll_secs),
+            format!("{reason}; delayed: concurrency limit reached"),
+        );
+    }
+    boot_job(host, now, kind, job, reason)
+}
+
+fn boot_job(host: &HostView, now: Ts, kind: JobKind, job: Job, reason: &str) -> Decision {
+    let power = match host.power {
+        Some(PowerState::On) => PowerAction::Cycle,
+        Some(PowerState::Off) | Some(PowerState::Unknown) | None => PowerAction::On,
+    };
+    let actions = vec![
+        Action::RevokeTokens,
+        Action::SetBoot {
+            target: pxe_target(host.spec.boot_mode),
+            once: true,
+        },
+        Action::Power(power),
+    ];
+    let next = kind.state(Job {
+        phase: JobPhase::Booting,
+        phase_since: now,
+        ..job
+    });
+    decide(
+        next,
+        actions,
+        now.plus_secs(host.policy.busy_poll_secs),
+        format!("{reason}; network-booting the agent"),
+    )
+}
+
+fn command_for(host: &HostView, kind: JobKind) -> CommandKind {
+    match kind {
+        JobKind::Inspect => CommandKind::Inspect,
+        JobKind::Prepare => CommandKind::EraseMetadata,
+        JobKind::Deprovision => match host.spec.options.erase {
+            EraseMode::Full => CommandKind::EraseDisks,
+            EraseMode::Metadata | EraseMode::Disabled => CommandKind::EraseMetadata,
+        },
+        JobKind::Provision => {
+            let mut meta = serde_json::json!({ "name": host.name.as_str(), "hostname": host.name.as_str(), "uuid": host.name.as_str() });
+            if let (Some(serde_json::Value::Object(extra)), Some(m)) = (&host.spec.meta_data, meta.as_object_mut()) {
+                m.extend(extra.clone());
+            }
+            CommandKind::WriteImage {
+                image: host.spec.image.clone().expect("provision job only runs with an image"),
+                root_device_hints: host.spec.root_device_hints.clone(),
+                config_drive: Some(ConfigDrive {
+                    meta_data: meta,
+                    user_data: host.spec.user_data.clone(),
+                    network_data: host.spec.network_data.clone(),
+                }),
+            }
+        }
+    }
+}
+
+fn run_job(host: &HostView, obs: &Observed, now: Ts, kind: JobKind, job: Job) -> Decision {
+    let p = &host.policy;
+    let busy = now.plus_secs(p.busy_poll_secs);
+    let op = kind.operation();
+    match job.phase {
+        JobPhase::Delayed => {
+            if obs.slot_free {
+                boot_job(host, now, kind, job, "slot free")
+            } else {
+                decide(kind.state(job), vec![], busy, "delayed: concurrency limit reached")
+            }
+        }
+        JobPhase::Booting => {
+            if obs.agent.last_heartbeat.is_some() {
+                let id = command_id(job.boot);
+                let next = kind.state(Job {
+                    phase: JobPhase::Running { command: id },
+                    phase_since: now,
+                    ..job
+                });
+                let actions = vec![Action::Enqueue {
+                    boot: job.boot,
+                    id,
+                    kind: command_for(host, kind),
+                }];
+                return decide(next, actions, busy, "agent heartbeat received; command queued");
+            }
+            let deadline = job.phase_since.plus_secs(p.boot_timeout_secs);
+            if now >= deadline {
+                let mac = host
+                    .spec
+                    .boot_mac
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "(none set)".into());
+                let msg = format!(
+                    "no heartbeat from kiln-agent within {}s of network boot: check that the host PXE-boots from MAC {mac}, that DHCP reaches kiln, and the host's console",
+                    p.boot_timeout_secs
+                );
+                return error(host, now, op, "boot_timeout", msg, job.retries, obs.jitter);
+            }
+            decide(
+                kind.state(job),
+                vec![],
+                busy.min(deadline),
+                "waiting for the agent to boot",
+            )
+        }
+        JobPhase::Running { command } => {
+            match &obs.agent.result {
+                Some(Outcome::Succeeded { .. }) => return finish_job(host, now, kind, job),
+                Some(Outcome::Failed { kind: fk, message }) => {
+                    let msg = format!("kiln-agent reported {fk} for command {command}: {message}");
+                    return error(host, now, op, fk, msg, job.retries, obs.jitter);
+                }
+                None => {}
+            }
+            if now >= job.phase_since.plus_secs(p.command_timeout_secs) {
+                let msg = format!(
+                    "the agent did not finish command {command} within {}s",
+                    p.command_timeout_secs
+                );
+                return error(host, now, op, "command_timeout", msg, job.retries, obs.jitter);
+            }
+            let last = obs.agent.last_heartbeat.unwrap_or(job.phase_since).max(job.phase_since);
+            if now >= last.plus_secs(p.heartbeat_timeout_secs) {
+                let msg = format!(
+                    "kiln-agent stopped heartbeating for {}s: the host may have rebooted or lost its network",
+                    p.heartbeat_timeout_secs
+                );
+                return error(host, now, op, "agent_lost", msg, job.retries, obs.jitter);
+            }
+            decide(kind.state(job), vec![], busy, "waiting for the agent's result")
+        }
+    }
+}
+
+fn finish_job(host: &HostView, now: Ts, kind: JobKind, _job: Job) -> Decision {
+    match kind {
+        JobKind::Inspect if host.spec.options.prepare => {
+            // Preparing uses its own boot; the slot is kept (we hold it now).
+            let job = Job {
+                phase: JobPhase::Delayed,
+                boot: host.boots + 1,
+                started: now,
+                phase_since: now,
+                retries: 0,
+            };
+            boot_job(host, now, JobKind::Prepare, job, "inspected; preparing")
+        }
+        JobKind::Inspect | JobKind::Prepare | JobKind::Deprovision => decide(
+            State::Available { since: now },
+            vec![Action::RevokeTokens, Action::Power(PowerAction::Off)],
+            now,
+            "agent work done; powered off",
+        ),
+        JobKind::Provision => {
+            let url = host.spec.image.as_ref().map(|i| i.url.clone()).unwrap_or_default();
+            decide(
+                State::Provisioned {
+                    since: now,
+                    image_url: url,
+                },
+                vec![
+                    Action::RevokeTokens,
+                    Action::SetBoot {
+                        target: BootTarget::Disk {
+                            mode: host.spec.boot_mode,
+                        },
+                        once: false,
+                    },
+                    Action::Power(PowerAction::Cycle),
+                ],
+                now,
+                "image written; booting from disk",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

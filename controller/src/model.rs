@@ -1,0 +1,141 @@
+//! The host record: what an operator asked for ([`HostSpec`], [`Requests`]) and what kiln observed and decided
+//! ([`State`](crate::machine::State), power, counters). Data only; no I/O, no decisions.
+
+use std::collections::BTreeMap;
+
+use kiln_bmc::{BootMode, PowerAction, PowerState, Secret};
+use kiln_images::protocol::{ImageSpec, RootDeviceHints};
+use serde::{Deserialize, Serialize};
+
+use crate::machine::State;
+use crate::types::{BmcAddress, HostName, MacAddr, Ts};
+
+/// How to reach a host's BMC. The password is a [`Secret`] and is encrypted at rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BmcInfo {
+    pub address: BmcAddress,
+    pub username: String,
+    pub password: Secret,
+}
+
+/// How much of the disks to erase when cleaning (Metal3 `automatedCleaningMode`, plus `full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EraseMode {
+    /// Wipe partition tables and filesystem signatures.
+    #[default]
+    Metadata,
+    /// Overwrite every disk completely.
+    Full,
+    /// Do not erase (deprovisioning only powers off).
+    Disabled,
+}
+
+/// What the operator wants for a host. Set through the API; the executor never changes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct HostSpec {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub bmc: Option<BmcInfo>,
+    #[serde(default)]
+    pub boot_mac: Option<MacAddr>,
+    #[serde(default)]
+    pub boot_mode: BootMode,
+    #[serde(default)]
+    pub root_device_hints: RootDeviceHints,
+    /// The image to write; setting it provisions, clearing it deprovisions.
+    #[serde(default)]
+    pub image: Option<ImageSpec>,
+    #[serde(default)]
+    pub user_data: Option<String>,
+    #[serde(default)]
+    pub network_data: Option<serde_json::Value>,
+    #[serde(default)]
+    pub meta_data: Option<serde_json::Value>,
+    #[serde(default)]
+    pub options: HostOptions,
+}
+
+/// Per-host switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostOptions {
+    /// Inspect after registration (Metal3 inspects by default).
+    #[serde(default = "yes")]
+    pub inspect: bool,
+    /// Adopt a host that already runs its OS: power management only, never written.
+    #[serde(default)]
+    pub externally_provisioned: bool,
+    /// Erase mode used when deprovisioning.
+    #[serde(default)]
+    pub erase: EraseMode,
+    /// Clean (erase metadata) once after inspection, before the host becomes available.
+    #[serde(default)]
+    pub prepare: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        Self {
+            inspect: true,
+            externally_provisioned: false,
+            erase: EraseMode::Metadata,
+            prepare: false,
+        }
+    }
+}
+
+/// One-shot requests from the operator that the state machine consumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Requests {
+    #[serde(default)]
+    pub power: Option<PowerAction>,
+    #[serde(default)]
+    pub inspect: bool,
+    #[serde(default)]
+    pub delete: bool,
+}
+
+/// Counters kept per host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Counters {
+    /// Network boots of the agent so far (also the id of the latest boot).
+    pub boots: u64,
+    /// Successful deploys.
+    pub deploys: u64,
+    /// Errors entered.
+    pub errors: u64,
+    /// BMC calls made.
+    pub bmc_calls: u64,
+}
+
+/// A host as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Host {
+    pub id: i64,
+    pub name: HostName,
+    pub spec: HostSpec,
+    pub requests: Requests,
+    pub state: State,
+    pub power: Option<PowerState>,
+    pub counters: Counters,
+    /// Bumped on every write; writers that read an older one lose.
+    pub generation: i64,
+    pub next_wake: Option<Ts>,
+    pub created: Ts,
+    pub updated: Ts,
+}
+
+/// The executor's write: status fields only, conditional on the generation it read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusUpdate {
+    pub state: State,
+    pub requests: Requests,
+    pub power: Option<PowerState>,
+    pub counters: Counters,
+    pub next_wake: Option<Ts>,
+}

@@ -1,0 +1,375 @@
+//! The store: hosts, inspection data, per-phase timing, events, agent tokens and the agent command queue, behind
+//! the [`Store`] trait with SQLite and PostgreSQL implementations ([`sql`]). This module owns the record shapes and
+//! the mapping of hosts to rows (sealing BMC passwords); it must not decide anything about hosts.
+
+pub mod sql;
+
+use async_trait::async_trait;
+use kiln_bmc::{BootMode, PowerState};
+use kiln_images::protocol::{CommandKind, Outcome};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{CryptoError, SecretKey};
+use crate::machine::State;
+use crate::model::{BmcInfo, Counters, Host, HostSpec, Requests, StatusUpdate};
+use crate::types::{HostName, MacAddr, Ts};
+
+pub use sql::{PgStore, SqliteStore, connect};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database operation {op} failed")]
+    Db {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("host {host} already exists")]
+    HostExists { host: String },
+    #[error("boot MAC {mac} is already used by another host")]
+    MacInUse { mac: String },
+    #[error("host {host} not found")]
+    HostNotFound { host: String },
+    #[error("stored record {what} is corrupt")]
+    Corrupt { what: String },
+    #[error("cannot unseal the BMC password of host {host}")]
+    Crypto {
+        host: String,
+        #[source]
+        source: CryptoError,
+    },
+    #[error("unsupported database URL {url}: use sqlite:PATH or postgres://...")]
+    BadUrl { url: String },
+}
+
+impl StoreError {
+    /// Whether retrying the same call may succeed (connection trouble, lock contention).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Db { source, .. } => {
+                matches!(
+                    source,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                ) || source
+                    .as_database_error()
+                    .is_some_and(|e| e.message().contains("locked"))
+            }
+            StoreError::Migrate(_)
+            | StoreError::HostExists { .. }
+            | StoreError::MacInUse { .. }
+            | StoreError::HostNotFound { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Crypto { .. }
+            | StoreError::BadUrl { .. } => false,
+        }
+    }
+}
+
+/// One timing record: a state or sub-phase and when it started and ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseRecord {
+    pub phase: String,
+    pub started: Ts,
+    pub ended: Option<Ts>,
+    pub outcome: Option<String>,
+}
+
+/// Something that happened to a host, for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub host: String,
+    pub at: Ts,
+    pub kind: String,
+    pub message: String,
+}
+
+/// A stored agent token (the token itself is never stored, only its SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub host_id: i64,
+    pub boot: u64,
+    pub phase: String,
+    pub revoked: bool,
+}
+
+/// Where a queued agent command is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStatus {
+    Queued,
+    Sent,
+    Succeeded,
+    Failed,
+}
+
+impl CommandStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandStatus::Queued => "queued",
+            CommandStatus::Sent => "sent",
+            CommandStatus::Succeeded => "succeeded",
+            CommandStatus::Failed => "failed",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => CommandStatus::Queued,
+            "sent" => CommandStatus::Sent,
+            "succeeded" => CommandStatus::Succeeded,
+            "failed" => CommandStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A command for a host's agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentCommand {
+    pub id: u64,
+    pub boot: u64,
+    pub command: CommandKind,
+    pub status: CommandStatus,
+    pub result: Option<Outcome>,
+}
+
+/// What kiln knows about one agent boot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentBoot {
+    pub first_heartbeat: Ts,
+    pub last_heartbeat: Ts,
+    pub progress: Option<serde_json::Value>,
+}
+
+/// Persistent state of the appliance. Every method is one short transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend this is (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+    async fn create_host(&self, name: &HostName, spec: &HostSpec, now: Ts) -> Result<Host, StoreError>;
+    async fn host(&self, name: &HostName) -> Result<Option<Host>, StoreError>;
+    async fn host_by_id(&self, id: i64) -> Result<Option<Host>, StoreError>;
+    async fn host_by_mac(&self, mac: &MacAddr) -> Result<Option<Host>, StoreError>;
+    async fn hosts(&self) -> Result<Vec<Host>, StoreError>;
+    /// The operator's write: spec and requests, unconditionally; bumps the generation.
+    async fn update_spec(&self, id: i64, spec: &HostSpec, requests: &Requests, now: Ts) -> Result<Host, StoreError>;
+    /// The executor's write, only if the host is still at `generation`; returns whether it was written.
+    async fn save_status(&self, id: i64, generation: i64, st: &StatusUpdate, now: Ts) -> Result<bool, StoreError>;
+    async fn delete_host(&self, id: i64) -> Result<(), StoreError>;
+
+    async fn put_inspection(&self, host_id: i64, data: &serde_json::Value, now: Ts) -> Result<(), StoreError>;
+    async fn inspection(&self, host_id: i64) -> Result<Option<(serde_json::Value, Ts)>, StoreError>;
+
+    async fn start_phase(&self, host_id: i64, phase: &str, now: Ts) -> Result<(), StoreError>;
+    /// Ends the open record of `phase` (no-op if none is open).
+    async fn end_phase(
+        &self,
+        host_id: i64,
+        phase: &str,
+        now: Ts,
+        outcome: &str,
+    ) -> Result<Option<PhaseRecord>, StoreError>;
+    async fn phases(&self, host_id: i64) -> Result<Vec<PhaseRecord>, StoreError>;
+
+    async fn add_event(&self, host: &str, now: Ts, kind: &str, message: &str) -> Result<(), StoreError>;
+    /// The latest `limit` events (of one host if given), oldest first.
+    async fn events(&self, host: Option<&str>, limit: i64) -> Result<Vec<Event>, StoreError>;
+
+    async fn add_token(&self, hash: &str, host_id: i64, boot: u64, phase: &str, now: Ts) -> Result<(), StoreError>;
+    async fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    async fn revoke_tokens(&self, host_id: i64) -> Result<(), StoreError>;
+
+    async fn heartbeat(&self, host_id: i64, boot: u64, now: Ts) -> Result<(), StoreError>;
+    async fn set_progress(&self, host_id: i64, boot: u64, progress: &serde_json::Value) -> Result<(), StoreError>;
+    async fn agent_boot(&self, host_id: i64, boot: u64) -> Result<Option<AgentBoot>, StoreError>;
+
+    /// Queues a command; idempotent on (`host_id`, `id`).
+    async fn enqueue_command(
+        &self,
+        host_id: i64,
+        boot: u64,
+        id: u64,
+        command: &CommandKind,
+        now: Ts,
+    ) -> Result<(), StoreError>;
+    async fn command(&self, host_id: i64, id: u64) -> Result<Option<AgentCommand>, StoreError>;
+    /// The oldest unfinished command of the boot.
+    async fn pending_command(&self, host_id: i64, boot: u64) -> Result<Option<AgentCommand>, StoreError>;
+    async fn set_command_status(
+        &self,
+        host_id: i64,
+        id: u64,
+        status: CommandStatus,
+        result: Option<&Outcome>,
+        now: Ts,
+    ) -> Result<bool, StoreError>;
+}
+
+/// A host row as plain text and integers: the shape both SQL dialects read and write.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HostRow {
+    pub id: i64,
+    pub name: String,
+    pub labels: String,
+    pub bmc_address: Option<String>,
+    pub bmc_username: Option<String>,
+    pub bmc_password: Option<String>,
+    pub boot_mac: Option<String>,
+    pub boot_mode: String,
+    pub root_device_hints: String,
+    pub image: Option<String>,
+    pub user_data: Option<String>,
+    pub network_data: Option<String>,
+    pub meta_data: Option<String>,
+    pub options: String,
+    pub requests: String,
+    pub state_name: String,
+    pub state: String,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+    pub power: Option<String>,
+    pub counters: String,
+    pub generation: i64,
+    pub next_wake_ms: Option<i64>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("kiln's own types serialize")
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(s: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|_| StoreError::Corrupt { what: what.to_owned() })
+}
+
+fn power_str(p: Option<PowerState>) -> Option<String> {
+    p.map(|p| to_json(&p).trim_matches('"').to_owned())
+}
+
+impl HostRow {
+    pub(crate) fn set_spec(&mut self, spec: &HostSpec, key: &SecretKey) -> Result<(), StoreError> {
+        let crypto = |source| StoreError::Crypto {
+            host: self.name.clone(),
+            source,
+        };
+        self.labels = to_json(&spec.labels);
+        self.bmc_address = spec.bmc.as_ref().map(|b| b.address.to_string());
+        self.bmc_username = spec.bmc.as_ref().map(|b| b.username.clone());
+        self.bmc_password = match &spec.bmc {
+            Some(b) => Some(key.seal(&b.password, &self.name).map_err(crypto)?),
+            None => None,
+        };
+        self.boot_mac = spec.boot_mac.map(|m| m.to_string());
+        self.boot_mode = to_json(&spec.boot_mode).trim_matches('"').to_owned();
+        self.root_device_hints = to_json(&spec.root_device_hints);
+        self.image = spec.image.as_ref().map(to_json);
+        self.user_data = spec.user_data.clone();
+        self.network_data = spec.network_data.as_ref().map(to_json);
+        self.meta_data = spec.meta_data.as_ref().map(to_json);
+        self.options = to_json(&spec.options);
+        Ok(())
+    }
+
+    pub(crate) fn set_status(&mut self, st: &StatusUpdate) {
+        self.state_name = st.state.name().to_owned();
+        self.state = to_json(&st.state);
+        (self.error_kind, self.error_message) = match &st.state {
+            State::Error(e) => (Some(e.kind.clone()), Some(e.message.clone())),
+            _ => (None, None),
+        };
+        self.requests = to_json(&st.requests);
+        self.power = power_str(st.power);
+        self.counters = to_json(&st.counters);
+        self.next_wake_ms = st.next_wake.map(|t| t.0);
+    }
+
+    pub(crate) fn into_host(self, key: &SecretKey) -> Result<Host, StoreError> {
+        let name: HostName = self.name.parse().map_err(|_| StoreError::Corrupt {
+            what: format!("host name {:?}", self.name),
+        })?;
+        let corrupt = |what: &str| StoreError::Corrupt {
+            what: format!("{what} of host {name}"),
+        };
+        let bmc = match (self.bmc_address, self.bmc_username, self.bmc_password) {
+            (Some(a), Some(u), Some(p)) => Some(BmcInfo {
+                address: a.parse().map_err(|_| corrupt("bmc address"))?,
+                username: u,
+                password: key.open(&p, name.as_str()).map_err(|source| StoreError::Crypto {
+                    host: name.to_string(),
+                    source,
+                })?,
+            }),
+            _ => None,
+        };
+        let boot_mode: BootMode = from_json(&format!("\"{}\"", self.boot_mode), "boot mode")?;
+        let spec = HostSpec {
+            labels: from_json(&self.labels, "labels")?,
+            bmc,
+            boot_mac: self
+                .boot_mac
+                .map(|m| m.parse::<MacAddr>())
+                .transpose()
+                .map_err(|_| corrupt("boot mac"))?,
+            boot_mode,
+            root_device_hints: from_json(&self.root_device_hints, "root device hints")?,
+            image: self.image.map(|s| from_json(&s, "image")).transpose()?,
+            user_data: self.user_data,
+            network_data: self.network_data.map(|s| from_json(&s, "network data")).transpose()?,
+            meta_data: self.meta_data.map(|s| from_json(&s, "meta data")).transpose()?,
+            options: from_json(&self.options, "options")?,
+        };
+        let power = self
+            .power
+            .map(|p| from_json::<PowerState>(&format!("\"{p}\""), "power"))
+            .transpose()?;
+        Ok(Host {
+            id: self.id,
+            name,
+            spec,
+            requests: from_json(&self.requests, "requests")?,
+            state: from_json(&self.state, "state")?,
+            power,
+            counters: from_json::<Counters>(&self.counters, "counters")?,
+            generation: self.generation,
+            next_wake: self.next_wake_ms.map(Ts),
+            created: Ts(self.created_ms),
+            updated: Ts(self.updated_ms),
+        })
+    }
+}
+
+pub(crate) fn command_from_parts(
+    id: i64,
+    boot: i64,
+    command: &str,
+    status: &str,
+    result: Option<String>,
+) -> Result<AgentCommand, StoreError> {
+    Ok(AgentCommand {
+        id: id as u64,
+        boot: boot as u64,
+        command: from_json(command, "agent command")?,
+        status: CommandStatus::parse(status).ok_or(StoreError::Corrupt {
+            what: "command status".into(),
+        })?,
+        result: result.map(|r| from_json(&r, "command result")).transpose()?,
+    })
+}
+
+pub(crate) fn json_text<T: Serialize>(v: &T) -> String {
+    to_json(v)
+}
+
+pub(crate) fn json_value(s: &str, what: &str) -> Result<serde_json::Value, StoreError> {
+    from_json(s, what)
+}
+
+#[cfg(test)]
+mod suite;

@@ -1,0 +1,479 @@
+//! The SQL implementations of [`Store`]: SQLite (embedded default, one file in the data directory) and PostgreSQL.
+//! Both share the same SQL text (sqlx accepts `$N` placeholders for SQLite too) through one macro; only the
+//! migrations differ, one directory per dialect, embedded at compile time.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kiln_images::protocol::{CommandKind, Outcome};
+use sqlx::Row;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+use super::{
+    AgentBoot, AgentCommand, CommandStatus, Event, HostRow, PhaseRecord, Store, StoreError, TokenRecord,
+    command_from_parts, json_text, json_value,
+};
+use crate::crypto::SecretKey;
+use crate::machine::State;
+use crate::model::{Counters, Host, HostSpec, Requests, StatusUpdate};
+use crate::types::{HostName, MacAddr, Ts};
+
+fn migrator(sql: &'static str) -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "init".into(),
+        MigrationType::Simple,
+        sqlx::SqlSafeStr::into_sql_str(sql),
+        false,
+    )])
+}
+
+fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Db { op, source }
+}
+
+const HOST_COLUMNS: &str = "id, name, labels, bmc_address, bmc_username, bmc_password, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms";
+
+macro_rules! sql_store {
+    ($store:ident, $db:ty, $backend:literal) => {
+        impl $store {
+            fn row(r: &<$db as sqlx::Database>::Row) -> Result<HostRow, sqlx::Error> {
+                Ok(HostRow {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    labels: r.try_get("labels")?,
+                    bmc_address: r.try_get("bmc_address")?,
+                    bmc_username: r.try_get("bmc_username")?,
+                    bmc_password: r.try_get("bmc_password")?,
+                    boot_mac: r.try_get("boot_mac")?,
+                    boot_mode: r.try_get("boot_mode")?,
+                    root_device_hints: r.try_get("root_device_hints")?,
+                    image: r.try_get("image")?,
+                    user_data: r.try_get("user_data")?,
+                    network_data: r.try_get("network_data")?,
+                    meta_data: r.try_get("meta_data")?,
+                    options: r.try_get("options")?,
+                    requests: r.try_get("requests")?,
+                    state_name: r.try_get("state_name")?,
+                    state: r.try_get("state")?,
+                    error_kind: r.try_get("error_kind")?,
+                    error_message: r.try_get("error_message")?,
+                    power: r.try_get("power")?,
+                    counters: r.try_get("counters")?,
+                    generation: r.try_get("generation")?,
+                    next_wake_ms: r.try_get("next_wake_ms")?,
+                    created_ms: r.try_get("created_ms")?,
+                    updated_ms: r.try_get("updated_ms")?,
+                })
+            }
+
+            async fn one_host(&self, sql: &'static str, bind: HostKey<'_>) -> Result<Option<Host>, StoreError> {
+                let q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                let q = match bind {
+                    HostKey::Id(id) => q.bind(id),
+                    HostKey::Text(s) => q.bind(s.to_owned()),
+                };
+                let row = q.fetch_optional(&self.pool).await.map_err(db("read host"))?;
+                match row {
+                    Some(r) => Ok(Some(Self::row(&r).map_err(db("decode host"))?.into_host(&self.key)?)),
+                    None => Ok(None),
+                }
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn create_host(&self, name: &HostName, spec: &HostSpec, now: Ts) -> Result<Host, StoreError> {
+                let mut row = HostRow { name: name.to_string(), generation: 1, created_ms: now.0, updated_ms: now.0, ..Default::default() };
+                row.set_spec(spec, &self.key)?;
+                row.set_status(&StatusUpdate {
+                    state: State::Unmanaged,
+                    requests: Requests::default(),
+                    power: None,
+                    counters: Counters::default(),
+                    next_wake: Some(now),
+                });
+                let r = sqlx::query(
+                    "INSERT INTO hosts (name, labels, bmc_address, bmc_username, bmc_password, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) RETURNING id",
+                )
+                .bind(&row.name).bind(&row.labels).bind(&row.bmc_address).bind(&row.bmc_username).bind(&row.bmc_password)
+                .bind(&row.boot_mac).bind(&row.boot_mode).bind(&row.root_device_hints).bind(&row.image).bind(&row.user_data)
+                .bind(&row.network_data).bind(&row.meta_data).bind(&row.options).bind(&row.requests).bind(&row.state_name)
+                .bind(&row.state).bind(&row.error_kind).bind(&row.error_message).bind(&row.power).bind(&row.counters)
+                .bind(row.generation).bind(row.next_wake_ms).bind(row.created_ms).bind(row.updated_ms)
+                .fetch_one(&self.pool)
+                .await;
+                match r {
+                    Ok(r) => {
+                        row.id = r.try_get("id").map_err(db("create host"))?;
+                        row.into_host(&self.key)
+                    }
+                    Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                        if e.to_string().contains("boot_mac") {
+                            Err(StoreError::MacInUse { mac: row.boot_mac.unwrap_or_default() })
+                        } else {
+                            Err(StoreError::HostExists { host: name.to_string() })
+                        }
+                    }
+                    Err(e) => Err(db("create host")(e)),
+                }
+            }
+
+            async fn host(&self, name: &HostName) -> Result<Option<Host>, StoreError> {
+                self.one_host(sel_host!("name"), HostKey::Text(name.as_str())).await
+            }
+
+            async fn host_by_id(&self, id: i64) -> Result<Option<Host>, StoreError> {
+                self.one_host(sel_host!("id"), HostKey::Id(id)).await
+            }
+
+            async fn host_by_mac(&self, mac: &MacAddr) -> Result<Option<Host>, StoreError> {
+                self.one_host(sel_host!("boot_mac"), HostKey::Text(&mac.to_string())).await
+            }
+
+            async fn hosts(&self) -> Result<Vec<Host>, StoreError> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY name")))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db("list hosts"))?;
+                rows.iter().map(|r| Self::row(r).map_err(db("decode host"))?.into_host(&self.key)).collect()
+            }
+
+            async fn update_spec(&self, id: i64, spec: &HostSpec, requests: &Requests, now: Ts) -> Result<Host, StoreError> {
+                let current = self.host_by_id(id).await?.ok_or(StoreError::HostNotFound { host: id.to_string() })?;
+                let mut row = HostRow { name: current.name.to_string(), ..Default::default() };
+                row.set_spec(spec, &self.key)?;
+                let r = sqlx::query(
+                    "UPDATE hosts SET labels = $1, bmc_address = $2, bmc_username = $3, bmc_password = $4, boot_mac = $5, boot_mode = $6, \
+                     root_device_hints = $7, image = $8, user_data = $9, network_data = $10, meta_data = $11, options = $12, requests = $13, \
+                     generation = generation + 1, next_wake_ms = $14, updated_ms = $14 WHERE id = $15",
+                )
+                .bind(&row.labels).bind(&row.bmc_address).bind(&row.bmc_username).bind(&row.bmc_password).bind(&row.boot_mac)
+                .bind(&row.boot_mode).bind(&row.root_device_hints).bind(&row.image).bind(&row.user_data).bind(&row.network_data)
+                .bind(&row.meta_data).bind(&row.options).bind(json_text(requests)).bind(now.0).bind(id)
+                .execute(&self.pool)
+                .await;
+                match r {
+                    Ok(_) => {}
+                    Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                        return Err(StoreError::MacInUse { mac: row.boot_mac.unwrap_or_default() });
+                    }
+                    Err(e) => return Err(db("update host")(e)),
+                }
+                self.host_by_id(id).await?.ok_or(StoreError::HostNotFound { host: id.to_string() })
+            }
+
+            async fn save_status(&self, id: i64, generation: i64, st: &StatusUpdate, now: Ts) -> Result<bool, StoreError> {
+                let mut row = HostRow::default();
+                row.set_status(st);
+                let r = sqlx::query(
+                    "UPDATE hosts SET state_name = $1, state = $2, error_kind = $3, error_message = $4, requests = $5, power = $6, \
+                     counters = $7, next_wake_ms = $8, generation = generation + 1, updated_ms = $9 WHERE id = $10 AND generation = $11",
+                )
+                .bind(&row.state_name).bind(&row.state).bind(&row.error_kind).bind(&row.error_message).bind(&row.requests)
+                .bind(&row.power).bind(&row.counters).bind(row.next_wake_ms).bind(now.0).bind(id).bind(generation)
+                .execute(&self.pool)
+                .await
+                .map_err(db("save host status"))?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn delete_host(&self, id: i64) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM hosts WHERE id = $1").bind(id).execute(&self.pool).await.map_err(db("delete host"))?;
+                Ok(())
+            }
+
+            async fn put_inspection(&self, host_id: i64, data: &serde_json::Value, now: Ts) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO inspections (host_id, data, at_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (host_id) DO UPDATE SET data = excluded.data, at_ms = excluded.at_ms",
+                )
+                .bind(host_id).bind(json_text(data)).bind(now.0)
+                .execute(&self.pool).await.map_err(db("store inspection"))?;
+                Ok(())
+            }
+
+            async fn inspection(&self, host_id: i64) -> Result<Option<(serde_json::Value, Ts)>, StoreError> {
+                let r = sqlx::query("SELECT data, at_ms FROM inspections WHERE host_id = $1")
+                    .bind(host_id).fetch_optional(&self.pool).await.map_err(db("read inspection"))?;
+                match r {
+                    Some(r) => {
+                        let data: String = r.try_get("data").map_err(db("read inspection"))?;
+                        Ok(Some((json_value(&data, "inspection")?, Ts(r.try_get("at_ms").map_err(db("read inspection"))?))))
+                    }
+                    None => Ok(None),
+                }
+            }
+
+            async fn start_phase(&self, host_id: i64, phase: &str, now: Ts) -> Result<(), StoreError> {
+                sqlx::query("INSERT INTO phases (host_id, phase, started_ms) VALUES ($1, $2, $3)")
+                    .bind(host_id).bind(phase.to_owned()).bind(now.0)
+                    .execute(&self.pool).await.map_err(db("start phase"))?;
+                Ok(())
+            }
+
+            async fn end_phase(&self, host_id: i64, phase: &str, now: Ts, outcome: &str) -> Result<Option<PhaseRecord>, StoreError> {
+                let r = sqlx::query(
+                    "UPDATE phases SET ended_ms = $1, outcome = $2 WHERE host_id = $3 AND phase = $4 AND ended_ms IS NULL RETURNING started_ms",
+                )
+                .bind(now.0).bind(outcome.to_owned()).bind(host_id).bind(phase.to_owned())
+                .fetch_all(&self.pool).await.map_err(db("end phase"))?;
+                match r.first() {
+                    Some(r) => Ok(Some(PhaseRecord {
+                        phase: phase.to_owned(),
+                        started: Ts(r.try_get("started_ms").map_err(db("end phase"))?),
+                        ended: Some(now),
+                        outcome: Some(outcome.to_owned()),
+                    })),
+                    None => Ok(None),
+                }
+            }
+
+            async fn phases(&self, host_id: i64) -> Result<Vec<PhaseRecord>, StoreError> {
+                let rows = sqlx::query("SELECT phase, started_ms, ended_ms, outcome FROM phases WHERE host_id = $1 ORDER BY id")
+                    .bind(host_id).fetch_all(&self.pool).await.map_err(db("list phases"))?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(PhaseRecord {
+                            phase: r.try_get("phase")?,
+                            started: Ts(r.try_get("started_ms")?),
+                            ended: r.try_get::<Option<i64>, _>("ended_ms")?.map(Ts),
+                            outcome: r.try_get("outcome")?,
+                        })
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(db("list phases"))
+            }
+
+            async fn add_event(&self, host: &str, now: Ts, kind: &str, message: &str) -> Result<(), StoreError> {
+                sqlx::query("INSERT INTO events (host_name, at_ms, kind, message) VALUES ($1, $2, $3, $4)")
+                    .bind(host.to_owned()).bind(now.0).bind(kind.to_owned()).bind(message.to_owned())
+                    .execute(&self.pool).await.map_err(db("add event"))?;
+                Ok(())
+            }
+
+            async fn events(&self, host: Option<&str>, limit: i64) -> Result<Vec<Event>, StoreError> {
+                let rows = match host {
+                    Some(h) => sqlx::query("SELECT id, host_name, at_ms, kind, message FROM events WHERE host_name = $1 ORDER BY id DESC LIMIT $2")
+                        .bind(h.to_owned()).bind(limit).fetch_all(&self.pool).await,
+                    None => sqlx::query("SELECT id, host_name, at_ms, kind, message FROM events ORDER BY id DESC LIMIT $1")
+                        .bind(limit).fetch_all(&self.pool).await,
+                }
+                .map_err(db("list events"))?;
+                let mut out = rows
+                    .iter()
+                    .map(|r| {
+                        Ok(Event {
+                            id: r.try_get("id")?,
+                            host: r.try_get("host_name")?,
+                            at: Ts(r.try_get("at_ms")?),
+                            kind: r.try_get("kind")?,
+                            message: r.try_get("message")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(db("list events"))?;
+                out.reverse();
+                Ok(out)
+            }
+
+            async fn add_token(&self, hash: &str, host_id: i64, boot: u64, phase: &str, now: Ts) -> Result<(), StoreError> {
+                sqlx::query("INSERT INTO agent_tokens (token_hash, host_id, boot, phase, created_ms, revoked) VALUES ($1, $2, $3, $4, $5, 0)")
+                    .bind(hash.to_owned()).bind(host_id).bind(boot as i64).bind(phase.to_owned()).bind(now.0)
+                    .execute(&self.pool).await.map_err(db("add agent token"))?;
+                Ok(())
+            }
+
+            async fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+                let r = sqlx::query("SELECT host_id, boot, phase, revoked FROM agent_tokens WHERE token_hash = $1")
+                    .bind(hash.to_owned()).fetch_optional(&self.pool).await.map_err(db("read agent token"))?;
+                r.map(|r| {
+                    Ok(TokenRecord {
+                        host_id: r.try_get("host_id")?,
+                        boot: r.try_get::<i64, _>("boot")? as u64,
+                        phase: r.try_get("phase")?,
+                        revoked: r.try_get::<i64, _>("revoked")? != 0,
+                    })
+                })
+                .transpose()
+                .map_err(db("read agent token"))
+            }
+
+            async fn revoke_tokens(&self, host_id: i64) -> Result<(), StoreError> {
+                sqlx::query("UPDATE agent_tokens SET revoked = 1 WHERE host_id = $1 AND revoked = 0")
+                    .bind(host_id).execute(&self.pool).await.map_err(db("revoke agent tokens"))?;
+                Ok(())
+            }
+
+            async fn heartbeat(&self, host_id: i64, boot: u64, now: Ts) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO agent_boots (host_id, boot, first_heartbeat_ms, last_heartbeat_ms) VALUES ($1, $2, $3, $3) \
+                     ON CONFLICT (host_id, boot) DO UPDATE SET last_heartbeat_ms = excluded.last_heartbeat_ms",
+                )
+                .bind(host_id).bind(boot as i64).bind(now.0)
+                .execute(&self.pool).await.map_err(db("record heartbeat"))?;
+                Ok(())
+            }
+
+            async fn set_progress(&self, host_id: i64, boot: u64, progress: &serde_json::Value) -> Result<(), StoreError> {
+                sqlx::query("UPDATE agent_boots SET progress = $1 WHERE host_id = $2 AND boot = $3")
+                    .bind(json_text(progress)).bind(host_id).bind(boot as i64)
+                    .execute(&self.pool).await.map_err(db("record progress"))?;
+                Ok(())
+            }
+
+            async fn agent_boot(&self, host_id: i64, boot: u64) -> Result<Option<AgentBoot>, StoreError> {
+                let r = sqlx::query("SELECT first_heartbeat_ms, last_heartbeat_ms, progress FROM agent_boots WHERE host_id = $1 AND boot = $2")
+                    .bind(host_id).bind(boot as i64).fetch_optional(&self.pool).await.map_err(db("read agent boot"))?;
+                let Some(r) = r else { return Ok(None) };
+                let progress: Option<String> = r.try_get("progress").map_err(db("read agent boot"))?;
+                Ok(Some(AgentBoot {
+                    first_heartbeat: Ts(r.try_get("first_heartbeat_ms").map_err(db("read agent boot"))?),
+                    last_heartbeat: Ts(r.try_get("last_heartbeat_ms").map_err(db("read agent boot"))?),
+                    progress: progress.map(|p| json_value(&p, "progress")).transpose()?,
+                }))
+            }
+
+            async fn enqueue_command(&self, host_id: i64, boot: u64, id: u64, command: &CommandKind, now: Ts) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO agent_commands (host_id, id, boot, command, status, created_ms, updated_ms) VALUES ($1, $2, $3, $4, 'queued', $5, $5) \
+                     ON CONFLICT (host_id, id) DO NOTHING",
+                )
+                .bind(host_id).bind(id as i64).bind(boot as i64).bind(json_text(command)).bind(now.0)
+                .execute(&self.pool).await.map_err(db("queue agent command"))?;
+                Ok(())
+            }
+
+            async fn command(&self, host_id: i64, id: u64) -> Result<Option<AgentCommand>, StoreError> {
+                let r = sqlx::query("SELECT id, boot, command, status, result FROM agent_commands WHERE host_id = $1 AND id = $2")
+                    .bind(host_id).bind(id as i64).fetch_optional(&self.pool).await.map_err(db("read agent command"))?;
+                r.map(|r| Self::command_row(&r)).transpose()
+            }
+
+            async fn pending_command(&self, host_id: i64, boot: u64) -> Result<Option<AgentCommand>, StoreError> {
+                let r = sqlx::query(
+                    "SELECT id, boot, command, status, result FROM agent_commands WHERE host_id = $1 AND boot = $2 AND status IN ('queued', 'sent') ORDER BY id LIMIT 1",
+                )
+                .bind(host_id).bind(boot as i64).fetch_optional(&self.pool).await.map_err(db("read agent command"))?;
+                r.map(|r| Self::command_row(&r)).transpose()
+            }
+
+            async fn set_command_status(&self, host_id: i64, id: u64, status: CommandStatus, result: Option<&Outcome>, now: Ts) -> Result<bool, StoreError> {
+                let r = sqlx::query("UPDATE agent_commands SET status = $1, result = $2, updated_ms = $3 WHERE host_id = $4 AND id = $5")
+                    .bind(status.as_str()).bind(result.map(json_text)).bind(now.0).bind(host_id).bind(id as i64)
+                    .execute(&self.pool).await.map_err(db("update agent command"))?;
+                Ok(r.rows_affected() == 1)
+            }
+        }
+
+        impl $store {
+            fn command_row(r: &<$db as sqlx::Database>::Row) -> Result<AgentCommand, StoreError> {
+                let f = || -> Result<_, sqlx::Error> {
+                    Ok((r.try_get::<i64, _>("id")?, r.try_get::<i64, _>("boot")?, r.try_get::<String, _>("command")?, r.try_get::<String, _>("status")?, r.try_get::<Option<String>, _>("result")?))
+                };
+                let (id, boot, command, status, result) = f().map_err(db("read agent command"))?;
+                command_from_parts(id, boot, &command, &status, result)
+            }
+        }
+    };
+}
+
+macro_rules! sel_host {
+    ($col:literal) => {
+        concat!(
+            "SELECT id, name, labels, bmc_address, bmc_username, bmc_password, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms FROM hosts WHERE ",
+            $col,
+            " = $1"
+        )
+    };
+}
+
+enum HostKey<'a> {
+    Id(i64),
+    Text(&'a str),
+}
+
+/// The embedded SQLite store: one file in the data directory.
+pub struct SqliteStore {
+    pool: sqlx::SqlitePool,
+    key: SecretKey,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and runs the migrations.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] or [`StoreError::Migrate`].
+    pub async fn open(path: &Path, key: SecretKey) -> Result<Self, StoreError> {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(db("open sqlite"))?;
+        migrator(include_str!("../../migrations/sqlite/0001_init.sql"))
+            .run(&pool)
+            .await
+            .map_err(StoreError::Migrate)?;
+        Ok(Self { pool, key })
+    }
+}
+sql_store!(SqliteStore, sqlx::Sqlite, "sqlite");
+
+/// The PostgreSQL store, for several replicas or large fleets.
+pub struct PgStore {
+    pool: sqlx::PgPool,
+    key: SecretKey,
+}
+
+impl PgStore {
+    /// Connects and runs the migrations.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] or [`StoreError::Migrate`].
+    pub async fn connect(url: &str, key: SecretKey) -> Result<Self, StoreError> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(db("connect postgres"))?;
+        migrator(include_str!("../../migrations/postgres/0001_init.sql"))
+            .run(&pool)
+            .await
+            .map_err(StoreError::Migrate)?;
+        Ok(Self { pool, key })
+    }
+}
+sql_store!(PgStore, sqlx::Postgres, "postgres");
+
+/// Opens the store named by `url`: `postgres://...`, `sqlite:PATH`, or `None` for `<data_dir>/kiln.db`.
+///
+/// # Errors
+/// [`StoreError::BadUrl`] or the backend's opening error.
+pub async fn connect(url: Option<&str>, data_dir: &Path, key: SecretKey) -> Result<Arc<dyn Store>, StoreError> {
+    match url {
+        None => Ok(Arc::new(SqliteStore::open(&data_dir.join("kiln.db"), key).await?)),
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            Ok(Arc::new(PgStore::connect(u, key).await?))
+        }
+        Some(u) => match u.strip_prefix("sqlite://").or_else(|| u.strip_prefix("sqlite:")) {
+            Some(path) => Ok(Arc::new(SqliteStore::open(Path::new(path), key).await?)),
+            None => Err(StoreError::BadUrl { url: u.to_owned() }),
+        },
+    }
+}

@@ -1,0 +1,280 @@
+//! The store test suite, run against SQLite (temp dir) and a private PostgreSQL cluster.
+
+use std::sync::Arc;
+
+use kiln_bmc::{PowerAction, PowerState, Secret};
+use kiln_images::protocol::{CommandKind, Outcome};
+
+use super::*;
+use crate::machine::{HostError, Job, JobPhase, Operation, State};
+use crate::model::{BmcInfo, HostSpec, Requests, StatusUpdate};
+use crate::testing::PgCluster;
+
+fn key() -> SecretKey {
+    SecretKey::from_bytes(&[42u8; 32]).unwrap()
+}
+
+fn spec(mac: &str) -> HostSpec {
+    HostSpec {
+        bmc: Some(BmcInfo {
+            address: "ipmi://127.0.0.1:6230".parse().unwrap(),
+            username: "admin".into(),
+            password: Secret::new("hunter2-sekret"),
+        }),
+        boot_mac: Some(mac.parse().unwrap()),
+        labels: [("rack".to_string(), "r1".to_string())].into(),
+        user_data: Some("#cloud-config\n".into()),
+        ..Default::default()
+    }
+}
+
+async fn suite(s: Arc<dyn Store>) {
+    let t = Ts(1_700_000_000_000);
+    let n1: HostName = "node-1".parse().unwrap();
+    let h = s.create_host(&n1, &spec("52:54:00:00:00:01"), t).await.unwrap();
+    assert_eq!(
+        (h.name.as_str(), h.state.clone(), h.generation),
+        ("node-1", State::Unmanaged, 1)
+    );
+    assert_eq!(h.spec, spec("52:54:00:00:00:01"), "spec round trips, password unsealed");
+    assert!(matches!(
+        s.create_host(&n1, &spec("52:54:00:00:00:09"), t).await,
+        Err(StoreError::HostExists { .. })
+    ));
+    let n2: HostName = "node-2".parse().unwrap();
+    assert!(matches!(
+        s.create_host(&n2, &spec("52:54:00:00:00:01"), t).await,
+        Err(StoreError::MacInUse { .. })
+    ));
+    let h2 = s.create_host(&n2, &HostSpec::default(), t).await.unwrap();
+    assert!(h2.spec.bmc.is_none());
+
+    assert_eq!(s.host(&n1).await.unwrap().unwrap().id, h.id);
+    assert_eq!(s.host_by_id(h.id).await.unwrap().unwrap().name, n1);
+    assert_eq!(
+        s.host_by_mac(&"52:54:00:00:00:01".parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        h.id
+    );
+    assert!(
+        s.host_by_mac(&"52:54:00:00:00:02".parse().unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.hosts().await.unwrap().len(), 2);
+
+    // Operator writes bump the generation; the executor's write loses against them.
+    let mut sp = h.spec.clone();
+    sp.image = Some(kiln_images::protocol::ImageSpec {
+        url: "http://x/i.raw".into(),
+        checksum: "ab".repeat(32),
+        checksum_type: Default::default(),
+        format: None,
+    });
+    let req = Requests {
+        power: Some(PowerAction::On),
+        ..Default::default()
+    };
+    let h = s.update_spec(h.id, &sp, &req, t.plus_ms(1)).await.unwrap();
+    assert_eq!((h.generation, h.requests.clone()), (2, req));
+    let job = Job {
+        phase: JobPhase::Running { command: 3 },
+        boot: 3,
+        started: t,
+        phase_since: t,
+        retries: 1,
+    };
+    let st = StatusUpdate {
+        state: State::Provisioning(job),
+        requests: Requests::default(),
+        power: Some(PowerState::On),
+        counters: Counters {
+            boots: 3,
+            ..Default::default()
+        },
+        next_wake: Some(t.plus_ms(5)),
+    };
+    assert!(
+        !s.save_status(h.id, 1, &st, t).await.unwrap(),
+        "stale generation must not write"
+    );
+    assert!(s.save_status(h.id, 2, &st, t).await.unwrap());
+    let h = s.host(&n1).await.unwrap().unwrap();
+    assert_eq!(
+        (h.state.clone(), h.power, h.counters.boots, h.generation, h.next_wake),
+        (st.state.clone(), Some(PowerState::On), 3, 3, Some(t.plus_ms(5)))
+    );
+    let err = State::Error(HostError {
+        operation: Operation::Provisioning,
+        kind: "boot_timeout".into(),
+        message: "m".into(),
+        retries: 0,
+        at: t,
+        retry_at: None,
+    });
+    assert!(
+        s.save_status(
+            h.id,
+            3,
+            &StatusUpdate {
+                state: err.clone(),
+                ..st.clone()
+            },
+            t
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(s.host(&n1).await.unwrap().unwrap().state, err);
+
+    // Inspection, phases, events.
+    s.put_inspection(h.id, &serde_json::json!({"cpu": 4}), t).await.unwrap();
+    s.put_inspection(h.id, &serde_json::json!({"cpu": 8}), t).await.unwrap();
+    assert_eq!(s.inspection(h.id).await.unwrap().unwrap().0["cpu"], 8);
+    s.start_phase(h.id, "provisioning", t).await.unwrap();
+    s.start_phase(h.id, "provisioning.booting", t).await.unwrap();
+    let ended = s
+        .end_phase(h.id, "provisioning.booting", t.plus_ms(250), "ok")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.started, t);
+    assert!(
+        s.end_phase(h.id, "provisioning.booting", t.plus_ms(300), "ok")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let ph = s.phases(h.id).await.unwrap();
+    assert_eq!(ph.len(), 2);
+    assert_eq!(
+        (ph[1].phase.as_str(), ph[1].ended),
+        ("provisioning.booting", Some(t.plus_ms(250)))
+    );
+    assert_eq!(ph[0].ended, None);
+    for i in 0..5 {
+        s.add_event("node-1", t.plus_ms(i), "state", &format!("e{i}"))
+            .await
+            .unwrap();
+    }
+    s.add_event("node-2", t, "state", "other").await.unwrap();
+    let ev = s.events(Some("node-1"), 3).await.unwrap();
+    assert_eq!(
+        ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+        ["e2", "e3", "e4"]
+    );
+    assert_eq!(s.events(None, 100).await.unwrap().len(), 6);
+
+    // Agent tokens, boots, commands.
+    s.add_token("hash-a", h.id, 3, "provisioning", t).await.unwrap();
+    assert_eq!(
+        s.token("hash-a").await.unwrap(),
+        Some(TokenRecord {
+            host_id: h.id,
+            boot: 3,
+            phase: "provisioning".into(),
+            revoked: false
+        })
+    );
+    assert!(s.token("hash-b").await.unwrap().is_none());
+    s.revoke_tokens(h.id).await.unwrap();
+    assert!(s.token("hash-a").await.unwrap().unwrap().revoked);
+    assert!(s.agent_boot(h.id, 3).await.unwrap().is_none());
+    s.heartbeat(h.id, 3, t).await.unwrap();
+    s.heartbeat(h.id, 3, t.plus_ms(10)).await.unwrap();
+    s.set_progress(h.id, 3, &serde_json::json!({"bytes_written": 5}))
+        .await
+        .unwrap();
+    let b = s.agent_boot(h.id, 3).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            b.first_heartbeat,
+            b.last_heartbeat,
+            b.progress.unwrap()["bytes_written"].as_u64()
+        ),
+        (t, t.plus_ms(10), Some(5))
+    );
+    s.enqueue_command(h.id, 3, 3, &CommandKind::Inspect, t).await.unwrap();
+    s.enqueue_command(h.id, 3, 3, &CommandKind::EraseDisks, t)
+        .await
+        .unwrap();
+    let c = s.pending_command(h.id, 3).await.unwrap().unwrap();
+    assert_eq!(
+        (c.id, c.command.clone(), c.status),
+        (3, CommandKind::Inspect, CommandStatus::Queued),
+        "enqueue is idempotent"
+    );
+    assert!(s.pending_command(h.id, 2).await.unwrap().is_none());
+    let ok = Outcome::Succeeded {
+        detail: serde_json::json!({"disk": "/dev/vda"}),
+    };
+    assert!(
+        s.set_command_status(h.id, 3, CommandStatus::Succeeded, Some(&ok), t)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.set_command_status(h2.id, 3, CommandStatus::Succeeded, Some(&ok), t)
+            .await
+            .unwrap()
+    );
+    assert!(s.pending_command(h.id, 3).await.unwrap().is_none());
+    assert_eq!(s.command(h.id, 3).await.unwrap().unwrap().result, Some(ok));
+
+    // Deleting a host drops its tokens, commands and timing, but keeps its events.
+    s.delete_host(h.id).await.unwrap();
+    assert!(s.host(&n1).await.unwrap().is_none());
+    assert!(s.token("hash-a").await.unwrap().is_none());
+    assert!(s.command(h.id, 3).await.unwrap().is_none());
+    assert!(s.phases(h.id).await.unwrap().is_empty());
+    assert_eq!(s.events(Some("node-1"), 10).await.unwrap().len(), 5);
+    assert!(matches!(
+        s.update_spec(h.id, &sp, &Requests::default(), t).await,
+        Err(StoreError::HostNotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn sqlite_store_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = connect(None, dir.path(), key()).await.unwrap();
+    assert_eq!(s.backend(), "sqlite");
+    suite(s).await;
+    // Migrations are idempotent, passwords are not in the file, and another key cannot read them.
+    let s = connect(None, dir.path(), key()).await.unwrap();
+    s.create_host(&"node-9".parse().unwrap(), &spec("52:54:00:00:00:99"), Ts(0))
+        .await
+        .unwrap();
+    drop(s);
+    for f in ["kiln.db", "kiln.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.path().join(f)) {
+            assert!(
+                !bytes.windows(14).any(|w| w == b"hunter2-sekret"),
+                "plaintext password in {f}"
+            );
+        }
+    }
+    let other = connect(None, dir.path(), SecretKey::from_bytes(&[1u8; 32]).unwrap())
+        .await
+        .unwrap();
+    let err = other.host(&"node-9".parse().unwrap()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Crypto { .. }), "{err:?}");
+    assert!(!format!("{err:?} {err}").contains("hunter2"));
+}
+
+#[tokio::test]
+async fn postgres_store_suite() {
+    let pg = PgCluster::start().expect("private PostgreSQL 15 cluster (run tests/setup.sh)");
+    let url = pg.create_database("kiln_suite").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = connect(Some(&url), dir.path(), key()).await.unwrap();
+    assert_eq!(s.backend(), "postgres");
+    suite(s).await;
+    // Migrating an already-migrated database is a no-op.
+    let s = connect(Some(&url), dir.path(), key()).await.unwrap();
+    assert!(s.hosts().await.unwrap().iter().all(|h| h.name.as_str() != "node-1"));
+}

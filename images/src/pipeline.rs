@@ -1,0 +1,550 @@
+//! The streaming image pipeline: source → digest of the published bytes → decompression (detected by magic) →
+//! format decoding (raw or streamed qcow2) → 4 MiB aligned writes → flush → verify. On any failure after the target
+//! was opened, its partition tables are wiped so a half-written OS cannot boot.
+//!
+//! Stages run concurrently with bounded queues: the download and decompression on the async task, hashing on one
+//! blocking thread, decoding on another and writing on a third. Memory stays at a few tens of MiB whatever the
+//! image size. This module wires stages; it does not parse formats (see [`crate::qcow2`]) or checksums
+//! (see [`crate::digest`]).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::digest::{Algorithm, ChecksumSource, ExpectedDigest, Hasher};
+use crate::error::ImageError;
+use crate::progress::{Phase, Progress};
+use crate::protocol::{ImageFormat, ImageSpec};
+use crate::qcow2;
+use crate::source::SourceLocation;
+use crate::target::{AlignedBuf, BUF_COUNT, BUF_SIZE, DirectIo, Target, WriteOp};
+
+/// Compression of the published bytes, detected by magic number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+    Xz,
+    Bzip2,
+}
+
+impl Compression {
+    /// Detects compression from the first bytes (gzip `1f 8b`, zstd `28 b5 2f fd`, xz `fd 37 7a 58 5a 00`,
+    /// bzip2 `BZh`).
+    pub fn detect(prefix: &[u8]) -> Self {
+        if prefix.starts_with(&[0x1f, 0x8b]) {
+            Self::Gzip
+        } else if prefix.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Self::Zstd
+        } else if prefix.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+            Self::Xz
+        } else if prefix.starts_with(b"BZh") {
+            Self::Bzip2
+        } else {
+            Self::None
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+            Self::Xz => "xz",
+            Self::Bzip2 => "bzip2",
+        }
+    }
+}
+
+/// Detects the disk format of decompressed bytes.
+///
+/// # Errors
+/// `UnsupportedFormat` for formats kiln recognises but cannot write (VMDK, VHDX, VDI).
+pub fn detect_format(prefix: &[u8]) -> Result<ImageFormat, ImageError> {
+    let unsupported = |what: &str| Err(ImageError::UnsupportedFormat { what: what.into() });
+    if prefix.starts_with(&qcow2::MAGIC) {
+        Ok(ImageFormat::Qcow2)
+    } else if prefix.starts_with(b"KDMV") {
+        unsupported("vmdk")
+    } else if prefix.starts_with(b"vhdxfile") {
+        unsupported("vhdx")
+    } else if prefix.get(64..68) == Some(&[0x7f, 0x10, 0xda, 0xbe]) {
+        unsupported("vdi")
+    } else {
+        Ok(ImageFormat::Raw)
+    }
+}
+
+fn format_name(f: ImageFormat) -> &'static str {
+    match f {
+        ImageFormat::Raw => "raw",
+        ImageFormat::Qcow2 => "qcow2",
+    }
+}
+
+/// Tuning of one pipeline run.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub direct: DirectIo,
+    /// HTTP client to reuse (one is built when `None`).
+    pub client: Option<reqwest::Client>,
+}
+
+/// What a successful run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteReport {
+    /// `None` when the run only inspected the image.
+    pub target: Option<PathBuf>,
+    pub compression: Compression,
+    pub format: ImageFormat,
+    /// Published bytes read.
+    pub bytes_read: u64,
+    /// Decoded image size (raw length or qcow2 virtual size).
+    pub image_size: u64,
+    /// Digest of the published bytes, as computed.
+    pub digest: ExpectedDigest,
+    /// Whether `digest` was checked against an expected value.
+    pub verified: bool,
+    pub elapsed: Duration,
+}
+
+/// Writes the image described by `spec` to `target` (block device or regular file) and verifies its checksum.
+///
+/// # Errors
+/// An [`ImageError`] naming the failing stage; if anything was written the target's partition tables are wiped.
+pub async fn write_image(spec: &ImageSpec, target: &Path, progress: &Progress) -> Result<WriteReport, ImageError> {
+    let checksum = ChecksumSource::parse(&spec.checksum, spec.checksum_type)?;
+    run(
+        &spec.url,
+        Some(&checksum),
+        spec.format,
+        Some(target),
+        progress,
+        &WriteOptions::default(),
+    )
+    .await
+}
+
+/// The general entry point: `checksum = None` skips verification (the sha256 is still computed and reported),
+/// `target = None` decodes and hashes without writing (for `kiln image inspect`).
+///
+/// # Errors
+/// As [`write_image`].
+pub async fn run(
+    source: &str,
+    checksum: Option<&ChecksumSource>,
+    declared: Option<ImageFormat>,
+    target: Option<&Path>,
+    progress: &Progress,
+    opts: &WriteOptions,
+) -> Result<WriteReport, ImageError> {
+    let span = tracing::info_span!("image_write", image = %source, target = ?target);
+    let _enter = span.enter();
+    let location = SourceLocation::parse(source)?;
+    let client = match (&location, &opts.client) {
+        (SourceLocation::Http(_), Some(c)) => Some(c.clone()),
+        (SourceLocation::Http(_), None) => Some(crate::source::http_client()?),
+        (SourceLocation::File(_), _) => None,
+    };
+    let expected = match checksum {
+        Some(c) => Some(crate::digest::resolve(c, source, client.as_ref()).await?),
+        None => None,
+    };
+    let algorithm = expected.as_ref().map_or(Algorithm::Sha256, |e| e.algorithm);
+    let target = match target {
+        Some(p) => Some(Arc::new(Target::open(p, opts.direct)?)),
+        None => None,
+    };
+    progress.set_phase(Phase::Writing);
+    let result = run_stages(
+        &location,
+        client.as_ref(),
+        algorithm,
+        declared,
+        target.clone(),
+        progress,
+    )
+    .await;
+    let result = result.and_then(|(compression, format, image_size, bytes_read, actual)| {
+        progress.set_phase(Phase::Verifying);
+        if let Some(exp) = &expected
+            && exp.hex != actual
+        {
+            return Err(ImageError::ChecksumMismatch {
+                url: location.display(),
+                algorithm: exp.algorithm.name(),
+                expected: exp.hex.clone(),
+                actual,
+            });
+        }
+        Ok(WriteReport {
+            target: target.as_ref().map(|t| t.path.clone()),
+            compression,
+            format,
+            bytes_read,
+            image_size,
+            digest: ExpectedDigest { algorithm, hex: actual },
+            verified: expected.is_some(),
+            elapsed: progress.snapshot().elapsed,
+        })
+    });
+    match result {
+        Ok(report) => {
+            progress.set_phase(Phase::Done);
+            tracing::info!(digest = %report.digest, bytes = report.image_size, "image written");
+            Ok(report)
+        }
+        Err(e) => {
+            if let Some(t) = &target {
+                progress.set_phase(Phase::Wiping);
+                tracing::warn!(error = %e, target = %t.path.display(), "image write failed; wiping partition tables");
+                if let Err(w) = crate::target::wipe_partition_tables(&t.path) {
+                    tracing::error!(error = %w, "wiping partition tables failed");
+                }
+            }
+            progress.set_phase(Phase::Failed);
+            Err(e)
+        }
+    }
+}
+
+type StageOutput = (Compression, ImageFormat, u64, u64, String);
+
+async fn run_stages(
+    location: &SourceLocation,
+    client: Option<&reqwest::Client>,
+    algorithm: Algorithm,
+    declared: Option<ImageFormat>,
+    target: Option<Arc<Target>>,
+    progress: &Progress,
+) -> Result<StageOutput, ImageError> {
+    let (data_tx, data_rx) = mpsc::channel::<std::io::Result<Bytes>>(16);
+    let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(16);
+    let hasher = tokio::task::spawn_blocking(move || {
+        let mut h = Hasher::new(algorithm);
+        while let Some(chunk) = hash_rx.blocking_recv() {
+            h.update(&chunk);
+        }
+        h.finish_hex()
+    });
+    let failed = Arc::new(AtomicBool::new(false));
+    let pump = crate::source::pump(location, client, data_tx, Some(hash_tx), progress, failed.clone());
+    let consume = consume(
+        data_rx,
+        declared,
+        target,
+        progress.clone(),
+        failed.clone(),
+        location.display(),
+    );
+    let (pumped, consumed) = tokio::join!(pump, consume);
+    let digest = hasher.await.map_err(|e| ImageError::Internal(e.into()))?;
+    let bytes_read = pumped?;
+    let (compression, format, image_size) = consumed?;
+    Ok((compression, format, image_size, bytes_read, digest))
+}
+
+async fn peek<R: AsyncRead + Unpin>(r: &mut R, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut v = vec![0; n];
+    let mut got = 0;
+    while got < n {
+        let k = r.read(&mut v[got..]).await?;
+        if k == 0 {
+            break;
+        }
+        got += k;
+    }
+    v.truncate(got);
+    Ok(v)
+}
+
+type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
+
+async fn consume(
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    declared: Option<ImageFormat>,
+    target: Option<Arc<Target>>,
+    progress: Progress,
+    failed: Arc<AtomicBool>,
+    url: String,
+) -> Result<(Compression, ImageFormat, u64), ImageError> {
+    let res = consume_inner(rx, declared, target, progress, url).await;
+    if res.is_err() {
+        failed.store(true, Ordering::SeqCst);
+    }
+    res
+}
+
+async fn consume_inner(
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    declared: Option<ImageFormat>,
+    target: Option<Arc<Target>>,
+    progress: Progress,
+    url: String,
+) -> Result<(Compression, ImageFormat, u64), ImageError> {
+    let stream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|i| (i, rx))
+    }));
+    let mut published: BoxRead = Box::new(tokio_util::io::StreamReader::new(stream));
+    let read_err = |source: std::io::Error| ImageError::Download {
+        url: url.clone(),
+        bytes: 0,
+        source: source.into(),
+    };
+    let prefix = peek(&mut published, 8).await.map_err(read_err)?;
+    let compression = Compression::detect(&prefix);
+    let published: BoxRead = Box::new(AsyncReadExt::chain(std::io::Cursor::new(prefix), published));
+    let mut decoded: BoxRead = {
+        use async_compression::tokio::bufread as d;
+        let buf = BufReader::with_capacity(256 << 10, published);
+        match compression {
+            Compression::None => Box::new(buf),
+            Compression::Gzip => Box::new({
+                let mut r = d::GzipDecoder::new(buf);
+                r.multiple_members(true);
+                r
+            }),
+            Compression::Zstd => Box::new({
+                let mut r = d::ZstdDecoder::new(buf);
+                r.multiple_members(true);
+                r
+            }),
+            Compression::Xz => Box::new({
+                let mut r = d::XzDecoder::new(buf);
+                r.multiple_members(true);
+                r
+            }),
+            Compression::Bzip2 => Box::new({
+                let mut r = d::BzDecoder::new(buf);
+                r.multiple_members(true);
+                r
+            }),
+        }
+    };
+    let decode_err = move |source: std::io::Error| match compression {
+        Compression::None => ImageError::Download {
+            url: url.clone(),
+            bytes: 0,
+            source: source.into(),
+        },
+        c => ImageError::Decompress {
+            compression: c.name(),
+            source,
+        },
+    };
+    let prefix = peek(&mut decoded, 8).await.map_err(&decode_err)?;
+    let format = detect_format(&prefix)?;
+    if let Some(d) = declared
+        && d != format
+    {
+        return Err(ImageError::FormatMismatch {
+            declared: format_name(d),
+            detected: format_name(format),
+        });
+    }
+    let decoded: BoxRead = Box::new(AsyncReadExt::chain(std::io::Cursor::new(prefix), decoded));
+    let handle = tokio::task::spawn_blocking(move || {
+        let reader = tokio_util::io::SyncIoBridge::new(decoded);
+        decode_and_write(reader, format, target.as_deref(), &progress, &decode_err)
+    });
+    let image_size = handle.await.map_err(|e| ImageError::Internal(e.into()))??;
+    Ok((compression, format, image_size))
+}
+
+/// Runs the format decoder on this (blocking) thread and the writer on a scoped thread; returns the image size.
+fn decode_and_write(
+    mut reader: impl Read,
+    format: ImageFormat,
+    target: Option<&Target>,
+    progress: &Progress,
+    read_err: &(dyn Fn(std::io::Error) -> ImageError + Sync),
+) -> Result<u64, ImageError> {
+    let (op_tx, op_rx) = sync_channel::<WriteOp>(BUF_COUNT - 1);
+    let (pool_tx, pool_rx) = sync_channel::<AlignedBuf>(BUF_COUNT);
+    for _ in 0..BUF_COUNT {
+        pool_tx.send(AlignedBuf::new(BUF_SIZE)).expect("pool has room");
+    }
+    let (decoded, written) = std::thread::scope(|s| {
+        let writer = s.spawn(move || crate::target::run_writer(target, op_rx, pool_tx, progress));
+        let mut co = Coalescer {
+            tx: op_tx,
+            pool: pool_rx,
+            cur: None,
+        };
+        let decoded = match format {
+            ImageFormat::Raw => decode_raw(&mut reader, &mut co, target, progress, read_err),
+            ImageFormat::Qcow2 => decode_qcow2(&mut reader, &mut co, target, progress, read_err),
+        };
+        let decoded = decoded.and_then(|size| co.flush().map(|()| size).map_err(sink_err));
+        drop(co);
+        (decoded, writer.join())
+    });
+    let written = written.map_err(|_| ImageError::Internal("writer thread panicked".into()))?;
+    // A writer failure is the root cause of the decoder's "writer stopped".
+    written?;
+    let size = decoded?;
+    if let Some(t) = target {
+        progress.set_phase(Phase::Flushing);
+        t.finish(size)?;
+    }
+    Ok(size)
+}
+
+fn sink_err(e: std::io::Error) -> ImageError {
+    ImageError::Internal(e.into())
+}
+
+fn check_capacity(target: Option<&Target>, needed: u64) -> Result<(), ImageError> {
+    match target {
+        Some(t) if t.capacity.is_some_and(|c| c < needed) => Err(ImageError::TargetTooSmall {
+            target: t.path.clone(),
+            needed,
+            available: t.capacity.unwrap_or(0),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn decode_raw(
+    reader: &mut impl Read,
+    co: &mut Coalescer,
+    target: Option<&Target>,
+    progress: &Progress,
+    read_err: &dyn Fn(std::io::Error) -> ImageError,
+) -> Result<u64, ImageError> {
+    let mut offset = 0u64;
+    loop {
+        let mut buf = co
+            .pool
+            .recv()
+            .map_err(|_| sink_err(std::io::Error::other("writer stopped")))?;
+        let space = buf.as_mut();
+        let mut len = 0;
+        while len < space.len() {
+            match reader.read(&mut space[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(read_err(e)),
+            }
+        }
+        if len == 0 {
+            progress.set_image_size(offset);
+            return Ok(offset);
+        }
+        check_capacity(target, offset + len as u64)?;
+        co.tx
+            .send(WriteOp::Data { offset, buf, len })
+            .map_err(|_| sink_err(std::io::Error::other("writer stopped")))?;
+        offset += len as u64;
+    }
+}
+
+fn decode_qcow2(
+    reader: &mut impl Read,
+    co: &mut Coalescer,
+    target: Option<&Target>,
+    progress: &Progress,
+    read_err: &dyn Fn(std::io::Error) -> ImageError,
+) -> Result<u64, ImageError> {
+    let mut dec = qcow2::Decoder::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut checked = false;
+    let mut sink = |o: qcow2::Output<'_>| match o {
+        qcow2::Output::Data { guest, bytes } => co.data(guest, bytes),
+        qcow2::Output::Zero { guest, len } => co.zero(guest, len),
+    };
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        };
+        if n == 0 {
+            break;
+        }
+        dec.feed(&chunk[..n], &mut sink).map_err(ImageError::Qcow2)?;
+        if !checked && let Some(h) = dec.header() {
+            checked = true;
+            progress.set_image_size(h.size);
+            check_capacity(target, h.size)?;
+        }
+    }
+    dec.finish(&mut sink).map_err(ImageError::Qcow2)?;
+    let size = dec.header().map_or(0, |h| h.size);
+    progress.set_image_size(size);
+    Ok(size)
+}
+
+/// Packs decoded output into 4 MiB aligned buffers, sending one write per contiguous run.
+struct Coalescer {
+    tx: SyncSender<WriteOp>,
+    pool: Receiver<AlignedBuf>,
+    cur: Option<(u64, AlignedBuf, usize)>,
+}
+
+impl Coalescer {
+    fn stopped() -> std::io::Error {
+        std::io::Error::other("writer stopped")
+    }
+
+    fn data(&mut self, mut guest: u64, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            if let Some((off, buf, len)) = &mut self.cur
+                && *off + *len as u64 == guest
+                && *len < BUF_SIZE
+            {
+                let n = (BUF_SIZE - *len).min(bytes.len());
+                buf.as_mut()[*len..*len + n].copy_from_slice(&bytes[..n]);
+                *len += n;
+                guest += n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            self.flush()?;
+            let buf = self.pool.recv().map_err(|_| Self::stopped())?;
+            self.cur = Some((guest, buf, 0));
+        }
+        Ok(())
+    }
+
+    fn zero(&mut self, guest: u64, len: u64) -> std::io::Result<()> {
+        self.flush()?;
+        self.tx
+            .send(WriteOp::Zero { offset: guest, len })
+            .map_err(|_| Self::stopped())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if let Some((offset, buf, len)) = self.cur.take() {
+            self.tx
+                .send(WriteOp::Data { offset, buf, len })
+                .map_err(|_| Self::stopped())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_compression_and_format_by_magic() {
+        assert_eq!(Compression::detect(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
+        assert_eq!(Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Compression::Zstd);
+        assert_eq!(Compression::detect(&[0xfd, b'7', b'z', b'X', b'Z', 0]), Compression::Xz);
+        assert_eq!(Compression::detect(b"BZh91AY"), Compression::Bzip2);
+        assert_eq!(Compression::detect(b"QFI\xfb"), Compression::None);
+        assert_eq!(detect_format(b"QFI\xfb\0\0\0\x03").unwrap(), ImageFormat::Qcow2);
+        assert_eq!(detect_format(&[0u8; 8]).unwrap(), ImageFormat::Raw);
+        assert!(detect_format(b"KDMV\x01\0\0\0").is_err());
+    }
+}

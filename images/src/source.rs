@@ -1,0 +1,353 @@
+//! Image sources: a local file or an HTTP(S) URL, read as a stream of chunks in order. An HTTP download that drops
+//! mid-body is resumed with `Range: bytes=N-` (RFC 9110 §14.2, with `If-Range` so a changed file is not spliced);
+//! a server that ignores ranges answers 200 and the first N bytes are skipped instead.
+//!
+//! This module only produces bytes; it does not hash, decode or write them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::error::ImageError;
+use crate::progress::Progress;
+
+/// Consecutive failed attempts (without any progress between them) before a download is given up.
+const MAX_RETRIES: u32 = 5;
+const FILE_CHUNK: usize = 1 << 20;
+
+/// Where an image comes from, parsed at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceLocation {
+    Http(url::Url),
+    File(PathBuf),
+}
+
+impl SourceLocation {
+    /// Parses `http://`, `https://`, `file://` URLs or a plain local path.
+    ///
+    /// # Errors
+    /// `InvalidSource` for an unparsable URL or another scheme.
+    pub fn parse(s: &str) -> Result<Self, ImageError> {
+        let invalid = || ImageError::InvalidSource {
+            source_str: s.to_owned(),
+        };
+        if s.contains("://") {
+            let url = url::Url::parse(s).map_err(|_| invalid())?;
+            return match url.scheme() {
+                "http" | "https" => Ok(Self::Http(url)),
+                "file" => url.to_file_path().map(Self::File).map_err(|()| invalid()),
+                _ => Err(invalid()),
+            };
+        }
+        if s.is_empty() {
+            return Err(invalid());
+        }
+        Ok(Self::File(PathBuf::from(s)))
+    }
+
+    pub fn display(&self) -> String {
+        match self {
+            Self::Http(u) => u.to_string(),
+            Self::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// The last path component of a URL or path (the name looked up in checksum files).
+pub fn file_name(source: &str) -> String {
+    let path = source.split(['?', '#']).next().unwrap_or(source);
+    path.rsplit('/').next().unwrap_or(path).to_owned()
+}
+
+/// An HTTP client for image downloads (rustls with the ring provider).
+///
+/// # Errors
+/// `HttpClient` if reqwest cannot build a client.
+pub fn http_client() -> Result<reqwest::Client, ImageError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(ImageError::HttpClient)
+}
+
+/// Sends the published bytes of `location` in order to `tx` (and a copy of each chunk to `hash_tx`), updating
+/// `progress.bytes_read`. Returns the number of bytes sent. Stops early without error if `tx` is closed.
+///
+/// # Errors
+/// The download or read error, after resume attempts for HTTP.
+pub(crate) async fn pump(
+    location: &SourceLocation,
+    client: Option<&reqwest::Client>,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    hash_tx: Option<mpsc::Sender<Bytes>>,
+    progress: &Progress,
+    consumer_failed: Arc<AtomicBool>,
+) -> Result<u64, ImageError> {
+    let mut emit = Emitter {
+        tx,
+        hash_tx,
+        progress,
+        sent: 0,
+        closed: false,
+        consumer_failed,
+    };
+    let res = match location {
+        SourceLocation::File(path) => pump_file(path, &mut emit).await,
+        SourceLocation::Http(url) => match client {
+            Some(client) => pump_http(url, client, &mut emit).await,
+            None => pump_http(url, &http_client()?, &mut emit).await,
+        },
+    };
+    if let Err(e) = &res {
+        // Make the consumer see an error rather than a clean end of stream.
+        let _ = emit.tx.send(Err(std::io::Error::other(e.to_string()))).await;
+    }
+    res.map(|()| emit.sent)
+}
+
+struct Emitter<'a> {
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    hash_tx: Option<mpsc::Sender<Bytes>>,
+    progress: &'a Progress,
+    sent: u64,
+    closed: bool,
+    /// Set by the consumer when it failed: stop downloading. If it merely finished early (trailing bytes after a
+    /// compressed stream), keep reading so the digest covers every published byte.
+    consumer_failed: Arc<AtomicBool>,
+}
+
+impl Emitter<'_> {
+    /// Returns false once the consumer has failed.
+    async fn emit(&mut self, chunk: Bytes) -> bool {
+        if self.consumer_failed.load(Ordering::SeqCst) {
+            return false;
+        }
+        if chunk.is_empty() {
+            return true;
+        }
+        self.sent += chunk.len() as u64;
+        self.progress.add_read(chunk.len() as u64);
+        if let Some(h) = &self.hash_tx {
+            let _ = h.send(chunk.clone()).await;
+        }
+        if !self.closed && self.tx.send(Ok(chunk)).await.is_err() {
+            self.closed = true;
+        }
+        !self.consumer_failed.load(Ordering::SeqCst)
+    }
+}
+
+async fn pump_file(path: &std::path::Path, emit: &mut Emitter<'_>) -> Result<(), ImageError> {
+    let read_err = |source| ImageError::ReadSource {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = tokio::fs::File::open(path).await.map_err(read_err)?;
+    if let Ok(m) = f.metadata().await
+        && m.is_file()
+    {
+        emit.progress.set_source_size(m.len());
+    }
+    loop {
+        let mut buf = bytes::BytesMut::with_capacity(FILE_CHUNK);
+        while buf.len() < FILE_CHUNK {
+            if f.read_buf(&mut buf).await.map_err(read_err)? == 0 {
+                break;
+            }
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if !emit.emit(buf.freeze()).await {
+            return Ok(());
+        }
+    }
+}
+
+fn content_range_start_total(v: &str) -> Option<(u64, Option<u64>)> {
+    // "bytes START-END/TOTAL" (RFC 9110 §14.4)
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    Some((start.parse().ok()?, total.parse().ok()))
+}
+
+async fn pump_http(url: &url::Url, client: &reqwest::Client, emit: &mut Emitter<'_>) -> Result<(), ImageError> {
+    let url_s = url.to_string();
+    let mut offset = 0u64;
+    let mut total: Option<u64> = None;
+    let mut validator: Option<String> = None;
+    let mut failures = 0u32;
+    let mut last_err: Option<Box<dyn std::error::Error + Send + Sync>> = None;
+    loop {
+        if failures > 0 {
+            if failures > MAX_RETRIES {
+                let source = last_err.take().unwrap_or_else(|| "connection dropped".into());
+                return Err(match total {
+                    Some(expected) if offset < expected => {
+                        tracing::warn!(url = %url_s, offset, error = %source, "giving up on download");
+                        ImageError::Truncated {
+                            url: url_s,
+                            received: offset,
+                            expected,
+                        }
+                    }
+                    _ => ImageError::Download {
+                        url: url_s,
+                        bytes: offset,
+                        source,
+                    },
+                });
+            }
+            let backoff = Duration::from_millis(200 * (1 << (failures - 1).min(5)));
+            tokio::time::sleep(backoff.min(Duration::from_secs(5))).await;
+        }
+        let mut req = client.get(url.clone());
+        if offset > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+            if let Some(v) = &validator {
+                req = req.header(reqwest::header::IF_RANGE, v.as_str());
+            }
+            tracing::info!(url = %url_s, offset, "resuming download");
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                failures += 1;
+                last_err = Some(e.into());
+                continue;
+            }
+        };
+        let status = resp.status();
+        let mut skip = 0u64;
+        match status.as_u16() {
+            200 => {
+                if offset == 0 {
+                    total = resp.content_length();
+                    let h = resp.headers();
+                    validator = h
+                        .get(reqwest::header::ETAG)
+                        .filter(|v| !v.as_bytes().starts_with(b"W/"))
+                        .or_else(|| h.get(reqwest::header::LAST_MODIFIED))
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    if let Some(t) = total {
+                        emit.progress.set_source_size(t);
+                    }
+                } else {
+                    // No range support (or the file changed): start over and drop what we already sent.
+                    if resp.content_length().is_some_and(|l| Some(l) != total) {
+                        return Err(ImageError::Download {
+                            url: url_s,
+                            bytes: offset,
+                            source: "the image changed on the server during the download".into(),
+                        });
+                    }
+                    skip = offset;
+                }
+            }
+            206 => {
+                let cr = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok());
+                match cr.and_then(content_range_start_total) {
+                    Some((start, t)) if start == offset => {
+                        if total.is_none() {
+                            total = t;
+                        }
+                    }
+                    _ => {
+                        return Err(ImageError::Download {
+                            url: url_s,
+                            bytes: offset,
+                            source: format!("unexpected Content-Range {cr:?} for a resume at {offset}").into(),
+                        });
+                    }
+                }
+            }
+            416 if total == Some(offset) => return Ok(()),
+            s if s >= 500 || s == 408 || s == 429 => {
+                failures += 1;
+                last_err = Some(format!("HTTP status {s}").into());
+                continue;
+            }
+            s => return Err(ImageError::HttpStatus { url: url_s, status: s }),
+        }
+        let mut body = resp.bytes_stream();
+        let mut progressed = false;
+        let mut dropped = None;
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(mut chunk) => {
+                    if skip > 0 {
+                        let n = skip.min(chunk.len() as u64);
+                        skip -= n;
+                        chunk = chunk.slice(n as usize..);
+                    }
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    progressed = true;
+                    offset += chunk.len() as u64;
+                    if !emit.emit(chunk).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    dropped = Some(e);
+                    break;
+                }
+            }
+        }
+        if progressed {
+            failures = 0;
+        }
+        match (dropped, total) {
+            (None, None) => return Ok(()),
+            (None, Some(t)) if offset >= t => return Ok(()),
+            (None, Some(t)) => {
+                failures += 1;
+                last_err = Some(format!("body ended at {offset} of {t} bytes").into());
+            }
+            (Some(e), _) => {
+                tracing::warn!(url = %url_s, offset, error = %e, "download interrupted");
+                failures += 1;
+                last_err = Some(e.into());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_locations_and_file_names() {
+        assert!(matches!(
+            SourceLocation::parse("http://h/x.img").unwrap(),
+            SourceLocation::Http(_)
+        ));
+        assert_eq!(
+            SourceLocation::parse("file:///tmp/a.raw").unwrap(),
+            SourceLocation::File("/tmp/a.raw".into())
+        );
+        assert_eq!(
+            SourceLocation::parse("/tmp/a.raw").unwrap(),
+            SourceLocation::File("/tmp/a.raw".into())
+        );
+        assert!(SourceLocation::parse("ftp://h/x").is_err());
+        assert_eq!(file_name("http://h/a/b/disk.qcow2?x=1"), "disk.qcow2");
+        assert_eq!(content_range_start_total("bytes 100-199/1000"), Some((100, Some(1000))));
+        assert_eq!(content_range_start_total("bytes 5-9/*"), Some((5, None)));
+    }
+}

@@ -1,0 +1,206 @@
+//! Read-only TFTP (RFC 1350, options RFC 2347/2348/2349, windowsize RFC 7440) on async-tftp: serves files from one
+//! root directory; refuses writes, `..`, absolute paths, escape characters and symlinks that leave the root.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_tftp::packet;
+use async_tftp::server::{Handler, TftpServerBuilder};
+use futures::io::{Cursor, Sink};
+use tokio_util::sync::CancellationToken;
+
+use crate::counters::{PxeCounters, bump};
+use crate::error::PxeError;
+
+/// Files up to this size are kept in memory after the first read (boot storms fetch the same few files).
+const CACHE_FILE_MAX: u64 = 32 << 20;
+
+/// File contents shared between concurrent transfers.
+#[derive(Debug, Clone)]
+pub struct Shared(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Why a requested path is refused (pure check, before touching the file system).
+pub fn check_path(requested: &str) -> Result<&Path, packet::Error> {
+    // Backslashes (DOS-style separators), percent escapes and control characters have no business in a boot file
+    // name; refusing them closes encoded-traversal variants (`..%2f`, `..\`) whatever a later layer would do.
+    if requested.is_empty() || requested.contains(['\\', '%']) || requested.chars().any(|c| c.is_control()) {
+        return Err(packet::Error::PermissionDenied);
+    }
+    let path = Path::new(requested);
+    if !path.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(packet::Error::PermissionDenied);
+    }
+    Ok(path)
+}
+
+/// The async-tftp handler: a root directory and a small content cache.
+pub struct RootHandler {
+    root: PathBuf,
+    cache: HashMap<PathBuf, (u64, SystemTime, Shared)>,
+    counters: Arc<PxeCounters>,
+}
+
+impl RootHandler {
+    /// A handler serving `root` (canonicalised once here).
+    ///
+    /// # Errors
+    /// [`PxeError::Config`] when `root` is not a directory.
+    pub fn new(root: &Path, counters: Arc<PxeCounters>) -> Result<Self, PxeError> {
+        let root = std::fs::canonicalize(root).map_err(|e| PxeError::Config {
+            reason: format!("TFTP root {root:?}: {e}"),
+        })?;
+        if !root.is_dir() {
+            return Err(PxeError::Config {
+                reason: format!("TFTP root {root:?} is not a directory"),
+            });
+        }
+        Ok(Self {
+            root,
+            cache: HashMap::new(),
+            counters,
+        })
+    }
+
+    async fn open(&mut self, requested: &str) -> Result<(Shared, u64), packet::Error> {
+        let rel = check_path(requested)?;
+        // Resolve symlinks, then insist the result is still inside the root.
+        let real = tokio::fs::canonicalize(self.root.join(rel))
+            .await
+            .map_err(|_| packet::Error::FileNotFound)?;
+        if !real.starts_with(&self.root) {
+            return Err(packet::Error::PermissionDenied);
+        }
+        let meta = tokio::fs::metadata(&real)
+            .await
+            .map_err(|_| packet::Error::FileNotFound)?;
+        if !meta.is_file() {
+            return Err(packet::Error::FileNotFound);
+        }
+        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        if let Some((len, m, data)) = self.cache.get(&real)
+            && *len == meta.len()
+            && *m == mtime
+        {
+            return Ok((data.clone(), *len));
+        }
+        let bytes = tokio::fs::read(&real).await.map_err(|_| packet::Error::FileNotFound)?;
+        let len = bytes.len() as u64;
+        let data = Shared(Arc::new(bytes));
+        if len <= CACHE_FILE_MAX {
+            self.cache.insert(real, (len, mtime, data.clone()));
+        }
+        Ok((data, len))
+    }
+}
+
+impl Handler for RootHandler {
+    type Reader = Cursor<Shared>;
+    type Writer = Sink;
+
+    async fn read_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+    ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
+        let requested = path.to_string_lossy().into_owned();
+        match self.open(&requested).await {
+            Ok((data, len)) => {
+                bump(&self.counters.tftp_reads);
+                tracing::info!(%client, path = %requested, len, "tftp read");
+                Ok((Cursor::new(data), Some(len)))
+            }
+            Err(e) => {
+                bump(&self.counters.tftp_refused);
+                tracing::info!(%client, path = %requested, error = ?e, "tftp read refused");
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+        _size: Option<u64>,
+    ) -> Result<Self::Writer, packet::Error> {
+        bump(&self.counters.tftp_refused);
+        tracing::info!(%client, path = %path.display(), "tftp write refused");
+        Err(packet::Error::IllegalOperation)
+    }
+}
+
+/// Binds the TFTP socket on `addr` and returns the serving future (runs until `cancel`).
+///
+/// # Errors
+/// Socket errors and a bad root, at bind time.
+pub async fn bind(
+    addr: SocketAddr,
+    root: PathBuf,
+    counters: Arc<PxeCounters>,
+    cancel: CancellationToken,
+) -> Result<(SocketAddr, impl Future<Output = Result<(), PxeError>> + Send), PxeError> {
+    let handler = RootHandler::new(&root, counters)?;
+    let sock = UdpSocket::bind(addr).map_err(|source| PxeError::Socket {
+        what: "tftp",
+        iface: addr.to_string(),
+        source,
+    })?;
+    let server = TftpServerBuilder::with_handler(handler)
+        .std_socket(sock)
+        .map_err(|source| PxeError::Tftp { source })?
+        .build()
+        .await
+        .map_err(|source| PxeError::Tftp { source })?;
+    let local = server.listen_addr().map_err(|source| PxeError::Tftp { source })?;
+    let fut = async move {
+        tokio::select! {
+            _ = cancel.cancelled() => Ok(()),
+            r = server.serve() => r.map_err(|source| PxeError::Tftp { source }),
+        }
+    };
+    Ok((local, fut))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_checks() {
+        for ok in ["undionly.kpxe", "x86/ipxe.efi", "a..b"] {
+            assert!(check_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../etc/passwd",
+            "a/../../b",
+            "./x",
+            "..%2fetc",
+            "..\\etc",
+            "a\u{0}b",
+            "%2e%2e/x",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn accepted_paths_have_only_normal_components(s in "[a-z./%\\\\]{0,20}") {
+            if let Ok(p) = check_path(&s) {
+                proptest::prop_assert!(p.components().all(|c| matches!(c, Component::Normal(_))));
+                proptest::prop_assert!(!s.contains(".."));
+            }
+        }
+    }
+}
