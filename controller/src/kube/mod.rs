@@ -7,6 +7,7 @@
 pub mod bmh;
 pub mod capi;
 pub mod claim;
+pub mod cluster_controller;
 pub mod crds;
 pub mod engine;
 pub mod host_controller;
