@@ -110,3 +110,36 @@ async fn apiserver_serves_kiln_and_capi_crds() {
     assert!(ns.get("default").await.is_ok());
     drop(server);
 }
+
+/// `deploy/clusterctl/templates/cluster-template.yaml`, with its variables filled in, is valid against the real
+/// Cluster API CRDs and kiln's CRDs (strict server-side field validation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_template_is_valid_against_the_real_crds() {
+    let server = KubeApiServer::start().await.expect("start etcd + kube-apiserver");
+    let client = server.client().await.unwrap();
+    let mut crds = parse_crds(&kiln::kube::crds::crds_yaml()).unwrap();
+    crds.extend(read_crd_dir(&capi_crd_dir()).unwrap());
+    install_crds(&client, &crds).await.unwrap();
+    let root = kiln_tests::repo_root();
+    let mut text = std::fs::read_to_string(root.join("deploy/clusterctl/templates/cluster-template.yaml")).unwrap();
+    for (k, v) in [
+        ("CLUSTER_NAME", "c1"),
+        ("NAMESPACE", "default"),
+        ("KUBERNETES_VERSION", "v1.37.2"),
+        ("CONTROL_PLANE_ENDPOINT_HOST", "10.0.0.1"),
+        ("CONTROL_PLANE_MACHINE_COUNT", "1"),
+        ("WORKER_MACHINE_COUNT", "2"),
+        ("IMAGE_URL", "http://192.0.2.2/node.raw"),
+        ("IMAGE_CHECKSUM", "abc"),
+    ] {
+        text = text.replace(&format!("${{{k}}}"), v);
+    }
+    assert!(!text.contains("${"), "unfilled variable");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), text).unwrap();
+    let applied = kiln_tests::kube::apply_manifest_dir(&client, dir.path())
+        .await
+        .expect("apply the cluster template");
+    assert_eq!(applied.len(), 7, "{applied:?}");
+    drop(server);
+}
