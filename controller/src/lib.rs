@@ -14,6 +14,7 @@ pub mod drivers;
 pub mod executor;
 pub mod http_util;
 pub mod import;
+pub mod kube;
 pub mod machine;
 pub mod metrics;
 pub mod model;

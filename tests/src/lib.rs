@@ -7,6 +7,7 @@
 
 pub mod cmd;
 pub mod ipmi;
+pub mod kube;
 pub mod lab;
 pub mod libvirt;
 pub mod logs;
