@@ -243,10 +243,32 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let cancel = CancellationToken::new();
+    let mut http = router(app.state.clone());
+    // Netboot: DHCP/TFTP services and the /boot routes (per-host iPXE scripts, ramdisk and image files).
+    let mut pxe = None;
+    if let Some(pxe_cfg) = app.config.pxe.clone() {
+        let boot = app.config.agent_boot.clone().ok_or_else(|| {
+            std::io::Error::other("[pxe] is configured but [agent_boot] (the agent kernel and initramfs URLs) is not")
+        })?;
+        let api_url = format!("http://{}", listener.local_addr()?);
+        let lookup: Arc<dyn kiln_pxe::HostLookup> = Arc::new(crate::pxe_lookup::PxeLookup {
+            lookup: app.lookup(&api_url),
+            kernel_url: boot.kernel_url,
+            initrd_url: boot.initrd_url,
+            extra_cmdline: boot.cmdline,
+        });
+        let counters = app.state.pxe_counters.clone();
+        let services = kiln_pxe::spawn(pxe_cfg.clone(), lookup.clone(), counters.clone(), cancel.clone())
+            .await
+            .map_err(|e| std::io::Error::other(crate::bmcs::chain(&e)))?;
+        http = http.merge(kiln_pxe::http::router(lookup, pxe_cfg.files_dir(), counters));
+        tracing::info!(mode = ?pxe_cfg.dhcp.mode, interface = %pxe_cfg.dhcp.interface, "netboot services started");
+        pxe = Some(services);
+    }
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(app.executor.clone().run(cancel.clone()));
     let c = cancel.clone();
-    let served = axum::serve(listener, router(app.state.clone()))
+    let served = axum::serve(listener, http)
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = shutdown => {}
@@ -256,6 +278,11 @@ pub async fn run(
         .await;
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
+    if let Some(services) = pxe
+        && let Err(e) = services.wait().await
+    {
+        tracing::warn!(error = %crate::bmcs::chain(&e), "netboot services stopped with an error");
+    }
     served
 }
 
