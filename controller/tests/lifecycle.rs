@@ -792,3 +792,36 @@ async fn bmc_trouble_is_retried_within_a_per_host_call_budget_and_boot_timeouts_
     }
     panic!("the failed inspection was never retried");
 }
+
+static PG_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+#[tokio::test]
+async fn the_whole_lifecycle_runs_on_postgresql_too() {
+    let pg = kiln::testing::PgCluster::start().expect("private PostgreSQL 15 cluster (run tests/setup.sh)");
+    PG_URL.set(pg.create_database("kiln_lab").unwrap()).unwrap();
+    let lab = Lab::start(|c| c.database_url = PG_URL.get().cloned()).await;
+    let (_, h) = lab.req(reqwest::Method::GET, "/healthz", None, None).await;
+    assert_eq!(h["store"], "postgres");
+    lab.enroll("node-5").await;
+    lab.wait_state("node-5", "available").await;
+    let body =
+        json!({ "image": { "url": "http://10.0.0.1/os.qcow2", "checksum": "ab".repeat(64), "format": "qcow2" } });
+    let (s, b) = lab
+        .api(reqwest::Method::POST, "/api/v1/hosts/node-5/provision", Some(body))
+        .await;
+    assert_eq!(s, 202, "{b}");
+    lab.wait_state("node-5", "provisioned").await;
+    let (s, _) = lab
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/hosts/node-5/deprovision",
+            Some(json!({ "erase": "full" })),
+        )
+        .await;
+    assert_eq!(s, 202);
+    lab.wait_state("node-5", "available").await;
+    let cmds = lab.commands.lock().unwrap()["node-5"].clone();
+    assert_eq!(cmds, ["inspect", "write_image", "erase_disks"]);
+    drop(lab);
+    drop(pg);
+}
