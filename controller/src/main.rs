@@ -98,10 +98,11 @@ async fn main() -> anyhow::Result<()> {
             if let Some(n) = max_concurrent_jobs {
                 cfg.max_concurrent_jobs = n;
             }
+            // Real BMC drivers; the netboot services start inside run() when the config has a [pxe] section.
+            let app = Appliance::open(cfg, Arc::new(kiln::drivers::Drivers::default())).await?;
+            // Bound after the data directory is ready, so a client that can connect finds the token file.
             let listener = tokio::net::TcpListener::bind(listen).await?;
             let addr = listener.local_addr()?;
-            // The netboot services get wired in here through kiln::netboot::StoreLookup (app.lookup(..)).
-            let app = Appliance::open(cfg, Arc::new(kiln::drivers::Drivers::default())).await?;
             tracing::info!(%addr, store = app.store.backend(), "kiln serving");
             kiln::server::run(app, listener, shutdown_signal()).await?;
             tracing::info!("kiln stopped");

@@ -160,6 +160,25 @@ fn operator_enrolls_with_the_cli_and_kiln_survives_kill_9() {
     let yaml = ok(kiln(&data, port, &["host", "list", "-o", "yaml"]));
     assert!(yaml.contains("name: node-0"), "{yaml}");
 
+    // A Metal3 BareMetalHost manifest with its credential Secret enrolls too.
+    let manifest = tmp.path().join("bmh.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: node-7-bmc\nstringData:\n  username: admin\n  password: cli-Redfish-pw\n---\n\
+             apiVersion: metal3.io/v1alpha1\nkind: BareMetalHost\nmetadata:\n  name: node-7\n  labels:\n    rack: r7\nspec:\n  online: true\n  \
+             bootMACAddress: 52:54:00:aa:00:07\n  externallyProvisioned: true\n  bmc:\n    address: {addr}\n    credentialsName: node-7-bmc\n"
+        ),
+    )
+    .unwrap();
+    let out = ok(kiln(&data, port, &["import", manifest.to_str().unwrap()]));
+    assert!(out.contains("node-7: enrolled"), "{out}");
+    let imported: Value =
+        serde_json::from_str(&ok(kiln(&data, port, &["host", "list", "-l", "rack=r7", "-o", "json"]))).unwrap();
+    assert_eq!(imported[0]["name"], "node-7");
+    assert_eq!(imported[0]["options"]["externally_provisioned"], true);
+    ok(kiln(&data, port, &["host", "delete", "node-7"]));
+
     // kill -9 and restart on the same data directory: the host, its key-encrypted credentials and its history remain.
     Command::new("kill")
         .args(["-9", &server.0.id().to_string()])
