@@ -8,7 +8,9 @@ pub mod api;
 pub mod bmcs;
 pub mod cli;
 pub mod cli_bmc;
+pub mod cli_image;
 pub mod crypto;
+pub mod drivers;
 pub mod executor;
 pub mod http_util;
 pub mod import;
@@ -17,6 +19,8 @@ pub mod machine;
 pub mod metrics;
 pub mod model;
 pub mod netboot;
+pub mod policy;
+pub mod pxe_lookup;
 pub mod server;
 pub mod store;
 #[doc(hidden)]

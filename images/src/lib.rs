@@ -3,6 +3,7 @@
 //!
 //! Start with [`write_image`] (the pipeline, in [`pipeline`]), [`qcow2`] (the streaming decoder) and [`digest`].
 
+pub mod configdrive;
 pub mod digest;
 pub mod error;
 pub mod pipeline;
@@ -10,6 +11,7 @@ pub mod progress;
 pub mod protocol;
 pub mod qcow2;
 pub mod ramdisk;
+pub mod rootdev;
 pub mod source;
 pub mod target;
 

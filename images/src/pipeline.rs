@@ -145,8 +145,21 @@ pub async fn run(
     progress: &Progress,
     opts: &WriteOptions,
 ) -> Result<WriteReport, ImageError> {
+    use tracing::Instrument;
     let span = tracing::info_span!("image_write", image = %source, target = ?target);
-    let _enter = span.enter();
+    run_inner(source, checksum, declared, target, progress, opts)
+        .instrument(span)
+        .await
+}
+
+async fn run_inner(
+    source: &str,
+    checksum: Option<&ChecksumSource>,
+    declared: Option<ImageFormat>,
+    target: Option<&Path>,
+    progress: &Progress,
+    opts: &WriteOptions,
+) -> Result<WriteReport, ImageError> {
     let location = SourceLocation::parse(source)?;
     let client = match (&location, &opts.client) {
         (SourceLocation::Http(_), Some(c)) => Some(c.clone()),
@@ -225,8 +238,9 @@ async fn run_stages(
     target: Option<Arc<Target>>,
     progress: &Progress,
 ) -> Result<StageOutput, ImageError> {
-    let (data_tx, data_rx) = mpsc::channel::<std::io::Result<Bytes>>(16);
-    let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(16);
+    // Chunks are at most 1 MiB (local files) and usually far smaller (HTTP), so these bound memory to a few MiB.
+    let (data_tx, data_rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+    let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(8);
     let hasher = tokio::task::spawn_blocking(move || {
         let mut h = Hasher::new(algorithm);
         while let Some(chunk) = hash_rx.blocking_recv() {
@@ -234,16 +248,9 @@ async fn run_stages(
         }
         h.finish_hex()
     });
-    let failed = Arc::new(AtomicBool::new(false));
-    let pump = crate::source::pump(location, client, data_tx, Some(hash_tx), progress, failed.clone());
-    let consume = consume(
-        data_rx,
-        declared,
-        target,
-        progress.clone(),
-        failed.clone(),
-        location.display(),
-    );
+    let ok = Arc::new(AtomicBool::new(false));
+    let pump = crate::source::pump(location, client, data_tx, Some(hash_tx), progress, ok.clone());
+    let consume = consume(data_rx, declared, target, progress.clone(), ok, location.display());
     let (pumped, consumed) = tokio::join!(pump, consume);
     let digest = hasher.await.map_err(|e| ImageError::Internal(e.into()))?;
     let bytes_read = pumped?;
@@ -272,21 +279,7 @@ async fn consume(
     declared: Option<ImageFormat>,
     target: Option<Arc<Target>>,
     progress: Progress,
-    failed: Arc<AtomicBool>,
-    url: String,
-) -> Result<(Compression, ImageFormat, u64), ImageError> {
-    let res = consume_inner(rx, declared, target, progress, url).await;
-    if res.is_err() {
-        failed.store(true, Ordering::SeqCst);
-    }
-    res
-}
-
-async fn consume_inner(
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
-    declared: Option<ImageFormat>,
-    target: Option<Arc<Target>>,
-    progress: Progress,
+    ok: Arc<AtomicBool>,
     url: String,
 ) -> Result<(Compression, ImageFormat, u64), ImageError> {
     let stream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
@@ -351,8 +344,12 @@ async fn consume_inner(
     }
     let decoded: BoxRead = Box::new(AsyncReadExt::chain(std::io::Cursor::new(prefix), decoded));
     let handle = tokio::task::spawn_blocking(move || {
-        let reader = tokio_util::io::SyncIoBridge::new(decoded);
-        decode_and_write(reader, format, target.as_deref(), &progress, &decode_err)
+        let mut reader = tokio_util::io::SyncIoBridge::new(decoded);
+        let res = decode_and_write(&mut reader, format, target.as_deref(), &progress, &decode_err);
+        // Before the receiver is dropped (with `reader`): tells the source to finish hashing any trailing bytes.
+        ok.store(res.is_ok(), Ordering::SeqCst);
+        drop(reader);
+        res
     });
     let image_size = handle.await.map_err(|e| ImageError::Internal(e.into()))??;
     Ok((compression, format, image_size))

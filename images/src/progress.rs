@@ -91,6 +91,16 @@ impl ProgressSnapshot {
     pub fn read_rate(&self) -> f64 {
         self.bytes_read as f64 / self.elapsed.as_secs_f64().max(1e-3)
     }
+    /// The agent's wire report of this snapshot for command `command_id`.
+    pub fn to_protocol(&self, command_id: u64) -> crate::protocol::Progress {
+        crate::protocol::Progress {
+            command_id,
+            phase: self.phase.as_str().to_owned(),
+            bytes_read: self.bytes_read,
+            bytes_written: self.bytes_written,
+            total_bytes: self.image_size.or(self.source_size),
+        }
+    }
     /// Average written bytes per second since the start.
     pub fn write_rate(&self) -> f64 {
         self.bytes_written as f64 / self.elapsed.as_secs_f64().max(1e-3)

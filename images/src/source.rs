@@ -89,7 +89,7 @@ pub(crate) async fn pump(
     tx: mpsc::Sender<std::io::Result<Bytes>>,
     hash_tx: Option<mpsc::Sender<Bytes>>,
     progress: &Progress,
-    consumer_failed: Arc<AtomicBool>,
+    consumer_ok: Arc<AtomicBool>,
 ) -> Result<u64, ImageError> {
     let mut emit = Emitter {
         tx,
@@ -97,7 +97,7 @@ pub(crate) async fn pump(
         progress,
         sent: 0,
         closed: false,
-        consumer_failed,
+        consumer_ok,
     };
     let res = match location {
         SourceLocation::File(path) => pump_file(path, &mut emit).await,
@@ -119,15 +119,20 @@ struct Emitter<'a> {
     progress: &'a Progress,
     sent: u64,
     closed: bool,
-    /// Set by the consumer when it failed: stop downloading. If it merely finished early (trailing bytes after a
-    /// compressed stream), keep reading so the digest covers every published byte.
-    consumer_failed: Arc<AtomicBool>,
+    /// Set by the consumer when it succeeded, before it drops its receiver. A closed channel without it means the
+    /// consumer failed: stop downloading. With it (trailing bytes after a compressed stream), keep reading so the
+    /// digest covers every published byte.
+    consumer_ok: Arc<AtomicBool>,
 }
 
 impl Emitter<'_> {
+    fn consumer_failed(&self) -> bool {
+        self.closed && !self.consumer_ok.load(Ordering::SeqCst)
+    }
+
     /// Returns false once the consumer has failed.
     async fn emit(&mut self, chunk: Bytes) -> bool {
-        if self.consumer_failed.load(Ordering::SeqCst) {
+        if self.consumer_failed() {
             return false;
         }
         if chunk.is_empty() {
@@ -141,7 +146,7 @@ impl Emitter<'_> {
         if !self.closed && self.tx.send(Ok(chunk)).await.is_err() {
             self.closed = true;
         }
-        !self.consumer_failed.load(Ordering::SeqCst)
+        !self.consumer_failed()
     }
 }
 

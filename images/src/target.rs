@@ -165,7 +165,15 @@ impl Target {
         if let Some(d) = &self.direct {
             d.sync_all().map_err(err)?;
         }
-        self.file.sync_all().map_err(err)
+        self.file.sync_all().map_err(err)?;
+        if self.block_device {
+            // Let the kernel see the new partition table (best effort: EBUSY if something is mounted).
+            let mut f = self.file.try_clone().map_err(err)?;
+            if let Err(e) = gptman::linux::reread_partition_table(&mut f) {
+                tracing::debug!(target_path = %self.path.display(), error = %e, "BLKRRPART failed");
+            }
+        }
+        Ok(())
     }
 }
 

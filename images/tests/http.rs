@@ -33,6 +33,23 @@ async fn dropped_connections_resume_with_and_without_range_support() {
         let server = serve(dir.path().to_owned(), cfg).await;
         let target = dir.path().join("target");
         let progress = Progress::new();
+        // Progress is observable while the write runs (the resume back-off leaves it part-way for a while).
+        let watcher = {
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                let mut partial = None;
+                loop {
+                    let snap = progress.snapshot();
+                    if snap.bytes_read > 0 && snap.bytes_read < 24 << 20 && snap.source_size == Some(24 << 20) {
+                        partial = Some(snap);
+                    }
+                    if matches!(snap.phase, kiln_images::Phase::Done | kiln_images::Phase::Failed) {
+                        return partial;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            })
+        };
         let r = write_image(
             &spec(format!("{}/disk.raw", server.base), sum.clone()),
             &target,
@@ -40,6 +57,9 @@ async fn dropped_connections_resume_with_and_without_range_support() {
         )
         .await
         .unwrap_or_else(|e| panic!("ranges={ranges}: {e:?}"));
+        let partial = watcher.await.unwrap().expect("a part-way progress snapshot");
+        assert_eq!(partial.phase, kiln_images::Phase::Writing);
+        assert!(partial.to_protocol(1).bytes_read > 0);
         assert_eq!(sha256_file(&target), want, "ranges={ranges}");
         assert_eq!(r.bytes_read, 24 << 20, "each byte hashed once");
         let reqs = server.requests.lock().unwrap().clone();

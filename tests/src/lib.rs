@@ -14,6 +14,7 @@ pub mod logs;
 pub mod netns;
 pub mod osimage;
 pub mod qemu;
+pub mod ramdisk;
 pub mod state;
 pub mod sushy;
 
