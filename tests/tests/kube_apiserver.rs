@@ -121,6 +121,20 @@ async fn cluster_template_is_valid_against_the_real_crds() {
     crds.extend(read_crd_dir(&capi_crd_dir()).unwrap());
     install_crds(&client, &crds).await.unwrap();
     let root = kiln_tests::repo_root();
+    // clusterctl's components file (CRDs, namespace, Deployment, Service, RBAC) applies as one stream.
+    let comp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root.join("deploy/clusterctl/infrastructure-components.yaml"),
+        comp.path().join("infrastructure-components.yaml"),
+    )
+    .unwrap();
+    let applied = kiln_tests::kube::apply_manifest_dir(&client, comp.path())
+        .await
+        .expect("apply infrastructure-components.yaml");
+    assert!(
+        applied.contains(&"Deployment/kiln-controller".to_string()),
+        "{applied:?}"
+    );
     let mut text = std::fs::read_to_string(root.join("deploy/clusterctl/templates/cluster-template.yaml")).unwrap();
     for (k, v) in [
         ("CLUSTER_NAME", "c1"),

@@ -55,6 +55,29 @@ pub fn write_crds(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// clusterctl's `infrastructure-components.yaml`: the CRDs, then every manifest under `deploy/config/{manager,rbac}`
+/// (sorted, `kustomization.yaml` excluded), each labelled `cluster.x-k8s.io/provider: infrastructure-kiln` by
+/// clusterctl itself on install. `deploy` is the repository's `deploy/` directory.
+pub fn components_yaml(deploy: &Path) -> std::io::Result<String> {
+    let mut out = crds_yaml();
+    for sub in ["manager", "rbac"] {
+        let mut files: Vec<_> = std::fs::read_dir(deploy.join("config").join(sub))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml"))
+            .collect();
+        files.sort_by_key(|f| (!f.ends_with("namespace.yaml"), f.clone()));
+        for f in files {
+            let text = std::fs::read_to_string(&f)?;
+            for doc in text.split("\n---\n") {
+                out.push_str("---\n");
+                out.push_str(doc.trim_start_matches("---\n").trim_end());
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,7 +90,15 @@ mod tests {
         if std::env::var_os("KILN_UPDATE_CRDS").is_some() {
             write_crds(&dir).unwrap();
         }
+        let deploy = dir.parent().unwrap().to_path_buf();
+        let components = deploy.join("clusterctl/infrastructure-components.yaml");
+        if std::env::var_os("KILN_UPDATE_CRDS").is_some() {
+            std::fs::write(&components, components_yaml(&deploy).unwrap()).unwrap();
+        }
         let mut drift = Vec::new();
+        if std::fs::read_to_string(&components).unwrap_or_default() != components_yaml(&deploy).unwrap() {
+            drift.push("clusterctl/infrastructure-components.yaml".to_string());
+        }
         for (name, yaml) in crd_files() {
             let on_disk = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
             if on_disk != yaml {

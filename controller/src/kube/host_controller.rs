@@ -439,3 +439,55 @@ async fn remove_finalizer(api: &Api<BareMetalHost>, host: &BareMetalHost) -> Res
 pub fn is_detached(host: &BareMetalHost) -> bool {
     host.annotations().contains_key(DETACHED_ANNOTATION)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::bmh::BareMetalHostSpec;
+
+    fn t(s: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap())
+    }
+
+    #[test]
+    fn status_tracks_engine_state_history_and_errors() {
+        let mut host = BareMetalHost::new("h", BareMetalHostSpec::default());
+        let st = |state| HostState {
+            state,
+            id: "e1".into(),
+            ..Default::default()
+        };
+
+        let s1 = status_from(&host, &st(ProvisioningState::Inspecting), t(10));
+        assert_eq!(s1.operational_status, OperationalStatus::Ok);
+        assert_eq!(s1.operation_history.inspect.start, Some(t(10)));
+        host.status = Some(s1);
+
+        let s2 = status_from(&host, &st(ProvisioningState::Available), t(20));
+        assert_eq!(s2.operation_history.inspect.end, Some(t(20)));
+        let avail = s2
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "AvailableForProvisioning")
+            .unwrap();
+        assert_eq!((avail.status.as_str(), &avail.last_transition_time), ("True", &t(20)));
+        host.status = Some(s2.clone());
+
+        // Same state again: nothing but lastUpdated changes, so no write is needed.
+        let s3 = status_from(&host, &st(ProvisioningState::Available), t(30));
+        assert!(same_status(Some(&s2), &s3));
+        assert_eq!(s3.conditions, s2.conditions, "transition times kept");
+
+        let failed = HostState {
+            error: Some((ErrorType::Provisioning, "write failed".into())),
+            error_count: 1,
+            ..st(ProvisioningState::Provisioning)
+        };
+        let s4 = status_from(&host, &failed, t(40));
+        assert_eq!(s4.operational_status, OperationalStatus::Error);
+        assert_eq!(s4.error_type, Some(ErrorType::Provisioning));
+        assert_eq!(s4.error_message, "write failed");
+        assert_eq!(s4.error_count, 1);
+        assert!(!same_status(Some(&s2), &s4));
+    }
+}
