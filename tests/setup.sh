@@ -61,4 +61,7 @@ if [ ! -e /etc/qemu/firmware/50-seabios-kiln.json ]; then
 }
 JSON
 fi
+# Real kube-apiserver + etcd + Cluster API CRDs for the Kubernetes tests (built from Go modules, cached by version).
+KUBE_BIN=$CACHE/kube/$(awk '$1=="k8s.io/kubernetes" {print $2; exit}' "$ROOT/tests/kube/go.mod")
+[ -x "$KUBE_BIN/kube-apiserver" ] && [ -x "$KUBE_BIN/etcd" ] && [ -e "$CACHE/kube/cluster-api-v1.14.2/crd/.done" ] || bash "$ROOT/tests/kube/build.sh"
 log "ready (venv: $VENV)"

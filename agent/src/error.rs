@@ -46,8 +46,11 @@ pub enum AgentError {
         source: std::io::Error,
     },
 
-    #[error("no disk matches the root device hints")]
-    NoRootDevice,
+    #[error("choosing the root disk")]
+    NoRootDevice {
+        #[source]
+        source: kiln_images::rootdev::RootDeviceError,
+    },
 
     #[error("writing the image to {disk}")]
     WriteImage {
@@ -56,8 +59,12 @@ pub enum AgentError {
         source: kiln_images::ImageError,
     },
 
-    #[error("writing the config drive to {disk}: {reason}")]
-    ConfigDrive { disk: String, reason: String },
+    #[error("writing the config drive to {disk}")]
+    ConfigDrive {
+        disk: String,
+        #[source]
+        source: kiln_images::ImageError,
+    },
 
     #[error("{action} via reboot(2)")]
     Power {
@@ -78,7 +85,7 @@ impl AgentError {
             | AgentError::Client { .. }
             | AgentError::OpenDisk { .. }
             | AgentError::EraseDisk { .. }
-            | AgentError::NoRootDevice
+            | AgentError::NoRootDevice { .. }
             | AgentError::WriteImage { .. }
             | AgentError::ConfigDrive { .. }
             | AgentError::Power { .. } => false,
@@ -92,9 +99,9 @@ impl AgentError {
             AgentError::Read { .. } => "inspect",
             AgentError::Client { .. } | AgentError::Http { .. } | AgentError::Status { .. } => "api",
             AgentError::OpenDisk { .. } | AgentError::EraseDisk { .. } => "io",
-            AgentError::NoRootDevice => "no_root_device",
+            AgentError::NoRootDevice { .. } => "no_root_device",
             AgentError::WriteImage { source, .. } => source.kind(),
-            AgentError::ConfigDrive { .. } => "config_drive",
+            AgentError::ConfigDrive { source, .. } => source.kind(),
             AgentError::Power { .. } => "power",
         }
     }

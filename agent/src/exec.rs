@@ -159,21 +159,26 @@ impl Agent {
         tick.tick().await;
         loop {
             tokio::select! {
-                r = &mut work => return r,
-                _ = tick.tick() => {
-                    let (done, total) = sample();
-                    let p = Progress {
-                        command_id: id,
-                        phase: phase.to_string(),
-                        bytes_read: done,
-                        bytes_written: done,
-                        total_bytes: (total > 0).then_some(total),
-                    };
-                    if let Err(e) = self.api.progress(&p).await {
-                        tracing::debug!(error = %chain(&e), "progress not delivered");
-                    }
+                r = &mut work => {
+                    // The final count, so that even a short command reports once.
+                    self.post_progress(id, phase, sample()).await;
+                    return r;
                 }
+                _ = tick.tick() => self.post_progress(id, phase, sample()).await,
             }
+        }
+    }
+
+    async fn post_progress(&self, id: u64, phase: &str, (done, total): (u64, u64)) {
+        let p = Progress {
+            command_id: id,
+            phase: phase.to_string(),
+            bytes_read: done,
+            bytes_written: done,
+            total_bytes: (total > 0).then_some(total),
+        };
+        if let Err(e) = self.api.progress(&p).await {
+            tracing::debug!(error = %chain(&e), "progress not delivered");
         }
     }
 }

@@ -6,14 +6,12 @@
 
 pub mod api;
 pub mod cmdline;
-pub mod configdrive;
 pub mod console;
 pub mod erase;
 pub mod error;
 pub mod exec;
 pub mod inspect;
 pub mod power;
-pub mod rootdev;
 pub mod write;
 
 pub use error::AgentError;

@@ -1,6 +1,7 @@
-//! The WriteImage command: choose the root disk from the hints ([`crate::rootdev`]), stream the image with the
-//! `kiln_images` pipeline while reporting progress, then write the config drive. Format, checksum and disk-layout
-//! logic all live in `kiln_images`; this module only wires them to the agent.
+//! The WriteImage command: choose the root disk from the hints (`kiln_images::rootdev`), stream the image with the
+//! `kiln_images` pipeline while reporting progress, then add the config drive partition
+//! (`kiln_images::configdrive`). Format, checksum and disk-layout logic all live in `kiln_images`; this module only
+//! wires them to the agent.
 
 use std::sync::Arc;
 
@@ -9,14 +10,14 @@ use serde_json::json;
 
 use crate::error::AgentError;
 use crate::exec::Agent;
-use crate::{inspect, rootdev};
+use crate::inspect;
 
 /// Writes `image` to the disk chosen by `hints` and the config drive after it; returns the result detail
-/// (`disk`, `digest`, `format`, `compression`, `bytes_written`, `config_drive`).
+/// (`disk`, `by_path`, `digest`, `verified`, `format`, `compression`, `bytes_written`, `config_drive`).
 ///
 /// # Errors
-/// [`AgentError::NoRootDevice`] or [`AgentError::WriteImage`] (whose kind is the pipeline's, e.g.
-/// `checksum_mismatch`).
+/// [`AgentError::NoRootDevice`], [`AgentError::WriteImage`] (whose kind is the pipeline's, e.g.
+/// `checksum_mismatch`) or [`AgentError::ConfigDrive`].
 pub async fn write_image(
     agent: &Arc<Agent>,
     id: u64,
@@ -25,7 +26,8 @@ pub async fn write_image(
     config_drive: Option<&ConfigDrive>,
 ) -> Result<serde_json::Value, AgentError> {
     let disks = inspect::read_disks(&agent.root);
-    let disk = rootdev::choose(&disks, hints).ok_or(AgentError::NoRootDevice)?;
+    let disk = kiln_images::rootdev::select_root_device(&disks, hints)
+        .map_err(|source| AgentError::NoRootDevice { source })?;
     let path = agent.root.join("dev").join(disk.name.trim_start_matches("/dev/"));
     tracing::info!(disk = %disk.name, size = disk.size_bytes, url = %image.url, "writing image");
     agent.log.marker(&format!("write-image {}", disk.name));
@@ -55,7 +57,29 @@ pub async fn write_image(
     );
     agent.log.marker("image-written");
     let config = match config_drive {
-        Some(cd) => Some(crate::configdrive::write(agent, &path, cd).await?),
+        Some(cd) => {
+            let (p, cd) = (path.clone(), cd.clone());
+            let placement = tokio::task::spawn_blocking(move || kiln_images::configdrive::write_config_drive(&p, &cd))
+                .await
+                .map_err(|e| AgentError::ConfigDrive {
+                    disk: disk.name.clone(),
+                    source: kiln_images::ImageError::Internal(Box::new(e)),
+                })?
+                .map_err(|source| AgentError::ConfigDrive {
+                    disk: disk.name.clone(),
+                    source,
+                })?;
+            tracing::info!(disk = %disk.name, partition = placement.partition, table = placement.table, "config drive written");
+            agent
+                .log
+                .marker(&format!("config-drive {}{}", disk.name, placement.partition));
+            Some(json!({
+                "partition": placement.partition,
+                "start_byte": placement.start_byte,
+                "size_bytes": placement.size_bytes,
+                "table": placement.table,
+            }))
+        }
         None => None,
     };
     Ok(json!({

@@ -10,11 +10,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Vm, VmSpec};
-use kiln_images::protocol::{ChecksumType, CommandKind, ImageSpec, Outcome, RootDeviceHints};
+use kiln_images::protocol::{ChecksumType, CommandKind, ConfigDrive, ImageSpec, Outcome, RootDeviceHints};
 use sha2::Digest;
 
 const MIB: usize = 1024 * 1024;
 const GIB: u64 = 1024 * 1024 * 1024;
+const USER_DATA: &str = "#cloud-config\nruncmd:\n  - echo KILN-CLOUD-INIT-RAN > /dev/ttyS0\n";
 
 /// Keeps the directory (and says where) when the test panics.
 struct LogDir(Option<tempfile::TempDir>);
@@ -105,6 +106,17 @@ async fn agent_inspects_erases_writes_and_powers_off_in_a_vm() {
         vec![
             CommandKind::Inspect,
             CommandKind::EraseMetadata,
+            // A wrong checksum first: it must fail with its kind and the log tail, and leave no partition table.
+            CommandKind::WriteImage {
+                image: ImageSpec {
+                    url: "http://10.0.2.2:PORT/files/image.qcow2".into(),
+                    checksum: "0".repeat(64),
+                    checksum_type: ChecksumType::Sha256,
+                    format: None,
+                },
+                root_device_hints: RootDeviceHints::default(),
+                config_drive: None,
+            },
             CommandKind::WriteImage {
                 image: ImageSpec {
                     url: "http://10.0.2.2:PORT/files/image.qcow2".into(),
@@ -112,8 +124,15 @@ async fn agent_inspects_erases_writes_and_powers_off_in_a_vm() {
                     checksum_type: ChecksumType::Sha256,
                     format: None,
                 },
-                root_device_hints: RootDeviceHints::default(),
-                config_drive: None,
+                root_device_hints: RootDeviceHints {
+                    serial_number: Some("KILN-VDA-1".into()),
+                    ..Default::default()
+                },
+                config_drive: Some(ConfigDrive {
+                    meta_data: serde_json::json!({"uuid": "6b696c6e-0000-4000-8000-000000000042", "hostname": "vm42"}),
+                    user_data: Some(USER_DATA.into()),
+                    network_data: None,
+                }),
             },
             CommandKind::PowerOff,
         ],
@@ -165,11 +184,23 @@ async fn agent_inspects_erases_writes_and_powers_off_in_a_vm() {
     assert!(!seen.heartbeats.is_empty());
     assert_eq!(seen.unauthorized, 0, "{}", ctx());
 
-    // Every command reported success, in order.
+    // Every command reported, in order; only the write with the wrong checksum failed, saying why.
     let ids: Vec<u64> = seen.results.iter().map(|r| r.command_id).collect();
-    assert_eq!(ids, vec![1, 2, 3, 4], "{}", ctx());
+    assert_eq!(ids, vec![1, 2, 3, 4, 5], "{}", ctx());
     for r in &seen.results {
-        assert!(matches!(r.outcome, Outcome::Succeeded { .. }), "{r:#?}\n{}", ctx());
+        match (&r.outcome, r.command_id) {
+            (Outcome::Failed { kind, message }, 3) => {
+                assert_eq!(kind, "checksum_mismatch", "{message}");
+                assert!(
+                    message.contains(&digest),
+                    "the message names the computed digest: {message}"
+                );
+                assert!(message.contains("--- agent log tail ---\n"), "{message}");
+                assert!(message.contains("KILN-AGENT write-image /dev/vda"), "{message}");
+            }
+            (Outcome::Succeeded { .. }, 1 | 2 | 4 | 5) => {}
+            _ => panic!("unexpected result {r:#?}\n{}", ctx()),
+        }
     }
 
     // Inventory matches the VM.
@@ -208,24 +239,49 @@ async fn agent_inspects_erases_writes_and_powers_off_in_a_vm() {
 
     // Progress was streamed during the write.
     assert!(
-        seen.progress.iter().any(|p| p.command_id == 3),
-        "no progress for the write\n{}",
+        seen.progress
+            .iter()
+            .any(|p| p.command_id == 4 && p.bytes_written == raw.len() as u64),
+        "no final progress for the write\n{}",
         ctx()
     );
 
     // The WriteImage result names the disk and the verified digest.
-    let Outcome::Succeeded { detail } = &seen.results[2].outcome else {
+    let Outcome::Succeeded { detail } = &seen.results[3].outcome else {
         unreachable!()
     };
     assert_eq!(detail["disk"], "/dev/vda", "{detail}");
     assert_eq!(detail["digest"], format!("sha256:{digest}"), "{detail}");
     assert_eq!(detail["format"], "qcow2", "{detail}");
 
-    // vda holds the image, byte for byte; its marked last MiB was erased by EraseMetadata before the write.
+    // vda holds the image, byte for byte, except the second MBR entry: the config drive partition after the image.
     let mut head = vec![0u8; raw.len()];
     let f = std::fs::File::open(&root).unwrap();
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0).unwrap();
-    assert!(head == raw, "the image on vda differs from the raw image");
+    assert!(head[..462] == raw[..462], "boot code or first partition entry differ");
+    assert!(head[478..] == raw[478..], "the image on vda differs from the raw image");
+    let entry = &head[462..478];
+    let start = u64::from(u32::from_le_bytes(entry[8..12].try_into().unwrap())) * 512;
+    assert!(
+        entry[4] != 0 && start >= raw.len() as u64,
+        "no config drive partition after the image: {entry:?}"
+    );
+    assert_eq!(detail["config_drive"]["partition"], 2, "{detail}");
+    // mtools reads the config drive's FAT: label and user data as cloud-init would see them.
+    let img = format!("{}@@{start}", root.display());
+    let out = Command::new("mlabel").args(["-s", "-i", &img, "::"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config-2"), "{out:?}");
+    let out = Command::new("mtype")
+        .args(["-i", &img, "::/openstack/latest/user_data"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), USER_DATA, "{out:?}");
+    let out = Command::new("mtype")
+        .args(["-i", &img, "::/openstack/latest/meta_data.json"])
+        .output()
+        .unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(meta["uuid"], "6b696c6e-0000-4000-8000-000000000042", "{meta}");
     let mut tail = vec![0u8; MIB];
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut tail, 4 * GIB - MIB as u64).unwrap();
     assert!(tail.iter().all(|b| *b == 0), "vda's last MiB was not erased");

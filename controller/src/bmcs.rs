@@ -71,19 +71,21 @@ impl<B: Bmc + 'static> DynBmc for BmcAdapter<B> {
     }
 }
 
-/// Gives the executor a BMC for a host. The appliance wires the real drivers (`kiln_bmc::connect`) here; tests
-/// wire fakes.
+/// Gives the executor a BMC for a host (the executor caches it per host until the address or username changes).
+/// The appliance wires the real drivers (`kiln_bmc::connect`) here; tests wire fakes.
+#[async_trait]
 pub trait BmcConnector: Send + Sync {
     /// # Errors
-    /// A [`BmcFailure`] when the address cannot be used (unsupported scheme, bad TLS settings).
-    fn connect(&self, host: &HostName, bmc: &BmcInfo) -> Result<Arc<dyn DynBmc>, BmcFailure>;
+    /// A [`BmcFailure`] when the BMC cannot be used (unsupported scheme, unreachable, bad credentials).
+    async fn connect(&self, host: &HostName, bmc: &BmcInfo) -> Result<Arc<dyn DynBmc>, BmcFailure>;
 }
 
 /// A connector that refuses every host: what `kiln serve` uses until real drivers are wired in.
 pub struct NoDrivers;
 
+#[async_trait]
 impl BmcConnector for NoDrivers {
-    fn connect(&self, _host: &HostName, bmc: &BmcInfo) -> Result<Arc<dyn DynBmc>, BmcFailure> {
+    async fn connect(&self, _host: &HostName, bmc: &BmcInfo) -> Result<Arc<dyn DynBmc>, BmcFailure> {
         Err(BmcFailure {
             message: format!("no BMC driver is wired into this build for {}", bmc.address.scheme()),
             transient: false,
@@ -92,11 +94,15 @@ impl BmcConnector for NoDrivers {
     }
 }
 
-impl<F> BmcConnector for F
+/// A connector from a plain function (tests, simulators).
+pub struct FnConnector<F>(pub F);
+
+#[async_trait]
+impl<F> BmcConnector for FnConnector<F>
 where
     F: Fn(&HostName, &BmcInfo) -> Result<Arc<dyn DynBmc>, BmcFailure> + Send + Sync,
 {
-    fn connect(&self, host: &HostName, bmc: &BmcInfo) -> Result<Arc<dyn DynBmc>, BmcFailure> {
-        self(host, bmc)
+    async fn connect(&self, host: &HostName, bmc: &BmcInfo) -> Result<Arc<dyn DynBmc>, BmcFailure> {
+        (self.0)(host, bmc)
     }
 }

@@ -66,11 +66,14 @@ pub struct Executor {
     config: ExecutorConfig,
     notify: Arc<Notify>,
     calls: Mutex<HashMap<i64, VecDeque<Instant>>>,
-    bmcs: Mutex<HashMap<i64, (String, Arc<dyn DynBmc>)>>,
+    bmcs: Mutex<HashMap<i64, CachedBmc>>,
     action_attempts: Mutex<HashMap<i64, u32>>,
     busy: Mutex<usize>,
     woken: Mutex<std::collections::HashSet<i64>>,
 }
+
+/// A connected BMC and the address+username it was connected with.
+type CachedBmc = (String, Arc<dyn DynBmc>);
 
 struct ActionError {
     failure: BmcFailure,
@@ -191,7 +194,7 @@ impl Executor {
         true
     }
 
-    fn bmc_for(&self, h: &Host) -> Result<Arc<dyn DynBmc>, BmcFailure> {
+    async fn bmc_for(&self, h: &Host) -> Result<Arc<dyn DynBmc>, BmcFailure> {
         let Some(info) = &h.spec.bmc else {
             return Err(BmcFailure {
                 message: "host has no BMC address".into(),
@@ -200,14 +203,13 @@ impl Executor {
             });
         };
         let key = format!("{}|{}", info.address, info.username);
-        let mut m = self.bmcs.lock().expect("bmcs lock");
-        if let Some((k, b)) = m.get(&h.id)
+        if let Some((k, b)) = self.bmcs.lock().expect("bmcs lock").get(&h.id)
             && *k == key
         {
             return Ok(b.clone());
         }
-        let b = self.connector.connect(&h.name, info)?;
-        m.insert(h.id, (key, b.clone()));
+        let b = self.timed("connect", self.connector.connect(&h.name, info)).await?;
+        self.bmcs.lock().expect("bmcs lock").insert(h.id, (key, b.clone()));
         Ok(b)
     }
 
@@ -252,7 +254,7 @@ impl Executor {
         };
         let bmc = if wants_power && h.spec.bmc.is_some() && self.budget(h.id, 1) {
             calls += 1;
-            match self.bmc_for(h) {
+            match self.bmc_for(h).await {
                 Ok(b) => match self.timed("power_state", b.power_state()).await {
                     Ok(p) => BmcObs::Power(p),
                     Err(f) => BmcObs::Failed(f),
@@ -308,9 +310,8 @@ impl Executor {
             Ok(Some(st)) => st.holds_slot(),
             Ok(None) | Err(_) => h.state.holds_slot(),
         };
-        if reserved && !holds {
-            self.release_slot();
-        } else if !reserved && h.state.holds_slot() && !holds {
+        // Give back a slot reserved for nothing, or one the host no longer holds.
+        if (reserved || h.state.holds_slot()) && !holds {
             self.release_slot();
         }
         result.map(|_| ())
@@ -351,7 +352,7 @@ impl Executor {
                     } else {
                         BootPersistence::Persistent
                     };
-                    match self.bmc_for(h) {
+                    match self.bmc_for(h).await {
                         Ok(b) => self.timed("set_boot", b.set_boot(*target, p)).await,
                         Err(f) => Err(f),
                     }
@@ -365,7 +366,7 @@ impl Executor {
                         continue;
                     }
                     *calls += 1;
-                    let r = match self.bmc_for(h) {
+                    let r = match self.bmc_for(h).await {
                         Ok(b) => self.timed("set_power", b.set_power(*pa)).await,
                         Err(f) => Err(f),
                     };
@@ -505,10 +506,10 @@ impl Executor {
     async fn record_change(&self, h: &Host, next: &State, reason: &str, now: Ts) -> Result<(), StoreError> {
         let outcome = if matches!(next, State::Error(_)) { "error" } else { "ok" };
         let (old_sub, new_sub) = (h.state.sub_phase(), next.sub_phase());
-        if old_sub != new_sub {
-            if let Some(o) = &old_sub {
-                self.end_phase(h.id, o, now, outcome).await?;
-            }
+        if old_sub != new_sub
+            && let Some(o) = &old_sub
+        {
+            self.end_phase(h.id, o, now, outcome).await?;
         }
         if next.name() != h.state.name() {
             self.end_phase(h.id, h.state.name(), now, outcome).await?;

@@ -23,6 +23,8 @@ pub struct AppState {
     pub admin_token: Arc<Secret>,
     /// Seconds between agent heartbeats.
     pub heartbeat_secs: u32,
+    /// Counters of the netboot services (all zero when they do not run).
+    pub pxe_counters: Arc<kiln_pxe::PxeCounters>,
 }
 
 /// A JSON error: `{"error": "...", "field": "..."}`.

@@ -10,13 +10,17 @@ pub mod cli;
 pub mod cli_bmc;
 pub mod cli_image;
 pub mod crypto;
+pub mod drivers;
 pub mod executor;
 pub mod http_util;
 pub mod import;
+pub mod kube;
 pub mod machine;
 pub mod metrics;
 pub mod model;
 pub mod netboot;
+pub mod policy;
+pub mod pxe_lookup;
 pub mod server;
 pub mod store;
 #[doc(hidden)]

@@ -7,42 +7,10 @@ use kiln_bmc::{BootMode, BootTarget, PowerAction, PowerState};
 use kiln_images::protocol::{CommandKind, ConfigDrive, Outcome};
 use serde::{Deserialize, Serialize};
 
+pub use crate::policy::{Policy, backoff_ms};
+
 use crate::model::{EraseMode, HostSpec, Requests};
 use crate::types::{HostName, Ts};
-
-/// Timeouts, retry limits and intervals the machine decides with. Configurable per appliance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Policy {
-    /// From power-on to the agent's first heartbeat.
-    pub boot_timeout_secs: u64,
-    /// From queuing a command to its result.
-    pub command_timeout_secs: u64,
-    /// Silence after which a running agent is considered gone.
-    pub heartbeat_timeout_secs: u64,
-    /// Registration attempts and automatic retries of a failed operation.
-    pub max_retries: u32,
-    pub backoff_base_secs: u64,
-    pub backoff_cap_secs: u64,
-    /// How often an idle host is looked at (power-state sync).
-    pub idle_poll_secs: u64,
-    /// How often a busy host is looked at.
-    pub busy_poll_secs: u64,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            boot_timeout_secs: 900,
-            command_timeout_secs: 3600,
-            heartbeat_timeout_secs: 300,
-            max_retries: 3,
-            backoff_base_secs: 5,
-            backoff_cap_secs: 600,
-            idle_poll_secs: 60,
-            busy_poll_secs: 2,
-        }
-    }
-}
 
 /// An operation that can fail; names the Metal3 error type the host shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,15 +239,6 @@ pub struct Decision {
     pub wake: Ts,
     /// Why, in a few words (logged by the executor on a state change).
     pub reason: String,
-}
-
-/// Exponential backoff with jitter and a cap, in milliseconds.
-pub fn backoff_ms(policy: &Policy, retries: u32, jitter: f64) -> i64 {
-    let base = policy.backoff_base_secs.saturating_mul(1000);
-    let exp = base.saturating_mul(1u64 << retries.min(30));
-    let capped = exp.min(policy.backoff_cap_secs.saturating_mul(1000)) as f64;
-    // Full range [50%, 100%] of the capped delay: spreads retries of many hosts failing together.
-    (capped * (0.5 + 0.5 * jitter.clamp(0.0, 1.0))) as i64
 }
 
 /// The command id of a job's boot (one command per boot).

@@ -472,15 +472,6 @@ fn agent_failure_and_silence_become_errors() {
     assert!(matches!(&d.next, State::Error(e) if e.kind == "agent_lost"));
 }
 
-#[test]
-fn backoff_grows_is_capped_and_jittered() {
-    let p = Policy::default();
-    assert!(backoff_ms(&p, 1, 0.0) > backoff_ms(&p, 0, 0.0));
-    assert_eq!(backoff_ms(&p, 40, 1.0), 600_000);
-    assert_eq!(backoff_ms(&p, 40, 0.0), 300_000);
-    assert!(backoff_ms(&p, 2, 0.9) > backoff_ms(&p, 2, 0.1));
-}
-
 fn arb_state() -> impl Strategy<Value = State> {
     let job = (0u8..3, 1u64..5, 0u32..4).prop_map(|(p, boot, retries)| {
         let phase = match p {

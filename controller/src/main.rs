@@ -11,8 +11,6 @@ use kiln::server::{Appliance, Config};
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Bare-metal provisioning appliance")]
 struct Cli {
-    #[command(flatten)]
-    client: ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,11 +41,21 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
-    /// Manage hosts.
-    #[command(subcommand)]
-    Host(HostCmd),
+    /// Manage hosts (a client of a running `kiln serve`).
+    Host {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: HostCmd,
+    },
     /// Enroll Metal3 BareMetalHost manifests (with their credential Secrets) from a multi-document YAML file.
-    Import { file: PathBuf },
+    Import {
+        #[command(flatten)]
+        client: ClientArgs,
+        file: PathBuf,
+    },
+    /// Talk to one BMC directly (debugging).
+    Bmc(kiln::cli_bmc::BmcArgs),
 }
 
 #[tokio::main]
@@ -92,15 +100,20 @@ async fn main() -> anyhow::Result<()> {
             }
             let listener = tokio::net::TcpListener::bind(listen).await?;
             let addr = listener.local_addr()?;
-            // The real BMC drivers and the netboot services are wired in here (see kiln::bmcs::BmcConnector and
-            // kiln::netboot::StoreLookup).
-            let app = Appliance::open(cfg, Arc::new(kiln::bmcs::NoDrivers)).await?;
+            // The netboot services get wired in here through kiln::netboot::StoreLookup (app.lookup(..)).
+            let app = Appliance::open(cfg, Arc::new(kiln::drivers::Drivers::default())).await?;
             tracing::info!(%addr, store = app.store.backend(), "kiln serving");
             kiln::server::run(app, listener, shutdown_signal()).await?;
             tracing::info!("kiln stopped");
         }
-        Command::Host(cmd) => kiln::cli::host(&cli.client, cmd).await?,
-        Command::Import { file } => kiln::cli::import(&cli.client, &file).await?,
+        Command::Host { client, cmd } => kiln::cli::host(&client, cmd).await?,
+        Command::Import { client, file } => kiln::cli::import(&client, &file).await?,
+        Command::Bmc(args) => {
+            if let Err(e) = kiln::cli_bmc::run(args).await {
+                eprintln!("error: {e:#}");
+                std::process::exit(kiln::cli_bmc::exit_code(&e));
+            }
+        }
     }
     Ok(())
 }

@@ -18,12 +18,15 @@ pub enum BootInstructions {
     /// The token is a [`Secret`]: this value can be logged.
     Agent {
         host: String,
+        mac: MacAddr,
         boot: u64,
         token: Secret,
         api_url: String,
     },
     /// Boot from the local disk.
     LocalDisk { host: String },
+    /// A known host that should not network-boot now (lease it an address, offer no boot file).
+    Nothing { host: String },
 }
 
 impl BootInstructions {
@@ -31,12 +34,16 @@ impl BootInstructions {
     pub fn kernel_args(&self) -> Option<String> {
         match self {
             BootInstructions::Agent {
-                host, token, api_url, ..
+                host,
+                mac,
+                token,
+                api_url,
+                ..
             } => Some(format!(
-                "kiln.api={api_url} kiln.token={} kiln.host={host}",
+                "kiln.api={api_url} kiln.token={} kiln.mac={mac} kiln.host={host}",
                 token.expose()
             )),
-            BootInstructions::LocalDisk { .. } => None,
+            BootInstructions::LocalDisk { .. } | BootInstructions::Nothing { .. } => None,
         }
     }
 }
@@ -51,7 +58,8 @@ pub struct StoreLookup {
 
 impl StoreLookup {
     /// Instructions for `mac`, or `None` for a MAC kiln does not own (the DHCP server must then stay silent).
-    /// Every call for a host that should boot the agent mints a new token for the current boot.
+    /// Every call for a host that should boot the agent mints a new token for the current boot (the latest one is
+    /// what the iPXE script carries; all of them die when the phase ends).
     ///
     /// # Errors
     /// The store's error.
@@ -63,7 +71,7 @@ impl StoreLookup {
         match &h.state {
             State::Inspecting(j) | State::Preparing(j) | State::Provisioning(j) | State::Deprovisioning(j) => {
                 if j.phase == JobPhase::Delayed {
-                    return Ok(None);
+                    return Ok(Some(BootInstructions::Nothing { host }));
                 }
                 let token = random_hex(32);
                 self.store
@@ -71,6 +79,7 @@ impl StoreLookup {
                     .await?;
                 Ok(Some(BootInstructions::Agent {
                     host,
+                    mac: *mac,
                     boot: j.boot,
                     token: Secret::new(token),
                     api_url: self.api_url.clone(),
@@ -83,7 +92,7 @@ impl StoreLookup {
             | State::Registering { .. }
             | State::Available { .. }
             | State::Deleting { .. }
-            | State::Error(_) => Ok(None),
+            | State::Error(_) => Ok(Some(BootInstructions::Nothing { host })),
         }
     }
 }

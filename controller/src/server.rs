@@ -67,6 +67,21 @@ pub struct Config {
     pub max_concurrent_jobs: usize,
     pub bmc_calls_per_minute: usize,
     pub policy: Policy,
+    /// Netboot services (DHCP/TFTP/HTTP boot); `None` runs none (the site's DHCP points at kiln, or tests).
+    pub pxe: Option<kiln_pxe::PxeConfig>,
+    /// The agent ramdisk the per-host iPXE script boots.
+    pub agent_boot: Option<AgentBootConfig>,
+}
+
+/// Kernel and initramfs of the kiln-agent ramdisk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentBootConfig {
+    pub kernel_url: url::Url,
+    pub initrd_url: url::Url,
+    /// Extra kernel arguments (`console=ttyS0`).
+    #[serde(default)]
+    pub cmdline: String,
 }
 
 impl Default for Config {
@@ -80,6 +95,8 @@ impl Default for Config {
             max_concurrent_jobs: e.max_concurrent_jobs,
             bmc_calls_per_minute: e.bmc_calls_per_minute,
             policy: Policy::default(),
+            pxe: None,
+            agent_boot: None,
         }
     }
 }
@@ -104,7 +121,7 @@ pub struct Appliance {
     pub state: AppState,
     pub executor: Arc<Executor>,
     pub store: Arc<dyn Store>,
-    config: Config,
+    pub config: Config,
 }
 
 /// Path of the admin token file in a data directory.
@@ -146,6 +163,7 @@ impl Appliance {
             metrics,
             admin_token: Arc::new(Secret::new(token)),
             heartbeat_secs: config.heartbeat_secs,
+            pxe_counters: Arc::default(),
         };
         Ok(Self {
             state,
@@ -198,10 +216,13 @@ async fn metrics(AxState(app): AxState<AppState>) -> Result<impl IntoResponse, A
             .entry((h.state.name().to_owned(), h.state.operational_status().to_owned()))
             .or_default() += 1;
     }
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(&by_state),
-    ))
+    let mut text = app.metrics.render(&by_state);
+    text.push_str("# HELP kiln_pxe_events_total DHCP, TFTP and HTTP boot counters.\n");
+    text.push_str("# TYPE kiln_pxe_events_total counter\n");
+    for (name, v) in app.pxe_counters.snapshot() {
+        text.push_str(&format!("kiln_pxe_events_total{{event=\"{name}\"}} {v}\n"));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -222,10 +243,32 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let cancel = CancellationToken::new();
+    let mut http = router(app.state.clone());
+    // Netboot: DHCP/TFTP services and the /boot routes (per-host iPXE scripts, ramdisk and image files).
+    let mut pxe = None;
+    if let Some(pxe_cfg) = app.config.pxe.clone() {
+        let boot = app.config.agent_boot.clone().ok_or_else(|| {
+            std::io::Error::other("[pxe] is configured but [agent_boot] (the agent kernel and initramfs URLs) is not")
+        })?;
+        let api_url = format!("http://{}", listener.local_addr()?);
+        let lookup: Arc<dyn kiln_pxe::HostLookup> = Arc::new(crate::pxe_lookup::PxeLookup {
+            lookup: app.lookup(&api_url),
+            kernel_url: boot.kernel_url,
+            initrd_url: boot.initrd_url,
+            extra_cmdline: boot.cmdline,
+        });
+        let counters = app.state.pxe_counters.clone();
+        let services = kiln_pxe::spawn(pxe_cfg.clone(), lookup.clone(), counters.clone(), cancel.clone())
+            .await
+            .map_err(|e| std::io::Error::other(crate::bmcs::chain(&e)))?;
+        http = http.merge(kiln_pxe::http::router(lookup, pxe_cfg.files_dir(), counters));
+        tracing::info!(mode = ?pxe_cfg.dhcp.mode, interface = %pxe_cfg.dhcp.interface, "netboot services started");
+        pxe = Some(services);
+    }
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(app.executor.clone().run(cancel.clone()));
     let c = cancel.clone();
-    let served = axum::serve(listener, router(app.state.clone()))
+    let served = axum::serve(listener, http)
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = shutdown => {}
@@ -235,6 +278,11 @@ pub async fn run(
         .await;
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
+    if let Some(services) = pxe
+        && let Err(e) = services.wait().await
+    {
+        tracing::warn!(error = %crate::bmcs::chain(&e), "netboot services stopped with an error");
+    }
     served
 }
 

@@ -116,7 +116,8 @@ pub const BMC_SCHEMES: &[&str] = &[
 
 /// A BMC address URL such as `redfish+http://10.0.0.5:8000/redfish/v1/Systems/1` or `ipmi://10.0.0.6:623`.
 ///
-/// The driver crate parses it into its own enum when connecting; here it is only validated.
+/// Validated with `kiln_bmc`'s parser (Metal3 schemes: `redfish[+http|+https]`, `redfish-virtualmedia`,
+/// `idrac-redfish`, `idrac-virtualmedia`, `ipmi`); the driver parses it again into its enum when connecting.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BmcAddress(String);
 

@@ -3,6 +3,7 @@
 //! Start with [`service::spawn`] (DHCP + TFTP tasks) and mount [`http::router`] on the HTTP listener. The DHCP logic
 //! is pure in [`dhcp::decide`]; sockets live in [`dhcp::server`].
 
+pub mod clients;
 pub mod config;
 pub mod counters;
 pub mod dhcp;

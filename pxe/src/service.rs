@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::ClientMap;
 use crate::config::{DhcpMode, PxeConfig};
 use crate::counters::PxeCounters;
 use crate::dhcp::DhcpServer;
@@ -131,6 +132,7 @@ pub async fn spawn(
     let cfg = Arc::new(cfg);
     let mut tasks = JoinSet::new();
     let mut tftp_addr = None;
+    let clients = Arc::new(ClientMap::default());
     if cfg.tftp.enabled
         && let Some(ip) = server_ip
     {
@@ -138,6 +140,10 @@ pub async fn spawn(
             SocketAddr::from((ip, cfg.tftp.port)),
             cfg.files_dir(),
             counters.clone(),
+            Some(crate::tftp::TftpEvents {
+                lookup: lookup.clone(),
+                clients: clients.clone(),
+            }),
             cancel.clone(),
         )
         .await?;
@@ -147,7 +153,7 @@ pub async fn spawn(
     if cfg.dhcp.mode != DhcpMode::Off
         && let Some(ip) = server_ip
     {
-        let server = DhcpServer::bind(cfg.clone(), ip, lookup, counters.clone())?;
+        let server = DhcpServer::bind(cfg.clone(), ip, lookup, counters.clone(), clients)?;
         let c = cancel.clone();
         tasks.spawn(async move { ("dhcp", server.run(c).await) });
     }

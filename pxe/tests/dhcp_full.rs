@@ -166,3 +166,64 @@ fn full_mode_with_udhcpc_and_dhclient_and_restart() {
     assert!(log.contains("dhcp_acks\", 2"), "{log}");
     let _ = Command::new("true").status();
 }
+
+/// Discovery on: an unknown MAC gets an address from the range (and is reported), a plain client gets no boot
+/// file; perfdhcp, which speaks as a relay agent (`giaddr` = its address), gets its answers sent to the relay.
+#[test]
+fn discovery_and_relayed_requests_from_perfdhcp() {
+    let mut lab = Lab::new();
+    lab.add_client("cu", MAC_C);
+    lab.add_client("rl", "02:99:00:00:00:ee");
+    let out = Command::new("ip")
+        .args(["-n", &lab.cli, "addr", "add", "10.99.0.30/24", "dev", "rl"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut cfg = config(&lab);
+    cfg["dhcp"]["discovery"] = json!(true);
+    cfg["dhcp"]["subnets"][0]["range_end"] = json!("10.99.0.199");
+    let kiln = lab.start_kiln("kiln", &cfg, &hosts(), None);
+
+    // Plain (non-PXE) DHCP client with an unknown MAC.
+    let script = write_script(
+        lab.dir.path(),
+        "plain.sh",
+        "#!/bin/sh\n[ \"$1\" = bound ] && env > \"$OUT\"\nexit 0\n",
+    );
+    let envf = lab.dir.path().join("plain.env");
+    let mut cmd = Lab::netns_cmd(&lab.cli, "udhcpc");
+    cmd.args(["-i", "cu", "-f", "-q", "-n", "-t", "3", "-T", "1", "-s"])
+        .arg(&script)
+        .env("OUT", &envf);
+    let (in_time, ok, text) = run_with_timeout(&mut cmd, Duration::from_secs(20));
+    assert!(in_time && ok, "discovery should lease to an unknown MAC: {text}");
+    let c = env_lines(&std::fs::read_to_string(&envf).unwrap());
+    assert!(c["ip"].starts_with("10.99.0.1"), "{c:?}");
+    assert!(!c.contains_key("boot_file"), "plain client got a boot file: {c:?}");
+
+    // perfdhcp as a relay: 200 four-way exchanges from 100 simulated clients.
+    let mut perf = Lab::netns_cmd(&lab.cli, "perfdhcp");
+    perf.args(["-4", "-l", "rl", "-r", "50", "-n", "200", "-R", "100"]);
+    let (in_time, _, text) = run_with_timeout(&mut perf, Duration::from_secs(60));
+    assert!(in_time, "perfdhcp hung: {text}");
+    let received: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("received packets: "))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    assert_eq!(received.len(), 2, "perfdhcp output: {text}");
+    assert!(
+        received.iter().all(|&n| n >= 100),
+        "too few answers through the relay path: {text}"
+    );
+
+    let log = lab.stop(&kiln);
+    assert!(
+        log.contains("to=10.99.0.30:67"),
+        "replies did not go to the relay:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("[\"{MAC_C}\",{{\"event\":\"unknown_mac_seen\"")),
+        "{log}"
+    );
+}

@@ -215,6 +215,7 @@ async fn windowsize_transfer_and_malformed_datagrams_on_loopback() {
         "127.0.0.1:0".parse().unwrap(),
         dir.path().to_owned(),
         counters.clone(),
+        None,
         cancel.clone(),
     )
     .await

@@ -7,12 +7,14 @@
 
 pub mod cmd;
 pub mod ipmi;
+pub mod kube;
 pub mod lab;
 pub mod libvirt;
 pub mod logs;
 pub mod netns;
 pub mod osimage;
 pub mod qemu;
+pub mod ramdisk;
 pub mod state;
 pub mod sushy;
 

@@ -124,8 +124,21 @@ async fn result(State(app): State<Arc<Appliance>>, h: HeaderMap, Json(r): Json<C
 }
 
 /// Starts the appliance on `127.0.0.1:0`; returns it and its port. The server task ends with the runtime.
-/// Files under `files` are served at `/files/...` (with Range support).
+/// Starts the appliance on `127.0.0.1:0`; returns it and its port.
 pub async fn start_appliance(token: &str, script: Vec<CommandKind>, files: &Path) -> (Arc<Appliance>, u16) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (serve(listener, token, script, files), port)
+}
+
+/// Starts the appliance on a given loopback port.
+pub async fn start_appliance_on(port: u16, token: &str, script: Vec<CommandKind>, files: &Path) -> Arc<Appliance> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    serve(listener, token, script, files)
+}
+
+/// Files under `files` are served at `/files/...` (with Range support). The server task ends with the runtime.
+fn serve(listener: tokio::net::TcpListener, token: &str, script: Vec<CommandKind>, files: &Path) -> Arc<Appliance> {
     let app = Arc::new(Appliance {
         token: token.to_string(),
         script: Mutex::new(
@@ -145,10 +158,8 @@ pub async fn start_appliance(token: &str, script: Vec<CommandKind>, files: &Path
         .route("/agent/v1/result", post(result))
         .with_state(app.clone())
         .nest_service("/files", tower_http::services::ServeDir::new(files));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (app, port)
+    app
 }
 
 /// A QEMU process killed (by PID) on drop; its serial console goes to `serial`.
@@ -181,7 +192,12 @@ pub struct VmSpec {
 
 impl Vm {
     pub fn start(r: &Ramdisk, spec: &VmSpec, dir: &Path) -> Vm {
-        let serial = dir.join("serial.log");
+        Vm::boot(&r.kernel, &r.initramfs, spec, dir, "serial.log")
+    }
+
+    /// Direct kernel boot of `kernel` + `initrd`; the console goes to `dir/serial_name`.
+    pub fn boot(kernel: &Path, initrd: &Path, spec: &VmSpec, dir: &Path, serial_name: &str) -> Vm {
+        let serial = dir.join(serial_name);
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
             "-accel",
@@ -196,9 +212,9 @@ impl Vm {
         ])
         .args(["-smp", &spec.cpus.to_string(), "-m", &spec.memory_mib.to_string()])
         .arg("-kernel")
-        .arg(&r.kernel)
+        .arg(kernel)
         .arg("-initrd")
-        .arg(&r.initramfs)
+        .arg(initrd)
         .args(["-append", &spec.append])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
@@ -216,8 +232,8 @@ impl Vm {
         .args(["-smbios", &format!("type=1,serial={}", spec.system_serial)])
         .args(["-uuid", &spec.uuid])
         .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(dir.join("qemu.stdout")).unwrap())
-        .stderr(std::fs::File::create(dir.join("qemu.stderr")).unwrap());
+        .stdout(std::fs::File::create(dir.join(format!("{serial_name}.qemu-stdout"))).unwrap())
+        .stderr(std::fs::File::create(dir.join(format!("{serial_name}.qemu-stderr"))).unwrap());
         for (i, extra) in spec.extra_disks.iter().enumerate() {
             cmd.arg("-drive")
                 .arg(format!(

@@ -90,6 +90,9 @@ macro_rules! sql_store {
             }
 
             async fn create_host(&self, name: &HostName, spec: &HostSpec, now: Ts) -> Result<Host, StoreError> {
+                if self.host(name).await?.is_some() {
+                    return Err(StoreError::HostExists { host: name.to_string() });
+                }
                 let mut row = HostRow { name: name.to_string(), generation: 1, created_ms: now.0, updated_ms: now.0, ..Default::default() };
                 row.set_spec(spec, &self.key)?;
                 row.set_status(&StatusUpdate {
@@ -116,7 +119,7 @@ macro_rules! sql_store {
                         row.into_host(&self.key)
                     }
                     Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
-                        if e.to_string().contains("boot_mac") {
+                        if e.to_string().contains("boot_mac") && !e.to_string().contains("hosts.name") && !e.to_string().contains("hosts_name_key") {
                             Err(StoreError::MacInUse { mac: row.boot_mac.unwrap_or_default() })
                         } else {
                             Err(StoreError::HostExists { host: name.to_string() })

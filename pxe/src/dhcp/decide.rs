@@ -73,16 +73,31 @@ pub fn subnet_for<'a>(ctx: &Ctx<'a>, req: &Message) -> Option<&'a SubnetConfig> 
     ctx.dhcp.subnets.iter().find(|s| s.contains(anchor))
 }
 
-/// RFC 2131 §4.1: relay → `giaddr`:67; NAK → broadcast; `ciaddr` set → unicast there; else broadcast. (A unicast to
-/// `yiaddr` for clients without the broadcast flag would need an ARP entry; broadcasting reaches them as well.)
-pub fn destination(req: &Message, kind: MessageType, ctx: &Ctx<'_>) -> SocketAddrV4 {
+/// RFC 2131 §4.1: relay → `giaddr`:67; NAK → broadcast; `ciaddr` set → unicast there; broadcast flag set →
+/// broadcast; otherwise unicast to `yiaddr` (the socket loop first inserts an ARP entry for it, see
+/// [`needs_arp`]).
+pub fn destination(req: &Message, kind: MessageType, yiaddr: Ipv4Addr, ctx: &Ctx<'_>) -> SocketAddrV4 {
     if !req.giaddr().is_unspecified() {
         return SocketAddrV4::new(req.giaddr(), ctx.dhcp.server_port);
     }
-    if kind != MessageType::Nak && !req.ciaddr().is_unspecified() {
+    if kind == MessageType::Nak {
+        return SocketAddrV4::new(Ipv4Addr::BROADCAST, ctx.dhcp.client_port);
+    }
+    if !req.ciaddr().is_unspecified() {
         return SocketAddrV4::new(req.ciaddr(), ctx.dhcp.client_port);
     }
-    SocketAddrV4::new(Ipv4Addr::BROADCAST, ctx.dhcp.client_port)
+    if req.flags().broadcast() || yiaddr.is_unspecified() {
+        return SocketAddrV4::new(Ipv4Addr::BROADCAST, ctx.dhcp.client_port);
+    }
+    SocketAddrV4::new(yiaddr, ctx.dhcp.client_port)
+}
+
+/// Whether sending `reply` to `to` needs an ARP entry first: a unicast to a client that has no address yet.
+pub fn needs_arp(req: &Message, reply: &Message, to: &SocketAddrV4) -> bool {
+    req.giaddr().is_unspecified()
+        && req.ciaddr().is_unspecified()
+        && !reply.yiaddr().is_unspecified()
+        && *to.ip() == reply.yiaddr()
 }
 
 /// A reply skeleton: BOOTREPLY with the request's xid, flags, giaddr and chaddr, and options 53 and 54.
@@ -139,19 +154,17 @@ fn choose_boot(ctx: &Ctx<'_>, req: &Message, mac: MacAddr, host: Option<&BootHos
     (client, classify::boot_file(client, mac, ctx.boot))
 }
 
-/// Puts the boot file in `file` (and option 67 when asked for), `siaddr` for TFTP, and option 60 for HTTP boot.
-fn add_boot(m: &mut Message, req: &Message, client: Client, file: &BootFile, server: Ipv4Addr) {
-    if let BootFile::Tftp(_) = file {
-        m.set_siaddr(server);
-    }
+/// Puts the boot file in `file` and option 67, our address in `siaddr`, and option 60 for HTTP boot.
+///
+/// iPXE accepts a proxyDHCP answer only with both a non-zero `siaddr` and option 67 (its `dhcp_has_pxeopts`), so
+/// both are always set, whether the file is fetched by TFTP or is a URL.
+fn add_boot(m: &mut Message, client: Client, file: &BootFile, server: Ipv4Addr) {
+    m.set_siaddr(server);
     if file.as_str().len() < 128 {
         m.set_fname_str(file.as_str());
     }
-    let asked_67 = matches!(req.opts().get(OptionCode::ParameterRequestList), Some(DhcpOption::ParameterRequestList(l)) if l.contains(&OptionCode::BootfileName));
-    if asked_67 || file.as_str().len() >= 128 {
-        m.opts_mut()
-            .insert(DhcpOption::BootfileName(file.as_str().as_bytes().to_vec()));
-    }
+    m.opts_mut()
+        .insert(DhcpOption::BootfileName(file.as_str().as_bytes().to_vec()));
     if let Client::Http(_) = client {
         // UEFI 2.x §24.7.3: the offer must carry "HTTPClient" in option 60 for the firmware to accept the URL.
         m.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
@@ -202,7 +215,7 @@ pub fn full(ctx: &Ctx<'_>, table: &mut LeaseTable, req: &Message, mac: MacAddr, 
             add_subnet_opts(&mut m, subnet, host);
             let (client, file) = choose_boot(ctx, req, mac, host);
             if let Some(f) = &file {
-                add_boot(&mut m, req, client, f, ctx.server);
+                add_boot(&mut m, client, f, ctx.server);
             }
             let mut events = Vec::new();
             if host.is_none() {
@@ -214,7 +227,7 @@ pub fn full(ctx: &Ctx<'_>, table: &mut LeaseTable, req: &Message, mac: MacAddr, 
                 ip: Some(ip),
                 boot_file: file.map(|f| f.as_str().to_owned()),
             });
-            let to = destination(req, MessageType::Offer, ctx);
+            let to = destination(req, MessageType::Offer, ip, ctx);
             Decision {
                 reply: Some((m, to)),
                 journal: vec![],
@@ -257,7 +270,7 @@ pub fn full(ctx: &Ctx<'_>, table: &mut LeaseTable, req: &Message, mac: MacAddr, 
             if expected != Some(asked) {
                 // We own this client (it is in our inventory): a NAK sends it back to DISCOVER at once.
                 let m = reply_to(req, MessageType::Nak, ctx.server);
-                let to = destination(req, MessageType::Nak, ctx);
+                let to = destination(req, MessageType::Nak, Ipv4Addr::UNSPECIFIED, ctx);
                 return Decision {
                     reply: Some((m, to)),
                     reason: "nak",
@@ -278,9 +291,9 @@ pub fn full(ctx: &Ctx<'_>, table: &mut LeaseTable, req: &Message, mac: MacAddr, 
             add_subnet_opts(&mut m, subnet, host);
             let (client, file) = choose_boot(ctx, req, mac, host);
             if let Some(f) = &file {
-                add_boot(&mut m, req, client, f, ctx.server);
+                add_boot(&mut m, client, f, ctx.server);
             }
-            let to = destination(req, MessageType::Ack, ctx);
+            let to = destination(req, MessageType::Ack, asked, ctx);
             let events = vec![BootEvent::DhcpAckSent {
                 ip: Some(asked),
                 boot_file: file.map(|f| f.as_str().to_owned()),
@@ -345,7 +358,7 @@ pub fn full(ctx: &Ctx<'_>, table: &mut LeaseTable, req: &Message, mac: MacAddr, 
             let mut m = reply_to(req, MessageType::Ack, ctx.server);
             m.set_ciaddr(req.ciaddr());
             add_subnet_opts(&mut m, subnet, host);
-            let to = destination(req, MessageType::Ack, ctx);
+            let to = destination(req, MessageType::Ack, Ipv4Addr::UNSPECIFIED, ctx);
             Decision {
                 reply: Some((m, to)),
                 reason: "inform",
@@ -398,7 +411,7 @@ pub fn proxy(
     };
     let reply_kind = if on_4011 { MessageType::Ack } else { MessageType::Offer };
     let mut m = reply_to(req, reply_kind, ctx.server);
-    add_boot(&mut m, req, client, &file, ctx.server);
+    add_boot(&mut m, client, &file, ctx.server);
     let o = m.opts_mut();
     if !matches!(client, Client::Http(_)) {
         o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));

@@ -115,7 +115,9 @@ fn reserved_bios_client_full_dora() {
         Some(&h),
     );
     let (offer, to) = out.reply.unwrap();
-    assert_eq!(to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+    // no broadcast flag: unicast to the offered address (after an ARP entry), RFC 2131 §4.1
+    assert_eq!(to, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 42), 68));
+    assert!(needs_arp(&req(MessageType::Discover, mac(1), vec![]), &offer, &to));
     assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
     assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 0, 0, 42));
     assert_eq!(offer.siaddr(), SERVER);
@@ -133,6 +135,11 @@ fn reserved_bios_client_full_dora() {
     let (ack, _) = out.reply.unwrap();
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(out.journal.len(), 1);
+    // with the broadcast flag: broadcast
+    let mut r = req(MessageType::Discover, mac(1), pxe_bios());
+    r.set_flags(Flags::default().set_broadcast());
+    let (_, to) = full(&c, &mut t, &r, mac(1), Some(&h)).reply.unwrap();
+    assert_eq!(to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
     assert_eq!(t.get(mac(1)).unwrap().state, LeaseState::Bound);
     assert_eq!(t.get(mac(1)).unwrap().expires, 100 + 3600);
 }
@@ -383,4 +390,117 @@ fn http_boot_client_gets_url_and_option_60_echo() {
     assert!(
         matches!(offer.opts().get(OptionCode::ClassIdentifier), Some(DhcpOption::ClassIdentifier(v)) if v == b"HTTPClient")
     );
+}
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn addr() -> impl Strategy<Value = Ipv4Addr> {
+        prop_oneof![
+            Just(Ipv4Addr::UNSPECIFIED),
+            (100u8..=110).prop_map(|n| Ipv4Addr::new(10, 0, 0, n)),
+            (10u8..=12).prop_map(|n| Ipv4Addr::new(10, 5, 0, n)),
+            Just(SERVER),
+            any::<u32>().prop_map(Ipv4Addr::from),
+        ]
+    }
+
+    fn kind() -> impl Strategy<Value = MessageType> {
+        (1u8..=10).prop_map(MessageType::from)
+    }
+
+    #[derive(Debug, Clone)]
+    struct Req {
+        kind: MessageType,
+        mac: u8,
+        ciaddr: Ipv4Addr,
+        giaddr: Ipv4Addr,
+        requested: Option<Ipv4Addr>,
+        sid: Option<Ipv4Addr>,
+        class: Option<Vec<u8>>,
+        arch: Option<u16>,
+        ipxe: bool,
+    }
+
+    fn req_strategy() -> impl Strategy<Value = Req> {
+        (
+            kind(),
+            0u8..6,
+            addr(),
+            prop_oneof![3 => Just(Ipv4Addr::UNSPECIFIED), 1 => addr()],
+            proptest::option::of(addr()),
+            proptest::option::of(prop_oneof![Just(SERVER), addr()]),
+            proptest::option::of(prop_oneof![
+                Just(b"PXEClient:Arch:00000".to_vec()),
+                Just(b"HTTPClient".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..20)
+            ]),
+            proptest::option::of(any::<u16>()),
+            any::<bool>(),
+        )
+            .prop_map(|(kind, mac, ciaddr, giaddr, requested, sid, class, arch, ipxe)| Req {
+                kind,
+                mac,
+                ciaddr,
+                giaddr,
+                requested,
+                sid,
+                class,
+                arch,
+                ipxe,
+            })
+    }
+
+    fn build(r: &Req) -> Message {
+        let mut opts = vec![];
+        if let Some(ip) = r.requested {
+            opts.push(DhcpOption::RequestedIpAddress(ip));
+        }
+        if let Some(ip) = r.sid {
+            opts.push(DhcpOption::ServerIdentifier(ip));
+        }
+        if let Some(c) = &r.class {
+            opts.push(DhcpOption::ClassIdentifier(c.clone()));
+        }
+        if let Some(a) = r.arch {
+            opts.push(DhcpOption::ClientSystemArchitecture(Architecture::from(a)));
+        }
+        if r.ipxe {
+            opts.push(DhcpOption::UserClass(b"iPXE".to_vec()));
+        }
+        let mut m = req(r.kind, mac(r.mac), opts);
+        m.set_ciaddr(r.ciaddr);
+        m.set_giaddr(r.giaddr);
+        m
+    }
+
+    proptest! {
+        /// Whatever clients send, in whatever order: no panic, no address bound to two MACs at once, every reply is a
+        /// BOOTREPLY with our server identifier, and unknown MACs (mac 0) never get a reply in full mode.
+        #[test]
+        fn full_mode_invariants(reqs in proptest::collection::vec(req_strategy(), 1..60)) {
+            let (d, b) = (dhcp_cfg(), boot_cfg());
+            let mut t = LeaseTable::default();
+            for (i, r) in reqs.iter().enumerate() {
+                let c = ctx(&d, &b, 1000 + i as u64);
+                let m = build(r);
+                let host = (r.mac != 0).then(|| host((r.mac == 1).then_some(Ipv4Addr::new(10, 0, 0, 42)), BootAction::LocalDisk));
+                let out = full(&c, &mut t, &m, mac(r.mac), host.as_ref());
+                if let Some((reply, _)) = &out.reply {
+                    prop_assert_eq!(reply.opcode(), Opcode::BootReply);
+                    prop_assert!(matches!(reply.opts().get(OptionCode::ServerIdentifier), Some(DhcpOption::ServerIdentifier(s)) if *s == SERVER));
+                    prop_assert!(r.mac != 0, "unknown MAC got {:?}", reply.opts().msg_type());
+                }
+                let mut seen = std::collections::HashMap::new();
+                for l in t.iter().filter(|l| l.state == LeaseState::Bound && l.expires > c.now) {
+                    if let Some(other) = seen.insert(l.ip, l.mac) {
+                        prop_assert!(other == l.mac, "{} bound to {} and {}", l.ip, other, l.mac);
+                    }
+                }
+                let _ = proxy(&c, &m, mac(r.mac), host.as_ref(), i % 2 == 0, SocketAddrV4::new(r.ciaddr, 68));
+            }
+        }
+    }
 }

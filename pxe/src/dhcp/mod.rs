@@ -1,5 +1,6 @@
 //! DHCPv4: client classification, the lease table and journal, pure decisions, and the socket loop.
 
+pub mod arp;
 pub mod classify;
 pub mod decide;
 pub mod leases;

@@ -13,6 +13,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::clients::ClientMap;
 use crate::config::{DhcpMode, PxeConfig};
 use crate::counters::{PxeCounters, bump};
 use crate::dhcp::decide::{self, Ctx, Decision};
@@ -122,6 +123,8 @@ pub struct DhcpServer {
     journal: Option<LeaseJournal>,
     sock: UdpSocket,
     sock_4011: Option<UdpSocket>,
+    clients: Arc<ClientMap>,
+    neigh: Option<crate::dhcp::arp::Neighbours>,
 }
 
 impl DhcpServer {
@@ -134,6 +137,7 @@ impl DhcpServer {
         server_ip: Ipv4Addr,
         lookup: Arc<dyn HostLookup>,
         counters: Arc<PxeCounters>,
+        clients: Arc<ClientMap>,
     ) -> Result<Self, PxeError> {
         let iface = cfg.dhcp.interface.clone();
         let sock = bind_udp("dhcp", &iface, cfg.dhcp.server_port)?;
@@ -157,6 +161,8 @@ impl DhcpServer {
             journal,
             sock,
             sock_4011,
+            clients,
+            neigh: crate::dhcp::arp::Neighbours::open(&iface).ok(),
         })
     }
 
@@ -244,10 +250,26 @@ impl DhcpServer {
                 } else {
                     &self.sock
                 };
+                let mut to = *to;
+                if decide::needs_arp(&msg, reply, &to) {
+                    let res = match self.neigh.as_mut() {
+                        Some(n) => n.insert(*to.ip(), mac),
+                        None => Err(std::io::ErrorKind::Unsupported.into()),
+                    };
+                    if let Err(e) = res {
+                        // No neighbour entry, no unicast: broadcasting still reaches the client.
+                        tracing::debug!(error = %e, "neighbour entry failed, broadcasting");
+                        to = SocketAddrV4::new(Ipv4Addr::BROADCAST, self.cfg.dhcp.client_port);
+                    }
+                }
                 match reply.to_vec() {
-                    Ok(bytes) => match sock.send_to(&bytes, SocketAddr::V4(*to)).await {
+                    Ok(bytes) => match sock.send_to(&bytes, SocketAddr::V4(to)).await {
                         Ok(_) => {
                             use dhcproto::v4::MessageType as M;
+                            self.clients.note(reply.yiaddr(), mac);
+                            if on_4011 {
+                                self.clients.note(*from.ip(), mac);
+                            }
                             match kind {
                                 Some(M::Offer) => bump(&self.counters.dhcp_offers),
                                 Some(M::Ack) => bump(&self.counters.dhcp_acks),

@@ -113,6 +113,12 @@ impl Lab {
         site
     }
 
+    /// A persistent tap `name` in the server namespace, on the bridge, for a QEMU VM.
+    pub fn add_tap(&self, name: &str) {
+        sh(&["ip", "-n", &self.srv, "tuntap", "add", "dev", name, "mode", "tap"]);
+        sh(&["ip", "-n", &self.srv, "link", "set", name, "master", "br0", "up"]);
+    }
+
     pub fn netns_cmd(ns: &str, prog: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns, prog]);
@@ -251,6 +257,21 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> (bool, bool, Stri
             return (false, false, text);
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `path` until it contains `needle` or `limit` passes; returns the file's text.
+pub fn wait_for_text(path: &Path, needle: &str, limit: Duration) -> (bool, String) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+        if text.contains(needle) {
+            return (true, text);
+        }
+        if Instant::now() > deadline {
+            return (false, text);
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

@@ -1,0 +1,257 @@
+//! Claiming a BareMetalHost for a KilnMachine: pick an `available`, unconsumed host matching the machine's
+//! `hostSelector` (failure domain preferred), and take it with an update guarded by the host's `resourceVersion`, so
+//! that two machines racing for one host cannot both win: the API server rejects the second write with 409 Conflict
+//! and the loser re-reads and picks another host or waits.
+//!
+//! A claim is recorded only on the host (`spec.consumerRef`), so it survives a restart of kiln: a machine asking again
+//! gets back the host it already holds ([`choose_host`] prefers it), and no host is claimed twice.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ObjectReference, SecretReference};
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+
+use super::bmh::{BareMetalHost, Image, ProvisioningState};
+use super::capi::{HostSelector, KilnMachine};
+
+/// Label that puts a host into a failure domain.
+pub const FAILURE_DOMAIN_LABEL: &str = "kiln.dev/failure-domain";
+
+/// Whether `labels` satisfy the selector (Kubernetes LabelSelector semantics; an empty selector matches all).
+pub fn selector_matches(sel: &HostSelector, labels: &BTreeMap<String, String>) -> bool {
+    sel.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        && sel.match_expressions.iter().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            let got = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => got.is_some_and(|g| values.contains(g)),
+                "NotIn" => got.is_none_or(|g| !values.contains(g)),
+                "Exists" => got.is_some(),
+                "DoesNotExist" => got.is_none(),
+                _ => false, // unknown operators match nothing, as in Kubernetes
+            }
+        })
+}
+
+/// Whether `host` is consumed by `consumer` (same kind, namespace and name).
+pub fn consumed_by(host: &BareMetalHost, consumer: &ObjectReference) -> bool {
+    host.spec
+        .consumer_ref
+        .as_ref()
+        .is_some_and(|c| c.kind == consumer.kind && c.name == consumer.name && c.namespace == consumer.namespace)
+}
+
+/// The host to claim (pure): the one `consumer` already holds, else an available, unconsumed, not deleted, not paused
+/// host matching `selector`, preferring `failure_domain`, then by name.
+pub fn choose_host<'a>(
+    hosts: &'a [BareMetalHost],
+    selector: &HostSelector,
+    failure_domain: Option<&str>,
+    consumer: &ObjectReference,
+) -> Option<&'a BareMetalHost> {
+    if let Some(mine) = hosts.iter().find(|h| consumed_by(h, consumer)) {
+        return Some(mine);
+    }
+    let mut free: Vec<&BareMetalHost> = hosts
+        .iter()
+        .filter(|h| {
+            h.spec.consumer_ref.is_none()
+                && h.metadata.deletion_timestamp.is_none()
+                && !h.is_paused()
+                && !h.is_detached()
+                && matches!(h.state(), ProvisioningState::Available | ProvisioningState::Ready)
+                && selector_matches(selector, h.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
+        })
+        .collect();
+    free.sort_by_key(|h| {
+        let in_fd =
+            failure_domain.is_some_and(|fd| h.labels().get(FAILURE_DOMAIN_LABEL).map(String::as_str) == Some(fd));
+        (!in_fd, h.name_any())
+    });
+    free.first().copied()
+}
+
+/// What a claim writes into the host.
+#[derive(Clone, Debug, Default)]
+pub struct Claim {
+    pub image: Option<Image>,
+    /// The bootstrap data Secret (same namespace), written to the config drive as user data.
+    pub user_data_secret: Option<String>,
+    pub network_data_secret: Option<String>,
+}
+
+/// The `consumerRef` for a KilnMachine.
+pub fn consumer_ref(machine: &KilnMachine) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(KilnMachine::api_version(&()).into_owned()),
+        kind: Some(KilnMachine::kind(&()).into_owned()),
+        name: machine.metadata.name.clone(),
+        namespace: machine.metadata.namespace.clone(),
+        uid: machine.metadata.uid.clone(),
+        ..Default::default()
+    }
+}
+
+/// Claims a host for `machine`; `Ok(None)` when no host is free (the caller waits and retries).
+/// Retries on 409 Conflict (another claimer won the host it chose) with a fresh list.
+pub async fn claim_host(client: &Client, machine: &KilnMachine, claim: &Claim) -> Result<Option<String>, kube::Error> {
+    let ns = machine.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<BareMetalHost> = Api::namespaced(client.clone(), &ns);
+    let consumer = consumer_ref(machine);
+    for _ in 0..10 {
+        let hosts = api.list(&ListParams::default()).await?.items;
+        let Some(host) = choose_host(
+            &hosts,
+            &machine.spec.host_selector,
+            machine.spec.failure_domain.as_deref(),
+            &consumer,
+        ) else {
+            return Ok(None);
+        };
+        if consumed_by(host, &consumer) {
+            return Ok(Some(host.name_any()));
+        }
+        let mut taken = host.clone(); // carries metadata.resourceVersion: the update is conditional on it
+        taken.spec.consumer_ref = Some(consumer.clone());
+        taken.spec.online = true;
+        if let Some(image) = &claim.image {
+            taken.spec.image = Some(image.clone());
+        }
+        let secret = |name: &String| SecretReference {
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+        };
+        if let Some(s) = &claim.user_data_secret {
+            taken.spec.user_data = Some(secret(s));
+        }
+        if let Some(s) = &claim.network_data_secret {
+            taken.spec.network_data = Some(secret(s));
+        }
+        match api.replace(&host.name_any(), &PostParams::default(), &taken).await {
+            Ok(h) => return Ok(Some(h.name_any())),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue, // lost the race for this host: look again
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Releases the host `machine` holds: clears consumerRef, image and data, powers it off (the host controller then
+/// deprovisions it back to `available`). Guarded by resourceVersion like the claim; retried on conflict.
+pub async fn release_host(client: &Client, machine: &KilnMachine) -> Result<Option<String>, kube::Error> {
+    let ns = machine.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<BareMetalHost> = Api::namespaced(client.clone(), &ns);
+    let consumer = consumer_ref(machine);
+    for _ in 0..10 {
+        let hosts = api.list(&ListParams::default()).await?.items;
+        let Some(host) = hosts.iter().find(|h| consumed_by(h, &consumer)) else {
+            return Ok(None);
+        };
+        let mut freed = host.clone();
+        freed.spec.consumer_ref = None;
+        freed.spec.image = None;
+        freed.spec.user_data = None;
+        freed.spec.network_data = None;
+        freed.spec.online = false;
+        match api.replace(&host.name_any(), &PostParams::default(), &freed).await {
+            Ok(h) => return Ok(Some(h.name_any())),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|v| v.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn selector_semantics() {
+        let l = labels(&[("role", "worker"), ("rack", "3")]);
+        assert!(selector_matches(&HostSelector::default(), &l));
+        let sel = |ml: &[(&str, &str)], me: Vec<LabelSelectorRequirement>| HostSelector {
+            match_labels: labels(ml),
+            match_expressions: me,
+        };
+        assert!(selector_matches(&sel(&[("role", "worker")], vec![]), &l));
+        assert!(!selector_matches(&sel(&[("role", "cp")], vec![]), &l));
+        assert!(selector_matches(&sel(&[], vec![expr("rack", "In", &["2", "3"])]), &l));
+        assert!(!selector_matches(&sel(&[], vec![expr("rack", "NotIn", &["3"])]), &l));
+        assert!(selector_matches(&sel(&[], vec![expr("gpu", "NotIn", &["yes"])]), &l));
+        assert!(selector_matches(&sel(&[], vec![expr("rack", "Exists", &[])]), &l));
+        assert!(!selector_matches(
+            &sel(&[], vec![expr("rack", "DoesNotExist", &[])]),
+            &l
+        ));
+        assert!(!selector_matches(&sel(&[], vec![expr("rack", "Bogus", &["3"])]), &l));
+    }
+
+    fn host(name: &str, state: ProvisioningState, l: &[(&str, &str)], consumer: Option<&str>) -> BareMetalHost {
+        let mut h = BareMetalHost::new(name, Default::default());
+        h.metadata.namespace = Some("ns".into());
+        h.metadata.labels = Some(labels(l));
+        h.status = Some(super::super::bmh::BareMetalHostStatus {
+            provisioning: super::super::bmh::ProvisionStatus {
+                state,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        h.spec.consumer_ref = consumer.map(|c| ObjectReference {
+            kind: Some("KilnMachine".into()),
+            name: Some(c.into()),
+            namespace: Some("ns".into()),
+            ..Default::default()
+        });
+        h
+    }
+
+    #[test]
+    fn choice_prefers_own_then_failure_domain_and_never_takes_consumed_hosts() {
+        use ProvisioningState as P;
+        let me = ObjectReference {
+            kind: Some("KilnMachine".into()),
+            name: Some("m1".into()),
+            namespace: Some("ns".into()),
+            ..Default::default()
+        };
+        let sel = HostSelector {
+            match_labels: labels(&[("role", "worker")]),
+            ..Default::default()
+        };
+        let hosts = vec![
+            host("a", P::Available, &[("role", "worker")], Some("other")),
+            host("b", P::Inspecting, &[("role", "worker")], None),
+            host("c", P::Available, &[("role", "cp")], None),
+            host("d", P::Available, &[("role", "worker")], None),
+            host(
+                "e",
+                P::Available,
+                &[("role", "worker"), (FAILURE_DOMAIN_LABEL, "fd2")],
+                None,
+            ),
+        ];
+        assert_eq!(choose_host(&hosts, &sel, None, &me).unwrap().name_any(), "d");
+        assert_eq!(choose_host(&hosts, &sel, Some("fd2"), &me).unwrap().name_any(), "e");
+        assert_eq!(choose_host(&hosts, &sel, Some("fd9"), &me).unwrap().name_any(), "d");
+        let mut mine = hosts.clone();
+        mine.push(host("z", P::Provisioned, &[("role", "worker")], Some("m1")));
+        assert_eq!(choose_host(&mine, &sel, None, &me).unwrap().name_any(), "z");
+        assert!(choose_host(&hosts[..3], &sel, None, &me).is_none());
+    }
+}

@@ -1,0 +1,441 @@
+//! The BareMetalHost controller: mirrors each host's spec (with the Secrets it names) into the engine and writes the
+//! engine's observed state back through the status subresource.
+//!
+//! Semantics follow Metal3's baremetal-operator where kiln supports them:
+//! - finalizer `baremetalhost.metal3.io`: added before the engine learns about a host; on delete the engine
+//!   deprovisions and forgets the host, then the finalizer is removed;
+//! - `baremetalhost.metal3.io/paused`: nothing is done while present (neither engine nor status);
+//! - `baremetalhost.metal3.io/detached`: the engine is not driven, status says `detached`, delete skips
+//!   deprovisioning;
+//! - BMC credentials come from the Secret `spec.bmc.credentialsName` (keys `username`, `password`); user, network and
+//!   meta data from the Secrets referenced in the spec (keys `userData`/`networkData`/`metaData`, or `value`).
+//!
+//! The decision what status to write is the pure [`status_from`]; the reconciler does the I/O around it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Secret, SecretReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use super::bmh::{
+    AutomatedCleaningMode, BareMetalHost, BareMetalHostStatus, BootMode, DETACHED_ANNOTATION, ErrorType, FINALIZER,
+    OperationalStatus, ProvisioningState,
+};
+use super::engine::{BmcAccess, Engine, EngineError, HostKey, HostSpec, HostState, Release, SecretBytes};
+
+/// Errors of one reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call failed")]
+    Kube(#[from] kube::Error),
+    #[error("engine call failed")]
+    Engine(#[from] EngineError),
+    #[error("host has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// Whether retrying may help (API conflicts, unavailable engine).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Kube(_) => true,
+            Self::Engine(e) => e.is_transient(),
+            Self::NoNamespace => false,
+        }
+    }
+}
+
+/// Timing knobs (tests shorten them).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Field manager name for writes.
+    pub manager: String,
+    /// Requeue while the engine works on a host.
+    pub busy_requeue: Duration,
+    /// Requeue of hosts in a stable state (resync with the engine).
+    pub idle_requeue: Duration,
+    /// Requeue after a failure.
+    pub error_requeue: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            manager: "kiln".into(),
+            busy_requeue: Duration::from_secs(5),
+            idle_requeue: Duration::from_secs(300),
+            error_requeue: Duration::from_secs(15),
+        }
+    }
+}
+
+struct Ctx<E> {
+    client: Client,
+    engine: Arc<E>,
+    config: Config,
+}
+
+/// Runs the controller over all namespaces until the returned future is dropped or `shutdown` completes.
+pub async fn run<E: Engine>(
+    client: Client,
+    engine: Arc<E>,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let hosts: Api<BareMetalHost> = Api::all(client.clone());
+    let ctx = Arc::new(Ctx { client, engine, config });
+    Controller::new(hosts, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "bmh reconcile");
+            }
+        })
+        .await;
+}
+
+fn error_policy<E: Engine>(host: Arc<BareMetalHost>, err: &Error, ctx: Arc<Ctx<E>>) -> Action {
+    tracing::warn!(host = %host.name_any(), error = ?err, "BareMetalHost reconcile failed");
+    Action::requeue(ctx.config.error_requeue)
+}
+
+async fn reconcile<E: Engine>(host: Arc<BareMetalHost>, ctx: Arc<Ctx<E>>) -> Result<Action, Error> {
+    if host.is_paused() {
+        return Ok(Action::await_change());
+    }
+    let ns = host.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<BareMetalHost> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = HostKey {
+        namespace: ns.clone(),
+        name: host.name_any(),
+    };
+    let has_finalizer = host.finalizers().iter().any(|f| f == FINALIZER);
+
+    if host.metadata.deletion_timestamp.is_some() {
+        if !has_finalizer {
+            return Ok(Action::await_change());
+        }
+        return match ctx.engine.release_host(&key, !host.is_detached()).await? {
+            Release::Done => {
+                remove_finalizer(&api, &host).await?;
+                Ok(Action::await_change())
+            }
+            Release::InProgress(state) => {
+                let mut status = host.status.clone().unwrap_or_default();
+                if status.provisioning.state != state {
+                    status.provisioning.state = state;
+                    write_status(&api, &host, &status, &ctx.config.manager).await?;
+                }
+                Ok(Action::requeue(ctx.config.busy_requeue))
+            }
+        };
+    }
+    if !has_finalizer {
+        add_finalizer(&api, &host).await?;
+        return Ok(Action::await_change()); // the update triggers the next reconcile
+    }
+    if host.is_detached() {
+        let mut status = host.status.clone().unwrap_or_default();
+        if status.operational_status != OperationalStatus::Detached {
+            status.operational_status = OperationalStatus::Detached;
+            write_status(&api, &host, &status, &ctx.config.manager).await?;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let spec = match host_spec(&host, &secrets).await? {
+        Ok(spec) => spec,
+        Err(problem) => {
+            // Metal3 reports missing or unusable credentials as a registration error.
+            let state = HostState {
+                state: ProvisioningState::Registering,
+                error: Some((ErrorType::Registration, problem)),
+                ..Default::default()
+            };
+            let status = status_from(&host, &state, now());
+            if !same_status(host.status.as_ref(), &status) {
+                write_status(&api, &host, &status, &ctx.config.manager).await?;
+            }
+            return Ok(Action::requeue(ctx.config.error_requeue));
+        }
+    };
+    let state = ctx.engine.apply_host(&key, &spec).await?;
+    let status = status_from(&host, &state, now());
+    if !same_status(host.status.as_ref(), &status) {
+        write_status(&api, &host, &status, &ctx.config.manager).await?;
+    }
+    Ok(Action::requeue(if state.is_stable() {
+        ctx.config.idle_requeue
+    } else {
+        ctx.config.busy_requeue
+    }))
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Resolves the host's Secrets into the engine's [`HostSpec`]. The inner `Err` is a user-facing problem (missing
+/// Secret or key) to report in status, the outer one an API failure.
+async fn host_spec(host: &BareMetalHost, secrets: &Api<Secret>) -> Result<Result<HostSpec, String>, Error> {
+    let s = &host.spec;
+    if s.bmc.credentials_name.is_empty() {
+        return Ok(Err("spec.bmc.credentialsName is empty".into()));
+    }
+    let Some(creds) = secrets.get_opt(&s.bmc.credentials_name).await? else {
+        return Ok(Err(format!(
+            "BMC credentials Secret {} not found",
+            s.bmc.credentials_name
+        )));
+    };
+    let (Some(user), Some(pass)) = (secret_key(&creds, &["username"]), secret_key(&creds, &["password"])) else {
+        return Ok(Err(format!(
+            "Secret {} lacks username or password",
+            s.bmc.credentials_name
+        )));
+    };
+    let mut data = Vec::new();
+    for (r, key) in [
+        (&s.user_data, "userData"),
+        (&s.network_data, "networkData"),
+        (&s.meta_data, "metaData"),
+    ] {
+        data.push(match r {
+            None => None,
+            Some(r) => match referenced(secrets, host, r, key).await? {
+                Ok(v) => Some(v),
+                Err(problem) => return Ok(Err(problem)),
+            },
+        });
+    }
+    let [user_data, network_data, meta_data]: [Option<SecretBytes>; 3] = data.try_into().expect("three");
+    Ok(Ok(HostSpec {
+        bmc: BmcAccess {
+            address: s.bmc.address.clone(),
+            username: String::from_utf8_lossy(&user.0).trim().to_owned(),
+            password: pass,
+            disable_certificate_verification: s.bmc.disable_certificate_verification,
+        },
+        boot_mac_address: s.boot_mac_address.clone(),
+        boot_mode: s.boot_mode.unwrap_or(BootMode::Uefi),
+        online: s.online,
+        consumer: s.consumer_ref.as_ref().map(|c| {
+            format!(
+                "{}/{}/{}",
+                c.kind.as_deref().unwrap_or_default(),
+                c.namespace.as_deref().unwrap_or_default(),
+                c.name.as_deref().unwrap_or_default()
+            )
+        }),
+        image: s.image.clone().filter(|i| !i.url.is_empty()),
+        user_data,
+        network_data,
+        meta_data,
+        root_device_hints: s.root_device_hints.clone(),
+        automated_cleaning_mode: s.automated_cleaning_mode.unwrap_or(AutomatedCleaningMode::Metadata),
+        externally_provisioned: s.externally_provisioned,
+        architecture: s.architecture.clone(),
+    }))
+}
+
+async fn referenced(
+    secrets: &Api<Secret>,
+    host: &BareMetalHost,
+    r: &SecretReference,
+    key: &str,
+) -> Result<Result<SecretBytes, String>, Error> {
+    let name = r.name.clone().unwrap_or_default();
+    let other_ns = r
+        .namespace
+        .as_deref()
+        .filter(|n| Some(*n) != host.metadata.namespace.as_deref());
+    let secret = match other_ns {
+        Some(ns) => {
+            Api::<Secret>::namespaced(secrets.clone().into_client(), ns)
+                .get_opt(&name)
+                .await?
+        }
+        None => secrets.get_opt(&name).await?,
+    };
+    let Some(secret) = secret else {
+        return Ok(Err(format!("Secret {name} not found")));
+    };
+    Ok(secret_key(&secret, &[key, "value"]).ok_or_else(|| format!("Secret {name} has neither {key} nor value")))
+}
+
+fn secret_key(secret: &Secret, keys: &[&str]) -> Option<SecretBytes> {
+    keys.iter().find_map(|k| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(*k))
+            .map(|b| SecretBytes(b.0.clone()))
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(*k))
+                    .map(|s| SecretBytes(s.clone().into_bytes()))
+            })
+    })
+}
+
+/// The status to write for the engine's observation (pure). Keeps the previous operation history and stamps the
+/// start and end of the operations whose state changed.
+pub fn status_from(host: &BareMetalHost, st: &HostState, now: Time) -> BareMetalHostStatus {
+    let prev = host.status.clone().unwrap_or_default();
+    let mut s = prev.clone();
+    s.provisioning.state = st.state;
+    s.provisioning.id = st.id.clone();
+    s.provisioning.image = st.provisioned_image.clone().unwrap_or_default();
+    s.provisioning.boot_mode = st.boot_mode;
+    s.provisioning.root_device_hints = st.root_device_hints.clone();
+    s.powered_on = st.powered_on;
+    s.hardware = st.hardware.clone().or(prev.hardware.clone());
+    s.error_count = st.error_count;
+    match &st.error {
+        Some((t, m)) => {
+            s.operational_status = OperationalStatus::Error;
+            s.error_type = Some(*t);
+            s.error_message = m.clone();
+        }
+        None => {
+            s.operational_status = if st.state == ProvisioningState::None {
+                OperationalStatus::Discovered
+            } else {
+                OperationalStatus::Ok
+            };
+            s.error_type = None;
+            s.error_message = String::new();
+        }
+    }
+    if prev.provisioning.state != st.state {
+        use ProvisioningState as P;
+        let h = &mut s.operation_history;
+        let (ended, started) = match st.state {
+            P::Registering => (None, Some(&mut h.register)),
+            P::Inspecting => {
+                h.register.end = Some(now.clone());
+                (None, Some(&mut h.inspect))
+            }
+            P::Available if prev.provisioning.state == P::Inspecting => (Some(&mut h.inspect), None),
+            P::Available if prev.provisioning.state == P::Deprovisioning => (Some(&mut h.deprovision), None),
+            P::Provisioning => (None, Some(&mut h.provision)),
+            P::Provisioned => (Some(&mut h.provision), None),
+            P::Deprovisioning => (None, Some(&mut h.deprovision)),
+            _ => (None, None),
+        };
+        if let Some(m) = ended {
+            m.end = Some(now.clone());
+        }
+        if let Some(m) = started {
+            m.start = Some(now.clone());
+            m.end = None;
+        }
+    }
+    s.conditions = conditions(&s, &prev.conditions, &now);
+    s.last_updated = Some(now);
+    s
+}
+
+fn conditions(s: &BareMetalHostStatus, prev: &[Condition], now: &Time) -> Vec<Condition> {
+    use ProvisioningState as P;
+    let ok = s.operational_status == OperationalStatus::Ok;
+    let want = [
+        (
+            "Ready",
+            ok && s.provisioning.state == P::Provisioned,
+            if ok { "Provisioned" } else { "Error" },
+        ),
+        ("Provisioned", s.provisioning.state == P::Provisioned, "Provisioned"),
+        (
+            "AvailableForProvisioning",
+            s.provisioning.state == P::Available,
+            "Available",
+        ),
+        (
+            "Manageable",
+            !matches!(s.provisioning.state, P::None | P::Registering | P::Unmanaged),
+            "Manageable",
+        ),
+    ];
+    want.iter()
+        .map(|(t, on, reason)| {
+            let status = if *on { "True" } else { "False" };
+            let old = prev.iter().find(|c| c.type_ == *t);
+            let since = old
+                .filter(|c| c.status == status)
+                .map(|c| c.last_transition_time.clone());
+            Condition {
+                type_: (*t).into(),
+                status: status.into(),
+                reason: if *on { (*reason).into() } else { format!("Not{reason}") },
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: since.unwrap_or_else(|| now.clone()),
+            }
+        })
+        .collect()
+}
+
+/// Equal but for `lastUpdated` and condition timestamps.
+fn same_status(old: Option<&BareMetalHostStatus>, new: &BareMetalHostStatus) -> bool {
+    let Some(old) = old else { return false };
+    let strip = |s: &BareMetalHostStatus| {
+        let mut s = s.clone();
+        s.last_updated = None;
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        }
+        s.operation_history = Default::default();
+        s
+    };
+    strip(old) == strip(new)
+}
+
+async fn write_status(
+    api: &Api<BareMetalHost>,
+    host: &BareMetalHost,
+    status: &BareMetalHostStatus,
+    _manager: &str,
+) -> Result<(), kube::Error> {
+    api.patch_status(
+        &host.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn add_finalizer(api: &Api<BareMetalHost>, host: &BareMetalHost) -> Result<(), kube::Error> {
+    let mut f = host.finalizers().to_vec();
+    f.push(FINALIZER.into());
+    // resourceVersion in the merge patch makes this an optimistic-concurrency update.
+    let patch = json!({"metadata": {"finalizers": f, "resourceVersion": host.resource_version()}});
+    api.patch(&host.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
+async fn remove_finalizer(api: &Api<BareMetalHost>, host: &BareMetalHost) -> Result<(), kube::Error> {
+    let f: Vec<String> = host.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    let patch = json!({"metadata": {"finalizers": f, "resourceVersion": host.resource_version()}});
+    api.patch(&host.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
+/// Whether the host has the detached annotation (re-exported for callers that only hold metadata).
+pub fn is_detached(host: &BareMetalHost) -> bool {
+    host.annotations().contains_key(DETACHED_ANNOTATION)
+}

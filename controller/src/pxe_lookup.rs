@@ -1,0 +1,173 @@
+//! kiln-pxe's `HostLookup` over the store: what the DHCP/TFTP/HTTP boot services ask about a MAC, answered from
+//! the host's state by [`StoreLookup`], and the netboot events they report, recorded as host events (per-phase
+//! timing of DHCP offer, iPXE script fetch, ...). It must not decide host transitions.
+
+use kiln_pxe::{BootAction, BootEvent, BootHost, BoxFuture, HostLookup};
+use url::Url;
+
+use crate::executor::now;
+use crate::netboot::{BootInstructions, StoreLookup};
+use crate::types::MacAddr;
+
+/// Where the agent ramdisk is served, and the store lookup.
+#[derive(Clone)]
+pub struct PxeLookup {
+    pub lookup: StoreLookup,
+    pub kernel_url: Url,
+    pub initrd_url: Url,
+    /// Extra kernel arguments (console=..., ip=dhcp).
+    pub extra_cmdline: String,
+}
+
+fn mac(m: kiln_pxe::MacAddr) -> Option<MacAddr> {
+    m.to_string().parse().ok()
+}
+
+impl HostLookup for PxeLookup {
+    fn lookup(&self, m: kiln_pxe::MacAddr) -> BoxFuture<'_, Option<BootHost>> {
+        Box::pin(async move {
+            let mac = mac(m)?;
+            let instr = match self.lookup.boot_instructions(&mac, now()).await {
+                Ok(i) => i?,
+                Err(e) => {
+                    tracing::error!(%mac, error = %crate::bmcs::chain(&e), "host lookup failed");
+                    return None;
+                }
+            };
+            let cmdline = instr
+                .kernel_args()
+                .map(|a| format!("{a} {}", self.extra_cmdline).trim().to_owned());
+            Some(match instr {
+                BootInstructions::Agent { host, .. } => BootHost {
+                    ipv4: None,
+                    hostname: Some(host),
+                    action: BootAction::Agent {
+                        kernel_url: self.kernel_url.clone(),
+                        initrd_url: self.initrd_url.clone(),
+                        cmdline: cmdline.unwrap_or_default(),
+                    },
+                },
+                BootInstructions::LocalDisk { host } => BootHost {
+                    ipv4: None,
+                    hostname: Some(host),
+                    action: BootAction::LocalDisk,
+                },
+                BootInstructions::Nothing { host } => BootHost {
+                    ipv4: None,
+                    hostname: Some(host),
+                    action: BootAction::Nothing,
+                },
+            })
+        })
+    }
+
+    fn record(&self, m: kiln_pxe::MacAddr, event: BootEvent) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(mac) = mac(m) else { return };
+            let Ok(Some(h)) = self.lookup.store.host_by_mac(&mac).await else {
+                return;
+            };
+            let kind = match &event {
+                BootEvent::UnknownMacSeen { .. } => "unknown_mac",
+                BootEvent::DhcpOfferSent { .. } => "dhcp_offer_sent",
+                BootEvent::DhcpAckSent { .. } => "dhcp_ack_sent",
+                BootEvent::DhcpReleased { .. } => "dhcp_released",
+                BootEvent::TftpFileServed { .. } => "tftp_file_served",
+                BootEvent::IpxeScriptFetched { .. } => "ipxe_script_fetched",
+            };
+            let detail = serde_json::to_string(&event).unwrap_or_default();
+            if let Err(e) = self
+                .lookup
+                .store
+                .add_event(h.name.as_str(), now(), "netboot", &format!("{kind} {detail}"))
+                .await
+            {
+                tracing::warn!(%mac, error = %crate::bmcs::chain(&e), "cannot record netboot event");
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SecretKey;
+    use crate::machine::{Job, JobPhase, State};
+    use crate::model::{Counters, HostSpec, Requests, StatusUpdate};
+    use crate::types::Ts;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn boot_servers_get_agent_scripts_only_for_hosts_in_an_agent_phase() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::connect(None, dir.path(), SecretKey::from_bytes(&[3; 32]).unwrap())
+            .await
+            .unwrap();
+        let spec = HostSpec {
+            boot_mac: Some("52:54:00:00:00:11".parse().unwrap()),
+            ..Default::default()
+        };
+        let h = store
+            .create_host(&"node-11".parse().unwrap(), &spec, Ts(0))
+            .await
+            .unwrap();
+        let p = PxeLookup {
+            lookup: crate::netboot::StoreLookup {
+                store: store.clone(),
+                api_url: "http://10.0.0.1:8080".into(),
+            },
+            kernel_url: "http://10.0.0.1:8080/boot/vmlinuz".parse().unwrap(),
+            initrd_url: "http://10.0.0.1:8080/boot/initramfs".parse().unwrap(),
+            extra_cmdline: "console=ttyS0".into(),
+        };
+        let m: kiln_pxe::MacAddr = "52:54:00:00:00:11".parse().unwrap();
+        assert!(
+            p.lookup("52:54:00:00:00:12".parse().unwrap()).await.is_none(),
+            "unknown MAC"
+        );
+        assert_eq!(p.lookup(m).await.unwrap().action, BootAction::Nothing, "unmanaged host");
+        let job = Job {
+            phase: JobPhase::Booting,
+            boot: 1,
+            started: Ts(0),
+            phase_since: Ts(0),
+            retries: 0,
+        };
+        let st = StatusUpdate {
+            state: State::Provisioning(job),
+            requests: Requests::default(),
+            power: None,
+            counters: Counters::default(),
+            next_wake: None,
+        };
+        assert!(store.save_status(h.id, h.generation, &st, Ts(0)).await.unwrap());
+        let BootAction::Agent {
+            cmdline, kernel_url, ..
+        } = p.lookup(m).await.unwrap().action
+        else {
+            panic!()
+        };
+        assert_eq!(kernel_url.path(), "/boot/vmlinuz");
+        assert!(
+            cmdline.contains("kiln.api=http://10.0.0.1:8080") && cmdline.ends_with("console=ttyS0"),
+            "{cmdline}"
+        );
+        let token = cmdline
+            .split_whitespace()
+            .find_map(|a| a.strip_prefix("kiln.token="))
+            .unwrap();
+        let rec = store.token(&crate::crypto::hash_token(token)).await.unwrap().unwrap();
+        assert_eq!(
+            (rec.host_id, rec.boot, rec.phase.as_str(), rec.revoked),
+            (h.id, 1, "provisioning", false)
+        );
+        p.record(m, BootEvent::IpxeScriptFetched { action: "agent".into() })
+            .await;
+        let ev = store.events(Some("node-11"), 10).await.unwrap();
+        assert!(
+            ev.iter().any(|e| e.message.starts_with("ipxe_script_fetched")),
+            "{ev:?}"
+        );
+        let _ = Arc::clone(&store);
+    }
+}

@@ -1,0 +1,197 @@
+//! The `kiln` binary as an operator uses it: `kiln serve` as a real process (config file, data directory, admin
+//! token file), the `kiln host` CLI against it, a host on a real Redfish peer (sushy-emulator), `kill -9` and a
+//! restart on the same data directory, and a graceful SIGTERM.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::Sushy;
+
+/// A `kiln serve` process, killed by PID on drop.
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(data: &Path, port: u16) -> Serve {
+    let config = data.with_extension("toml");
+    std::fs::write(
+        &config,
+        "heartbeat_secs = 1\n[policy]\nidle_poll_secs = 1\nbusy_poll_secs = 1\n",
+    )
+    .unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let s = Serve(child);
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "kiln serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s
+}
+
+fn kiln(data: &Path, port: u16, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .args(["--server", &format!("http://127.0.0.1:{port}"), "--token-file"])
+        .arg(data.join("admin.token"))
+        .output()
+        .unwrap()
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "kiln failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn wait_available(data: &Path, port: u16) -> Value {
+    for _ in 0..200 {
+        let hosts: Value = serde_json::from_str(&ok(kiln(data, port, &["host", "list", "-o", "json"]))).unwrap();
+        if hosts[0]["state"] == "available" && hosts[0]["power"] == "off" {
+            return hosts;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("host never became available");
+}
+
+#[test]
+fn operator_enrolls_with_the_cli_and_kiln_survives_kill_9() {
+    let sushy = Sushy::start(("admin", "cli-Redfish-pw"));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = serve(&data, port);
+    let pwfile = tmp.path().join("pw");
+    std::fs::write(&pwfile, "cli-Redfish-pw\n").unwrap();
+    let addr = sushy.address();
+    let pw = pwfile.to_str().unwrap();
+
+    let out = ok(kiln(
+        &data,
+        port,
+        &[
+            "host",
+            "enroll",
+            "node-0",
+            "--bmc",
+            &addr,
+            "--username",
+            "admin",
+            "--password-file",
+            pw,
+            "--boot-mac",
+            "52:54:00:aa:00:01",
+            "--label",
+            "rack=r1",
+            "--no-inspect",
+            "-o",
+            "json",
+        ],
+    ));
+    let h: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(h["name"], "node-0");
+    assert!(!out.contains("cli-Redfish-pw"));
+    wait_available(&data, port);
+
+    // Bad input is refused with the field named and a non-zero exit.
+    let bad = kiln(
+        &data,
+        port,
+        &[
+            "host",
+            "enroll",
+            "node-9",
+            "--bmc",
+            "http://10.0.0.1",
+            "--username",
+            "admin",
+            "--password-file",
+            pw,
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("bmc.address"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert_eq!(
+        ok(kiln(&data, port, &["host", "list", "-l", "rack=r2", "-o", "json"])).trim(),
+        "[]"
+    );
+    let table = ok(kiln(&data, port, &["host", "show", "node-0"]));
+    assert!(
+        table.contains("PHASE") && table.contains("registering") && table.contains("available"),
+        "{table}"
+    );
+    let yaml = ok(kiln(&data, port, &["host", "list", "-o", "yaml"]));
+    assert!(yaml.contains("name: node-0"), "{yaml}");
+
+    // kill -9 and restart on the same data directory: the host, its key-encrypted credentials and its history remain.
+    Command::new("kill")
+        .args(["-9", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = server.0.wait();
+    server = serve(&data, port);
+    ok(kiln(&data, port, &["host", "power", "node-0", "on"]));
+    for _ in 0..300 {
+        let hosts: Value = serde_json::from_str(&ok(kiln(&data, port, &["host", "list", "-o", "json"]))).unwrap();
+        if hosts[0]["power"] == "on" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let hosts: Value = serde_json::from_str(&ok(kiln(&data, port, &["host", "list", "-o", "json"]))).unwrap();
+    assert_eq!(
+        hosts[0]["power"], "on",
+        "power request after restart never reached the BMC: {hosts}"
+    );
+
+    // Graceful shutdown on SIGTERM; the log holds no password.
+    Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "kiln serve exited with {status}");
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(log.contains("kiln stopped"), "{log}");
+    assert!(!log.contains("cli-Redfish-pw"), "password in kiln's log");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.join("admin.token")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+}

@@ -1,0 +1,92 @@
+//! Test peers shared by kiln's component tests: sushy-emulator (Redfish, fake driver) on loopback with basic auth,
+//! stopped by PID on drop.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const UUID: &str = "27946b59-9e44-4fa7-8e91-f3527a1ef094";
+
+pub struct Sushy {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Drop for Sushy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn venv_bin(name: &str) -> PathBuf {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join(".cache/venv/bin")
+        .join(name);
+    assert!(bin.exists(), "{} is missing: run tests/setup.sh first", bin.display());
+    bin
+}
+
+impl Sushy {
+    pub fn start(user: (&str, &str)) -> Sushy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let out = Command::new(venv_bin("python3"))
+            .args([
+                "-c",
+                "import bcrypt,sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt(4)).decode())",
+                user.1,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bcrypt: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(
+            dir.path().join("htpasswd"),
+            format!("{}:{}\n", user.0, String::from_utf8_lossy(&out.stdout).trim()),
+        )
+        .unwrap();
+        let conf = format!(
+            "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\nSUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_STATE_DIR = '{}'\n\
+             SUSHY_EMULATOR_AUTH_FILE = '{}'\n\
+             SUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{UUID}', 'name': 'node-0', 'power_state': 'Off', 'external_notifier': False, 'nics': [{{'mac': '52:54:00:aa:00:01', 'ip': '10.99.0.100'}}]}}]\n",
+            dir.path().join("state").display(),
+            dir.path().join("htpasswd").display()
+        );
+        std::fs::write(dir.path().join("sushy.conf"), conf).unwrap();
+        let log = std::fs::File::create(dir.path().join("sushy.log")).unwrap();
+        let child = Command::new(venv_bin("sushy-emulator"))
+            .arg("--config")
+            .arg(dir.path().join("sushy.conf"))
+            .args(["--port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start sushy-emulator");
+        let s = Sushy { port, dir, child };
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "sushy did not start: {}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sushy.log")).unwrap_or_default()
+    }
+    pub fn address(&self) -> String {
+        format!("redfish+http://127.0.0.1:{}/redfish/v1/Systems/{UUID}", self.port)
+    }
+}

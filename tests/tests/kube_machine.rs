@@ -1,0 +1,249 @@
+//! A KilnMachine owned by a real Cluster API `Machine` (the pinned v1.14.2 CRDs) against a real kube-apiserver, with
+//! kiln's BareMetalHost and KilnMachine controllers and the in-memory engine: the machine waits for the Machine's
+//! bootstrap data Secret, claims the matching host, the bootstrap data is what reaches the engine as user data,
+//! providerID/addresses/ready are set once the host is provisioned, and deleting the machine releases the host, which
+//! is deprovisioned back to `available`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kiln::kube::bmh::{BareMetalHost, ProvisioningState as S};
+use kiln::kube::capi::KilnMachine;
+use kiln::kube::engine::{HostKey, memory::MemoryEngine};
+use kiln::kube::{host_controller, machine_controller};
+use kiln_tests::kube::{KubeApiServer, apply_manifest_dir, capi_crd_dir, install_crds, parse_crds, read_crd_dir};
+use kube::Client;
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use serde_json::json;
+
+async fn wait<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+async fn create<K>(client: &Client, obj: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
+    let server = KubeApiServer::start().await.expect("start etcd + kube-apiserver");
+    let client = server.client().await.unwrap();
+    let mut crds = parse_crds(&kiln::kube::crds::crds_yaml()).unwrap();
+    crds.extend(read_crd_dir(&capi_crd_dir()).unwrap());
+    install_crds(&client, &crds).await.unwrap();
+
+    // deploy/'s namespace, ServiceAccount and RBAC; the controllers run as that ServiceAccount, proving the role
+    // grants enough.
+    let deploy = kiln_tests::repo_root().join("deploy/config");
+    apply_manifest_dir(&client, &deploy.join("manager"))
+        .await
+        .expect("apply deploy/config/manager");
+    let applied = apply_manifest_dir(&client, &deploy.join("rbac"))
+        .await
+        .expect("apply deploy/config/rbac");
+    assert!(
+        applied.contains(&"ClusterRole/kiln-controller".to_string()),
+        "{applied:?}"
+    );
+    let sa = server
+        .client_as(
+            "system:serviceaccount:kiln-system:kiln-controller",
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:kiln-system",
+                "system:authenticated",
+            ],
+        )
+        .await
+        .unwrap();
+    // Sanity: the ServiceAccount is really restricted (no rights on, e.g., ConfigMaps).
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(sa.clone(), "default");
+    assert!(
+        cms.list(&Default::default()).await.is_err(),
+        "the ServiceAccount must not list ConfigMaps"
+    );
+
+    let engine = Arc::new(MemoryEngine::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let hc = host_controller::Config {
+        busy_requeue: Duration::from_millis(200),
+        idle_requeue: Duration::from_secs(1),
+        error_requeue: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let mc = machine_controller::Config {
+        wait_requeue: Duration::from_millis(300),
+        idle_requeue: Duration::from_secs(2),
+    };
+    let t1 = tokio::spawn(host_controller::run(
+        sa.clone(),
+        engine.clone(),
+        hc,
+        stopped(stop_rx.clone()),
+    ));
+    let t2 = tokio::spawn(machine_controller::run(sa.clone(), mc, stopped(stop_rx.clone())));
+
+    let hosts: Api<BareMetalHost> = Api::namespaced(client.clone(), "default");
+    let kms: Api<KilnMachine> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    create::<Secret>(
+        &client,
+        json!({"metadata": {"name": "bmc"}, "stringData": {"username": "u", "password": "p"}}),
+    )
+    .await;
+    create::<BareMetalHost>(
+        &client,
+        json!({
+            "apiVersion": "metal3.io/v1alpha1", "kind": "BareMetalHost",
+            "metadata": {"name": "h0", "labels": {"role": "worker"}},
+            "spec": {"online": false, "bootMACAddress": "52:54:00:00:00:10",
+                     "bmc": {"address": "redfish+http://192.0.2.1/redfish/v1/Systems/1", "credentialsName": "bmc"}}
+        }),
+    )
+    .await;
+    wait("h0 available", async || {
+        (hosts.get("h0").await.ok()?.state() == S::Available).then_some(())
+    })
+    .await;
+
+    // A CAPI Machine (real v1beta2 schema) without bootstrap data yet, and its KilnMachine.
+    let machines: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &machine_controller::machine_resource());
+    let machine: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+        "metadata": {"name": "m0"},
+        "spec": {"clusterName": "c1", "bootstrap": {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfig", "name": "m0"}},
+                 "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "KilnMachine", "name": "km0"}}
+    }))
+    .unwrap();
+    let machine = machines
+        .create(&PostParams::default(), &machine)
+        .await
+        .expect("create CAPI Machine");
+    create::<KilnMachine>(&client, json!({
+        "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "KilnMachine",
+        "metadata": {"name": "km0", "ownerReferences": [{"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "name": "m0", "uid": machine.metadata.uid, "controller": true}]},
+        "spec": {"hostSelector": {"matchLabels": {"role": "worker"}},
+                 "image": {"url": "http://192.0.2.2/node.qcow2", "checksum": "abc", "checksumType": "sha256", "format": "qcow2"}}
+    }))
+    .await;
+
+    // No bootstrap data yet: the host stays unclaimed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        hosts.get("h0").await.unwrap().spec.consumer_ref.is_none(),
+        "claimed before bootstrap data existed"
+    );
+
+    // Bootstrap data appears (as CAPI's bootstrap provider writes it: keys `value` and `format`).
+    let bootstrap = "#cloud-config\nruncmd: [kubeadm join 10.0.0.1:6443]\n";
+    create::<Secret>(
+        &client,
+        json!({"metadata": {"name": "m0-bootstrap"}, "type": "cluster.x-k8s.io/secret",
+        "stringData": {"value": bootstrap, "format": "cloud-config"}}),
+    )
+    .await;
+    let mut m = machine.clone();
+    m.data["spec"]["bootstrap"]["dataSecretName"] = json!("m0-bootstrap");
+    machines
+        .replace("m0", &PostParams::default(), &m)
+        .await
+        .expect("set dataSecretName");
+
+    let km = wait("km0 ready", async || {
+        let km = kms.get("km0").await.ok()?;
+        km.status.as_ref().is_some_and(|s| s.ready).then_some(km)
+    })
+    .await;
+    assert_eq!(km.spec.provider_id.as_deref(), Some("kiln://default/h0"));
+    let st = km.status.unwrap();
+    assert_eq!(st.initialization.map(|i| i.provisioned), Some(true));
+    assert!(
+        st.addresses.iter().any(|a| a.type_ == "InternalIP"),
+        "{:?}",
+        st.addresses
+    );
+    let h0 = hosts.get("h0").await.unwrap();
+    assert_eq!(
+        h0.spec.consumer_ref.as_ref().and_then(|c| c.name.as_deref()),
+        Some("km0")
+    );
+    assert_eq!(h0.status.unwrap().provisioning.image.url, "http://192.0.2.2/node.qcow2");
+    let spec = engine
+        .spec(&HostKey {
+            namespace: "default".into(),
+            name: "h0".into(),
+        })
+        .unwrap();
+    assert_eq!(
+        spec.user_data.unwrap().0,
+        bootstrap.as_bytes(),
+        "the bootstrap data is the host's user data"
+    );
+    assert!(secrets.get("m0-bootstrap").await.is_ok());
+
+    // Deleting the KilnMachine releases the host, which is deprovisioned and available again.
+    kms.delete("km0", &DeleteParams::default()).await.unwrap();
+    wait("km0 gone", async || {
+        kms.get_opt("km0").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    wait("h0 available again", async || {
+        let h = hosts.get("h0").await.ok()?;
+        (h.spec.consumer_ref.is_none() && h.state() == S::Available && h.spec.image.is_none()).then_some(())
+    })
+    .await;
+    assert!(
+        engine
+            .spec(&HostKey {
+                namespace: "default".into(),
+                name: "h0".into()
+            })
+            .unwrap()
+            .image
+            .is_none()
+    );
+    assert!(
+        hosts
+            .get("h0")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .provisioning
+            .image
+            .url
+            .is_empty()
+    );
+
+    let _ = stop_tx.send(true);
+    for t in [t1, t2] {
+        tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("controller stops")
+            .unwrap();
+    }
+    drop(server);
+}
