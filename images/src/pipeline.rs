@@ -250,7 +250,24 @@ async fn run_stages(
     });
     let ok = Arc::new(AtomicBool::new(false));
     let pump = crate::source::pump(location, client, data_tx, Some(hash_tx), progress, ok.clone());
-    let consume = consume(data_rx, declared, target, progress.clone(), ok, location.display());
+    let refetch = match (location, client) {
+        (SourceLocation::File(p), _) => Refetch::File(p.clone()),
+        (SourceLocation::Http(u), Some(c)) => Refetch::Http {
+            url: u.clone(),
+            client: c.clone(),
+            rt: tokio::runtime::Handle::current(),
+        },
+        (SourceLocation::Http(_), None) => Refetch::None,
+    };
+    let consume = consume(
+        data_rx,
+        declared,
+        target,
+        progress.clone(),
+        ok,
+        location.display(),
+        refetch,
+    );
     let (pumped, consumed) = tokio::join!(pump, consume);
     let digest = hasher.await.map_err(|e| ImageError::Internal(e.into()))?;
     let bytes_read = pumped?;
@@ -281,6 +298,7 @@ async fn consume(
     progress: Progress,
     ok: Arc<AtomicBool>,
     url: String,
+    refetch: Refetch,
 ) -> Result<(Compression, ImageFormat, u64), ImageError> {
     let stream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|i| (i, rx))
@@ -345,7 +363,13 @@ async fn consume(
     let decoded: BoxRead = Box::new(AsyncReadExt::chain(std::io::Cursor::new(prefix), decoded));
     let handle = tokio::task::spawn_blocking(move || {
         let mut reader = tokio_util::io::SyncIoBridge::new(decoded);
-        let res = decode_and_write(&mut reader, format, target.as_deref(), &progress, &decode_err);
+        // Offsets in the published bytes are offsets in the qcow2 file only when nothing was decompressed.
+        let refetch = if compression == Compression::None {
+            refetch
+        } else {
+            Refetch::None
+        };
+        let res = decode_and_write(&mut reader, format, target.as_deref(), &progress, &decode_err, &refetch);
         // Before the receiver is dropped (with `reader`): tells the source to finish hashing any trailing bytes.
         ok.store(res.is_ok(), Ordering::SeqCst);
         drop(reader);
@@ -362,6 +386,7 @@ fn decode_and_write(
     target: Option<&Target>,
     progress: &Progress,
     read_err: &(dyn Fn(std::io::Error) -> ImageError + Sync),
+    refetch: &Refetch,
 ) -> Result<u64, ImageError> {
     let (op_tx, op_rx) = sync_channel::<WriteOp>(BUF_COUNT - 1);
     let (pool_tx, pool_rx) = sync_channel::<AlignedBuf>(BUF_COUNT);
@@ -377,7 +402,7 @@ fn decode_and_write(
         };
         let decoded = match format {
             ImageFormat::Raw => decode_raw(&mut reader, &mut co, target, progress, read_err),
-            ImageFormat::Qcow2 => decode_qcow2(&mut reader, &mut co, target, progress, read_err),
+            ImageFormat::Qcow2 => decode_qcow2(&mut reader, &mut co, target, progress, read_err, refetch),
         };
         let decoded = decoded.and_then(|size| co.flush().map(|()| size).map_err(sink_err));
         drop(co);
@@ -450,8 +475,12 @@ fn decode_qcow2(
     target: Option<&Target>,
     progress: &Progress,
     read_err: &dyn Fn(std::io::Error) -> ImageError,
+    refetch: &Refetch,
 ) -> Result<u64, ImageError> {
-    let mut dec = qcow2::Decoder::new();
+    let mut dec = match refetch {
+        Refetch::None => qcow2::Decoder::new(),
+        _ => qcow2::Decoder::with_random_access(),
+    };
     let mut chunk = vec![0u8; 1 << 20];
     let mut checked = false;
     let mut sink = |o: qcow2::Output<'_>| match o {
@@ -474,10 +503,65 @@ fn decode_qcow2(
             check_capacity(target, h.size)?;
         }
     }
-    dec.finish(&mut sink).map_err(ImageError::Qcow2)?;
+    let mut fetch = |at: u64, len: u64| refetch.fetch(at, len);
+    dec.finish(&mut sink, &mut fetch).map_err(ImageError::Qcow2)?;
     let size = dec.header().map_or(0, |h| h.size);
     progress.set_image_size(size);
     Ok(size)
+}
+
+/// How the qcow2 decoder can read the source again at an offset, for data that precedes the table mapping it
+/// (`qemu-img convert -c` puts the last L2 table at the end of the file, after data clusters it maps).
+enum Refetch {
+    /// A compressed stream: no random access; the decoder buffers a bounded amount instead.
+    None,
+    File(PathBuf),
+    /// HTTP `Range` requests (RFC 9110 §14.2), run on the pipeline's runtime from the decoder thread.
+    Http {
+        url: url::Url,
+        client: reqwest::Client,
+        rt: tokio::runtime::Handle,
+    },
+}
+
+impl Refetch {
+    fn fetch(&self, at: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        tracing::debug!(offset = at, len, "qcow2: re-reading data that preceded its table");
+        match self {
+            Self::None => Err(std::io::Error::other("the source cannot be re-read")),
+            Self::File(p) => {
+                let f = std::fs::File::open(p)?;
+                let mut buf = vec![0u8; len as usize];
+                let mut got = 0;
+                while got < buf.len() {
+                    match f.read_at(&mut buf[got..], at + got as u64)? {
+                        0 => break,
+                        n => got += n,
+                    }
+                }
+                buf.truncate(got);
+                Ok(buf)
+            }
+            Self::Http { url, client, rt } => rt.block_on(async {
+                let range = format!("bytes={at}-{}", at + len.max(1) - 1);
+                let resp = client
+                    .get(url.clone())
+                    .header(reqwest::header::RANGE, range)
+                    .send()
+                    .await
+                    .map_err(std::io::Error::other)?;
+                if resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+                    return Err(std::io::Error::other(format!(
+                        "range request answered with {} (the server does not support ranges)",
+                        resp.status()
+                    )));
+                }
+                let body = resp.bytes().await.map_err(std::io::Error::other)?;
+                Ok(body.to_vec())
+            }),
+        }
+    }
 }
 
 /// Packs decoded output into 4 MiB aligned buffers, sending one write per contiguous run.

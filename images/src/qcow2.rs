@@ -2,10 +2,12 @@
 //! `(guest offset, data)` and zero ranges, without ever holding the whole image.
 //!
 //! This module is pure (no I/O, no clock): the pipeline feeds it chunks and writes what it emits. It relies on the
-//! layout qemu-img and QEMU produce, where the L1 table and each L2 table precede the data clusters they map; data
-//! met before the table that maps it is kept in a bounded side buffer (`ORPHAN_LIMIT`) and the image is refused as
-//! not streamable past that. Format reference: QEMU `docs/interop/qcow2.txt` (header fields, "Cluster mapping",
-//! "Compressed Clusters Descriptor").
+//! layout qemu-img and QEMU mostly produce, where the L1 table and each L2 table precede the data clusters they map.
+//! Data met before the table that maps it is kept in a bounded side buffer (`ORPHAN_LIMIT`); past that budget it is
+//! re-read at the end when the source allows random access (a local file, HTTP ranges: `qemu-img convert -c` puts
+//! the last L2 table at the end of the file), and otherwise the image is refused as not streamable.
+//! Format reference: QEMU `docs/interop/qcow2.txt` (header fields, "Cluster mapping", "Compressed Clusters
+//! Descriptor").
 
 use std::collections::BTreeMap;
 
@@ -50,6 +52,12 @@ pub enum Qcow2Error {
     },
     #[error("qcow2 stream ended at {at} bytes with {missing} table(s) or cluster(s) unread (first at {first})")]
     Truncated { at: u64, missing: usize, first: u64 },
+    #[error("re-reading the qcow2 source at offset {offset} failed")]
+    Fetch {
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing decoded data failed")]
     Sink(#[source] std::io::Error),
 }
@@ -229,6 +237,12 @@ pub struct Decoder {
     /// Unclassified bytes kept in case a later L2 table maps them; keyed by host offset.
     orphans: BTreeMap<u64, Vec<u8>>,
     orphan_bytes: usize,
+    /// Set when the source can be read at any offset again (an uncompressed local file, an HTTP server with
+    /// ranges): reads that were streamed past are then queued in `late` and fetched at the end instead of keeping
+    /// orphans.
+    random_access: bool,
+    orphan_limit: usize,
+    late: Vec<(u64, u64, Want)>,
     /// Tables (L1 + L2s) announced but not yet read.
     tables_pending: usize,
     cluster_buf: Vec<u8>,
@@ -236,11 +250,32 @@ pub struct Decoder {
     zero_run: Option<(u64, u64)>,
 }
 
+/// Reads `len` bytes at an offset of the source again (see [`Decoder::finish`]).
+pub type Fetch<'f> = dyn FnMut(u64, u64) -> std::io::Result<Vec<u8>> + 'f;
+
 type Sink<'s> = dyn FnMut(Output<'_>) -> std::io::Result<()> + 's;
 
 impl Decoder {
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            orphan_limit: ORPHAN_LIMIT,
+            ..Self::default()
+        }
+    }
+
+    /// Changes the orphan budget (default [`ORPHAN_LIMIT`]).
+    pub fn orphan_limit(mut self, bytes: usize) -> Self {
+        self.orphan_limit = bytes;
+        self
+    }
+
+    /// A decoder for a source that [`Decoder::finish`] can read again at any offset: data met before its table is
+    /// still kept up to the orphan budget, and what is not kept is fetched again at the end.
+    pub fn with_random_access() -> Self {
+        Self {
+            random_access: true,
+            ..Self::new()
+        }
     }
 
     /// The parsed header, once enough bytes have been fed.
@@ -276,15 +311,30 @@ impl Decoder {
         self.run(out, false)
     }
 
-    /// Signals the end of the stream: flushes what is pending and checks nothing is missing.
+    /// Signals the end of the stream: flushes what is pending and checks nothing is missing. `fetch(offset, len)`
+    /// reads the source again (a short read at its end is fine); it is called only by a decoder made with
+    /// [`Decoder::with_random_access`], for data that was streamed past before the table mapping it arrived.
     ///
     /// # Errors
-    /// `Truncated` if tables or clusters were announced but never arrived; any error of [`Decoder::feed`].
-    pub fn finish(&mut self, out: &mut Sink<'_>) -> Result<(), Qcow2Error> {
+    /// `Truncated` if tables or clusters were announced but never arrived; `Fetch` if `fetch` failed; any error of
+    /// [`Decoder::feed`].
+    pub fn finish(&mut self, out: &mut Sink<'_>, fetch: &mut Fetch<'_>) -> Result<(), Qcow2Error> {
         if self.header.is_none() {
             self.start(out)?;
         }
         self.run(out, true)?;
+        while let Some((at, len, want)) = self.late.pop() {
+            let bytes = fetch(at, len).map_err(|source| Qcow2Error::Fetch { offset: at, source })?;
+            let complete = bytes.len() as u64 == len || matches!(want, Want::Compressed { .. });
+            if !complete || bytes.is_empty() {
+                return Err(Qcow2Error::Truncated {
+                    at: at + bytes.len() as u64,
+                    missing: 1,
+                    first: at,
+                });
+            }
+            self.process(at, want, &bytes, out)?;
+        }
         if let Some((&first, _)) = self.wants.first_key_value() {
             let missing = self.wants.values().map(Vec::len).sum();
             return Err(Qcow2Error::Truncated {
@@ -338,9 +388,13 @@ impl Decoder {
         });
         match found {
             Some(bytes) => self.process(at, want, &bytes, out),
+            None if self.random_access => {
+                self.late.push((at, len, want));
+                Ok(())
+            }
             None => Err(Qcow2Error::NotStreamable {
                 offset: at,
-                limit: ORPHAN_LIMIT,
+                limit: self.orphan_limit,
             }),
         }
     }
@@ -398,13 +452,17 @@ impl Decoder {
         if bytes.is_empty() || self.tables_pending == 0 {
             return Ok(());
         }
-        self.orphan_bytes += bytes.len();
-        if self.orphan_bytes > ORPHAN_LIMIT {
+        if self.orphan_bytes + bytes.len() > self.orphan_limit {
+            if self.random_access {
+                // Past the budget: what is not kept is re-read at the end if a table turns out to need it.
+                return Ok(());
+            }
             return Err(Qcow2Error::NotStreamable {
                 offset: at,
-                limit: ORPHAN_LIMIT,
+                limit: self.orphan_limit,
             });
         }
+        self.orphan_bytes += bytes.len();
         if let Some(mut last) = self.orphans.last_entry()
             && *last.key() + last.get().len() as u64 == at
         {
@@ -632,7 +690,7 @@ mod tests {
         for chunk in img.chunks(4093) {
             dec.feed(chunk, &mut sink).unwrap();
         }
-        dec.finish(&mut sink).unwrap();
+        dec.finish(&mut sink, &mut |_, _| unreachable!()).unwrap();
         // guest cluster 0 zero, cluster 1 data 0x42, rest of the 1 GiB zero (zeros are announced with the L2 table,
         // data when its cluster arrives).
         out.sort();
@@ -642,18 +700,68 @@ mod tests {
         );
     }
 
+    #[test]
+    fn data_before_its_table_is_kept_or_refetched() {
+        // Header, refcount table (cluster 1), data (cluster 2), L1 (cluster 3) -> L2 (cluster 4): data first.
+        let cs = 1usize << 16;
+        let mut img = vec![0u8; 5 * cs];
+        img[..512].copy_from_slice(&header_bytes());
+        img[3 * cs..3 * cs + 8].copy_from_slice(&((4u64 << 16) | 1 << 63).to_be_bytes());
+        img[4 * cs..4 * cs + 8].copy_from_slice(&((2u64 << 16) | 1 << 63).to_be_bytes());
+        img[2 * cs..3 * cs].fill(0x77);
+        // Kept as an orphan (both modes), or beyond the budget re-read (random access) or refused.
+        for (random_access, limit) in [(false, ORPHAN_LIMIT), (true, ORPHAN_LIMIT), (true, 0), (false, 0)] {
+            let dec = if random_access {
+                Decoder::with_random_access()
+            } else {
+                Decoder::new()
+            };
+            let mut dec = dec.orphan_limit(limit);
+            let mut out = Vec::new();
+            let mut sink = |o: Output<'_>| {
+                if let Output::Data { guest, bytes } = o {
+                    out.push((guest, bytes.len(), bytes[0]));
+                }
+                Ok(())
+            };
+            let mut fetched = 0;
+            let mut fetch = |at: u64, len: u64| {
+                fetched += 1;
+                Ok(img[at as usize..(at + len) as usize].to_vec())
+            };
+            let mut res = Ok(());
+            for chunk in img.chunks(10_000) {
+                res = dec.feed(chunk, &mut sink);
+                if res.is_err() {
+                    break;
+                }
+            }
+            let res = res.and_then(|()| dec.finish(&mut sink, &mut fetch));
+            if !random_access && limit == 0 {
+                assert!(matches!(res, Err(Qcow2Error::NotStreamable { .. })), "{res:?}");
+                continue;
+            }
+            res.unwrap();
+            assert_eq!(out, vec![(0, cs, 0x77)], "random_access={random_access} limit={limit}");
+            assert_eq!(fetched, usize::from(limit == 0));
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
         fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..4096), split in 1usize..700) {
             let _ = parse_header(&data);
-            let mut dec = Decoder::new();
+            let mut dec = if split % 2 == 0 { Decoder::new() } else { Decoder::with_random_access() };
             let mut sink = |_: Output<'_>| Ok(());
             let mut ok = true;
             for c in data.chunks(split) {
                 if dec.feed(c, &mut sink).is_err() { ok = false; break; }
             }
-            if ok { let _ = dec.finish(&mut sink); }
+            let mut fetch = |at: u64, len: u64| {
+                Ok(data.get(at as usize..).unwrap_or_default().iter().take(len as usize).copied().collect())
+            };
+            if ok { let _ = dec.finish(&mut sink, &mut fetch); }
         }
 
         #[test]
@@ -667,7 +775,7 @@ mod tests {
             data.extend_from_slice(&tail);
             let mut dec = Decoder::new();
             let mut sink = |_: Output<'_>| Ok(());
-            if dec.feed(&data, &mut sink).is_ok() { let _ = dec.finish(&mut sink); }
+            if dec.feed(&data, &mut sink).is_ok() { let _ = dec.finish(&mut sink, &mut |_, _| Ok(Vec::new())); }
         }
     }
 }
