@@ -1,8 +1,7 @@
-//! The whole deploy in two VMs: the agent (in the project's ramdisk) writes a debootstrapped Debian image with
-//! cloud-init (built by `tests/os/build-debian-image.sh`, cached under `.cache/agent-os`) plus a config drive to its
-//! disk and powers off; then the same disk boots Debian (its own kernel and initramfs, direct kernel boot, since the
-//! image carries no bootloader) and cloud-init's ConfigDrive datasource runs the user data, whose marker the test
-//! reads on the serial console.
+//! The whole deploy in two VMs: the agent (in the project's ramdisk) writes the project's debootstrapped Debian image
+//! with cloud-init (a compressed qcow2 built and cached by `tests/os-image/build.sh`) plus a config drive to its
+//! disk and powers off; then the same disk boots by BIOS through the image's bootloader, and cloud-init's
+//! ConfigDrive datasource runs the user data, whose marker the test reads on the serial console.
 //!
 //! Slow on a cold cache (debootstrap downloads ~150 MB and installs for a few minutes; the Debian boot under TCG
 //! takes a minute or two), so it is opt-in: `cargo test -p kiln-agent --test vm_os -- --ignored`.
@@ -21,17 +20,32 @@ use sha2::Digest;
 const USER_DATA: &str = "#cloud-config\nruncmd:\n  - [ sh, -c, 'echo KILN-CLOUD-INIT-$((6*7)) > /dev/ttyS0' ]\n";
 const MARKER: &str = "KILN-CLOUD-INIT-42";
 
+/// The project's end-to-end OS image (Debian 12 + cloud-init, BIOS-bootable, GPT), built and cached by
+/// `tests/os-image/build.sh`, which prints its output directory.
 fn debian_image() -> PathBuf {
     let root = common::workspace_root();
-    let out = root.join(".cache/agent-os");
     let t = Instant::now();
-    let st = Command::new(root.join("agent/tests/os/build-debian-image.sh"))
-        .arg(&out)
-        .status()
+    let out = Command::new("bash")
+        .arg(root.join("tests/os-image/build.sh"))
+        .env("KILN_CACHE", root.join(".cache"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
         .unwrap();
-    assert!(st.success(), "building the Debian image failed");
-    eprintln!("debian image ready in {:?}", t.elapsed());
-    out
+    assert!(out.status.success(), "tests/os-image/build.sh failed");
+    let dir = PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or_default(),
+    );
+    assert!(
+        dir.join("debian.raw.zst").is_file(),
+        "no debian.raw.zst in {}",
+        dir.display()
+    );
+    eprintln!("debian image ready in {:?}: {}", t.elapsed(), dir.display());
+    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,10 +60,12 @@ async fn agent_deploys_debian_whose_cloud_init_reads_the_config_drive() {
     let keep = scopeguard(tmp);
     let files = dir.join("files");
     std::fs::create_dir_all(&files).unwrap();
-    std::fs::hard_link(os.join("debian.qcow2"), files.join("debian.qcow2"))
-        .or_else(|_| std::fs::copy(os.join("debian.qcow2"), files.join("debian.qcow2")).map(drop))
+    std::fs::hard_link(os.join("debian.raw.zst"), files.join("debian.raw.zst"))
+        .or_else(|_| std::fs::copy(os.join("debian.raw.zst"), files.join("debian.raw.zst")).map(drop))
         .unwrap();
-    let digest = hex::encode(sha2::Sha256::digest(std::fs::read(files.join("debian.qcow2")).unwrap()));
+    let digest = hex::encode(sha2::Sha256::digest(
+        std::fs::read(files.join("debian.raw.zst")).unwrap(),
+    ));
 
     let disk = dir.join("vda.raw");
     std::fs::File::create(&disk).unwrap().set_len(6 << 30).unwrap();
@@ -58,7 +74,7 @@ async fn agent_deploys_debian_whose_cloud_init_reads_the_config_drive() {
     *app.script.lock().unwrap() = [
         CommandKind::WriteImage {
             image: ImageSpec {
-                url: format!("http://10.0.2.2:{port}/files/debian.qcow2"),
+                url: format!("http://10.0.2.2:{port}/files/debian.raw.zst"),
                 checksum: digest,
                 checksum_type: ChecksumType::Sha256,
                 format: None,
@@ -77,7 +93,7 @@ async fn agent_deploys_debian_whose_cloud_init_reads_the_config_drive() {
     .map(|(i, kind)| kiln_images::protocol::Command { id: i as u64 + 1, kind })
     .collect();
 
-    let mut spec = VmSpec {
+    let spec = VmSpec {
         cpus: 2,
         memory_mib: 1024,
         mac: "52:54:00:4b:69:0a".into(),
@@ -105,22 +121,13 @@ async fn agent_deploys_debian_whose_cloud_init_reads_the_config_drive() {
         );
     }
 
-    // Boot the written disk: Debian's kernel and initramfs, root on the image's first partition.
-    spec.append = "console=ttyS0 root=/dev/vda1 rw panic=-1".into();
-    let mut os_vm = Vm::boot(
-        &os.join("vmlinuz"),
-        &os.join("initrd.img"),
-        &spec,
-        &dir,
-        "os-serial.log",
-    );
+    // Boot the written disk through SeaBIOS and the image's own bootloader.
+    let mut os_vm = Vm::boot_disk(&spec, &dir, "os-serial.log");
+    // The user data's command ran, and the host name came from the config drive's meta_data (the image's own
+    // /etc/hostname says kiln-test).
+    let done = |t: &str| t.contains(MARKER) && t.contains(" kiln-os ");
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut found = false;
-    while Instant::now() < deadline {
-        if os_vm.serial_text().contains(MARKER) {
-            found = true;
-            break;
-        }
+    while Instant::now() < deadline && !done(&os_vm.serial_text()) {
         if os_vm.wait_exit(Duration::from_millis(10)).await.is_some() {
             break;
         }
@@ -128,10 +135,13 @@ async fn agent_deploys_debian_whose_cloud_init_reads_the_config_drive() {
     }
     let os_serial = os_vm.serial_text();
     drop(os_vm);
-    assert!(found, "cloud-init did not run the user data\n{os_serial}");
     assert!(
-        os_serial.contains("config-2") || os_serial.contains("ConfigDrive"),
-        "{os_serial}"
+        os_serial.contains(MARKER),
+        "cloud-init did not run the user data\n{os_serial}"
+    );
+    assert!(
+        os_serial.contains(" kiln-os "),
+        "the config drive's hostname was not applied\n{os_serial}"
     );
     keep.disarm();
 }

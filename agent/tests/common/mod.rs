@@ -197,6 +197,15 @@ impl Vm {
 
     /// Direct kernel boot of `kernel` + `initrd`; the console goes to `dir/serial_name`.
     pub fn boot(kernel: &Path, initrd: &Path, spec: &VmSpec, dir: &Path, serial_name: &str) -> Vm {
+        Vm::spawn(Some((kernel, initrd)), spec, dir, serial_name)
+    }
+
+    /// Firmware (SeaBIOS) boot from the VM's first disk.
+    pub fn boot_disk(spec: &VmSpec, dir: &Path, serial_name: &str) -> Vm {
+        Vm::spawn(None, spec, dir, serial_name)
+    }
+
+    fn spawn(kernel: Option<(&Path, &Path)>, spec: &VmSpec, dir: &Path, serial_name: &str) -> Vm {
         let serial = dir.join(serial_name);
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
@@ -211,11 +220,6 @@ impl Vm {
             "-no-reboot",
         ])
         .args(["-smp", &spec.cpus.to_string(), "-m", &spec.memory_mib.to_string()])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", &spec.append])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
         .arg("-drive")
@@ -234,6 +238,15 @@ impl Vm {
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(dir.join(format!("{serial_name}.qemu-stdout"))).unwrap())
         .stderr(std::fs::File::create(dir.join(format!("{serial_name}.qemu-stderr"))).unwrap());
+        if let Some((kernel, initrd)) = kernel {
+            cmd.arg("-kernel")
+                .arg(kernel)
+                .arg("-initrd")
+                .arg(initrd)
+                .args(["-append", &spec.append]);
+        } else {
+            cmd.args(["-boot", "c"]);
+        }
         for (i, extra) in spec.extra_disks.iter().enumerate() {
             cmd.arg("-drive")
                 .arg(format!(
