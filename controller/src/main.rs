@@ -56,6 +56,34 @@ enum Command {
     },
     /// Talk to one BMC directly (debugging).
     Bmc(kiln::cli_bmc::BmcArgs),
+    /// Work with OS images exactly as the agent would: write, inspect, build a config drive.
+    Image(kiln::cli_image::ImageArgs),
+    /// Build the agent ramdisk (kernel + initramfs with kiln-agent).
+    #[command(subcommand)]
+    Ramdisk(RamdiskCmd),
+    /// Print (or write to a directory) the CustomResourceDefinitions of kiln's Kubernetes kinds.
+    Crds {
+        /// Write one file per CRD into this directory instead of printing a multi-document YAML.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RamdiskCmd {
+    /// Build `vmlinuz` + `initramfs` from the distribution's kernel package, busybox and a static kiln-agent.
+    Build {
+        /// The static kiln-agent binary (`cargo build --release -p kiln-agent --target x86_64-unknown-linux-gnu`
+        /// with `-C target-feature=+crt-static`).
+        #[arg(long)]
+        agent_binary: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "./kiln-data/boot")]
+        out: PathBuf,
+        /// Cache of the kernel package and its extracted modules.
+        #[arg(long, default_value = "./kiln-data/ramdisk-cache")]
+        cache: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -109,6 +137,27 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Host { client, cmd } => kiln::cli::host(&client, cmd).await?,
         Command::Import { client, file } => kiln::cli::import(&client, &file).await?,
+        Command::Image(args) => kiln::cli_image::run(args).await?,
+        Command::Ramdisk(RamdiskCmd::Build {
+            agent_binary,
+            out,
+            cache,
+        }) => {
+            let spec = kiln_images::ramdisk::RamdiskSpec::new(agent_binary, cache, out);
+            let r = tokio::task::spawn_blocking(move || kiln_images::ramdisk::build(&spec)).await??;
+            println!(
+                "kernel {} ({})\ninitramfs {}\n{} bytes in all{}",
+                r.kernel.display(),
+                r.kernel_version,
+                r.initramfs.display(),
+                r.bytes,
+                if r.cached { " (unchanged inputs: reused)" } else { "" }
+            );
+        }
+        Command::Crds { out_dir } => match out_dir {
+            Some(dir) => kiln::kube::crds::write_crds(&dir)?,
+            None => print!("{}", kiln::kube::crds::crds_yaml()),
+        },
         Command::Bmc(args) => {
             if let Err(e) = kiln::cli_bmc::run(args).await {
                 eprintln!("error: {e:#}");
