@@ -63,5 +63,9 @@ JSON
 fi
 # Real kube-apiserver + etcd + Cluster API CRDs for the Kubernetes tests (built from Go modules, cached by version).
 KUBE_BIN=$CACHE/kube/$(awk '$1=="k8s.io/kubernetes" {print $2; exit}' "$ROOT/tests/kube/go.mod")
-[ -x "$KUBE_BIN/kube-apiserver" ] && [ -x "$KUBE_BIN/etcd" ] && [ -e "$CACHE/kube/cluster-api-v1.14.2/crd/.done" ] || bash "$ROOT/tests/kube/build.sh"
+# Only the tests need them (`make test` sets KILN_SETUP_KUBE=1), so `make demo` does not wait for this build.
+if [ "${KILN_SETUP_KUBE:-0}" = 1 ]; then
+  [ -x "$KUBE_BIN/kube-apiserver" ] && [ -x "$KUBE_BIN/etcd" ] && [ -e "$CACHE/kube/cluster-api-v1.14.2/crd/.done" ] \
+    || bash "$ROOT/tests/kube/build.sh"
+fi
 log "ready (venv: $VENV)"
