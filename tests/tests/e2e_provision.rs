@@ -71,13 +71,27 @@ impl Cli<'_> {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// The inspection data, read from the REST API with the admin token.
+    fn inspection(&self, name: &str) -> anyhow::Result<Value> {
+        let token = std::fs::read_to_string(self.lab.kiln_data().join("admin.token"))?;
+        let out = self
+            .lab
+            .ns
+            .command("curl")
+            .args(["-sf", "-H", &format!("Authorization: Bearer {}", token.trim())])
+            .arg(format!("http://{SERVER}:8080/api/v1/hosts/{name}/inspection"))
+            .output()?;
+        anyhow::ensure!(out.status.success(), "GET inspection of {name} failed");
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
     /// Waits until the host reaches `state`; fails early if it lands in `error`.
     fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> anyhow::Result<Value> {
         let start = Instant::now();
         let mut last = String::new();
         loop {
             let h = self.host(name)?;
-            let s = h["state"].as_str().unwrap_or_default().to_owned();
+            let s = h["host"]["state"].as_str().unwrap_or_default().to_owned();
             if s != last {
                 println!("[{:>5.1}s] {name}: {s}", start.elapsed().as_secs_f32());
                 last = s.clone();
@@ -252,12 +266,24 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, image: &str) -> anyhow::Result<()
     // 1. Enroll -> registering -> inspecting (the VM netboots the agent) -> available, powered off.
     enroll(&cli, &lab, &host)?;
     let h = cli.wait_state(&host.name, "available", Duration::from_secs(600))?;
-    let inventory = cli.run(&["host", "show", &host.name, "-o", "json"])?;
+    assert_eq!(h["host"]["power"], "off", "an available host is powered off: {h}");
+    let inventory = cli.inspection(&host.name)?;
+    println!("inventory: {inventory}");
+    let inv = &inventory["inventory"];
+    assert_eq!(inv["cpu"]["count"], 1, "the VM has one CPU");
+    let mem = inv["memory_mib"].as_u64().unwrap_or(0);
+    assert!((900..=1024).contains(&mem), "the VM has 1024 MiB, inventory says {mem}");
+    let disks = inv["disks"].as_array().cloned().unwrap_or_default();
     assert!(
-        inventory.to_lowercase().contains(&host.mac.to_lowercase()),
-        "inventory lacks the boot MAC: {inventory}"
+        disks.iter().any(|d| d["size_bytes"] == 2048u64 * 1024 * 1024),
+        "no 2 GiB disk: {disks:?}"
     );
-    println!("available: {h}");
+    let nics = inv["nics"].as_array().cloned().unwrap_or_default();
+    assert!(
+        nics.iter()
+            .any(|n| n["mac"].as_str().is_some_and(|m| m.eq_ignore_ascii_case(&host.mac))),
+        "boot MAC missing: {nics:?}"
+    );
 
     // 2. Provision the Debian image with user data that calls back to the test.
     let user_data = lab.dir.join("user-data");
