@@ -244,7 +244,7 @@ fn enroll(cli: &Cli, lab: &Lab, host: &LabHost) -> anyhow::Result<()> {
 fn vm(name: &str, mac: &str) -> VmSpec {
     let mut spec = VmSpec::new(name, mac);
     spec.disks = vec![DiskSpec {
-        size_mib: 2048,
+        size_mib: 5120,
         bus: DiskBus::Virtio,
     }];
     spec
@@ -275,8 +275,8 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, image: &str) -> anyhow::Result<()
     assert!((900..=1024).contains(&mem), "the VM has 1024 MiB, inventory says {mem}");
     let disks = inv["disks"].as_array().cloned().unwrap_or_default();
     assert!(
-        disks.iter().any(|d| d["size_bytes"] == 2048u64 * 1024 * 1024),
-        "no 2 GiB disk: {disks:?}"
+        disks.iter().any(|d| d["size_bytes"] == 5120u64 * 1024 * 1024),
+        "no 5 GiB disk: {disks:?}"
     );
     let nics = inv["nics"].as_array().cloned().unwrap_or_default();
     assert!(
