@@ -12,6 +12,7 @@ pub mod lab;
 pub mod libvirt;
 pub mod logs;
 pub mod netns;
+pub mod operator;
 pub mod osimage;
 pub mod qemu;
 pub mod ramdisk;

@@ -1,0 +1,247 @@
+//! What an operator does with kiln in the lab, as code: stage the agent ramdisk and the OS image where kiln serves
+//! them, write kiln's config for the lab bridge, run the `kiln` CLI inside the namespace, enroll lab hosts, wait for
+//! states, and receive user-data callbacks. Used by the end-to-end tests and `kiln-lab demo`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::{
+    ipmi,
+    lab::{Lab, LabHost},
+    osimage::OsImage,
+    qemu::{DiskBus, DiskSpec, VmSpec},
+    ramdisk,
+};
+
+pub const SERVER: &str = "10.99.0.1";
+pub const CALLBACK_PORT: u16 = 9999;
+
+/// The kiln CLI, run inside the lab namespace against the lab's kiln.
+pub struct Cli<'a> {
+    pub lab: &'a Lab,
+    pub kiln: PathBuf,
+}
+
+impl Cli<'_> {
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self
+            .lab
+            .ns
+            .command(&self.kiln.display().to_string())
+            .args(args)
+            .env("KILN_SERVER", format!("http://{SERVER}:8080"))
+            .env("KILN_TOKEN_FILE", self.lab.kiln_data().join("admin.token"))
+            .stdin(Stdio::null())
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "`kiln {}` failed: {}{}",
+                args.join(" "),
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        println!("$ kiln {}\n{stdout}", args.join(" "));
+        Ok(stdout)
+    }
+
+    pub fn host(&self, name: &str) -> anyhow::Result<Value> {
+        let out = self
+            .lab
+            .ns
+            .command(&self.kiln.display().to_string())
+            .args(["host", "show", name, "-o", "json"])
+            .env("KILN_SERVER", format!("http://{SERVER}:8080"))
+            .env("KILN_TOKEN_FILE", self.lab.kiln_data().join("admin.token"))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kiln host show {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The inspection data, read from the REST API with the admin token.
+    pub fn inspection(&self, name: &str) -> anyhow::Result<Value> {
+        let token = std::fs::read_to_string(self.lab.kiln_data().join("admin.token"))?;
+        let out = self
+            .lab
+            .ns
+            .command("curl")
+            .args(["-sf", "-H", &format!("Authorization: Bearer {}", token.trim())])
+            .arg(format!("http://{SERVER}:8080/api/v1/hosts/{name}/inspection"))
+            .output()?;
+        anyhow::ensure!(out.status.success(), "GET inspection of {name} failed");
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Waits until the host reaches `state`; fails early if it lands in `error`.
+    pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let start = Instant::now();
+        let mut last = String::new();
+        loop {
+            let h = self.host(name)?;
+            let s = h["host"]["state"].as_str().unwrap_or_default().to_owned();
+            if s != last {
+                println!("[{:>5.1}s] {name}: {s}", start.elapsed().as_secs_f32());
+                last = s.clone();
+            }
+            if s == state {
+                return Ok(h);
+            }
+            if s == "error" && state != "error" {
+                bail!("{name} went to error while waiting for {state}: {h}");
+            }
+            if start.elapsed() > timeout {
+                bail!("{name} not {state} after {timeout:?} (now {s}): {h}");
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
+/// A tiny HTTP endpoint inside the namespace that logs every request (the user data's callback).
+pub struct Callback {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Callback {
+    pub fn start(lab: &Lab) -> anyhow::Result<Self> {
+        let log = lab.logs.file("callback.log");
+        let child = lab
+            .ns
+            .command("python3")
+            .args([
+                "-m",
+                "http.server",
+                &CALLBACK_PORT.to_string(),
+                "--bind",
+                SERVER,
+                "--directory",
+            ])
+            .arg(&lab.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        lab.record.add_pid(child.id());
+        Ok(Self { child, log })
+    }
+
+    pub fn seen(&self, path: &str) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(path))
+    }
+}
+
+impl Drop for Callback {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Puts the agent ramdisk and the OS image in one directory kiln serves under /boot/files/.
+pub fn stage_files(lab: &Lab, os: &OsImage) -> anyhow::Result<PathBuf> {
+    let rd = ramdisk::get()?;
+    let files = lab.dir.join("files");
+    std::fs::create_dir_all(&files)?;
+    for (src, name) in [
+        (rd.kernel.as_path(), "vmlinuz"),
+        (rd.initramfs.as_path(), "initramfs"),
+        (os.qcow2().as_path(), "debian.qcow2"),
+        (os.raw_zst().as_path(), "debian.raw.zst"),
+    ] {
+        link_or_copy(src, &files.join(name))?;
+    }
+    Ok(files)
+}
+
+pub fn link_or_copy(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(dst);
+    if std::fs::hard_link(src, dst).is_err() {
+        std::fs::copy(src, dst).with_context(|| format!("copy {}", src.display()))?;
+    }
+    Ok(())
+}
+
+pub fn kiln_config(lab: &Lab, files: &Path) -> anyhow::Result<PathBuf> {
+    let data = lab.kiln_data();
+    let toml = format!(
+        r#"data_dir = "{data}"
+api_url = "http://{SERVER}:8080"
+heartbeat_secs = 2
+
+[pxe]
+state_dir = "{data}/pxe"
+
+[pxe.dhcp]
+mode = "full"
+interface = "br0"
+server_addr = "{SERVER}"
+
+[[pxe.dhcp.subnets]]
+network = "10.99.0.0"
+prefix_len = 24
+range_start = "10.99.0.100"
+range_end = "10.99.0.200"
+
+[pxe.boot]
+http_base = "http://{SERVER}:8080"
+files_dir = "{files}"
+
+[agent_boot]
+kernel_url = "http://{SERVER}:8080/boot/files/vmlinuz"
+initrd_url = "http://{SERVER}:8080/boot/files/initramfs"
+cmdline = "console=ttyS0"
+"#,
+        data = data.display(),
+        files = files.display(),
+    );
+    std::fs::create_dir_all(&data)?;
+    let path = lab.dir.join("kiln.toml");
+    std::fs::write(&path, toml)?;
+    Ok(path)
+}
+
+pub fn enroll(cli: &Cli, lab: &Lab, host: &LabHost) -> anyhow::Result<()> {
+    let pw = lab.dir.join("bmc-password");
+    std::fs::write(&pw, ipmi::PASSWORD)?;
+    let mode = match host.firmware {
+        crate::qemu::Firmware::Bios => "legacy",
+        crate::qemu::Firmware::Uefi => "uefi",
+    };
+    cli.run(&[
+        "host",
+        "enroll",
+        &host.name,
+        "--bmc",
+        &host.bmc_address,
+        "--username",
+        ipmi::USERNAME,
+        "--password-file",
+        &pw.display().to_string(),
+        "--boot-mac",
+        &host.mac,
+        "--boot-mode",
+        mode,
+        "--label",
+        "rack=lab",
+    ])?;
+    Ok(())
+}
+
+pub fn vm(name: &str, mac: &str) -> VmSpec {
+    let mut spec = VmSpec::new(name, mac);
+    spec.disks = vec![DiskSpec {
+        size_mib: 5120,
+        bus: DiskBus::Virtio,
+    }];
+    spec
+}
