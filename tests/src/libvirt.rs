@@ -59,8 +59,6 @@ impl Libvirtd {
         std::thread::sleep(std::time::Duration::from_millis(200));
         let run_dir = dir.join("libvirt");
         std::fs::create_dir_all(&run_dir)?;
-        record.add_pidfile(Path::new("/run/kiln-lab/libvirtd.pid"));
-        record.add_pidfile(Path::new("/run/kiln-lab/virtlogd.pid"));
         let status = ns
             .command("/usr/sbin/virtlogd")
             .args(["-d", "-p", "/run/kiln-lab/virtlogd.pid"])
@@ -78,6 +76,15 @@ impl Libvirtd {
         cmd::wait_for("libvirtd to answer", std::time::Duration::from_secs(60), || {
             virsh(&["version"]).ok()
         })?;
+        // Record the daemons' pids by value: the pid files are shared by every lab on the machine, so a stale
+        // record must not point at them (it would kill a later lab's libvirtd).
+        for pidfile in ["/run/kiln-lab/libvirtd.pid", "/run/kiln-lab/virtlogd.pid"] {
+            if let Ok(pid) = std::fs::read_to_string(pidfile).map(|p| p.trim().to_owned())
+                && let Ok(pid) = pid.parse::<u32>()
+            {
+                record.add_pid(pid);
+            }
+        }
         // Leftovers of a crashed lab: persistent domains survive a libvirtd restart.
         for name in virsh(&["list", "--all", "--name"])?.lines().map(str::trim) {
             if name.starts_with("kiln-") {
@@ -104,11 +111,12 @@ impl Libvirtd {
         })
     }
 
-    /// Defines (does not start) a persistent domain `kiln-<name>` for `spec`, booting from disk by default so that
+    /// Defines (does not start) a persistent domain `kiln-<lab id>-<name>` for `spec`, booting from disk by default so that
     /// network boot has to be asked for through a BMC. Returns the domain name.
     pub fn define(&mut self, record: &Record, spec: &VmSpec, dir: &Path, logs: &LogDir) -> anyhow::Result<String> {
         spec.prepare(dir)?;
-        let name = format!("kiln-{}", spec.name);
+        // Unique per lab, so that cleaning up after one lab never touches another's domains.
+        let name = format!("kiln-{}-{}", record.id(), spec.name);
         record.add_domain(&name);
         let firmware = match spec.firmware {
             Firmware::Bios => "bios",

@@ -14,6 +14,10 @@ pub struct OsImage {
 impl OsImage {
     /// Builds the image if the cache lacks it (several minutes the first time), then returns its directory.
     pub fn get() -> anyhow::Result<Self> {
+        crate::state::with_file_lock(&crate::cache_dir().join("os-image.lock"), Self::build)
+    }
+
+    fn build() -> anyhow::Result<Self> {
         let script = crate::repo_root().join("tests/os-image/build.sh");
         let out = std::process::Command::new("bash")
             .arg(&script)

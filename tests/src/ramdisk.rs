@@ -5,6 +5,10 @@ use kiln_images::ramdisk::{self, Ramdisk, RamdiskSpec};
 
 /// Builds (or reuses) the static agent and the ramdisk.
 pub fn get() -> anyhow::Result<Ramdisk> {
+    crate::state::with_file_lock(&crate::cache_dir().join("ramdisk.lock"), build)
+}
+
+fn build() -> anyhow::Result<Ramdisk> {
     let root = crate::repo_root();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)

@@ -118,3 +118,19 @@ fn reap(dir: &Path) {
     }
     let _ = fs::remove_dir_all(dir);
 }
+
+/// Runs `f` holding an exclusive lock on `path` (created if missing), so that builds of shared cached artifacts
+/// (the ramdisk, the OS image) by parallel tests or processes do not step on each other.
+pub fn with_file_lock<T>(path: &Path, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("lock {}: {e}", path.display()))?;
+    f()
+}
