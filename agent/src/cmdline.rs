@@ -64,41 +64,8 @@ impl fmt::Display for ApiBase {
     }
 }
 
-/// A MAC address in canonical lower-case colon form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mac([u8; 6]);
-
-impl std::str::FromStr for Mac {
-    type Err = AgentError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || AgentError::Cmdline {
-            reason: format!("not a MAC address: {s:?}"),
-        };
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        if parts.len() != 6 {
-            return Err(bad());
-        }
-        let mut out = [0u8; 6];
-        for (o, p) in out.iter_mut().zip(parts) {
-            if p.len() != 2 {
-                return Err(bad());
-            }
-            *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-        }
-        Ok(Mac(out))
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
+/// A MAC address in canonical lower-case colon form (the protocol's shared type).
+pub use kiln_images::protocol::MacAddr as Mac;
 
 /// Everything the agent takes from the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +111,13 @@ pub fn parse_cmdline(text: &str) -> Result<BootConfig, AgentError> {
     Ok(BootConfig {
         api: ApiBase::parse(&api)?,
         token: Token(token),
-        mac: mac.map(|m| m.parse()).transpose()?,
+        mac: mac
+            .map(|m| {
+                m.parse::<Mac>().map_err(|_| AgentError::Cmdline {
+                    reason: format!("not a MAC address: {m:?}"),
+                })
+            })
+            .transpose()?,
         debug,
     })
 }

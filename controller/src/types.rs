@@ -72,34 +72,19 @@ pub struct MacAddr(pub [u8; 6]);
 impl FromStr for MacAddr {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || {
-            ParseError(format!(
-                "{s:?} is not a MAC address (expected six hex pairs like 52:54:00:12:34:56)"
-            ))
-        };
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        if parts.len() != 6 {
-            return Err(bad());
-        }
-        let mut out = [0u8; 6];
-        for (o, p) in out.iter_mut().zip(parts) {
-            if p.len() != 2 {
-                return Err(bad());
-            }
-            *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-        }
-        Ok(Self(out))
+        s.parse::<kiln_images::protocol::MacAddr>()
+            .map(|m| Self(m.0))
+            .map_err(|_| {
+                ParseError(format!(
+                    "{s:?} is not a MAC address (expected six hex pairs like 52:54:00:12:34:56)"
+                ))
+            })
     }
 }
 
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        kiln_images::protocol::MacAddr(self.0).fmt(f)
     }
 }
 string_newtype_serde!(MacAddr);
