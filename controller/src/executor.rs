@@ -22,7 +22,7 @@ use crate::machine::{
 use crate::metrics::Metrics;
 use crate::model::{Host, StatusUpdate};
 use crate::store::{CommandStatus, Store, StoreError};
-use crate::types::Ts;
+use crate::types::{HostName, Ts};
 
 /// Wall-clock now, the executor's only clock read.
 pub fn now() -> Ts {
@@ -70,6 +70,7 @@ pub struct Executor {
     action_attempts: Mutex<HashMap<i64, u32>>,
     busy: Mutex<usize>,
     woken: Mutex<std::collections::HashSet<i64>>,
+    changes: tokio::sync::broadcast::Sender<HostName>,
 }
 
 /// A connected BMC and the address+username it was connected with.
@@ -98,6 +99,7 @@ impl Executor {
             action_attempts: Mutex::default(),
             busy: Mutex::new(0),
             woken: Mutex::default(),
+            changes: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -110,6 +112,13 @@ impl Executor {
     pub fn wake(&self, host_id: i64) {
         self.woken.lock().expect("woken lock").insert(host_id);
         self.notify.notify_one();
+    }
+
+    /// Names of hosts whose state or power changed, as the executor commits them (front-ends such as the
+    /// BareMetalHost controller subscribe to refresh their view at once instead of polling). A slow subscriber
+    /// sees `Lagged` and should refresh everything.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<HostName> {
+        self.changes.subscribe()
     }
 
     pub fn notifier(&self) -> Arc<Notify> {
@@ -404,6 +413,7 @@ impl Executor {
                         .await?;
                     self.store.end_phase(h.id, h.state.name(), now, "ok").await?;
                     info!(from = h.state.name(), "host deleted");
+                    let _ = self.changes.send(h.name.clone());
                     self.bmcs.lock().expect("bmcs lock").remove(&h.id);
                     return Ok(None);
                 }
@@ -421,6 +431,9 @@ impl Executor {
             // The operator changed the host meanwhile; the actions are idempotent, so look again at once.
             self.poke();
             return Ok(None);
+        }
+        if h.state != d.next || h.power != power {
+            let _ = self.changes.send(h.name.clone());
         }
         self.record_change(h, &d.next, &d.reason, now).await?;
         Ok(Some(d.next))
@@ -498,6 +511,7 @@ impl Executor {
         if !self.store.save_status(h.id, h.generation, &st, now).await? {
             return Ok(None);
         }
+        let _ = self.changes.send(h.name.clone());
         self.record_change(h, &next.next, &next.reason, now).await?;
         Ok(Some(next.next))
     }

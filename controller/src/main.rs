@@ -37,6 +37,12 @@ enum Command {
         /// Agent jobs running at once; more hosts wait as `delayed`.
         #[arg(long)]
         max_concurrent_jobs: Option<usize>,
+        /// Also run the Kubernetes controllers (Metal3 BareMetalHost, Cluster API provider) with leader election.
+        #[arg(long)]
+        kube: bool,
+        /// Kubeconfig for --kube (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+        #[arg(long, requires = "kube")]
+        kubeconfig: Option<PathBuf>,
         /// Log as JSON lines.
         #[arg(long)]
         log_json: bool,
@@ -108,6 +114,8 @@ async fn main() -> anyhow::Result<()> {
             database_url,
             api_url,
             max_concurrent_jobs,
+            kube,
+            kubeconfig,
             log_json: _,
         } => {
             let mut cfg = match config {
@@ -125,6 +133,12 @@ async fn main() -> anyhow::Result<()> {
             }
             if let Some(n) = max_concurrent_jobs {
                 cfg.max_concurrent_jobs = n;
+            }
+            if kube {
+                let k = cfg.kube.get_or_insert_default();
+                if kubeconfig.is_some() {
+                    k.kubeconfig = kubeconfig;
+                }
             }
             // Real BMC drivers; the netboot services start inside run() when the config has a [pxe] section.
             let app = Appliance::open(cfg, Arc::new(kiln::drivers::Drivers::default())).await?;

@@ -71,6 +71,8 @@ pub struct Config {
     pub pxe: Option<kiln_pxe::PxeConfig>,
     /// The agent ramdisk the per-host iPXE script boots.
     pub agent_boot: Option<AgentBootConfig>,
+    /// The Kubernetes front-end (BareMetalHost and Cluster API controllers); `None` runs without it.
+    pub kube: Option<crate::kube::runner::KubeSettings>,
 }
 
 /// Kernel and initramfs of the kiln-agent ramdisk.
@@ -97,6 +99,7 @@ impl Default for Config {
             policy: Policy::default(),
             pxe: None,
             agent_boot: None,
+            kube: None,
         }
     }
 }
@@ -265,6 +268,26 @@ pub async fn run(
         tracing::info!(mode = ?pxe_cfg.dhcp.mode, interface = %pxe_cfg.dhcp.interface, "netboot services started");
         pxe = Some(services);
     }
+    // The Kubernetes controllers, on kiln's own engine, while this replica leads; losing the lease stops kiln.
+    // A JoinSet, not a detached task: if this future is dropped (the process ends), the controllers end with it.
+    let mut kube = tokio::task::JoinSet::new();
+    if let Some(settings) = app.config.kube.clone() {
+        let client = crate::kube::runner::client(&settings)
+            .await
+            .map_err(|e| std::io::Error::other(crate::bmcs::chain(&e)))?;
+        let engine = Arc::new(crate::kube::engine::store::StoreEngine::new(
+            app.store.clone(),
+            app.executor.clone(),
+        ));
+        let c = cancel.clone();
+        kube.spawn(async move {
+            let r = crate::kube::runner::run(client, engine, settings, c.clone()).await;
+            if r.is_err() {
+                c.cancel();
+            }
+            r
+        });
+    }
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(app.executor.clone().run(cancel.clone()));
     let c = cancel.clone();
@@ -282,6 +305,17 @@ pub async fn run(
         && let Err(e) = services.wait().await
     {
         tracing::warn!(error = %crate::bmcs::chain(&e), "netboot services stopped with an error");
+    }
+    while let Some(k) = kube.join_next().await {
+        match k {
+            Ok(Err(e)) => return Err(std::io::Error::other(crate::bmcs::chain(&e))),
+            Err(e) => {
+                return Err(std::io::Error::other(format!(
+                    "the Kubernetes controllers panicked: {e}"
+                )));
+            }
+            Ok(Ok(())) => {}
+        }
     }
     served
 }

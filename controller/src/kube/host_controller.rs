@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::{Secret, SecretReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -90,8 +91,13 @@ pub async fn run<E: Engine>(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let hosts: Api<BareMetalHost> = Api::all(client.clone());
+    let changes = engine.changes();
     let ctx = Arc::new(Ctx { client, engine, config });
-    Controller::new(hosts, watcher::Config::default())
+    let mut controller = Controller::new(hosts, watcher::Config::default());
+    if let Some(changes) = changes {
+        controller = controller.reconcile_on(changes.map(|k| ObjectRef::new(&k.name).within(&k.namespace)));
+    }
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
@@ -311,6 +317,8 @@ pub fn status_from(host: &BareMetalHost, st: &HostState, now: Time) -> BareMetal
         None => {
             s.operational_status = if st.state == ProvisioningState::None {
                 OperationalStatus::Discovered
+            } else if st.delayed {
+                OperationalStatus::Delayed
             } else {
                 OperationalStatus::Ok
             };
@@ -318,7 +326,9 @@ pub fn status_from(host: &BareMetalHost, st: &HostState, now: Time) -> BareMetal
             s.error_message = String::new();
         }
     }
-    if prev.provisioning.state != st.state {
+    if let Some(h) = &st.history {
+        s.operation_history = h.clone();
+    } else if prev.provisioning.state != st.state {
         use ProvisioningState as P;
         let h = &mut s.operation_history;
         let (ended, started) = match st.state {

@@ -12,3 +12,4 @@ pub mod crds;
 pub mod engine;
 pub mod host_controller;
 pub mod machine_controller;
+pub mod runner;

@@ -114,6 +114,8 @@ pub struct Lab {
     pub tokens: Arc<Mutex<HashMap<String, Vec<String>>>>,
     /// Commands each host's agents received, in order.
     pub commands: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    /// The config drive of each host's last `write_image` command.
+    pub drives: Arc<Mutex<HashMap<String, Value>>>,
     /// Disk boots (the written OS starting), per host.
     pub os_boots: Arc<Mutex<HashMap<String, u32>>>,
     pub dir: tempfile::TempDir,
@@ -127,6 +129,8 @@ pub struct Lab {
     /// The netboot lookup of the running appliance (what the pxe services would call).
     pub lookup: Arc<Mutex<Option<StoreLookup>>>,
     pub tweak: fn(&mut Config),
+    /// The Kubernetes front-end settings, when the appliance runs its controllers (`kiln serve --kube`).
+    pub kube: Option<kiln::kube::runner::KubeSettings>,
 }
 
 pub fn config(dir: &std::path::Path, tweak: fn(&mut Config)) -> Config {
@@ -150,6 +154,11 @@ pub fn config(dir: &std::path::Path, tweak: fn(&mut Config)) -> Config {
 
 impl Lab {
     pub async fn start(tweak: fn(&mut Config)) -> Lab {
+        Self::start_with(tweak, None).await
+    }
+
+    /// Like [`Lab::start`], with the Kubernetes controllers running inside the appliance.
+    pub async fn start_with(tweak: fn(&mut Config), kube: Option<kiln::kube::runner::KubeSettings>) -> Lab {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (boots_tx, boots_rx) = mpsc::unbounded_channel();
         let dir = tempfile::tempdir().unwrap();
@@ -158,6 +167,7 @@ impl Lab {
             boots_tx,
             tokens: Arc::default(),
             commands: Arc::default(),
+            drives: Arc::default(),
             os_boots: Arc::default(),
             dir,
             client: reqwest::Client::new(),
@@ -168,6 +178,7 @@ impl Lab {
             port: 0,
             lookup: Arc::default(),
             tweak,
+            kube,
         };
         lab.serve().await;
         lab.spawn_firmware(boots_rx);
@@ -194,9 +205,9 @@ impl Lab {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
         self.port = listener.local_addr().unwrap().port();
         self.base = format!("http://127.0.0.1:{}", self.port);
-        let app = Appliance::open(config(self.dir.path(), self.tweak), self.connector())
-            .await
-            .unwrap();
+        let mut cfg = config(self.dir.path(), self.tweak);
+        cfg.kube = self.kube.clone();
+        let app = Appliance::open(cfg, self.connector()).await.unwrap();
         self.admin = std::fs::read_to_string(self.dir.path().join("admin.token"))
             .unwrap()
             .trim()
@@ -214,9 +225,10 @@ impl Lab {
 
     /// Simulated firmware: a network boot asks the netboot lookup what to do and starts an agent with the token.
     pub fn spawn_firmware(&self, mut rx: mpsc::UnboundedReceiver<(String, BootKind)>) {
-        let (tokens, commands, os_boots, fakes) = (
+        let (tokens, commands, drives, os_boots, fakes) = (
             self.tokens.clone(),
             self.commands.clone(),
+            self.drives.clone(),
             self.os_boots.clone(),
             self.fakes.clone(),
         );
@@ -256,7 +268,7 @@ impl Lab {
                         let fake = fakes.lock().unwrap().get(&host).cloned().unwrap();
                         agents.insert(
                             host.clone(),
-                            tokio::spawn(agent(host, api_url, token, commands.clone(), fake)),
+                            tokio::spawn(agent(host, api_url, token, commands.clone(), drives.clone(), fake)),
                         );
                     }
                 }
@@ -359,6 +371,7 @@ pub async fn agent(
     api: String,
     token: String,
     commands: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    drives: Arc<Mutex<HashMap<String, Value>>>,
     fake: Arc<Fake>,
 ) {
     let c = reqwest::Client::new();
@@ -401,6 +414,7 @@ pub async fn agent(
                 "write_image" => {
                     assert!(cmd["image"]["url"].as_str().unwrap().starts_with("http://"));
                     assert_eq!(cmd["config_drive"]["meta_data"]["name"], host.as_str());
+                    drives.lock().unwrap().insert(host.clone(), cmd["config_drive"].clone());
                     for w in [0u64, 512, 1024] {
                         let p = json!({ "command_id": id, "phase": "writing", "bytes_read": w, "bytes_written": w, "total_bytes": 1024 });
                         assert_eq!(post("progress", p).await.unwrap().status(), 204);

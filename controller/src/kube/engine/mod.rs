@@ -8,10 +8,12 @@
 use std::future::Future;
 
 use super::bmh::{
-    AutomatedCleaningMode, BootMode, ErrorType, HardwareDetails, Image, ProvisioningState, RootDeviceHints,
+    AutomatedCleaningMode, BootMode, ErrorType, HardwareDetails, Image, OperationHistory, ProvisioningState,
+    RootDeviceHints,
 };
 
 pub mod memory;
+pub mod store;
 
 /// Identifies a host in the engine: `<namespace>/<name>` of its BareMetalHost.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -78,6 +80,11 @@ pub struct HostState {
     pub provisioned_image: Option<Image>,
     pub boot_mode: Option<BootMode>,
     pub root_device_hints: Option<RootDeviceHints>,
+    /// Waiting for a concurrency slot (Metal3's operational status `delayed`).
+    pub delayed: bool,
+    /// When each operation last started and ended, if the engine keeps timings; otherwise the controller stamps
+    /// the state changes it sees.
+    pub history: Option<OperationHistory>,
 }
 
 impl HostState {
@@ -136,4 +143,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Power-cycles a host through its BMC (remediation).
     fn reboot_host(&self, key: &HostKey) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Hosts whose observed state changed, when the engine can tell (so the controller refreshes their status at
+    /// once instead of waiting for its next poll). `None`: the controller polls.
+    fn changes(&self) -> Option<futures::stream::BoxStream<'static, HostKey>> {
+        None
+    }
 }

@@ -1,0 +1,686 @@
+//! kiln's real engine behind the Kubernetes controllers: the store and the executor's state machine.
+//!
+//! A `BareMetalHost` `<namespace>/<name>` is the kiln host `<namespace>.<name>` (a namespace is a DNS label, so the
+//! first dot splits them), labelled [`BMH_LABEL`] = `<namespace>/<name>` so that a host enrolled through the CLI or
+//! the REST API is never taken over by a custom resource of the same name. [`Engine::apply_host`] translates the
+//! resolved spec into kiln's [`model::HostSpec`](crate::model::HostSpec), writes it only when it changed, pokes the
+//! executor, and reads the host back as a [`HostState`]; the executor does all BMC and agent work as for any host.
+
+use std::sync::Arc;
+
+use kiln_bmc::{PowerAction, PowerState, Secret};
+use kiln_images::protocol::{self, HardwareInventory, ImageFormat, ImageSpec};
+
+use super::{Engine, EngineError, HostKey, HostSpec, HostState, Release, SecretBytes};
+use crate::api::{ImageIn, image_from};
+use crate::executor::{Executor, now};
+use crate::kube::bmh::{
+    AutomatedCleaningMode, BootMode, ChecksumType, Cpu, DiskFormat, ErrorType, HardwareDetails, HardwareSystemVendor,
+    Image, Nic, OperationHistory, OperationMetric, ProvisioningState as P, RootDeviceHints, Storage,
+};
+use crate::machine::{JobPhase, Operation, State};
+use crate::model::{self, BmcInfo, EraseMode, Host};
+use crate::store::{PhaseRecord, Store, StoreError};
+use crate::types::{BmcAddress, HostName, MacAddr};
+
+/// Label on kiln hosts that mirror a BareMetalHost; its value is `<namespace>/<name>`.
+pub const BMH_LABEL: &str = "kiln.dev/baremetalhost";
+
+/// The store-backed engine.
+pub struct StoreEngine {
+    store: Arc<dyn Store>,
+    executor: Arc<Executor>,
+}
+
+impl StoreEngine {
+    pub fn new(store: Arc<dyn Store>, executor: Arc<Executor>) -> Self {
+        Self { store, executor }
+    }
+
+    /// The kiln host name of a BareMetalHost.
+    ///
+    /// # Errors
+    /// [`EngineError::Rejected`] when `<namespace>.<name>` is not a valid kiln host name (longer than 63 characters).
+    pub fn host_name(key: &HostKey) -> Result<HostName, EngineError> {
+        format!("{}.{}", key.namespace, key.name)
+            .parse()
+            .map_err(|e: crate::types::ParseError| rejected(key, format!("cannot name the kiln host: {}", e.0)))
+    }
+
+    /// The host mirroring `key`, if kiln has it and it belongs to that BareMetalHost.
+    async fn owned(&self, key: &HostKey) -> Result<Option<Host>, EngineError> {
+        let name = Self::host_name(key)?;
+        match self.store.host(&name).await.map_err(store_err)? {
+            Some(h) if h.spec.labels.get(BMH_LABEL) == Some(&key.to_string()) => Ok(Some(h)),
+            Some(_) => Err(rejected(
+                key,
+                format!("kiln already has a host named {name} that was not created from this BareMetalHost"),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    async fn observe(&self, h: &Host) -> Result<HostState, EngineError> {
+        let inventory = self.store.inspection(h.id).await.map_err(store_err)?;
+        let phases = self.store.phases(h.id).await.map_err(store_err)?;
+        let mut st = state_of(
+            h,
+            inventory.and_then(|(v, _)| serde_json::from_value::<HardwareInventory>(v).ok()),
+        );
+        st.history = Some(history(&phases));
+        Ok(st)
+    }
+}
+
+fn rejected(key: &HostKey, reason: impl Into<String>) -> EngineError {
+    EngineError::Rejected {
+        host: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn store_err(e: StoreError) -> EngineError {
+    if e.is_transient() {
+        EngineError::Unavailable(crate::bmcs::chain(&e))
+    } else {
+        EngineError::Rejected {
+            host: String::new(),
+            reason: crate::bmcs::chain(&e),
+        }
+    }
+}
+
+/// Parses a networkData/metaData Secret value: JSON, or YAML as Metal3 users often write it.
+fn structured(key: &HostKey, field: &str, b: &SecretBytes) -> Result<serde_json::Value, EngineError> {
+    serde_json::from_slice(&b.0)
+        .or_else(|_| serde_saphyr::from_slice::<serde_json::Value>(&b.0))
+        .map_err(|_| {
+            rejected(
+                key,
+                format!("spec.{field}: the Secret's value is neither JSON nor YAML"),
+            )
+        })
+}
+
+/// Translates the resolved BareMetalHost spec into kiln's host spec (pure but for validation errors).
+///
+/// # Errors
+/// [`EngineError::Rejected`] naming the field that kiln cannot use.
+pub fn kiln_spec(key: &HostKey, spec: &HostSpec) -> Result<model::HostSpec, EngineError> {
+    let address: BmcAddress = spec
+        .bmc
+        .address
+        .parse()
+        .map_err(|e: crate::types::ParseError| rejected(key, format!("spec.bmc.address: {}", e.0)))?;
+    if spec.bmc.username.is_empty() {
+        return Err(rejected(key, "the BMC credentials Secret has an empty username"));
+    }
+    let password = String::from_utf8(spec.bmc.password.0.clone())
+        .map_err(|_| rejected(key, "the BMC password in the credentials Secret is not UTF-8"))?;
+    let boot_mac = spec
+        .boot_mac_address
+        .as_deref()
+        .map(|m| {
+            m.parse::<MacAddr>()
+                .map_err(|e| rejected(key, format!("spec.bootMACAddress: {}", e.0)))
+        })
+        .transpose()?;
+    let image = match spec.image.as_ref().filter(|i| !i.url.is_empty()) {
+        None => None,
+        Some(i) => Some(image_spec(i).map_err(|m| rejected(key, m))?),
+    };
+    let user_data = spec
+        .user_data
+        .as_ref()
+        .map(|b| {
+            String::from_utf8(b.0.clone()).map_err(|_| rejected(key, "spec.userData: the Secret's value is not UTF-8"))
+        })
+        .transpose()?;
+    let network_data = spec
+        .network_data
+        .as_ref()
+        .map(|b| structured(key, "networkData", b))
+        .transpose()?;
+    let meta_data = spec
+        .meta_data
+        .as_ref()
+        .map(|b| structured(key, "metaData", b))
+        .transpose()?;
+    Ok(model::HostSpec {
+        labels: [(BMH_LABEL.to_owned(), key.to_string())].into(),
+        bmc: Some(BmcInfo {
+            address,
+            username: spec.bmc.username.clone(),
+            password: Secret::new(password),
+        }),
+        boot_mac,
+        boot_mode: match spec.boot_mode {
+            BootMode::Legacy => kiln_bmc::BootMode::Legacy,
+            BootMode::Uefi | BootMode::UefiSecureBoot => kiln_bmc::BootMode::Uefi,
+        },
+        root_device_hints: spec.root_device_hints.as_ref().map(hints_in).unwrap_or_default(),
+        image,
+        user_data,
+        network_data,
+        meta_data,
+        options: model::HostOptions {
+            externally_provisioned: spec.externally_provisioned,
+            erase: match spec.automated_cleaning_mode {
+                AutomatedCleaningMode::Disabled => EraseMode::Disabled,
+                AutomatedCleaningMode::Metadata => EraseMode::Metadata,
+            },
+            ..model::HostOptions::default()
+        },
+    })
+}
+
+/// Metal3's image fields, validated as the REST API validates them.
+fn image_spec(i: &Image) -> Result<ImageSpec, String> {
+    let format = match i.disk_format {
+        None => None,
+        Some(DiskFormat::Raw) => Some(ImageFormat::Raw),
+        Some(DiskFormat::Qcow2) => Some(ImageFormat::Qcow2),
+        Some(other) => return Err(format!("spec.image.format: kiln does not write {other:?} images")),
+    };
+    let checksum_type = i.checksum_type.map(|t| match t {
+        ChecksumType::Md5 => protocol::ChecksumType::Md5,
+        ChecksumType::Sha256 => protocol::ChecksumType::Sha256,
+        ChecksumType::Sha512 => protocol::ChecksumType::Sha512,
+        ChecksumType::Auto => protocol::ChecksumType::Auto,
+    });
+    image_from(&ImageIn {
+        url: i.url.clone(),
+        checksum: i.checksum.clone(),
+        checksum_type,
+        format,
+    })
+    .map_err(|e| match e.field {
+        Some(f) => format!("spec.{f}: {}", e.error),
+        None => e.error,
+    })
+}
+
+fn hints_in(h: &RootDeviceHints) -> protocol::RootDeviceHints {
+    protocol::RootDeviceHints {
+        device_name: h.device_name.clone(),
+        hctl: h.hctl.clone(),
+        model: h.model.clone(),
+        vendor: h.vendor.clone(),
+        serial_number: h.serial_number.clone(),
+        min_size_gigabytes: h.min_size_gigabytes.and_then(|g| u64::try_from(g).ok()),
+        wwn: h.wwn.clone(),
+        wwn_with_extension: h.wwn_with_extension.clone(),
+        wwn_vendor_extension: h.wwn_vendor_extension.clone(),
+        rotational: h.rotational,
+    }
+}
+
+fn hints_out(h: &protocol::RootDeviceHints) -> RootDeviceHints {
+    RootDeviceHints {
+        device_name: h.device_name.clone(),
+        hctl: h.hctl.clone(),
+        model: h.model.clone(),
+        vendor: h.vendor.clone(),
+        serial_number: h.serial_number.clone(),
+        min_size_gigabytes: h.min_size_gigabytes.and_then(|g| i64::try_from(g).ok()),
+        wwn: h.wwn.clone(),
+        wwn_with_extension: h.wwn_with_extension.clone(),
+        wwn_vendor_extension: h.wwn_vendor_extension.clone(),
+        rotational: h.rotational,
+    }
+}
+
+fn image_out(i: &ImageSpec) -> Image {
+    Image {
+        url: i.url.clone(),
+        checksum: Some(i.checksum.clone()),
+        checksum_type: Some(match i.checksum_type {
+            protocol::ChecksumType::Auto => ChecksumType::Auto,
+            protocol::ChecksumType::Sha256 => ChecksumType::Sha256,
+            protocol::ChecksumType::Sha512 => ChecksumType::Sha512,
+            protocol::ChecksumType::Md5 => ChecksumType::Md5,
+        }),
+        disk_format: i.format.map(|f| match f {
+            ImageFormat::Raw => DiskFormat::Raw,
+            ImageFormat::Qcow2 => DiskFormat::Qcow2,
+        }),
+        oci_auth_secret_name: None,
+    }
+}
+
+/// Metal3's `status.hardware` from the agent's inventory.
+pub fn hardware(inv: &HardwareInventory) -> HardwareDetails {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    HardwareDetails {
+        system_vendor: Some(HardwareSystemVendor {
+            manufacturer: some(&inv.system.vendor),
+            product_name: some(&inv.system.product),
+            serial_number: some(&inv.system.serial),
+        }),
+        ram_mebibytes: i64::try_from(inv.memory_mib).ok(),
+        nics: inv
+            .nics
+            .iter()
+            .map(|n| Nic {
+                name: some(&n.name),
+                model: some(&n.driver),
+                mac: some(&n.mac),
+                ip: n.ipv4.first().map(|ip| ip.split('/').next().unwrap_or(ip).to_owned()),
+                speed_gbps: n.speed_mbps.map(|m| i64::from(m / 1000)),
+                pxe: None,
+            })
+            .collect(),
+        storage: inv
+            .disks
+            .iter()
+            .map(|d| Storage {
+                name: some(&d.name),
+                rotational: Some(d.rotational),
+                size_bytes: i64::try_from(d.size_bytes).ok(),
+                vendor: some(&d.vendor),
+                model: some(&d.model),
+                serial_number: some(&d.serial),
+                wwn: some(&d.wwn),
+                hctl: some(&d.hctl),
+            })
+            .collect(),
+        cpu: Some(Cpu {
+            arch: some(&inv.cpu.architecture),
+            model: some(&inv.cpu.model),
+            clock_megahertz: None,
+            count: Some(i64::from(inv.cpu.count)),
+        }),
+        hostname: None,
+    }
+}
+
+fn error_type(op: Operation) -> ErrorType {
+    match op {
+        Operation::Registering => ErrorType::Registration,
+        Operation::Inspecting => ErrorType::Inspection,
+        Operation::Preparing => ErrorType::Preparation,
+        Operation::Provisioning | Operation::Deprovisioning => ErrorType::Provisioning,
+    }
+}
+
+/// What the BareMetalHost's status shows for a stored host (pure).
+pub fn state_of(h: &Host, inventory: Option<HardwareInventory>) -> HostState {
+    let (state, error) = match &h.state {
+        State::Unmanaged => (P::Unmanaged, None),
+        State::Registering { .. } => (P::Registering, None),
+        State::Inspecting(_) => (P::Inspecting, None),
+        State::Preparing(_) => (P::Preparing, None),
+        State::Available { .. } => (P::Available, None),
+        State::Provisioning(_) => (P::Provisioning, None),
+        State::Provisioned { .. } => (P::Provisioned, None),
+        State::Deprovisioning(_) => (P::Deprovisioning, None),
+        State::ExternallyProvisioned { .. } => (P::ExternallyProvisioned, None),
+        State::Deleting { .. } => (P::Deleting, None),
+        State::Error(e) => {
+            let s = match e.operation {
+                Operation::Registering => P::Registering,
+                Operation::Inspecting => P::Inspecting,
+                Operation::Preparing => P::Preparing,
+                Operation::Provisioning => P::Provisioning,
+                Operation::Deprovisioning => P::Deprovisioning,
+            };
+            (s, Some((error_type(e.operation), e.message.clone())))
+        }
+    };
+    let on_disk = match &h.state {
+        State::Provisioned { image_url, .. } => h
+            .spec
+            .image
+            .as_ref()
+            .filter(|i| i.url == *image_url)
+            .map(image_out)
+            .or_else(|| {
+                Some(Image {
+                    url: image_url.clone(),
+                    ..Image::default()
+                })
+            }),
+        _ => None,
+    };
+    let hints = h.spec.root_device_hints.clone();
+    HostState {
+        state,
+        id: h.id.to_string(),
+        powered_on: h.power == Some(PowerState::On),
+        error,
+        error_count: i32::try_from(h.counters.errors).unwrap_or(i32::MAX),
+        hardware: inventory.as_ref().map(hardware),
+        provisioned_image: on_disk,
+        boot_mode: Some(match h.spec.boot_mode {
+            kiln_bmc::BootMode::Uefi => BootMode::Uefi,
+            kiln_bmc::BootMode::Legacy => BootMode::Legacy,
+        }),
+        root_device_hints: (hints != protocol::RootDeviceHints::default()).then(|| hints_out(&hints)),
+        delayed: h.state.job().is_some_and(|j| j.phase == JobPhase::Delayed),
+        history: None,
+    }
+}
+
+/// Metal3's `operationHistory` from kiln's phase timings: the latest record of each operation.
+pub fn history(phases: &[PhaseRecord]) -> OperationHistory {
+    let time = |ts: crate::types::Ts| {
+        k8s_openapi::jiff::Timestamp::from_millisecond(ts.0)
+            .ok()
+            .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
+    };
+    let metric = |name: &str| {
+        phases
+            .iter()
+            .rev()
+            .find(|p| p.phase == name)
+            .map(|p| OperationMetric {
+                start: time(p.started),
+                end: p.ended.and_then(time),
+            })
+            .unwrap_or_default()
+    };
+    OperationHistory {
+        register: metric("registering"),
+        inspect: metric("inspecting"),
+        provision: metric("provisioning"),
+        deprovision: metric("deprovisioning"),
+    }
+}
+
+/// The power request that makes a settled host match `online`, if one is needed and none is pending.
+fn power_request(h: &Host, online: bool) -> Option<PowerAction> {
+    let settled = matches!(h.state, State::Provisioned { .. } | State::ExternallyProvisioned { .. });
+    if !settled || h.requests.power.is_some() {
+        return None;
+    }
+    match (online, h.power) {
+        (true, Some(PowerState::Off)) => Some(PowerAction::On),
+        (false, Some(PowerState::On)) => Some(PowerAction::Off),
+        _ => None,
+    }
+}
+
+impl Engine for StoreEngine {
+    async fn apply_host(&self, key: &HostKey, spec: &HostSpec) -> Result<HostState, EngineError> {
+        let desired = kiln_spec(key, spec)?;
+        let host = match self.owned(key).await? {
+            None => {
+                let name = Self::host_name(key)?;
+                let h = match self.store.create_host(&name, &desired, now()).await {
+                    Ok(h) => h,
+                    Err(StoreError::MacInUse { mac }) => {
+                        return Err(rejected(
+                            key,
+                            format!("spec.bootMACAddress: {mac} is already used by another kiln host"),
+                        ));
+                    }
+                    Err(e) => return Err(store_err(e)),
+                };
+                let _ = self
+                    .store
+                    .add_event(name.as_str(), now(), "enrolled", &format!("from BareMetalHost {key}"))
+                    .await;
+                self.executor.poke();
+                h
+            }
+            Some(h) if h.requests.delete => return Err(rejected(key, "being released")),
+            Some(h) => {
+                let mut requests = h.requests.clone();
+                if let Some(a) = power_request(&h, spec.online) {
+                    requests.power = Some(a);
+                }
+                // The password is compared by value: `Secret` hides it from Debug, not from equality.
+                if desired != h.spec || requests != h.requests {
+                    let changed_image = desired.image != h.spec.image;
+                    let h = self
+                        .store
+                        .update_spec(h.id, &desired, &requests, now())
+                        .await
+                        .map_err(store_err)?;
+                    if changed_image {
+                        let what = if desired.image.is_some() {
+                            "image set"
+                        } else {
+                            "image removed"
+                        };
+                        let _ = self
+                            .store
+                            .add_event(
+                                h.name.as_str(),
+                                now(),
+                                "provision",
+                                &format!("{what} by BareMetalHost {key}"),
+                            )
+                            .await;
+                    }
+                    self.executor.poke();
+                    h
+                } else {
+                    h
+                }
+            }
+        };
+        self.observe(&host).await
+    }
+
+    async fn host_state(&self, key: &HostKey) -> Result<Option<HostState>, EngineError> {
+        match self.owned(key).await? {
+            Some(h) => Ok(Some(self.observe(&h).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn release_host(&self, key: &HostKey, deprovision: bool) -> Result<Release, EngineError> {
+        let Some(h) = self.owned(key).await? else {
+            return Ok(Release::Done);
+        };
+        if !deprovision {
+            // Detached: forget the host without touching it (Metal3's detached annotation).
+            self.store.delete_host(h.id).await.map_err(store_err)?;
+            let _ = self
+                .store
+                .add_event(
+                    h.name.as_str(),
+                    now(),
+                    "forgotten",
+                    &format!("BareMetalHost {key} deleted while detached"),
+                )
+                .await;
+            return Ok(Release::Done);
+        }
+        if h.spec.image.is_some() && !h.requests.delete {
+            let mut spec = h.spec.clone();
+            spec.image = None;
+            self.store
+                .update_spec(h.id, &spec, &h.requests, now())
+                .await
+                .map_err(store_err)?;
+            let _ = self
+                .store
+                .add_event(
+                    h.name.as_str(),
+                    now(),
+                    "deprovision",
+                    &format!("BareMetalHost {key} deleted"),
+                )
+                .await;
+            self.executor.poke();
+            return Ok(Release::InProgress(P::Deprovisioning));
+        }
+        if matches!(
+            h.state,
+            State::Provisioning(_) | State::Provisioned { .. } | State::Deprovisioning(_)
+        ) {
+            return Ok(Release::InProgress(P::Deprovisioning));
+        }
+        if !h.requests.delete {
+            let mut requests = h.requests.clone();
+            requests.delete = true;
+            self.store
+                .update_spec(h.id, &h.spec, &requests, now())
+                .await
+                .map_err(store_err)?;
+            self.executor.poke();
+        }
+        Ok(Release::InProgress(P::Deleting))
+    }
+
+    fn changes(&self) -> Option<futures::stream::BoxStream<'static, HostKey>> {
+        use futures::StreamExt;
+        let rx = self.executor.subscribe();
+        Some(
+            futures::stream::unfold(rx, |mut rx| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(name) => return Some((name, rx)),
+                        // Missed changes are caught up by the controller's periodic resync.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            })
+            .filter_map(|name| async move {
+                let (namespace, name) = name.as_str().split_once('.')?;
+                Some(HostKey {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })
+            })
+            .boxed(),
+        )
+    }
+
+    async fn reboot_host(&self, key: &HostKey) -> Result<(), EngineError> {
+        let Some(h) = self.owned(key).await? else {
+            return Err(rejected(key, "unknown host"));
+        };
+        if h.state.job().is_some() {
+            return Err(rejected(
+                key,
+                format!(
+                    "host is {}; kiln does not reboot a host while it drives it",
+                    h.state.name()
+                ),
+            ));
+        }
+        let mut requests = h.requests.clone();
+        requests.power = Some(PowerAction::Cycle);
+        self.store
+            .update_spec(h.id, &h.spec, &requests, now())
+            .await
+            .map_err(store_err)?;
+        let _ = self
+            .store
+            .add_event(
+                h.name.as_str(),
+                now(),
+                "reboot",
+                &format!("remediation of BareMetalHost {key}"),
+            )
+            .await;
+        self.executor.poke();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::engine::BmcAccess;
+
+    fn key() -> HostKey {
+        HostKey {
+            namespace: "metal3".into(),
+            name: "node-0".into(),
+        }
+    }
+
+    fn spec() -> HostSpec {
+        HostSpec {
+            bmc: BmcAccess {
+                address: "redfish+http://192.0.2.1:8000/redfish/v1/Systems/1".into(),
+                username: "admin".into(),
+                password: SecretBytes(b"pw-Zq81".to_vec()),
+                disable_certificate_verification: false,
+            },
+            boot_mac_address: Some("52:54:00:AA:00:01".into()),
+            boot_mode: BootMode::Legacy,
+            online: true,
+            consumer: None,
+            image: Some(Image {
+                url: "http://192.0.2.9/os.qcow2".into(),
+                checksum: Some("ab".repeat(32)),
+                checksum_type: Some(ChecksumType::Sha256),
+                disk_format: Some(DiskFormat::Qcow2),
+                oci_auth_secret_name: None,
+            }),
+            user_data: Some(SecretBytes(b"#cloud-config\n".to_vec())),
+            network_data: Some(SecretBytes(b"links: []\nnetworks: []\n".to_vec())),
+            meta_data: None,
+            root_device_hints: Some(RootDeviceHints {
+                min_size_gigabytes: Some(4),
+                ..Default::default()
+            }),
+            automated_cleaning_mode: AutomatedCleaningMode::Disabled,
+            externally_provisioned: false,
+            architecture: None,
+        }
+    }
+
+    #[test]
+    fn translates_a_metal3_spec_and_names_bad_fields() {
+        let s = kiln_spec(&key(), &spec()).unwrap();
+        assert_eq!(s.labels[BMH_LABEL], "metal3/node-0");
+        assert_eq!(s.boot_mac.unwrap().to_string(), "52:54:00:aa:00:01");
+        assert_eq!(s.boot_mode, kiln_bmc::BootMode::Legacy);
+        let img = s.image.unwrap();
+        assert_eq!(img.checksum_type, protocol::ChecksumType::Sha256);
+        assert_eq!(img.format, Some(ImageFormat::Qcow2));
+        assert_eq!(s.network_data.unwrap()["links"], serde_json::json!([]));
+        assert_eq!(s.root_device_hints.min_size_gigabytes, Some(4));
+        assert_eq!(s.options.erase, EraseMode::Disabled);
+        assert_eq!(StoreEngine::host_name(&key()).unwrap().as_str(), "metal3.node-0");
+
+        let mut bad = spec();
+        bad.boot_mac_address = Some("nope".into());
+        let e = kiln_spec(&key(), &bad).unwrap_err().to_string();
+        assert!(e.contains("spec.bootMACAddress"), "{e}");
+        let mut bad = spec();
+        bad.image.as_mut().unwrap().checksum = Some("xyz".into());
+        let e = kiln_spec(&key(), &bad).unwrap_err().to_string();
+        assert!(e.contains("spec.image.checksum"), "{e}");
+        assert!(!e.contains("pw-Zq81"));
+        let mut bad = spec();
+        bad.bmc.address = "http://192.0.2.1".into();
+        assert!(
+            kiln_spec(&key(), &bad)
+                .unwrap_err()
+                .to_string()
+                .contains("spec.bmc.address")
+        );
+        let long = HostKey {
+            namespace: "n".repeat(40),
+            name: "m".repeat(40),
+        };
+        assert!(StoreEngine::host_name(&long).is_err());
+    }
+
+    #[test]
+    fn hardware_comes_from_the_inventory() {
+        let inv: HardwareInventory = serde_json::from_value(serde_json::json!({
+            "system": { "vendor": "QEMU", "product": "Standard PC", "serial": "", "uuid": "u" },
+            "cpu": { "model": "vcpu", "count": 2, "architecture": "x86_64" },
+            "memory_mib": 2048,
+            "disks": [{ "name": "/dev/vda", "size_bytes": 5368709120u64, "rotational": false, "removable": false }],
+            "nics": [{ "name": "eth0", "mac": "52:54:00:aa:00:01", "link_up": true, "ipv4": ["10.99.0.50/24"] }],
+            "boot_mode": "legacy",
+        }))
+        .unwrap();
+        let h = hardware(&inv);
+        assert_eq!(h.ram_mebibytes, Some(2048));
+        assert_eq!(h.cpu.unwrap().count, Some(2));
+        assert_eq!(h.nics[0].ip.as_deref(), Some("10.99.0.50"));
+        assert_eq!(h.storage[0].size_bytes, Some(5_368_709_120));
+        assert_eq!(h.system_vendor.unwrap().serial_number, None);
+    }
+}
