@@ -31,12 +31,15 @@ impl std::io::Write for LogBuf {
 async fn hosts_go_from_enroll_to_provisioned_and_back_with_a_concurrency_limit() {
     let logs = LogBuf::default();
     let l2 = logs.clone();
-    let _guard = tracing::subscriber::set_default(
+    // Global, not set_default: a thread-local subscriber races with the other tests of this binary over tracing's
+    // global callsite interest cache, and then misses log lines. The other tests' lines only add to what is checked.
+    tracing::subscriber::set_global_default(
         tracing_subscriber::fmt()
             .with_env_filter("debug")
             .with_writer(move || l2.clone())
             .finish(),
-    );
+    )
+    .expect("only this test installs a subscriber");
     let mut lab = Lab::start(|c| c.max_concurrent_jobs = 1).await;
     lab.enroll("node-1").await;
     lab.enroll("node-2").await;
