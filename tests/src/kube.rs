@@ -450,3 +450,118 @@ pub async fn apply_manifest_dir(client: &kube::Client, dir: &Path) -> anyhow::Re
     }
     Ok(applied)
 }
+
+/// Where `tests/capi/build.sh` puts the Cluster API manager binaries.
+pub fn capi_bin_dir() -> PathBuf {
+    crate::cache_dir()
+        .join("kube")
+        .join(format!("cluster-api-{CAPI_VERSION}"))
+        .join("bin")
+}
+
+/// The real Cluster API core manager and kubeadm bootstrap manager (built from `sigs.k8s.io/cluster-api` at
+/// [`CAPI_VERSION`]), running against a [`KubeApiServer`] as its admin, without leader election. Their webhook servers
+/// get a throwaway self-signed certificate: the CRDs are installed from `config/crd/bases`, which reference no
+/// webhook, so the API server never calls them. Stopped on drop; logs in the server's directory.
+pub struct CapiManagers {
+    children: Vec<Child>,
+    pub logs: Vec<PathBuf>,
+    _record: Record,
+}
+
+impl CapiManagers {
+    pub fn start(server: &KubeApiServer) -> anyhow::Result<Self> {
+        let bin = capi_bin_dir();
+        for b in ["capi-core", "capi-kubeadm-bootstrap"] {
+            if !bin.join(b).is_file() {
+                bail!(
+                    "{} is missing: run `KILN_SETUP_KUBE=1 tests/setup.sh` (or tests/capi/build.sh)",
+                    bin.join(b).display()
+                );
+            }
+        }
+        let record = Record::new()?;
+        let d = server.dir().join("capi");
+        std::fs::create_dir_all(&d)?;
+        openssl(
+            &d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "tls.key",
+                "-out",
+                "tls.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ],
+        )?;
+        let mut me = Self {
+            children: Vec::new(),
+            logs: Vec::new(),
+            _record: record,
+        };
+        for name in ["capi-core", "capi-kubeadm-bootstrap"] {
+            let args: Vec<String> = vec![
+                format!("--kubeconfig={}", server.kubeconfig.display()),
+                "--leader-elect=false".into(),
+                format!("--webhook-cert-dir={}", d.display()),
+                format!("--webhook-port={}", crate::free_port()),
+                format!("--health-addr=127.0.0.1:{}", crate::free_port()),
+                format!("--diagnostics-address=127.0.0.1:{}", crate::free_port()),
+                "--insecure-diagnostics".into(),
+                "--sync-period=30s".into(),
+                "--v=2".into(),
+            ];
+            let log = server.dir().join(format!("{name}.log"));
+            let child = spawn(&bin.join(name), &args, &log, &me._record)?;
+            me.children.push(child);
+            me.logs.push(log);
+        }
+        Ok(me)
+    }
+
+    /// The last lines of each manager's log.
+    pub fn log_tail(&self) -> String {
+        self.logs
+            .iter()
+            .map(|l| format!("--- {} ---\n{}", l.display(), tail(l)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Whether both managers are still running.
+    pub fn running(&mut self) -> bool {
+        self.children.iter_mut().all(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for CapiManagers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            stop(c);
+        }
+    }
+}
+
+/// The Cluster API CRDs as its release manifests install them: `config/crd/bases` plus the contract label
+/// (`cluster.x-k8s.io/v1beta2: v1beta2`) its kustomization adds, which the managers need to resolve references.
+pub fn capi_crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
+    let mut crds = read_crd_dir(&capi_crd_dir())?;
+    for c in &mut crds {
+        c.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("cluster.x-k8s.io/v1beta2".into(), "v1beta2".into());
+    }
+    Ok(crds)
+}

@@ -25,7 +25,7 @@ use kiln::kube::capi::KilnMachine;
 use kiln::kube::engine::memory::MemoryEngine;
 use kiln::kube::machine_controller;
 use kiln::kube::runner::{self, KubeSettings};
-use kiln_tests::kube::{KubeApiServer, capi_crd_dir, install_crds, parse_crds, read_crd_dir};
+use kiln_tests::kube::{KubeApiServer, capi_crds, install_crds, parse_crds};
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use lab::{Lab, mac_of};
@@ -173,14 +173,16 @@ async fn assert_claims_unique(hosts: &Api<BareMetalHost>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kiln_serve_kube_drives_real_hosts_through_its_own_engine() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,kube_client=off".into()),
+        )
         .with_test_writer()
         .try_init();
     let server = KubeApiServer::start().await.expect("start etcd + kube-apiserver");
     let client = server.client().await.unwrap();
     let _ = CLIENT.set(client.clone());
     let mut crds = parse_crds(&kiln::kube::crds::crds_yaml()).unwrap();
-    crds.extend(read_crd_dir(&capi_crd_dir()).unwrap());
+    crds.extend(capi_crds().unwrap());
     install_crds(&client, &crds).await.unwrap();
 
     let mut lab = Lab::start_with(|_| {}, Some(settings(&server, "kiln-a"))).await;

@@ -1,0 +1,433 @@
+//! The real Cluster API (core + kubeadm bootstrap managers, v1.14.2, built from Go modules) with kiln as the
+//! infrastructure provider, against a real kube-apiserver. kiln runs in-process with its store-backed engine, fake
+//! BMCs and simulated agents (controller/tests/support/lab.rs); the test plays kubelet by registering a Node with
+//! the machine's providerID once kiln has provisioned a host (the "workload cluster" is the same API server, reached
+//! through the kubeconfig Secret Cluster API generates from the cluster CA).
+//!
+//! 1. A Cluster with a control-plane Machine (KubeadmConfig init) and a MachineDeployment (KubeadmConfigTemplate,
+//!    KilnMachineTemplate) of 1: the control plane gets kubeadm *init* data, and once its Node exists, the worker
+//!    gets real kubeadm *join* data; each is exactly what kiln's agent wrote into that host's config drive.
+//! 2. Scale the MachineDeployment to 2: a second worker host is claimed and provisioned.
+//! 3. Scale back to 1: Cluster API deletes a Machine, kiln deprovisions (the agent erases) and releases its host,
+//!    which is available again.
+
+#[path = "../../controller/tests/support/lab.rs"]
+#[allow(dead_code)]
+mod lab;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kiln::kube::bmh::{BareMetalHost, ProvisioningState as S};
+use kiln::kube::capi::KilnMachine;
+use kiln::kube::runner::KubeSettings;
+use kiln_tests::kube::{CapiManagers, KubeApiServer, capi_crds, install_crds, parse_crds};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use lab::{Lab, mac_of};
+use serde_json::{Value, json};
+
+const NS: &str = "default";
+
+fn gvk(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+async fn apply(client: &Client, ar: &ApiResource, obj: Value) {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, ar);
+    let o: DynamicObject = serde_json::from_value(obj).unwrap();
+    api.create(&PostParams::default(), &o)
+        .await
+        .unwrap_or_else(|e| panic!("create {} {}: {e}", ar.kind, o.name_any()));
+}
+
+struct Ctx {
+    client: Client,
+    capi: CapiManagers,
+}
+
+impl Ctx {
+    async fn wait<T>(&mut self, what: &str, secs: u64, mut f: impl AsyncFnMut(&Client) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = f(&self.client).await {
+                return v;
+            }
+            assert!(
+                self.capi.running(),
+                "a Cluster API manager exited\n{}",
+                self.capi.log_tail()
+            );
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}\n{}\n{}",
+                    dump(&self.client).await,
+                    self.capi.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+async fn dump(client: &Client) -> String {
+    let mut out = String::new();
+    let hosts: Api<BareMetalHost> = Api::namespaced(client.clone(), NS);
+    for h in hosts
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        out += &format!(
+            "BareMetalHost {}: state {:?} consumer {:?}\n",
+            h.name_any(),
+            h.state(),
+            h.spec.consumer_ref.as_ref().and_then(|c| c.name.clone())
+        );
+    }
+    for (ar, what) in [
+        (machine_ar(), "Machine"),
+        (
+            gvk(
+                "bootstrap.cluster.x-k8s.io",
+                "v1beta2",
+                "KubeadmConfig",
+                "kubeadmconfigs",
+            ),
+            "KubeadmConfig",
+        ),
+        (gvk("cluster.x-k8s.io", "v1beta2", "Cluster", "clusters"), "Cluster"),
+    ] {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &ar);
+        for o in api.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+            out += &format!("{what} {}: status {}\n", o.name_any(), o.data["status"]);
+        }
+    }
+    let kms: Api<KilnMachine> = Api::namespaced(client.clone(), NS);
+    for k in kms.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+        out += &format!(
+            "KilnMachine {}: providerID {:?} status {}\n",
+            k.name_any(),
+            k.spec.provider_id,
+            serde_json::to_string(&k.status).unwrap_or_default()
+        );
+    }
+    out
+}
+
+fn machine_ar() -> ApiResource {
+    gvk("cluster.x-k8s.io", "v1beta2", "Machine", "machines")
+}
+
+/// Plays kubelet: every KilnMachine with a providerID gets a Node carrying it.
+fn register_nodes(client: Client) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let kms: Api<KilnMachine> = Api::namespaced(client.clone(), NS);
+        let nodes: Api<Node> = Api::all(client.clone());
+        loop {
+            for k in kms.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+                let (Some(pid), Some(host)) = (
+                    k.spec.provider_id.clone(),
+                    k.status
+                        .as_ref()
+                        .and_then(|s| s.host_ref.as_ref())
+                        .map(|h| h.name.clone()),
+                ) else {
+                    continue;
+                };
+                if nodes.get_opt(&host).await.ok().flatten().is_none() {
+                    let node: Node = serde_json::from_value(json!({
+                        "metadata": {"name": host},
+                        "spec": {"providerID": pid},
+                    }))
+                    .unwrap();
+                    let _ = nodes.create(&PostParams::default(), &node).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
+/// The user data kiln's agent wrote for a host, and the bootstrap Secret of the Machine that claimed it.
+async fn delivered(lab: &Lab, client: &Client, machine: &str) -> (String, String) {
+    let machines: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &machine_ar());
+    let m = machines.get(machine).await.unwrap();
+    let secret_name = m.data["spec"]["bootstrap"]["dataSecretName"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let s = secrets.get(&secret_name).await.unwrap();
+    let value = String::from_utf8(s.data.unwrap()["value"].0.clone()).unwrap();
+    let infra = m.data["spec"]["infrastructureRef"]["name"].as_str().unwrap();
+    let kms: Api<KilnMachine> = Api::namespaced(client.clone(), NS);
+    let host = kms.get(infra).await.unwrap().status.unwrap().host_ref.unwrap().name;
+    let drive = lab.drives.lock().unwrap()[&format!("{NS}.{host}")].clone();
+    (drive["user_data"].as_str().unwrap_or_default().to_owned(), value)
+}
+
+/// Machines of the MachineDeployment that have a Node.
+async fn running_workers(client: &Client) -> Vec<String> {
+    let machines: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &machine_ar());
+    machines
+        .list(&kube::api::ListParams::default().labels("cluster.x-k8s.io/deployment-name=c1-md"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none() && m.data["status"]["nodeRef"]["name"].is_string())
+        .map(|m| m.name_any())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_api_machinedeployment_scales_on_kiln_hosts_with_real_bootstrap_data() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,kube_client=off".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let server = KubeApiServer::start().await.expect("start etcd + kube-apiserver");
+    let client = server.client().await.unwrap();
+    let mut crds = parse_crds(&kiln::kube::crds::crds_yaml()).unwrap();
+    crds.extend(capi_crds().unwrap());
+    install_crds(&client, &crds).await.unwrap();
+    let capi = CapiManagers::start(&server).expect("start the Cluster API managers");
+    let mut ctx = Ctx {
+        client: client.clone(),
+        capi,
+    };
+
+    let settings = KubeSettings {
+        kubeconfig: Some(server.kubeconfig.clone()),
+        lease_namespace: Some(NS.into()),
+        identity: Some("kiln".into()),
+        busy_requeue_secs: 1,
+        ..KubeSettings::default()
+    };
+    let lab = Lab::start_with(|_| {}, Some(settings)).await;
+
+    // Three hosts: one for the control plane, two for workers.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "bmc-creds"}, "stringData": {"username": "admin", "password": lab::PASSWORD}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let bmh = gvk("metal3.io", "v1alpha1", "BareMetalHost", "baremetalhosts");
+    for (n, role) in [("cp-0", "control-plane"), ("w-1", "worker"), ("w-2", "worker")] {
+        lab.add_fake(&format!("{NS}.{n}"));
+        apply(
+            &client,
+            &bmh,
+            json!({
+                "apiVersion": "metal3.io/v1alpha1", "kind": "BareMetalHost",
+                "metadata": {"name": n, "labels": {"role": role}},
+                "spec": {"online": true, "bootMACAddress": mac_of(&format!("{NS}.{n}")),
+                         "bmc": {"address": format!("redfish+http://127.0.0.1:9/redfish/v1/Systems/{n}"), "credentialsName": "bmc-creds"}}
+            }),
+        )
+        .await;
+    }
+    let hosts: Api<BareMetalHost> = Api::namespaced(client.clone(), NS);
+    ctx.wait("three available hosts", 60, async |_| {
+        let l = hosts.list(&Default::default()).await.ok()?;
+        (l.items.iter().filter(|h| h.state() == S::Available).count() == 3).then_some(())
+    })
+    .await;
+
+    // The cluster CA is the test API server's, so the kubeconfig Cluster API generates reaches it as the workload
+    // cluster.
+    let ca = |f: &str| std::fs::read_to_string(server.dir().join(f)).unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "c1-ca", "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
+                "type": "cluster.x-k8s.io/secret",
+                "stringData": {"tls.crt": ca("ca.crt"), "tls.key": ca("ca.key")},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
+    let image = json!({"url": "http://192.0.2.2/node.qcow2", "checksum": "ab".repeat(32), "checksumType": "sha256", "format": "qcow2"});
+    let infra = |kind: &str, plural: &str| gvk("infrastructure.cluster.x-k8s.io", "v1beta1", kind, plural);
+    let boot = |kind: &str, plural: &str| gvk("bootstrap.cluster.x-k8s.io", "v1beta2", kind, plural);
+    apply(
+        &client,
+        &infra("KilnCluster", "kilnclusters"),
+        json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "KilnCluster",
+               "metadata": {"name": "c1"},
+               "spec": {"controlPlaneEndpoint": {"host": "127.0.0.1", "port": port}}}),
+    )
+    .await;
+    apply(
+        &client,
+        &gvk("cluster.x-k8s.io", "v1beta2", "Cluster", "clusters"),
+        json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+               "metadata": {"name": "c1"},
+               "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "KilnCluster", "name": "c1"}}}),
+    )
+    .await;
+    // The control plane: one Machine with kubeadm init configuration.
+    apply(
+        &client,
+        &boot("KubeadmConfig", "kubeadmconfigs"),
+        json!({"apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfig",
+               "metadata": {"name": "c1-cp-0"},
+               "spec": {"initConfiguration": {"nodeRegistration": {"name": "{{ ds.meta_data.name }}"}}}}),
+    )
+    .await;
+    apply(
+        &client,
+        &infra("KilnMachine", "kilnmachines"),
+        json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "KilnMachine",
+               "metadata": {"name": "c1-cp-0"},
+               "spec": {"hostSelector": {"matchLabels": {"role": "control-plane"}}, "image": image}}),
+    )
+    .await;
+    apply(
+        &client,
+        &machine_ar(),
+        json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+               "metadata": {"name": "c1-cp-0", "labels": {"cluster.x-k8s.io/control-plane": ""}},
+               "spec": {"clusterName": "c1", "version": "v1.34.1",
+                        "bootstrap": {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfig", "name": "c1-cp-0"}},
+                        "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "KilnMachine", "name": "c1-cp-0"}}}),
+    )
+    .await;
+    // The workers: a MachineDeployment of one.
+    apply(
+        &client,
+        &boot("KubeadmConfigTemplate", "kubeadmconfigtemplates"),
+        json!({"apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfigTemplate",
+               "metadata": {"name": "c1-md"},
+               "spec": {"template": {"spec": {"joinConfiguration": {"nodeRegistration": {"name": "{{ ds.meta_data.name }}"}}}}}}),
+    )
+    .await;
+    apply(
+        &client,
+        &infra("KilnMachineTemplate", "kilnmachinetemplates"),
+        json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "KilnMachineTemplate",
+               "metadata": {"name": "c1-md"},
+               "spec": {"template": {"spec": {"hostSelector": {"matchLabels": {"role": "worker"}}, "image": image}}}}),
+    )
+    .await;
+    let md_ar = gvk("cluster.x-k8s.io", "v1beta2", "MachineDeployment", "machinedeployments");
+    apply(
+        &client,
+        &md_ar,
+        json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineDeployment",
+               "metadata": {"name": "c1-md"},
+               // What CAPI's defaulting webhook would fill in (the test installs the CRDs without webhooks).
+               "spec": {"clusterName": "c1", "replicas": 1,
+                        "rollout": {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}},
+                        "deletion": {"order": "Newest"},
+                        "selector": {"matchLabels": {"cluster.x-k8s.io/deployment-name": "c1-md"}},
+                        "template": {"metadata": {"labels": {"cluster.x-k8s.io/deployment-name": "c1-md"}},
+                                     "spec": {"clusterName": "c1", "version": "v1.34.1",
+                                              "bootstrap": {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfigTemplate", "name": "c1-md"}},
+                                              "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "KilnMachineTemplate", "name": "c1-md"}}}}}),
+    )
+    .await;
+    let kubelet = register_nodes(client.clone());
+
+    // 1. Control plane first (init data), then the worker (join data), both delivered by kiln.
+    let machines: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &machine_ar());
+    let t = tokio::time::Instant::now();
+    ctx.wait("the control-plane Machine has a Node", 180, async |_| {
+        let m = machines.get("c1-cp-0").await.ok()?;
+        m.data["status"]["nodeRef"]["name"].is_string().then_some(())
+    })
+    .await;
+    println!("control plane machine running after {:?}", t.elapsed());
+    let (written, bootstrap) = delivered(&lab, &client, "c1-cp-0").await;
+    assert!(bootstrap.contains("kubeadm init"), "init data: {bootstrap}");
+    assert_eq!(written, bootstrap, "the config drive carries the bootstrap data");
+    let workers = ctx
+        .wait("one worker Machine with a Node", 180, async |c| {
+            let w = running_workers(c).await;
+            (w.len() == 1).then_some(w)
+        })
+        .await;
+    println!("first worker running after {:?}", t.elapsed());
+    let (written, bootstrap) = delivered(&lab, &client, &workers[0]).await;
+    assert!(bootstrap.contains("kubeadm join"), "join data: {bootstrap}");
+    assert_eq!(written, bootstrap, "the config drive carries the join data");
+
+    // 2. Scale to 2.
+    let mds: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &md_ar);
+    let scale = async |n: i64| {
+        mds.patch(
+            "c1-md",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": n}})),
+        )
+        .await
+        .unwrap();
+    };
+    scale(2).await;
+    let t = tokio::time::Instant::now();
+    let two = ctx
+        .wait("two worker Machines with Nodes", 180, async |c| {
+            let w = running_workers(c).await;
+            (w.len() == 2).then_some(w)
+        })
+        .await;
+    println!("scaled 1 -> 2 in {:?}", t.elapsed());
+    let consumers: Vec<String> = hosts
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|h| h.spec.consumer_ref.as_ref().and_then(|c| c.name.clone()))
+        .collect();
+    assert_eq!(consumers.len(), 3, "every host is consumed once: {consumers:?}");
+
+    // 3. Scale back to 1: one worker host is deprovisioned and released.
+    scale(1).await;
+    let t = tokio::time::Instant::now();
+    let released = ctx
+        .wait("a worker host released and available", 240, async |_| {
+            let l = hosts.list(&Default::default()).await.ok()?;
+            l.items
+                .iter()
+                .find(|h| {
+                    h.labels().get("role").map(String::as_str) == Some("worker")
+                        && h.spec.consumer_ref.is_none()
+                        && h.state() == S::Available
+                })
+                .map(|h| h.name_any())
+        })
+        .await;
+    println!("scaled 2 -> 1 in {:?}: {released} released", t.elapsed());
+    let commands = lab.commands.lock().unwrap()[&format!("{NS}.{released}")].clone();
+    assert!(
+        commands.iter().any(|c| c.starts_with("erase")),
+        "the released host was erased: {commands:?}"
+    );
+    ctx.wait("one worker Machine left", 60, async |c| {
+        (running_workers(c).await.len() == 1).then_some(())
+    })
+    .await;
+    let left = running_workers(&client).await;
+    assert!(
+        two.contains(&left[0]),
+        "the remaining worker is one of the two: {left:?} {two:?}"
+    );
+    kubelet.abort();
+    drop(lab);
+    drop(ctx);
+    drop(server);
+}
