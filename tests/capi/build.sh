@@ -27,4 +27,15 @@ build() { # build <package> <output name>
 }
 build sigs.k8s.io/cluster-api/core capi-core
 build sigs.k8s.io/cluster-api/bootstrap/kubeadm capi-kubeadm-bootstrap
+# The RKE2 bootstrap and control plane providers' CRDs, to validate deploy/clusterctl/templates/cluster-template-rke2.yaml.
+RKE2_VERSION=v0.21.0
+RKE2_CRD=$CACHE/kube/caprke2-$RKE2_VERSION/crd
+if [ ! -e "$RKE2_CRD/.done" ]; then
+  log "fetching the Cluster API RKE2 provider $RKE2_VERSION CRDs"
+  dir=$(cd /tmp && GOFLAGS= "$GO" mod download -json "github.com/rancher/cluster-api-provider-rke2@$RKE2_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+  mkdir -p "$RKE2_CRD"
+  cp "$dir"/bootstrap/config/crd/bases/*.yaml "$dir"/controlplane/config/crd/bases/*.yaml "$RKE2_CRD/"
+  chmod -R u+w "$RKE2_CRD"
+  touch "$RKE2_CRD/.done"
+fi
 log "ready: $OUT"

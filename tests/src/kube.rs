@@ -565,3 +565,16 @@ pub fn capi_crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
     }
     Ok(crds)
 }
+
+/// The cached CRDs of the Cluster API RKE2 bootstrap and control plane providers (fetched by `tests/capi/build.sh`),
+/// with the contract label their release manifests carry.
+pub fn caprke2_crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
+    let mut crds = read_crd_dir(&crate::cache_dir().join("kube").join("caprke2-v0.21.0").join("crd"))?;
+    for c in &mut crds {
+        c.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("cluster.x-k8s.io/v1beta2".into(), "v1beta1".into());
+    }
+    Ok(crds)
+}

@@ -111,14 +111,16 @@ async fn apiserver_serves_kiln_and_capi_crds() {
     drop(server);
 }
 
-/// `deploy/clusterctl/templates/cluster-template.yaml`, with its variables filled in, is valid against the real
-/// Cluster API CRDs and kiln's CRDs (strict server-side field validation).
+/// `deploy/clusterctl/templates/cluster-template.yaml` and `cluster-template-rke2.yaml`, with their variables filled
+/// in, are valid against the real Cluster API CRDs (kubeadm and RKE2 providers) and kiln's CRDs (strict server-side
+/// field validation).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_template_is_valid_against_the_real_crds() {
     let server = KubeApiServer::start().await.expect("start etcd + kube-apiserver");
     let client = server.client().await.unwrap();
     let mut crds = parse_crds(&kiln::kube::crds::crds_yaml()).unwrap();
     crds.extend(read_crd_dir(&capi_crd_dir()).unwrap());
+    crds.extend(kiln_tests::kube::caprke2_crds().expect("RKE2 provider CRDs (run tests/capi/build.sh)"));
     install_crds(&client, &crds).await.unwrap();
     let root = kiln_tests::repo_root();
     // clusterctl's components file (CRDs, namespace, Deployment, Service, RBAC) applies as one stream.
@@ -135,25 +137,40 @@ async fn cluster_template_is_valid_against_the_real_crds() {
         applied.contains(&"Deployment/kiln-controller".to_string()),
         "{applied:?}"
     );
-    let mut text = std::fs::read_to_string(root.join("deploy/clusterctl/templates/cluster-template.yaml")).unwrap();
-    for (k, v) in [
-        ("CLUSTER_NAME", "c1"),
-        ("NAMESPACE", "default"),
-        ("KUBERNETES_VERSION", "v1.37.2"),
-        ("CONTROL_PLANE_ENDPOINT_HOST", "10.0.0.1"),
-        ("CONTROL_PLANE_MACHINE_COUNT", "1"),
-        ("WORKER_MACHINE_COUNT", "2"),
-        ("IMAGE_URL", "http://192.0.2.2/node.raw"),
-        ("IMAGE_CHECKSUM", "abc"),
+    for (file, ns) in [
+        ("cluster-template.yaml", "default"),
+        ("cluster-template-rke2.yaml", "rke2"),
     ] {
-        text = text.replace(&format!("${{{k}}}"), v);
+        let mut text = std::fs::read_to_string(root.join("deploy/clusterctl/templates").join(file)).unwrap();
+        for (k, v) in [
+            ("CLUSTER_NAME", "c1"),
+            ("NAMESPACE", ns),
+            ("KUBERNETES_VERSION", "v1.37.2"),
+            ("RKE2_VERSION", "v1.34.1+rke2r1"),
+            ("CONTROL_PLANE_ENDPOINT_HOST", "10.0.0.1"),
+            ("CONTROL_PLANE_MACHINE_COUNT", "1"),
+            ("WORKER_MACHINE_COUNT", "2"),
+            ("IMAGE_URL", "http://192.0.2.2/node.raw"),
+            ("IMAGE_CHECKSUM", "abc"),
+        ] {
+            text = text.replace(&format!("${{{k}}}"), v);
+        }
+        assert!(!text.contains("${"), "unfilled variable in {file}");
+        if ns != "default" {
+            let nss: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+            nss.create(
+                &Default::default(),
+                &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cluster.yaml"), text).unwrap();
+        let applied = kiln_tests::kube::apply_manifest_dir(&client, dir.path())
+            .await
+            .unwrap_or_else(|e| panic!("apply {file}: {e:#}"));
+        assert_eq!(applied.len(), 7, "{file}: {applied:?}");
     }
-    assert!(!text.contains("${"), "unfilled variable");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cluster.yaml"), text).unwrap();
-    let applied = kiln_tests::kube::apply_manifest_dir(&client, dir.path())
-        .await
-        .expect("apply the cluster template");
-    assert_eq!(applied.len(), 7, "{applied:?}");
     drop(server);
 }
