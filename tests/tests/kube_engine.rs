@@ -4,7 +4,7 @@
 //! 1. BareMetalHosts + credential Secrets applied → registering → inspecting → available, with `status.hardware`
 //!    from the agent's inventory, and the same hosts visible through kiln's REST API.
 //! 2. A Machine + KilnMachine claims a matching host; the bootstrap Secret is what the agent writes into the config
-//!    drive; providerID is set and the KilnMachine is ready.
+//!    drive; providerID is set and the KilnMachine is ready. A KilnRemediation power-cycles that host through its BMC.
 //! 3. kiln is killed (no graceful shutdown, Lease not released) right after a second machine is created, and a new
 //!    replica with another identity takes the Lease once it expires: the claim completes, no host is claimed twice.
 //! 4. Two KilnMachines race for one available host: exactly one wins, the other waits.
@@ -21,7 +21,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kiln::kube::bmh::{BareMetalHost, ProvisioningState as S};
-use kiln::kube::capi::KilnMachine;
+use kiln::kube::capi::{KilnMachine, KilnRemediation};
 use kiln::kube::engine::memory::MemoryEngine;
 use kiln::kube::machine_controller;
 use kiln::kube::runner::{self, KubeSettings};
@@ -248,6 +248,39 @@ async fn kiln_serve_kube_drives_real_hosts_through_its_own_engine() {
     let h0 = hosts.get(&host0).await.unwrap();
     assert_eq!(h0.state(), S::Provisioned);
     assert!(h0.status.unwrap().powered_on, "online: true");
+
+    // 2b. A KilnRemediation reboots m0's host through its BMC (kiln power-cycles it), once per timeout.
+    let fake0 = lab.fakes.lock().unwrap()[&format!("default.{host0}")].clone();
+    let cycles = || {
+        fake0
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.as_str() == "set_power Cycle")
+            .count()
+    };
+    let before = cycles(); // provisioning itself power-cycles into the written OS
+    let rems: Api<KilnRemediation> = Api::namespaced(client.clone(), "default");
+    rems.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "KilnRemediation", "metadata": {"name": "m0"},
+            "spec": {"strategy": {"type": "Reboot", "retryLimit": 1, "timeoutSeconds": 600}}
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    wait("the remediation power-cycles m0's host", 30, async || {
+        (cycles() == before + 1).then_some(())
+    })
+    .await;
+    wait("the host is provisioned again after the reboot", 30, async || {
+        (hosts.get(&host0).await.ok()?.state() == S::Provisioned).then_some(())
+    })
+    .await;
+    rems.delete("m0", &DeleteParams::default()).await.unwrap();
 
     // 3. kiln dies right after the next Machine appears; a replica with another identity takes over.
     let boot1 = "#cloud-config\nruncmd: [kubeadm join 10.0.0.1:6443 --token m1]\n";
