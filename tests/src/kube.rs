@@ -578,3 +578,59 @@ pub fn caprke2_crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
     }
     Ok(crds)
 }
+
+/// The API server made reachable inside a lab namespace at `https://127.0.0.1:6443` (its certificate names
+/// 127.0.0.1): a socat in the host namespace serves a unix socket that forwards to the server, and a socat inside the
+/// namespace forwards its port to that socket. Nothing listens outside loopback. Stopped on drop.
+pub struct NsBridge {
+    children: Vec<Child>,
+    /// A kubeconfig for the admin user that works inside the namespace.
+    pub kubeconfig: PathBuf,
+}
+
+impl KubeApiServer {
+    pub fn bridge_into(&self, ns: &crate::netns::Netns, record: &Record) -> anyhow::Result<NsBridge> {
+        let sock = self.dir().join("apiserver-bridge.sock");
+        let _ = std::fs::remove_file(&sock);
+        let hostport = self.url.trim_start_matches("https://");
+        let outer = Command::new("socat")
+            .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
+            .arg(format!("TCP:{hostport}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start socat (run tests/setup.sh)")?;
+        record.add_pid(outer.id());
+        let mut bridge = NsBridge {
+            children: vec![outer],
+            kubeconfig: self.dir().join("kubeconfig-in-ns"),
+        };
+        crate::cmd::wait_for("the bridge socket", Duration::from_secs(10), || {
+            sock.exists().then_some(())
+        })?;
+        let inner = ns
+            .command("socat")
+            .arg("TCP-LISTEN:6443,bind=127.0.0.1,fork,reuseaddr")
+            .arg(format!("UNIX-CONNECT:{}", sock.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start socat in the namespace")?;
+        record.add_pid(inner.id());
+        bridge.children.push(inner);
+        let kc = std::fs::read_to_string(&self.kubeconfig)?.replace(&self.url, "https://127.0.0.1:6443");
+        std::fs::write(&bridge.kubeconfig, kc)?;
+        Ok(bridge)
+    }
+}
+
+impl Drop for NsBridge {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
