@@ -20,6 +20,7 @@ APT_PACKAGES=(
   debootstrap dosfstools mtools xorriso fdisk gdisk e2fsprogs zstd xz-utils bzip2
   extlinux syslinux-common grub-efi-amd64-bin grub-common
   curl socat python3-venv python3-dev gcc openssl
+  chromium
   gzip
   etcd-server
 )

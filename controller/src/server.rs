@@ -191,6 +191,19 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
+        .route(
+            "/ui",
+            get(|| ui("text/html; charset=utf-8", include_str!("ui/index.html"))),
+        )
+        .route(
+            "/ui/app.js",
+            get(|| ui("text/javascript; charset=utf-8", include_str!("ui/app.js"))),
+        )
+        .route(
+            "/ui/style.css",
+            get(|| ui("text/css; charset=utf-8", include_str!("ui/style.css"))),
+        )
         .merge(crate::api::router(state.clone()))
         .merge(crate::agent_api::router())
         .fallback(|| async { ApiError::not_found("route") })
@@ -226,6 +239,23 @@ async fn metrics(AxState(app): AxState<AppState>) -> Result<impl IntoResponse, A
         text.push_str(&format!("kiln_pxe_events_total{{event=\"{name}\"}} {v}\n"));
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+/// The web page's static files. The page is a client of the REST API with the admin token the user pastes (kept in
+/// the tab's sessionStorage), so serving it needs no auth; the CSP allows only kiln's own scripts and styles.
+async fn ui(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
 }
 
 async fn openapi() -> impl IntoResponse {
