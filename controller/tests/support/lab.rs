@@ -360,10 +360,18 @@ impl Lab {
     }
 }
 
+/// The boot MAC of a simulated host: `sim-<n>` hosts (the scale bench) get `52:54:01:` + n in three bytes, others
+/// `52:54:00:00:00:` + the last byte of their name.
 pub fn mac_of(name: &str) -> String {
+    if let Some(n) = name.strip_prefix("sim-").and_then(|n| n.parse::<u32>().ok()) {
+        return format!("52:54:01:{:02x}:{:02x}:{:02x}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+    }
     let n = name.bytes().last().unwrap();
     format!("52:54:00:00:00:{n:02x}")
 }
+
+/// How often simulated agents heartbeat (the scale bench slows them to what real agents do).
+pub static AGENT_POLL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(100);
 
 /// A simulated kiln-agent: heartbeats, runs commands, reports; exits when its token is refused.
 pub async fn agent(
@@ -434,6 +442,6 @@ pub async fn agent(
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(AGENT_POLL_MS.load(Ordering::Relaxed))).await;
     }
 }
