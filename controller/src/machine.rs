@@ -505,7 +505,10 @@ fn error(
         operation,
         Operation::Inspecting | Operation::Preparing | Operation::Deprovisioning
     ) {
-        actions.push(Action::Power(PowerAction::Off));
+        // Only kiln's agent (or nothing: a host that never netbooted) runs there, never a user's OS, so there is
+        // nothing to shut down gracefully; a graceful off of a host stuck in its firmware would wait out the BMC
+        // driver's whole graceful-off timeout first.
+        actions.push(Action::Power(PowerAction::ForceOff));
     }
     let next = State::Error(HostError {
         operation,

@@ -228,7 +228,9 @@ async fn pump_http(url: &url::Url, client: &reqwest::Client, emit: &mut Emitter<
             if let Some(v) = &validator {
                 req = req.header(reqwest::header::IF_RANGE, v.as_str());
             }
-            tracing::info!(url = %url_s, offset, "resuming download");
+            if unreachable_since.is_none() {
+                tracing::info!(url = %url_s, offset, "resuming download");
+            }
         }
         let resp = match req.send().await {
             Ok(r) => {
