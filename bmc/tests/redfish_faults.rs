@@ -260,3 +260,32 @@ async fn nothing_listening_is_a_connect_error() {
     assert!(matches!(e, BmcError::Connect { .. }), "{e}");
     assert_eq!(e.kind(), BmcErrorKind::Unreachable);
 }
+
+#[tokio::test]
+async fn a_connect_timeout_is_a_retried_connect_error() {
+    // A listener whose accept queue is full and never drained: the kernel drops further SYNs, so connecting
+    // times out (a hung BMC's TCP stack) without any traffic leaving loopback.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let quick = BmcOptions {
+        connect_timeout: Duration::from_millis(300),
+        retries: 2,
+        ..opts()
+    };
+    let start = Instant::now();
+    let e = connect_with(addr, PASSWORD, quick).await.unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(e, BmcError::Connect { .. }), "{e}");
+    assert!(e.is_transient());
+    assert!(took >= Duration::from_millis(900), "three attempts of 300 ms: {took:?}");
+    drop((listener, fillers));
+}

@@ -399,7 +399,10 @@ async fn provision(
     spec.user_data = p.user_data;
     spec.network_data = p.network_data;
     spec.meta_data = p.meta_data;
-    let h = app.store.update_spec(h.id, &spec, &h.requests, now()).await?;
+    let mut req = h.requests.clone();
+    // Provisioning a host whose provision failed retries it now, with this image (Ironic's re-deploy).
+    req.retry = matches!(&h.state, State::Error(e) if e.operation == crate::machine::Operation::Provisioning);
+    let h = app.store.update_spec(h.id, &spec, &req, now()).await?;
     app.store
         .add_event(h.name.as_str(), now(), "provision", "image set")
         .await?;

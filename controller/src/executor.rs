@@ -222,6 +222,10 @@ impl Executor {
         Ok(b)
     }
 
+    fn forget_bmc(&self, host: i64) {
+        self.bmcs.lock().expect("bmcs lock").remove(&host);
+    }
+
     async fn timed<T>(
         &self,
         op: &'static str,
@@ -266,7 +270,10 @@ impl Executor {
             match self.bmc_for(h).await {
                 Ok(b) => match self.timed("power_state", b.power_state()).await {
                     Ok(p) => BmcObs::Power(p),
-                    Err(f) => BmcObs::Failed(f),
+                    Err(f) => {
+                        self.forget_bmc(h.id);
+                        BmcObs::Failed(f)
+                    }
                 },
                 Err(f) => BmcObs::Failed(f),
             }
@@ -406,6 +413,10 @@ impl Executor {
                     requests.inspect = false;
                     Ok(())
                 }
+                Action::ClearRetryRequest => {
+                    requests.retry = false;
+                    Ok(())
+                }
                 Action::Forget => {
                     self.store.delete_host(h.id).await?;
                     self.store
@@ -414,7 +425,7 @@ impl Executor {
                     self.store.end_phase(h.id, h.state.name(), now, "ok").await?;
                     info!(from = h.state.name(), "host deleted");
                     let _ = self.changes.send(h.name.clone());
-                    self.bmcs.lock().expect("bmcs lock").remove(&h.id);
+                    self.forget_bmc(h.id);
                     return Ok(None);
                 }
             };
@@ -484,6 +495,8 @@ impl Executor {
             *a += 1;
             *a
         };
+        // The next attempt connects afresh: a BMC that restarted has forgotten our session.
+        self.forget_bmc(h.id);
         let p = &self.config.policy;
         let msg = format!("{} failed: {}", e.what, e.failure.message);
         warn!(attempt = attempts, transient = e.failure.transient, "{msg}");

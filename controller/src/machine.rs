@@ -226,6 +226,7 @@ pub enum Action {
     RevokeTokens,
     ClearPowerRequest,
     ClearInspectRequest,
+    ClearRetryRequest,
     /// Remove the host from the store.
     Forget,
 }
@@ -297,6 +298,15 @@ pub fn step(host: &HostView, obs: &Observed, now: Ts) -> Decision {
                 decide(State::Deleting { since: now }, actions, now, "delete requested")
             }
         };
+    }
+    if host.requests.retry && !matches!(&host.state, State::Error(e) if e.operation == Operation::Provisioning) {
+        // Only a failed provision is retried on request; by now the host has moved on (or never failed).
+        return decide(
+            host.state.clone(),
+            vec![Action::ClearRetryRequest],
+            now,
+            "retry request dropped: no failed provision to retry",
+        );
     }
     match &host.state {
         State::Unmanaged => match host.spec.bmc {
@@ -495,7 +505,10 @@ fn error(
         operation,
         Operation::Inspecting | Operation::Preparing | Operation::Deprovisioning
     ) {
-        actions.push(Action::Power(PowerAction::Off));
+        // Only kiln's agent (or nothing: a host that never netbooted) runs there, never a user's OS, so there is
+        // nothing to shut down gracefully; a graceful off of a host stuck in its firmware would wait out the BMC
+        // driver's whole graceful-off timeout first.
+        actions.push(Action::Power(PowerAction::ForceOff));
     }
     let next = State::Error(HostError {
         operation,
@@ -528,6 +541,12 @@ fn in_error(host: &HostView, obs: &Observed, now: Ts, err: &HostError) -> Decisi
         | Operation::Preparing
         | Operation::Provisioning
         | Operation::Deprovisioning => {}
+    }
+    if host.requests.retry && host.spec.image.is_some() {
+        // Only reached for a failed provision (see `step`): a fresh series of retries with the current spec.
+        let mut d = start_job(host, obs, now, JobKind::Provision, 0, "provision requested again");
+        d.actions.push(Action::ClearRetryRequest);
+        return d;
     }
     if host.requests.inspect && err.operation != Operation::Registering {
         let mut d = start_job(host, obs, now, JobKind::Inspect, 0, "inspection requested");

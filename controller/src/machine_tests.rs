@@ -447,6 +447,52 @@ fn boot_timeout_then_retry_with_backoff_then_give_up() {
 }
 
 #[test]
+fn provisioning_a_failed_host_again_retries_at_once_with_fresh_retries() {
+    let p = Policy::default();
+    let failed = HostError {
+        operation: Operation::Provisioning,
+        kind: "checksum_mismatch".into(),
+        message: "m".into(),
+        retries: p.max_retries,
+        at: T0,
+        retry_at: None,
+    };
+    let mut h = HostView::test()
+        .in_state(State::Error(failed.clone()))
+        .powered(PowerState::On)
+        .boots(4)
+        .with_image("http://x/fixed");
+    h.requests.retry = true;
+    let d = step(&h, &obs(), T0.plus_secs(1));
+    assert!(
+        matches!(
+            d.next,
+            State::Provisioning(Job {
+                phase: JobPhase::Booting,
+                boot: 5,
+                retries: 0,
+                ..
+            })
+        ),
+        "{:?}",
+        d.next
+    );
+    assert_eq!(d.actions.last(), Some(&Action::ClearRetryRequest));
+    assert!(d.actions.contains(&Action::Power(PowerAction::Cycle)));
+    // Anywhere else the request is dropped without touching the state.
+    for s in [
+        State::Available { since: T0 },
+        State::Error(HostError {
+            operation: Operation::Inspecting,
+            ..failed
+        }),
+    ] {
+        let d = step(&h.clone().in_state(s.clone()), &obs(), T0);
+        assert_eq!((d.next, d.actions), (s, vec![Action::ClearRetryRequest]));
+    }
+}
+
+#[test]
 fn agent_failure_and_silence_become_errors() {
     let h = HostView::test()
         .in_state(State::Provisioning(running(2)))

@@ -98,6 +98,10 @@ pub struct Requests {
     pub inspect: bool,
     #[serde(default)]
     pub delete: bool,
+    /// Retry the failed provision now with the current spec (the operator provisioned a host in error again, as
+    /// an Ironic user re-deploys a node in `deploy failed`), without waiting for the automatic retry.
+    #[serde(default)]
+    pub retry: bool,
 }
 
 /// Counters kept per host.

@@ -1,6 +1,8 @@
 //! Image sources: a local file or an HTTP(S) URL, read as a stream of chunks in order. An HTTP download that drops
 //! mid-body is resumed with `Range: bytes=N-` (RFC 9110 §14.2, with `If-Range` so a changed file is not spliced);
-//! a server that ignores ranges answers 200 and the first N bytes are skipped instead.
+//! a server that ignores ranges answers 200 and the first N bytes are skipped instead. A server that refuses
+//! connections (restarting, as kiln does when it serves the image itself) is waited for up to
+//! [`UNREACHABLE_BUDGET`] before the download is given up.
 //!
 //! This module only produces bytes; it does not hash, decode or write them.
 
@@ -19,6 +21,10 @@ use crate::progress::Progress;
 
 /// Consecutive failed attempts (without any progress between them) before a download is given up.
 const MAX_RETRIES: u32 = 5;
+/// How long a server that refuses connections is waited for (once it answered, or from the start).
+pub const UNREACHABLE_BUDGET: Duration = Duration::from_secs(120);
+/// Time between connection attempts to an unreachable server.
+const UNREACHABLE_POLL: Duration = Duration::from_secs(2);
 const FILE_CHUNK: usize = 1 << 20;
 
 /// Where an image comes from, parsed at the edge.
@@ -192,6 +198,7 @@ async fn pump_http(url: &url::Url, client: &reqwest::Client, emit: &mut Emitter<
     let mut validator: Option<String> = None;
     let mut failures = 0u32;
     let mut last_err: Option<Box<dyn std::error::Error + Send + Sync>> = None;
+    let mut unreachable_since: Option<tokio::time::Instant> = None;
     loop {
         if failures > 0 {
             if failures > MAX_RETRIES {
@@ -221,10 +228,31 @@ async fn pump_http(url: &url::Url, client: &reqwest::Client, emit: &mut Emitter<
             if let Some(v) = &validator {
                 req = req.header(reqwest::header::IF_RANGE, v.as_str());
             }
-            tracing::info!(url = %url_s, offset, "resuming download");
+            if unreachable_since.is_none() {
+                tracing::info!(url = %url_s, offset, "resuming download");
+            }
         }
         let resp = match req.send().await {
-            Ok(r) => r,
+            Ok(r) => {
+                unreachable_since = None;
+                r
+            }
+            Err(e) if e.is_connect() => {
+                // Nothing listening (or no route): the server may be restarting. Wait for it within the budget;
+                // these attempts do not count as failures of a server that answers.
+                let first = unreachable_since.is_none();
+                let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= UNREACHABLE_BUDGET {
+                    failures = MAX_RETRIES + 1;
+                } else {
+                    if first {
+                        tracing::warn!(url = %url_s, offset, error = %e, ?UNREACHABLE_BUDGET, "server unreachable, waiting for it");
+                    }
+                    tokio::time::sleep(UNREACHABLE_POLL).await;
+                }
+                last_err = Some(e.into());
+                continue;
+            }
             Err(e) => {
                 failures += 1;
                 last_err = Some(e.into());

@@ -41,6 +41,7 @@ pub struct LabHost {
 /// A running lab.
 pub struct Lab {
     kiln: Option<Child>,
+    kiln_args: Vec<String>,
     forwarder: Option<Child>,
     pub sushy: Option<Sushy>,
     pub ipmi: Vec<IpmiSim>,
@@ -72,6 +73,7 @@ impl Lab {
         let ns = Netns::create(&record)?;
         let mut lab = Self {
             kiln: None,
+            kiln_args: Vec::new(),
             forwarder: None,
             sushy: None,
             ipmi: Vec::new(),
@@ -129,38 +131,9 @@ impl Lab {
     /// `host_port` is given, forwards `127.0.0.1:host_port` on the host to it. Returns the kiln URL as seen from the
     /// host (or from the namespace if not forwarded).
     pub fn start_kiln(&mut self, extra_args: &[&str], host_port: Option<u16>) -> anyhow::Result<String> {
-        let kiln = target_bin("kiln")?;
-        let data = self.dir.join("kiln-data");
-        std::fs::create_dir_all(&data)?;
-        let log = std::fs::File::create(self.logs.file("kiln.log"))?;
+        self.kiln_args = extra_args.iter().map(|a| a.to_string()).collect();
+        self.spawn_kiln()?;
         let listen = format!("{SERVER_IP}:8080");
-        let child = self
-            .ns
-            .command(&kiln.display().to_string())
-            .arg("serve")
-            .args(["--listen", &listen])
-            .args(extra_args)
-            .current_dir(&data)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start kiln serve")?;
-        self.record.add_pid(child.id());
-        self.kiln = Some(child);
-        let health = format!("http://{listen}/healthz");
-        cmd::wait_for(
-            "kiln serve to answer /healthz",
-            std::time::Duration::from_secs(30),
-            || {
-                self.ns
-                    .command("curl")
-                    .args(["-sf", "-o", "/dev/null", &health])
-                    .status()
-                    .ok()
-                    .filter(|s| s.success())
-            },
-        )?;
         let Some(port) = host_port else {
             return Ok(format!("http://{listen}"));
         };
@@ -195,6 +168,80 @@ impl Lab {
     /// Whether `kiln serve` is still running.
     pub fn kiln_running(&mut self) -> bool {
         self.kiln.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Runs `kiln serve` with the arguments of [`Lab::start_kiln`] (its log appended to `kiln.log`) and waits until it
+    /// answers `/healthz`.
+    fn spawn_kiln(&mut self) -> anyhow::Result<()> {
+        let kiln = target_bin("kiln")?;
+        let data = self.kiln_data();
+        std::fs::create_dir_all(&data)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.file("kiln.log"))?;
+        let listen = format!("{SERVER_IP}:8080");
+        let child = self
+            .ns
+            .command(&kiln.display().to_string())
+            .arg("serve")
+            .args(["--listen", &listen])
+            .args(&self.kiln_args)
+            .current_dir(&data)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start kiln serve")?;
+        self.record.add_pid(child.id());
+        self.kiln = Some(child);
+        let health = format!("http://{listen}/healthz");
+        cmd::wait_for(
+            "kiln serve to answer /healthz",
+            std::time::Duration::from_secs(30),
+            || {
+                self.ns
+                    .command("curl")
+                    .args(["-sf", "-o", "/dev/null", &health])
+                    .status()
+                    .ok()
+                    .filter(|s| s.success())
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Kills `kiln serve` with SIGKILL (no shutdown path runs), as a crash or an OOM kill would.
+    pub fn kill_kiln(&mut self) -> anyhow::Result<()> {
+        let mut child = self.kiln.take().context("kiln serve is not running")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts `kiln serve` again with the same arguments and data directory (the forwarded port, if any, keeps
+    /// working: it connects anew for every client).
+    pub fn restart_kiln(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.kiln_running(), "kiln serve is still running");
+        self.spawn_kiln()
+    }
+
+    /// Ends a successful run: tears the lab down, then deletes the VM disk images and staged image files under
+    /// the state directory (gigabytes per run). Logs, consoles and kiln's database stay. A failed run (an error
+    /// returned or a panic) drops the lab instead and keeps everything for a post-mortem.
+    pub fn finish(self) -> anyhow::Result<()> {
+        let logs = self.logs.path().to_path_buf();
+        drop(self);
+        let freed = crate::logs::remove_disk_images(&logs)?;
+        println!(
+            "lab logs kept in {} ({} MiB of disk images removed)",
+            logs.display(),
+            freed >> 20
+        );
+        Ok(())
     }
 }
 

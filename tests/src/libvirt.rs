@@ -146,7 +146,7 @@ impl Libvirtd {
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     {disks}
-    <interface type='bridge'><source bridge='br0'/><mac address='{mac}'/><model type='virtio'/></interface>
+    <interface type='bridge'><source bridge='br0'/><mac address='{mac}'/><model type='virtio'/>{rom}</interface>
     <serial type='file'><source path='{console}' append='on'/><target port='0'/></serial>
     <console type='file'><source path='{console}' append='on'/><target type='serial' port='0'/></console>
   </devices>
@@ -156,6 +156,7 @@ impl Libvirtd {
             cpus = spec.cpus,
             mac = spec.mac,
             console = console.display(),
+            rom = if spec.netboot { "" } else { "<rom enabled='no'/>" },
         );
         let xml_path = self.run_dir.join(format!("{name}.xml"));
         std::fs::write(&xml_path, xml)?;

@@ -69,15 +69,26 @@ impl Cli<'_> {
 
     /// The inspection data, read from the REST API with the admin token.
     pub fn inspection(&self, name: &str) -> anyhow::Result<Value> {
+        self.api(&format!("hosts/{name}/inspection"))
+    }
+
+    /// The host's events (state changes, BMC errors, requests), oldest first.
+    pub fn events(&self, name: &str) -> anyhow::Result<Vec<Value>> {
+        let v = self.api(&format!("hosts/{name}/events"))?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    /// `GET /api/v1/<path>` with the admin token.
+    pub fn api(&self, path: &str) -> anyhow::Result<Value> {
         let token = std::fs::read_to_string(self.lab.kiln_data().join("admin.token"))?;
         let out = self
             .lab
             .ns
             .command("curl")
             .args(["-sf", "-H", &format!("Authorization: Bearer {}", token.trim())])
-            .arg(format!("http://{SERVER}:8080/api/v1/hosts/{name}/inspection"))
+            .arg(format!("http://{SERVER}:8080/api/v1/{path}"))
             .output()?;
-        anyhow::ensure!(out.status.success(), "GET inspection of {name} failed");
+        anyhow::ensure!(out.status.success(), "GET /api/v1/{path} failed");
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
@@ -172,11 +183,18 @@ pub fn link_or_copy(src: &Path, dst: &Path) -> anyhow::Result<()> {
 }
 
 pub fn kiln_config(lab: &Lab, files: &Path) -> anyhow::Result<PathBuf> {
+    kiln_config_with(lab, files, "")
+}
+
+/// kiln's config for the lab with `extra` TOML (top-level keys first, then tables such as `[policy]`) inserted
+/// before the netboot sections.
+pub fn kiln_config_with(lab: &Lab, files: &Path, extra: &str) -> anyhow::Result<PathBuf> {
     let data = lab.kiln_data();
     let toml = format!(
         r#"data_dir = "{data}"
 api_url = "http://{SERVER}:8080"
 heartbeat_secs = 2
+{extra}
 
 [pxe]
 state_dir = "{data}/pxe"
@@ -235,6 +253,58 @@ pub fn enroll(cli: &Cli, lab: &Lab, host: &LabHost) -> anyhow::Result<()> {
         "rack=lab",
     ])?;
     Ok(())
+}
+
+/// Enrolls a lab host the Metal3 way: writes its `BareMetalHost` manifest and the credentials `Secret` (base64
+/// `data`, as `kubectl create secret` writes it) to a file and runs `kiln import` on it. Returns the manifest path.
+pub fn import(cli: &Cli, lab: &Lab, host: &LabHost) -> anyhow::Result<PathBuf> {
+    let b64 = |s: &str| -> anyhow::Result<String> {
+        let out = std::process::Command::new("sh")
+            .args(["-c", "printf %s \"$1\" | base64 -w0", "sh", s])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "base64 failed");
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let mode = match host.firmware {
+        crate::qemu::Firmware::Bios => "legacy",
+        crate::qemu::Firmware::Uefi => "UEFI",
+    };
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata:
+  name: {name}-bmc-secret
+  namespace: lab
+type: Opaque
+data:
+  username: {user}
+  password: {password}
+---
+apiVersion: metal3.io/v1alpha1
+kind: BareMetalHost
+metadata:
+  name: {name}
+  namespace: lab
+  labels:
+    rack: lab
+spec:
+  online: true
+  bootMACAddress: {mac}
+  bootMode: {mode}
+  bmc:
+    address: {address}
+    credentialsName: {name}-bmc-secret
+"#,
+        name = host.name,
+        user = b64(ipmi::USERNAME)?,
+        password = b64(ipmi::PASSWORD)?,
+        mac = host.mac,
+        address = host.bmc_address,
+    );
+    let path = lab.dir.join(format!("{}-bmh.yaml", host.name));
+    std::fs::write(&path, manifest)?;
+    cli.run(&["import", &path.display().to_string()])?;
+    Ok(path)
 }
 
 pub fn vm(name: &str, mac: &str) -> VmSpec {

@@ -43,6 +43,9 @@ pub struct VmSpec {
     pub memory_mib: u32,
     pub cpus: u32,
     pub disks: Vec<DiskSpec>,
+    /// Whether the firmware can network-boot at all (false: the NIC has no boot ROM, like PXE disabled in the
+    /// firmware setup; only effective with BIOS, OVMF has its own network stack).
+    pub netboot: bool,
 }
 
 impl VmSpec {
@@ -58,11 +61,19 @@ impl VmSpec {
                 size_mib: 512,
                 bus: DiskBus::Virtio,
             }],
+            netboot: true,
         }
     }
 
     pub fn uefi(mut self) -> Self {
         self.firmware = Firmware::Uefi;
+        self
+    }
+
+    /// A VM whose firmware cannot network-boot (BIOS without the NIC's option ROM): asked to PXE-boot, it falls
+    /// through to its disk.
+    pub fn without_netboot(mut self) -> Self {
+        self.netboot = false;
         self
     }
 
@@ -129,7 +140,7 @@ impl VmSpec {
         push("-netdev");
         push(&format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
         push("-device");
-        if network_boot {
+        if network_boot && self.netboot {
             push(&format!("virtio-net-pci,netdev=n0,mac={},bootindex=1", self.mac));
         } else {
             push(&format!("virtio-net-pci,netdev=n0,mac={},romfile=", self.mac));

@@ -3,6 +3,8 @@
 //! HTTP basic auth. Killed on drop.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
@@ -21,7 +23,9 @@ pub struct FakeSystem {
 #[derive(Debug)]
 pub struct Sushy {
     pub port: u16,
-    child: Child,
+    conf: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
 }
 
 /// Which driver the emulator uses.
@@ -53,47 +57,73 @@ impl Sushy {
             String::from_utf8_lossy(&out.stderr)
         );
         std::fs::write(&htpasswd, &out.stdout)?;
-        let mut conf = format!(
+        let mut conf_text = format!(
             "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\nSUSHY_EMULATOR_LISTEN_PORT = {port}\nSUSHY_EMULATOR_AUTH_FILE = '{}'\n",
             htpasswd.display()
         );
         match &driver {
             Driver::Libvirt => {
-                conf.push_str(
+                conf_text.push_str(
                     "SUSHY_EMULATOR_LIBVIRT_URI = 'qemu:///system'\nSUSHY_EMULATOR_IGNORE_BOOT_DEVICE = False\n",
                 );
-                conf.push_str(
+                conf_text.push_str(
                     "SUSHY_EMULATOR_BOOT_LOADER_MAP = {'UEFI': {'x86_64': '/usr/share/OVMF/OVMF_CODE_4M.fd'}, \
                      'Legacy': {'x86_64': None}}\n",
                 );
             }
             Driver::Fake(systems) => {
-                conf.push_str("SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_FAKE_SYSTEMS = [\n");
+                conf_text.push_str("SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_FAKE_SYSTEMS = [\n");
                 for s in systems {
                     let _ = writeln!(
-                        conf,
+                        conf_text,
                         "  {{'uuid': '{}', 'name': '{}', 'power_state': 'Off', 'nics': [{{'mac': '{}', 'ip': '10.99.0.50'}}]}},",
                         s.uuid, s.name, s.mac
                     );
                 }
-                conf.push_str("]\n");
+                conf_text.push_str("]\n");
             }
         }
-        let conf_path = dir.join("emulator.conf");
-        std::fs::write(&conf_path, conf)?;
-        let log = std::fs::File::create(logs.file(&format!("sushy-{port}.log")))?;
+        let conf = dir.join("emulator.conf");
+        std::fs::write(&conf, conf_text)?;
+        let mut sushy = Self {
+            port,
+            conf,
+            log: logs.file(&format!("sushy-{port}.log")),
+            child: None,
+        };
+        std::fs::File::create(&sushy.log)?;
+        sushy.resume(record, ns)?;
+        Ok(sushy)
+    }
+
+    /// Stops the emulator (SIGKILL, like a BMC losing power): every request to it is refused until [`resume`].
+    ///
+    /// [`resume`]: Sushy::resume
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&self.log) {
+            let _ = writeln!(f, "--- kiln-tests: emulator stopped ---");
+        }
+    }
+
+    /// Starts the emulator (again) with the same configuration and port; returns once its service root answers.
+    pub fn resume(&mut self, record: &Record, ns: &Netns) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().append(true).open(&self.log)?;
         let child = ns
             .command(&crate::venv_bin("sushy-emulator").display().to_string())
             .arg("--config")
-            .arg(&conf_path)
+            .arg(&self.conf)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("start sushy-emulator (run tests/setup.sh)")?;
         record.add_pid(child.id());
-        let sushy = Self { port, child };
-        let url = format!("{}/redfish/v1/", sushy.base_url());
+        self.child = Some(child);
+        let url = format!("{}/redfish/v1/", self.base_url());
         cmd::wait_for("sushy-emulator to answer", std::time::Duration::from_secs(30), || {
             ns.command("curl")
                 .args(["-sf", "-o", "/dev/null", &url])
@@ -101,7 +131,7 @@ impl Sushy {
                 .ok()
                 .filter(|s| s.success())
         })?;
-        Ok(sushy)
+        Ok(())
     }
 
     /// `http://127.0.0.1:PORT` (inside the lab namespace)
@@ -117,7 +147,9 @@ impl Sushy {
 
 impl Drop for Sushy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

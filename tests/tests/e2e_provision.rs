@@ -1,23 +1,34 @@
-//! End to end, as an operator sees it: a lab VM behind a real BMC emulator is enrolled with `kiln host enroll`,
-//! registers and is inspected (it netboots the agent ramdisk from kiln's own DHCP/TFTP/HTTP), becomes available,
+//! End to end, as an operator sees it: a lab VM behind a real BMC emulator is enrolled (with `kiln host enroll`, or
+//! with `kiln import` of a Metal3 `BareMetalHost` manifest and its credentials `Secret`), registers and is inspected (it netboots the agent ramdisk from kiln's own DHCP/TFTP/HTTP), becomes available,
 //! is provisioned with the debootstrapped Debian test image and user data, boots that OS from its disk, and its
 //! cloud-init runs the user data, which calls back to an HTTP endpoint of the test (where a kubeadm or RKE2 join would
 //! run). Then it is deprovisioned and available again, with a disk that no longer boots.
 //!
 //! Everything runs inside the lab's private namespace: kiln serve (DHCP full mode on the lab bridge), the BMC
-//! emulators, the VMs, and the CLI. Logs (serial consoles, kiln, emulators) are kept under target/lab-logs/.
+//! emulators, the VMs, and the CLI. Logs (serial consoles, kiln, emulators) are kept under target/lab-logs/; the VM
+//! disk images of a passing run are deleted.
+//!
+//! The two hosts cover both firmware kinds and both BMC protocols: a UEFI host behind Redfish (imported from a
+//! Metal3 manifest, qcow2 image) and a BIOS host behind IPMI (enrolled with the CLI, raw.zst image).
 
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use kiln_tests::{
     lab::{BmcKind, Lab, target_bin},
-    operator::{CALLBACK_PORT, Callback, Cli, SERVER, enroll, kiln_config, stage_files, vm},
+    operator::{CALLBACK_PORT, Callback, Cli, SERVER, enroll, import, kiln_config, stage_files, vm},
     osimage::OsImage,
-    qemu::{VmSpec, read_console},
+    qemu::{Firmware, VmSpec, read_console},
 };
 
-fn full_lifecycle(spec: VmSpec, kind: BmcKind, image: &str) -> anyhow::Result<()> {
+/// How the operator tells kiln about the host.
+#[derive(Debug, Clone, Copy)]
+enum Enrollment {
+    Cli,
+    Metal3Manifest,
+}
+
+fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, image: &str) -> anyhow::Result<()> {
     let os = OsImage::get()?;
     let mut lab = Lab::start(&format!("e2e-{}", spec.name), &[(spec, kind)])?;
     let files = stage_files(&lab, &os)?;
@@ -31,7 +42,13 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, image: &str) -> anyhow::Result<()
     let host = lab.hosts[0].clone();
 
     // 1. Enroll -> registering -> inspecting (the VM netboots the agent) -> available, powered off.
-    enroll(&cli, &lab, &host)?;
+    match how {
+        Enrollment::Cli => enroll(&cli, &lab, &host)?,
+        Enrollment::Metal3Manifest => {
+            let manifest = import(&cli, &lab, &host)?;
+            println!("imported {}", manifest.display());
+        }
+    }
     let h = cli.wait_state(&host.name, "available", Duration::from_secs(600))?;
     assert_eq!(h["host"]["power"], "off", "an available host is powered off: {h}");
     let inventory = cli.inspection(&host.name)?;
@@ -85,8 +102,13 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, image: &str) -> anyhow::Result<()
         }
         std::thread::sleep(Duration::from_secs(2));
     }
-    let show = cli.run(&["host", "show", &host.name])?;
-    println!("{show}");
+    let h = cli.host(&host.name)?;
+    let want_mode = match host.firmware {
+        Firmware::Bios => "legacy",
+        Firmware::Uefi => "uefi",
+    };
+    assert_eq!(h["host"]["boot_mode"], want_mode, "{h}");
+    cli.run(&["host", "show", &host.name])?;
 
     // 3. Deprovision -> available; the disk no longer boots (its partition tables are gone).
     cli.run(&["host", "deprovision", &host.name])?;
@@ -99,15 +121,25 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, image: &str) -> anyhow::Result<()
         "the deprovisioned disk still has a partition table"
     );
     drop(callback);
-    Ok(())
+    lab.finish()
 }
 
 #[test]
-fn redfish_bios_host_enroll_inspect_provision_qcow2_deprovision() -> anyhow::Result<()> {
-    full_lifecycle(vm("e2e-rf", "52:54:00:99:00:31"), BmcKind::Redfish, "debian.qcow2")
+fn redfish_uefi_host_import_inspect_provision_qcow2_deprovision() -> anyhow::Result<()> {
+    full_lifecycle(
+        vm("e2e-rf", "52:54:00:99:00:31").uefi(),
+        BmcKind::Redfish,
+        Enrollment::Metal3Manifest,
+        "debian.qcow2",
+    )
 }
 
 #[test]
 fn ipmi_bios_host_enroll_inspect_provision_raw_zst_deprovision() -> anyhow::Result<()> {
-    full_lifecycle(vm("e2e-ipmi", "52:54:00:99:00:32"), BmcKind::Ipmi, "debian.raw.zst")
+    full_lifecycle(
+        vm("e2e-ipmi", "52:54:00:99:00:32"),
+        BmcKind::Ipmi,
+        Enrollment::Cli,
+        "debian.raw.zst",
+    )
 }

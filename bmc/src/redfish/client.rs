@@ -279,7 +279,9 @@ impl Client {
         if_match: Option<&str>,
     ) -> Result<Reply, BmcError> {
         let operation = format!("{method} {path}");
-        // POST actions are not idempotent on every BMC: retry them only when the request surely did not land.
+        // POST actions are not idempotent on every BMC: retry them only when the request surely did not land (a
+        // connect error, including a connect timeout). A POST that timed out waiting for its answer is left to the
+        // caller, whose operations re-read the state before acting again (`set_power` is idempotent).
         let idempotent = method != Method::POST;
         let mut attempt = 0;
         let mut relogged = false;
@@ -434,7 +436,9 @@ impl Client {
     }
 
     fn transport_error(&self, operation: &str, e: reqwest::Error) -> BmcError {
-        if e.is_timeout() {
+        // A timeout while connecting means the request never left: it is a connect error, retried even for a POST
+        // (a hung or rebooting BMC whose TCP stack drops SYNs). Only a timeout waiting for an answer is `Timeout`.
+        if e.is_timeout() && !e.is_connect() {
             return BmcError::Timeout {
                 bmc: self.bmc.clone(),
                 operation: operation.to_string(),

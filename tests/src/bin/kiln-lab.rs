@@ -31,7 +31,7 @@ enum Cmd {
         #[arg(long)]
         no_provision: bool,
     },
-    /// Clean up namespaces, processes and domains left by a lab that was killed.
+    /// Clean up namespaces, processes and domains left by a lab that was killed, and the disk images of finished runs.
     Clean,
 }
 
@@ -40,7 +40,12 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Clean => {
             kiln_tests::state::reap_stale();
-            println!("kiln-lab: nothing left behind");
+            let (runs, freed) = kiln_tests::logs::prune_finished_runs()?;
+            println!(
+                "kiln-lab: nothing left behind; disk images of {runs} finished runs removed ({} MiB), logs kept in {}",
+                freed >> 20,
+                kiln_tests::logs::base_dir().display()
+            );
         }
         Cmd::Demo { port, no_provision } => demo(port, no_provision)?,
     }
@@ -131,7 +136,8 @@ fn demo(port: u16, no_provision: bool) -> anyhow::Result<()> {
             lab.logs.file("kiln.log").display()
         );
     }
-    drop(lab);
+    // The demo's VM disks are gigabytes; its logs stay for reading afterwards.
+    lab.finish()?;
     println!("kiln-lab: clean.");
     Ok(())
 }
