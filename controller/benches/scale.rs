@@ -60,7 +60,11 @@ async fn wait_all(lab: &Lab, names: &[String], state: &str, timeout: Duration) -
         if n == names.len() {
             return start.elapsed();
         }
-        assert!(start.elapsed() < timeout, "{n} of {} hosts {state} after {timeout:?}", names.len());
+        assert!(
+            start.elapsed() < timeout,
+            "{n} of {} hosts {state} after {timeout:?}",
+            names.len()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -83,7 +87,10 @@ async fn provision(lab: &Lab, names: &[String]) {
 fn main() {
     let hosts = env("KILN_SCALE_HOSTS", 10_000);
     let deploys = env("KILN_SCALE_DEPLOYS", 1_000).min(hosts.saturating_sub(1));
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         lab::AGENT_POLL_MS.store(1000, Ordering::Relaxed); // real agents heartbeat every few seconds
         let lab = Lab::start(|c| {

@@ -364,7 +364,12 @@ impl Lab {
 /// `52:54:00:00:00:` + the last byte of their name.
 pub fn mac_of(name: &str) -> String {
     if let Some(n) = name.strip_prefix("sim-").and_then(|n| n.parse::<u32>().ok()) {
-        return format!("52:54:01:{:02x}:{:02x}:{:02x}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+        return format!(
+            "52:54:01:{:02x}:{:02x}:{:02x}",
+            (n >> 16) & 0xff,
+            (n >> 8) & 0xff,
+            n & 0xff
+        );
     }
     let n = name.bytes().last().unwrap();
     format!("52:54:00:00:00:{n:02x}")
