@@ -7,7 +7,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use kiln_bmc::{BootPersistence, PowerAction, PowerState};
 use kiln_images::protocol::Outcome;
 use rand::Rng;
@@ -25,6 +24,11 @@ use crate::store::{CommandStatus, Store, StoreError};
 use crate::types::{HostName, Ts};
 
 /// Wall-clock now, the executor's only clock read.
+/// The later of `now()` and `at` (a reconcile that waited for a permit decides with the current time).
+fn now_or(at: Ts) -> Ts {
+    now().max(at)
+}
+
 pub fn now() -> Ts {
     Ts(std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -70,6 +74,8 @@ pub struct Executor {
     action_attempts: Mutex<HashMap<i64, u32>>,
     busy: Mutex<usize>,
     woken: Mutex<std::collections::HashSet<i64>>,
+    /// Hosts whose reconcile task is running.
+    inflight: Mutex<std::collections::HashSet<i64>>,
     changes: tokio::sync::broadcast::Sender<HostName>,
 }
 
@@ -99,6 +105,7 @@ impl Executor {
             action_attempts: Mutex::default(),
             busy: Mutex::new(0),
             woken: Mutex::default(),
+            inflight: Mutex::default(),
             changes: tokio::sync::broadcast::channel(1024).0,
         })
     }
@@ -125,11 +132,16 @@ impl Executor {
         self.notify.clone()
     }
 
-    /// Reconciles due hosts until `cancel` fires; a pass in progress finishes, so no host is left between an action
-    /// and its persisted state.
+    /// Reconciles due hosts until `cancel` fires. Each host's reconcile runs as its own task, so a slow BMC (a
+    /// graceful power-off, a hung connection waiting for its timeout) delays only its own host; later passes skip
+    /// hosts still in flight. On cancel every reconcile already started finishes, so no host is left between an
+    /// action and its persisted state.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.config.parallelism.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
         loop {
-            if let Err(e) = self.pass(now()).await {
+            while tasks.try_join_next().is_some() {}
+            if let Err(e) = self.pass(&mut tasks, &permits).await {
                 warn!(error = %crate::bmcs::chain(&e), "executor pass failed");
             }
             tokio::select! {
@@ -138,21 +150,37 @@ impl Executor {
                 _ = tokio::time::sleep(self.config.tick) => {}
             }
         }
+        while tasks.join_next().await.is_some() {}
     }
 
-    /// One pass over the hosts that are due at `now`.
+    /// Starts a reconcile of every host that is due now and not already being reconciled; returns how many.
     ///
     /// # Errors
     /// The store error that prevented listing hosts.
-    pub async fn pass(&self, now: Ts) -> Result<usize, StoreError> {
+    async fn pass(
+        self: &Arc<Self>,
+        tasks: &mut tokio::task::JoinSet<()>,
+        permits: &Arc<tokio::sync::Semaphore>,
+    ) -> Result<usize, StoreError> {
+        // The in-flight set is read before the hosts: a reconcile that ended before this line has saved its state,
+        // so no host is ever decided from a stale row while its previous decision is still being carried out.
+        let inflight = self.inflight.lock().expect("inflight lock").clone();
         let hosts = self.store.hosts().await?;
-        *self.busy.lock().expect("busy lock") = hosts.iter().filter(|h| h.state.holds_slot()).count();
-        let woken = std::mem::take(&mut *self.woken.lock().expect("woken lock"));
+        // In-flight hosts count as holding a slot until their reconcile ends (they may be taking one right now).
+        *self.busy.lock().expect("busy lock") = hosts
+            .iter()
+            .filter(|h| h.state.holds_slot() || inflight.contains(&h.id))
+            .count();
+        let now = now();
+        let mut woken = std::mem::take(&mut *self.woken.lock().expect("woken lock"));
         let mut due: Vec<Host> = hosts
             .into_iter()
-            .filter(|h| woken.contains(&h.id) || h.next_wake.is_none_or(|w| w <= now))
+            .filter(|h| !inflight.contains(&h.id))
+            .filter(|h| woken.remove(&h.id) || h.next_wake.is_none_or(|w| w <= now))
             .collect();
-        // Queued hosts go first, oldest first, so the delayed queue is FIFO.
+        // Wakes of hosts still in flight are kept for a later pass.
+        self.woken.lock().expect("woken lock").extend(woken);
+        // Queued hosts go first, oldest first, so the delayed queue is FIFO (the semaphore is fair).
         due.sort_by_key(|h| {
             (
                 h.state.job().is_none_or(|j| j.phase != JobPhase::Delayed),
@@ -160,14 +188,20 @@ impl Executor {
             )
         });
         let n = due.len();
-        futures::stream::iter(due)
-            .for_each_concurrent(self.config.parallelism, |h| async move {
+        for h in due {
+            self.inflight.lock().expect("inflight lock").insert(h.id);
+            let me = self.clone();
+            let permits = permits.clone();
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let id = h.id;
                 let span = info_span!("reconcile", host = %h.name, state = h.state.name());
-                if let Err(e) = self.reconcile(h, now).instrument(span).await {
+                if let Err(e) = me.reconcile(h, now_or(now)).instrument(span).await {
                     warn!(error = %crate::bmcs::chain(&e), "reconcile failed");
                 }
-            })
-            .await;
+                me.inflight.lock().expect("inflight lock").remove(&id);
+            });
+        }
         Ok(n)
     }
 
@@ -188,13 +222,18 @@ impl Executor {
 
     /// Records a BMC call if the per-minute budget allows it.
     fn budget(&self, host: i64, n: usize) -> bool {
+        self.budget_leaving(host, n, 0)
+    }
+
+    /// Like [`Self::budget`], but only if `reserve` more calls would still fit afterwards.
+    fn budget_leaving(&self, host: i64, n: usize, reserve: usize) -> bool {
         let mut calls = self.calls.lock().expect("calls lock");
         let q = calls.entry(host).or_default();
         let cutoff = Instant::now().checked_sub(Duration::from_secs(60));
         while q.front().is_some_and(|t| cutoff.is_some_and(|c| *t < c)) {
             q.pop_front();
         }
-        if q.len() + n > self.config.bmc_calls_per_minute {
+        if q.len() + n + reserve > self.config.bmc_calls_per_minute {
             return false;
         }
         for _ in 0..n {
@@ -265,7 +304,9 @@ impl Executor {
             | State::Deprovisioning(_)
             | State::Deleting { .. } => false,
         };
-        let bmc = if wants_power && h.spec.bmc.is_some() && self.budget(h.id, 1) {
+        // A pending power request keeps one call of the budget for itself: periodic reads must not starve it.
+        let reserve = usize::from(h.requests.power.is_some());
+        let bmc = if wants_power && h.spec.bmc.is_some() && self.budget_leaving(h.id, 1, reserve) {
             calls += 1;
             match self.bmc_for(h).await {
                 Ok(b) => match self.timed("power_state", b.power_state()).await {

@@ -421,3 +421,24 @@ async fn the_whole_lifecycle_runs_on_postgresql_too() {
     drop(lab);
     drop(pg);
 }
+
+/// A BMC that takes 30 s per call delays only its own host: the executor reconciles hosts as separate tasks, so
+/// another host registers, is inspected and becomes available meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_bmc_delays_only_its_own_host() {
+    let lab = Lab::start(|_| {}).await;
+    let slow = lab.add_fake("node-5");
+    slow.slow_ms.store(30_000, std::sync::atomic::Ordering::SeqCst);
+    lab.enroll_fake("node-5", json!({})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let t = std::time::Instant::now();
+    lab.enroll("node-6").await;
+    lab.wait_state("node-6", "available").await;
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(25),
+        "node-6 waited for node-5's BMC: {:?}",
+        t.elapsed()
+    );
+    let (_, h5) = lab.api(reqwest::Method::GET, "/api/v1/hosts/node-5", None).await;
+    assert_eq!(h5["state"], "registering", "node-5 is still waiting for its BMC: {h5}");
+}

@@ -37,6 +37,8 @@ pub struct Fake {
     pub fail_next: AtomicU32,
     /// The host never network-boots (a bad cable, a wrong boot MAC).
     pub dead_nic: std::sync::atomic::AtomicBool,
+    /// Every BMC call takes this long (a BMC that is slow to answer).
+    pub slow_ms: std::sync::atomic::AtomicU64,
     pub boots: mpsc::UnboundedSender<(String, BootKind)>,
 }
 
@@ -62,13 +64,24 @@ impl Fake {
     }
 }
 
+impl FakeBmc {
+    async fn slow(&self) {
+        let ms = self.0.slow_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+}
+
 impl Bmc for FakeBmc {
     type Error = FakeError;
     async fn power_state(&self) -> Result<PowerState, FakeError> {
+        self.slow().await;
         self.0.call("power_state".into())?;
         Ok(*self.0.power.lock().unwrap())
     }
     async fn set_power(&self, action: PowerAction) -> Result<(), FakeError> {
+        self.slow().await;
         self.0.call(format!("set_power {action:?}"))?;
         let was = *self.0.power.lock().unwrap();
         match action {
@@ -82,6 +95,7 @@ impl Bmc for FakeBmc {
         Ok(())
     }
     async fn set_boot(&self, target: BootTarget, persistence: BootPersistence) -> Result<(), FakeError> {
+        self.slow().await;
         self.0.call(format!("set_boot {target:?} {persistence:?}"))?;
         match persistence {
             BootPersistence::Once => *self.0.once.lock().unwrap() = Some(target),
@@ -285,6 +299,7 @@ impl Lab {
             calls: Mutex::default(),
             fail_next: AtomicU32::new(0),
             dead_nic: Default::default(),
+            slow_ms: Default::default(),
             boots: self.boots_tx.clone(),
         });
         self.fakes.lock().unwrap().insert(name.into(), f.clone());
