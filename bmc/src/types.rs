@@ -51,6 +51,21 @@ pub enum BootTarget {
     VirtualCd { mode: BootMode },
 }
 
+impl std::fmt::Display for BootTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = |m: &BootMode| match m {
+            BootMode::Uefi => "UEFI",
+            BootMode::Legacy => "legacy BIOS",
+        };
+        match self {
+            BootTarget::Pxe { mode: m } => write!(f, "network (PXE, {})", mode(m)),
+            BootTarget::UefiHttp => f.write_str("network (UEFI HTTP)"),
+            BootTarget::Disk { mode: m } => write!(f, "disk ({})", mode(m)),
+            BootTarget::VirtualCd { mode: m } => write!(f, "virtual CD ({})", mode(m)),
+        }
+    }
+}
+
 /// Whether a boot target applies to the next boot only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -268,10 +268,11 @@ pub fn hosts_table(hosts: &[HostOut], wide: bool) -> Table {
             h.error
                 .as_ref()
                 .map(|e| {
+                    // The first line: an agent's failure carries its log tail below it (`kiln host show`).
                     format!(
                         "{}: {}",
                         e["kind"].as_str().unwrap_or(""),
-                        e["message"].as_str().unwrap_or("")
+                        e["message"].as_str().unwrap_or("").lines().next().unwrap_or("")
                     )
                 })
                 .unwrap_or_default(),

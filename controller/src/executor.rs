@@ -415,7 +415,7 @@ impl Executor {
                     }
                     .map_err(|failure| ActionError {
                         failure,
-                        what: format!("setting boot device {target:?}"),
+                        what: format!("setting the boot device to {target}"),
                     })
                 }
                 Action::Power(pa) => {
@@ -435,7 +435,7 @@ impl Executor {
                     }
                     r.map_err(|failure| ActionError {
                         failure,
-                        what: format!("power {pa:?}"),
+                        what: format!("power {}", format!("{pa:?}").to_lowercase()),
                     })
                 }
                 Action::Enqueue { boot, id, kind } => {
