@@ -367,11 +367,13 @@ async fn kiln_serve_kube_drives_real_hosts_through_its_own_engine() {
     .await;
     println!("standby took over {:?} after the leader stopped", t.elapsed());
     stop_standby.cancel();
-    tokio::time::timeout(Duration::from_secs(20), standby)
+    let t = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), standby)
         .await
         .expect("standby stops")
         .unwrap()
         .expect("a clean stop");
+    println!("standby stopped {:?} after cancel", t.elapsed());
     let released = holder(&client).await;
     assert!(
         released.as_deref().is_none_or(str::is_empty),

@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::engine::Engine;
 use super::{cluster_controller, host_controller, machine_controller};
 
+/// How long stopping waits for running reconciles, and then for the Lease release.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
 /// The `[kube]` section of kiln's config.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -191,9 +194,20 @@ pub async fn run<E: Engine>(
         }
     };
     stop.cancel();
-    while controllers.join_next().await.is_some() {}
+    // Running reconciles get a grace period to finish (they are idempotent, so cutting one short is safe), as
+    // controller-runtime's managers do.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while controllers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers still busy after the grace period; stopping them");
+        controllers.shutdown().await;
+    }
     drop(leader); // releases the Lease so a standby takes over without waiting for it to expire
-    let _ = task.await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+        tracing::warn!(%lease, "could not release the lease in time; it expires on its own");
+    }
     tracing::info!(%lease, "Kubernetes controllers stopped");
     outcome
 }
