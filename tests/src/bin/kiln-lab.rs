@@ -94,6 +94,10 @@ fn demo(port: u16, no_provision: bool) -> anyhow::Result<()> {
     println!();
     println!("kiln is serving at {url}  (health: {url}/healthz, metrics: {url}/metrics)");
     println!(
+        "web page: {url}/ui  (admin token: {})",
+        lab.kiln_data().join("admin.token").display()
+    );
+    println!(
         "lab namespace {} with bridge br0 10.99.0.1/24; logs in {}",
         lab.ns.name(),
         lab.logs.path().display()
