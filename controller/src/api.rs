@@ -130,6 +130,10 @@ pub struct HostOut {
     pub error: Option<Value>,
     pub detail: Value,
     pub progress: Option<Value>,
+    /// A BMC call that failed and is being retried (`{"at", "message"}`), shown before retries run out and the host
+    /// enters `error`; only on `GET /api/v1/hosts/{name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc_trouble: Option<Value>,
     pub counters: Counters,
     pub created: String,
     pub updated: String,
@@ -172,6 +176,7 @@ fn host_out(h: &Host, progress: Option<Value>) -> HostOut {
         error,
         detail: serde_json::to_value(&h.state).unwrap_or(Value::Null),
         progress,
+        bmc_trouble: None,
         counters: h.counters,
         created: h.created.rfc3339(),
         updated: h.updated.rfc3339(),
@@ -359,7 +364,18 @@ async fn get_host(AxState(app): AxState<AppState>, Path(name): Path<String>) -> 
         Some(j) => app.store.agent_boot(h.id, j.boot).await?.and_then(|b| b.progress),
         None => None,
     };
-    Ok(Json(host_out(&h, progress)))
+    let mut out = host_out(&h, progress);
+    // The newest of a failed BMC call, a recovery or a state change tells whether kiln is retrying a BMC right now.
+    let events = app.store.events(Some(h.name.as_str()), 50).await?;
+    if let Some(e) = events
+        .iter()
+        .filter(|e| matches!(e.kind.as_str(), "bmc_error" | "bmc_recovered" | "state"))
+        .max_by_key(|e| e.id)
+        .filter(|e| e.kind == "bmc_error" && !matches!(h.state, State::Error(_)))
+    {
+        out.bmc_trouble = Some(json!({ "at": e.at.rfc3339(), "message": e.message }));
+    }
+    Ok(Json(out))
 }
 
 async fn delete_host(

@@ -445,6 +445,13 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
                 if let Some(p) = &h.progress {
                     println!("progress: {p}");
                 }
+                if let Some(t) = &h.bmc_trouble {
+                    println!(
+                        "BMC trouble since {}: {}",
+                        t["at"].as_str().unwrap_or(""),
+                        t["message"].as_str().unwrap_or("")
+                    );
+                }
                 println!("{}", timing_table(&timings));
             }
         }

@@ -474,7 +474,17 @@ impl Executor {
                 return self.action_failed(h, view, &d, obs, e, now, *calls).await;
             }
         }
-        self.action_attempts.lock().expect("attempts lock").remove(&h.id);
+        if self
+            .action_attempts
+            .lock()
+            .expect("attempts lock")
+            .remove(&h.id)
+            .is_some()
+        {
+            self.store
+                .add_event(h.name.as_str(), now, "bmc_recovered", "the BMC answered again")
+                .await?;
+        }
         let st = StatusUpdate {
             power,
             ..self.status(h, view, &d.next, requests, *calls, d.wake)
@@ -541,8 +551,9 @@ impl Executor {
         let p = &self.config.policy;
         let msg = format!("{} failed: {}", e.what, e.failure.message);
         warn!(attempt = attempts, transient = e.failure.transient, "{msg}");
-        self.store.add_event(h.name.as_str(), now, "bmc_error", &msg).await?;
         if e.failure.transient && attempts <= p.max_retries {
+            let msg = format!("{msg} (attempt {attempts} of {}; retrying)", p.max_retries + 1);
+            self.store.add_event(h.name.as_str(), now, "bmc_error", &msg).await?;
             let wake = now.plus_ms(backoff_ms(p, attempts - 1, obs.jitter));
             let st = self.status(h, view, &h.state, h.requests.clone(), calls, wake);
             return Ok(self
@@ -551,6 +562,7 @@ impl Executor {
                 .await?
                 .then(|| h.state.clone()));
         }
+        self.store.add_event(h.name.as_str(), now, "bmc_error", &msg).await?;
         self.action_attempts.lock().expect("attempts lock").remove(&h.id);
         let next = crate::machine::action_failed(view, &d.next, &e.failure, &msg, now, obs.jitter);
         let st = self.status(h, view, &next.next, h.requests.clone(), calls, next.wake);

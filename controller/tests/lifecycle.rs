@@ -442,3 +442,43 @@ async fn a_slow_bmc_delays_only_its_own_host() {
     let (_, h5) = lab.api(reqwest::Method::GET, "/api/v1/hosts/node-5", None).await;
     assert_eq!(h5["state"], "registering", "node-5 is still waiting for its BMC: {h5}");
 }
+
+/// While kiln retries a failed BMC action, the host says so (before retries run out and it enters `error`), and
+/// stops saying so once the BMC answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bmc_action_being_retried_is_visible_on_the_host() {
+    let lab = Lab::start(|c| c.policy.backoff_base_secs = 2).await;
+    let f = lab.add_fake("node-8");
+    lab.enroll_fake("node-8", json!({ "inspect": false })).await;
+    lab.wait_state("node-8", "available").await;
+    f.fail_next.store(2, Ordering::SeqCst);
+    let (code, body) = lab
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/hosts/node-8/power",
+            Some(json!({ "action": "on" })),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let mut trouble = Value::Null;
+    let mut last = Value::Null;
+    for _ in 0..400 {
+        let (_, h) = lab.api(reqwest::Method::GET, "/api/v1/hosts/node-8", None).await;
+        if trouble.is_null() && !h["bmc_trouble"].is_null() {
+            trouble = h["bmc_trouble"].clone();
+        }
+        if h["power"] == "on" {
+            last = h;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last["power"], "on", "the power request never went through");
+    let (_, ev) = lab.api(reqwest::Method::GET, "/api/v1/hosts/node-8/events", None).await;
+    assert!(
+        trouble["message"].as_str().is_some_and(|m| m.contains("retrying")),
+        "no BMC trouble shown while retrying: {trouble}; events {ev}"
+    );
+    assert!(last["bmc_trouble"].is_null(), "still shown after recovery: {last}");
+    assert!(!trouble.to_string().contains(PASSWORD));
+}

@@ -95,8 +95,12 @@ async function detail(name) {
   ]);
   $("detail").hidden = false;
   $("detail-name").textContent = h.name + " — " + h.state + (h.progress ? " (" + progressText(h.progress) + ")" : "");
-  $("detail-error").hidden = !h.error;
-  $("detail-error").textContent = h.error ? h.error.type + ": " + h.error.message : "";
+  $("detail-error").hidden = !h.error && !h.bmc_trouble;
+  $("detail-error").textContent = h.error
+    ? h.error.type + ": " + h.error.message
+    : h.bmc_trouble
+      ? "BMC trouble since " + h.bmc_trouble.at + ": " + h.bmc_trouble.message
+      : "";
   const t = $("timings");
   t.replaceChildren();
   for (const p of timings) {
