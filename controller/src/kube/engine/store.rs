@@ -19,7 +19,7 @@ use crate::kube::bmh::{
     Image, Nic, OperationHistory, OperationMetric, ProvisioningState as P, RootDeviceHints, Storage,
 };
 use crate::machine::{JobPhase, Operation, State};
-use crate::model::{self, BmcInfo, EraseMode, Host};
+use crate::model::{self, BmcInfo, EraseMode, Host, Requests};
 use crate::store::{PhaseRecord, Store, StoreError};
 use crate::types::{BmcAddress, HostName, MacAddr};
 
@@ -58,6 +58,26 @@ impl StoreEngine {
             )),
             None => Ok(None),
         }
+    }
+
+    /// Writes a host's spec and requests, records `event` (kind, message) if given, and wakes the executor.
+    async fn write(
+        &self,
+        h: &Host,
+        spec: &model::HostSpec,
+        requests: &Requests,
+        event: Option<(&str, String)>,
+    ) -> Result<Host, EngineError> {
+        let written = self
+            .store
+            .update_spec(h.id, spec, requests, now())
+            .await
+            .map_err(store_err)?;
+        if let Some((kind, message)) = event {
+            let _ = self.store.add_event(h.name.as_str(), now(), kind, &message).await;
+        }
+        self.executor.poke();
+        Ok(written)
     }
 
     async fn observe(&self, h: &Host) -> Result<HostState, EngineError> {
@@ -431,30 +451,15 @@ impl Engine for StoreEngine {
                 }
                 // The password is compared by value: `Secret` hides it from Debug, not from equality.
                 if desired != h.spec || requests != h.requests {
-                    let changed_image = desired.image != h.spec.image;
-                    let h = self
-                        .store
-                        .update_spec(h.id, &desired, &requests, now())
-                        .await
-                        .map_err(store_err)?;
-                    if changed_image {
+                    let event = (desired.image != h.spec.image).then(|| {
                         let what = if desired.image.is_some() {
                             "image set"
                         } else {
                             "image removed"
                         };
-                        let _ = self
-                            .store
-                            .add_event(
-                                h.name.as_str(),
-                                now(),
-                                "provision",
-                                &format!("{what} by BareMetalHost {key}"),
-                            )
-                            .await;
-                    }
-                    self.executor.poke();
-                    h
+                        ("provision", format!("{what} by BareMetalHost {key}"))
+                    });
+                    self.write(&h, &desired, &requests, event).await?
                 } else {
                     h
                 }
@@ -491,20 +496,8 @@ impl Engine for StoreEngine {
         if h.spec.image.is_some() && !h.requests.delete {
             let mut spec = h.spec.clone();
             spec.image = None;
-            self.store
-                .update_spec(h.id, &spec, &h.requests, now())
-                .await
-                .map_err(store_err)?;
-            let _ = self
-                .store
-                .add_event(
-                    h.name.as_str(),
-                    now(),
-                    "deprovision",
-                    &format!("BareMetalHost {key} deleted"),
-                )
-                .await;
-            self.executor.poke();
+            let event = ("deprovision", format!("BareMetalHost {key} deleted"));
+            self.write(&h, &spec, &h.requests, Some(event)).await?;
             return Ok(Release::InProgress(P::Deprovisioning));
         }
         if matches!(
@@ -516,11 +509,7 @@ impl Engine for StoreEngine {
         if !h.requests.delete {
             let mut requests = h.requests.clone();
             requests.delete = true;
-            self.store
-                .update_spec(h.id, &h.spec, &requests, now())
-                .await
-                .map_err(store_err)?;
-            self.executor.poke();
+            self.write(&h, &h.spec, &requests, None).await?;
         }
         Ok(Release::InProgress(P::Deleting))
     }
@@ -565,20 +554,8 @@ impl Engine for StoreEngine {
         }
         let mut requests = h.requests.clone();
         requests.power = Some(PowerAction::Cycle);
-        self.store
-            .update_spec(h.id, &h.spec, &requests, now())
-            .await
-            .map_err(store_err)?;
-        let _ = self
-            .store
-            .add_event(
-                h.name.as_str(),
-                now(),
-                "reboot",
-                &format!("remediation of BareMetalHost {key}"),
-            )
-            .await;
-        self.executor.poke();
+        let event = ("reboot", format!("remediation of BareMetalHost {key}"));
+        self.write(&h, &h.spec, &requests, Some(event)).await?;
         Ok(())
     }
 }
