@@ -634,3 +634,21 @@ impl Drop for NsBridge {
         }
     }
 }
+
+/// Creates a namespaced object in `default` from JSON, panicking with the API's answer if it is refused (tests).
+pub async fn create<K>(client: &kube::Client, obj: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), "default");
+    api.create(
+        &Default::default(),
+        &serde_json::from_value(obj).expect("a valid object"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create: {e}"))
+}

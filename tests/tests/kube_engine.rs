@@ -25,11 +25,11 @@ use kiln::kube::capi::{KilnMachine, KilnRemediation};
 use kiln::kube::engine::memory::MemoryEngine;
 use kiln::kube::machine_controller;
 use kiln::kube::runner::{self, KubeSettings};
-use kiln_tests::kube::{KubeApiServer, capi_crds, install_crds, parse_crds};
+use kiln_tests::kube::{KubeApiServer, capi_crds, create, install_crds, parse_crds};
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use lab::{Lab, mac_of};
-use serde_json::{Value, json};
+use serde_json::json;
 
 async fn wait<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -76,20 +76,6 @@ async fn dump() -> String {
         );
     }
     out
-}
-
-async fn create<K>(client: &Client, obj: Value) -> K
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + serde::Serialize,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), "default");
-    api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap())
-        .await
-        .unwrap()
 }
 
 fn settings(server: &KubeApiServer, identity: &str) -> KubeSettings {

@@ -12,8 +12,9 @@ use kiln::kube::bmh::{BareMetalHost, ProvisioningState as S};
 use kiln::kube::capi::KilnMachine;
 use kiln::kube::engine::{HostKey, memory::MemoryEngine};
 use kiln::kube::{host_controller, machine_controller};
-use kiln_tests::kube::{KubeApiServer, apply_manifest_dir, capi_crd_dir, install_crds, parse_crds, read_crd_dir};
-use kube::Client;
+use kiln_tests::kube::{
+    KubeApiServer, apply_manifest_dir, capi_crd_dir, create, install_crds, parse_crds, read_crd_dir,
+};
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use serde_json::json;
 
@@ -26,20 +27,6 @@ async fn wait<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-}
-
-async fn create<K>(client: &Client, obj: serde_json::Value) -> K
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + serde::Serialize,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), "default");
-    api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap())
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
