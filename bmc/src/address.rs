@@ -1,10 +1,17 @@
 //! BMC addresses: parses Metal3-style BMC URLs once into a typed [`BmcAddress`]; knows nothing of how to talk to one.
 //!
-//! Accepted forms (baremetal-operator's `pkg/hardwareutils/bmc` schemes):
-//! - `redfish://host[:port][/redfish/v1/Systems/ID]` (HTTPS), `redfish+http://`, `redfish+https://`
-//! - `redfish-virtualmedia://` with the same `+http`/`+https` variants
-//! - `idrac-redfish://`, `idrac-virtualmedia://` (Redfish on a Dell iDRAC), with `+http`/`+https` variants
-//! - `ipmi://host[:port]` (port 623 by default); a bare `host[:port]` is IPMI too, as in Metal3.
+//! Accepted forms (every form baremetal-operator's `pkg/hardwareutils/bmc` parser accepts for a protocol kiln
+//! speaks):
+//! - Redfish, HTTPS unless `+http` is given: `redfish://`, `redfish-virtualmedia://`, `redfish-uefihttp://`,
+//!   `idrac-redfish://`, `idrac-virtualmedia://`, `ilo5-redfish://`, `ilo5-virtualmedia://`, each also with
+//!   `+http` / `+https`; followed by `host[:port]` and optionally the System's path (any path, used as the System's
+//!   URI as Ironic uses `redfish_system_id`; none, `/` or `/redfish/v1` means "the service's only System").
+//! - IPMI: `ipmi://host[:port]`, `ipmi:host[:port]`, or a bare `host`, `host:port`, `[v6]:port` (as in Metal3);
+//!   port 623 by default; `?privilegelevel=OPERATOR|ADMINISTRATOR` as Metal3 passes it to Ironic.
+//!
+//! Schemes Metal3 knows whose protocol kiln does not speak (`libvirt`, `idrac` (WS-Man), `ilo4`, `ilo5`, `irmc`,
+//! `ibmc`, ...) are refused with the form to use instead. The scheme also says how the operator wants the host
+//! booted ([`BootMethod`]); the host's state machine decides whether it can.
 //!
 //! Hosts are DNS names, IPv4 literals or bracketed IPv6 literals (`[fd00::1]:8000`). Credentials never belong in
 //! the address: `user:pass@` is rejected and the error does not repeat it.
@@ -14,6 +21,8 @@ use std::net::Ipv6Addr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::config::IpmiPrivilege;
 
 /// The default UDP port of IPMI over LAN (RMCP, IPMI v2.0 section 13.1).
 pub const IPMI_DEFAULT_PORT: u16 = 623;
@@ -32,25 +41,78 @@ pub enum RedfishFlavor {
     Redfish,
     /// `redfish-virtualmedia://`: the operator intends to boot from virtual media.
     VirtualMedia,
+    /// `redfish-uefihttp://`: the operator intends UEFI HTTP boot.
+    UefiHttp,
     /// `idrac-redfish://`
     IdracRedfish,
     /// `idrac-virtualmedia://`
     IdracVirtualMedia,
+    /// `ilo5-redfish://`
+    Ilo5Redfish,
+    /// `ilo5-virtualmedia://`
+    Ilo5VirtualMedia,
+}
+
+/// How the operator asked for the host to be booted into kiln's agent, as the address scheme says (Metal3 picks
+/// Ironic's boot interface the same way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootMethod {
+    /// Network boot by PXE/iPXE (`redfish://`, `idrac-redfish://`, `ilo5-redfish://`, `ipmi://`).
+    Pxe,
+    /// The agent's ISO inserted as virtual media (`*-virtualmedia://`).
+    VirtualMedia,
+    /// UEFI HTTP boot (`redfish-uefihttp://`).
+    UefiHttp,
+}
+
+impl fmt::Display for BootMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BootMethod::Pxe => "pxe",
+            BootMethod::VirtualMedia => "virtual-media",
+            BootMethod::UefiHttp => "uefi-http",
+        })
+    }
 }
 
 impl RedfishFlavor {
+    const ALL: [RedfishFlavor; 7] = [
+        RedfishFlavor::Redfish,
+        RedfishFlavor::VirtualMedia,
+        RedfishFlavor::UefiHttp,
+        RedfishFlavor::IdracRedfish,
+        RedfishFlavor::IdracVirtualMedia,
+        RedfishFlavor::Ilo5Redfish,
+        RedfishFlavor::Ilo5VirtualMedia,
+    ];
+
     fn base_scheme(self) -> &'static str {
         match self {
             RedfishFlavor::Redfish => "redfish",
             RedfishFlavor::VirtualMedia => "redfish-virtualmedia",
+            RedfishFlavor::UefiHttp => "redfish-uefihttp",
             RedfishFlavor::IdracRedfish => "idrac-redfish",
             RedfishFlavor::IdracVirtualMedia => "idrac-virtualmedia",
+            RedfishFlavor::Ilo5Redfish => "ilo5-redfish",
+            RedfishFlavor::Ilo5VirtualMedia => "ilo5-virtualmedia",
+        }
+    }
+
+    /// How the scheme asks for the host to be booted.
+    pub fn boot_method(self) -> BootMethod {
+        match self {
+            RedfishFlavor::Redfish | RedfishFlavor::IdracRedfish | RedfishFlavor::Ilo5Redfish => BootMethod::Pxe,
+            RedfishFlavor::VirtualMedia | RedfishFlavor::IdracVirtualMedia | RedfishFlavor::Ilo5VirtualMedia => {
+                BootMethod::VirtualMedia
+            }
+            RedfishFlavor::UefiHttp => BootMethod::UefiHttp,
         }
     }
 
     /// Whether the address asks for virtual-media boot (`*-virtualmedia`).
     pub fn wants_virtual_media(self) -> bool {
-        matches!(self, RedfishFlavor::VirtualMedia | RedfishFlavor::IdracVirtualMedia)
+        self.boot_method() == BootMethod::VirtualMedia
     }
 }
 
@@ -70,7 +132,8 @@ pub struct RedfishAddress {
     explicit_transport: bool,
     pub host: String,
     pub port: Option<u16>,
-    /// `/redfish/v1/Systems/ID`, or `None` when the service is expected to have exactly one System.
+    /// The System's path as written (e.g. `/redfish/v1/Systems/1`), or `None` when the service is expected to have
+    /// exactly one System.
     pub system_path: Option<String>,
 }
 
@@ -110,9 +173,20 @@ impl RedfishAddress {
 pub struct IpmiAddress {
     pub host: String,
     pub port: u16,
+    /// `?privilegelevel=` of the address: the session privilege to request instead of the configured default.
+    pub privilege: Option<IpmiPrivilege>,
 }
 
 impl IpmiAddress {
+    /// An address on the default privilege.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            privilege: None,
+        }
+    }
+
     /// `host:port`; IPv6 hosts keep their brackets, so this is also what `lookup_host` accepts.
     pub fn endpoint(&self) -> String {
         format!("{}:{}", self.host, self.port)
@@ -125,6 +199,35 @@ impl BmcAddress {
         match self {
             BmcAddress::Redfish(a) => a.endpoint(),
             BmcAddress::Ipmi(a) => a.endpoint(),
+        }
+    }
+
+    /// `"redfish"` or `"ipmi"`.
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            BmcAddress::Redfish(_) => "redfish",
+            BmcAddress::Ipmi(_) => "ipmi",
+        }
+    }
+
+    /// How the address's scheme asks for the host to be booted.
+    pub fn boot_method(&self) -> BootMethod {
+        match self {
+            BmcAddress::Redfish(a) => a.flavor.boot_method(),
+            BmcAddress::Ipmi(_) => BootMethod::Pxe,
+        }
+    }
+
+    /// What names one machine: the protocol, endpoint and System (two hosts with the same identity would drive the
+    /// same machine). Host names compare case-insensitively; the scheme flavour and transport do not matter.
+    pub fn identity(&self) -> String {
+        match self {
+            BmcAddress::Redfish(a) => format!(
+                "redfish|{}|{}",
+                a.endpoint().to_ascii_lowercase(),
+                a.system_path.as_deref().unwrap_or("")
+            ),
+            BmcAddress::Ipmi(a) => format!("ipmi|{}", a.endpoint().to_ascii_lowercase()),
         }
     }
 }
@@ -162,8 +265,35 @@ pub struct AddressError {
     pub reason: String,
 }
 
-const SUPPORTED_SCHEMES: &str = "redfish, redfish+http, redfish+https, redfish-virtualmedia(+http|+https), \
-                                 idrac-redfish(+http|+https), idrac-virtualmedia(+http|+https), ipmi";
+/// Every scheme kiln accepts, for messages.
+pub const SUPPORTED_SCHEMES: &str = "redfish, redfish-virtualmedia, redfish-uefihttp, idrac-redfish, \
+     idrac-virtualmedia, ilo5-redfish, ilo5-virtualmedia (each also +http or +https), ipmi, or a bare host[:port] \
+     for IPMI";
+
+/// Metal3 schemes for protocols kiln does not speak, and what to use instead.
+fn unsupported_scheme_hint(base: &str) -> Option<&'static str> {
+    Some(match base {
+        "libvirt" => {
+            "libvirt:// drives VMs through virtualbmc's IPMI; use ipmi://host:port of the virtualbmc, or \
+                      redfish+http:// of sushy-tools"
+        }
+        "idrac" => {
+            "idrac:// is Dell's WS-Man interface, which kiln does not speak; use idrac-redfish://host (or \
+                    idrac-virtualmedia://host)"
+        }
+        "ilo4" | "ilo4-virtualmedia" => {
+            "iLO 4 is driven through proliantutils in Ironic; kiln speaks Redfish: use \
+                                         redfish://host (iLO 4 firmware 2.30 or later serves Redfish)"
+        }
+        "ilo5" => "ilo5:// is the proliantutils iLO 5 driver; kiln speaks Redfish: use ilo5-redfish://host",
+        "irmc" | "irmc-virtualmedia" => {
+            "Fujitsu iRMC's own interface is not spoken by kiln; use redfish://host (iRMC \
+                                         S5 serves Redfish) or ipmi://host"
+        }
+        "ibmc" => "Huawei iBMC's own interface is not spoken by kiln; use redfish://host or ipmi://host",
+        _ => return None,
+    })
+}
 
 /// Replaces a `userinfo@` part, if any, so that errors never echo a password.
 fn masked(input: &str) -> String {
@@ -176,6 +306,52 @@ fn masked(input: &str) -> String {
         Some(at) => format!("{prefix}***@{}", &rest[at + 1..]),
         None => input.to_string(),
     }
+}
+
+/// Splits `scheme://rest`, `ipmi:rest` (Metal3's opaque form) or a bare host (IPMI).
+fn split_scheme(trimmed: &str) -> (String, &str) {
+    if let Some((scheme, rest)) = trimmed.split_once("://") {
+        return (scheme.to_ascii_lowercase(), rest);
+    }
+    // `ipmi:host[:port]`: a scheme without `//`. A bare `host:port` has a port (digits) after its only colon, and a
+    // bare `[v6]:port` starts with a bracket, so neither is mistaken for a scheme.
+    if let Some((scheme, rest)) = trimmed.split_once(':')
+        && !scheme.is_empty()
+        && !scheme.starts_with('[')
+        && !rest.is_empty()
+        && !rest.bytes().all(|b| b.is_ascii_digit())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        && scheme.bytes().any(|b| b.is_ascii_alphabetic())
+        && !scheme.contains('.')
+    {
+        return (scheme.to_ascii_lowercase(), rest);
+    }
+    ("ipmi".to_string(), trimmed)
+}
+
+fn parse_privilege(query: &str) -> Result<Option<IpmiPrivilege>, String> {
+    let mut privilege = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !k.eq_ignore_ascii_case("privilegelevel") {
+            return Err(format!(
+                "kiln does not act on the IPMI option {k:?}; the only one it takes is privilegelevel"
+            ));
+        }
+        privilege = Some(match v.to_ascii_uppercase().as_str() {
+            "ADMINISTRATOR" => IpmiPrivilege::Administrator,
+            "OPERATOR" => IpmiPrivilege::Operator,
+            "USER" | "CALLBACK" => {
+                return Err(format!(
+                    "privilegelevel={v} cannot control power or boot devices; use OPERATOR or ADMINISTRATOR"
+                ));
+            }
+            _ => return Err(format!("privilegelevel={v:?} is not OPERATOR or ADMINISTRATOR")),
+        });
+    }
+    Ok(privilege)
 }
 
 impl FromStr for BmcAddress {
@@ -191,38 +367,19 @@ impl FromStr for BmcAddress {
         if trimmed.is_empty() {
             return Err(err(AddressPart::Host, "the address is empty"));
         }
-        let (scheme, rest) = match trimmed.split_once("://") {
-            Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
-            None => ("ipmi".to_string(), trimmed),
-        };
+        let (scheme, rest) = split_scheme(trimmed);
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(authority_end);
         let (path, query) = match tail.find(['?', '#']) {
             Some(i) => (&tail[..i], Some(&tail[i..])),
             None => (tail, None),
         };
-        if query.is_some() {
-            return Err(err(AddressPart::Query, "a BMC address has no query or fragment"));
-        }
         if authority.contains('@') {
             return Err(err(
                 AddressPart::Credentials,
                 "credentials do not belong in the address; pass them separately",
             ));
         }
-        let (host, port) = split_host_port(authority).map_err(|(part, reason)| err(part, &reason))?;
-
-        let redfish = |flavor, transport, explicit_transport| -> Result<BmcAddress, AddressError> {
-            let system_path = parse_system_path(path).map_err(|reason| err(AddressPart::Path, &reason))?;
-            Ok(BmcAddress::Redfish(RedfishAddress {
-                flavor,
-                transport,
-                explicit_transport,
-                host: host.clone(),
-                port,
-                system_path,
-            }))
-        };
         let (base, transport) = match scheme.split_once('+') {
             Some((base, "http")) => (base, Some(Transport::Http)),
             Some((base, "https")) => (base, Some(Transport::Https)),
@@ -234,28 +391,51 @@ impl FromStr for BmcAddress {
             }
             None => (scheme.as_str(), None),
         };
-        let flavor = match base {
-            "redfish" => RedfishFlavor::Redfish,
-            "redfish-virtualmedia" => RedfishFlavor::VirtualMedia,
-            "idrac-redfish" => RedfishFlavor::IdracRedfish,
-            "idrac-virtualmedia" => RedfishFlavor::IdracVirtualMedia,
-            "ipmi" if transport.is_none() => {
-                if !(path.is_empty() || path == "/") {
-                    return Err(err(AddressPart::Path, "an IPMI address has no path"));
-                }
-                return Ok(BmcAddress::Ipmi(IpmiAddress {
-                    host,
-                    port: port.unwrap_or(IPMI_DEFAULT_PORT),
-                }));
+        if let Some(hint) = unsupported_scheme_hint(base) {
+            return Err(err(
+                AddressPart::Scheme,
+                &format!("kiln does not support the scheme {scheme:?}: {hint}"),
+            ));
+        }
+        let (host, port) = split_host_port(authority).map_err(|(part, reason)| err(part, &reason))?;
+        if base == "ipmi" && transport.is_none() {
+            if !(path.is_empty() || path == "/") {
+                return Err(err(AddressPart::Path, "an IPMI address has no path"));
             }
-            _ => {
-                return Err(err(
-                    AddressPart::Scheme,
-                    &format!("unsupported scheme {scheme:?}; supported: {SUPPORTED_SCHEMES}"),
-                ));
-            }
+            let privilege = match query {
+                None => None,
+                Some(q) => match q.strip_prefix('?') {
+                    Some(q) => parse_privilege(q).map_err(|reason| err(AddressPart::Query, &reason))?,
+                    None => return Err(err(AddressPart::Query, "a BMC address has no fragment")),
+                },
+            };
+            return Ok(BmcAddress::Ipmi(IpmiAddress {
+                host,
+                port: port.unwrap_or(IPMI_DEFAULT_PORT),
+                privilege,
+            }));
+        }
+        let Some(flavor) = RedfishFlavor::ALL.into_iter().find(|f| f.base_scheme() == base) else {
+            return Err(err(
+                AddressPart::Scheme,
+                &format!("unsupported scheme {scheme:?}; supported: {SUPPORTED_SCHEMES}"),
+            ));
         };
-        redfish(flavor, transport.unwrap_or(Transport::Https), transport.is_some())
+        if query.is_some() {
+            return Err(err(
+                AddressPart::Query,
+                "a Redfish address has no query or fragment; kiln would not act on it",
+            ));
+        }
+        let system_path = parse_system_path(path).map_err(|reason| err(AddressPart::Path, &reason))?;
+        Ok(BmcAddress::Redfish(RedfishAddress {
+            flavor,
+            transport: transport.unwrap_or(Transport::Https),
+            explicit_transport: transport.is_some(),
+            host,
+            port,
+            system_path,
+        }))
     }
 }
 
@@ -320,18 +500,21 @@ fn split_host_port(authority: &str) -> Result<(String, Option<u16>), (AddressPar
     Ok((host, port))
 }
 
-/// Accepts an empty path (`None`: find the only System) or `/redfish/v1/Systems/ID` (trailing slash dropped).
+/// An empty path, `/`, `/redfish/v1` or `/redfish/v1/Systems` (any case) mean "find the only System" (`None`);
+/// any other path is the System's URI as written (trailing slashes dropped), as Ironic takes `redfish_system_id`.
 fn parse_system_path(path: &str) -> Result<Option<String>, String> {
     let path = path.trim_end_matches('/');
-    if path.is_empty() || path == "/redfish/v1" || path == "/redfish/v1/Systems" {
+    let lower = path.to_ascii_lowercase();
+    if path.is_empty() || lower == "/redfish/v1" || lower == "/redfish/v1/systems" {
         return Ok(None);
     }
-    match path.strip_prefix("/redfish/v1/Systems/") {
-        Some(id) if !id.is_empty() && !id.contains('/') => Ok(Some(path.to_string())),
-        _ => Err(format!(
-            "{path:?} is not a Redfish System path; expected /redfish/v1/Systems/ID"
-        )),
+    if path.contains("//") || path.split('/').any(|seg| seg == ".." || seg == ".") {
+        return Err(format!("{path:?} is not a clean path to a Redfish System"));
     }
+    if let Some(bad) = path.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{path:?} contains {bad:?}"));
+    }
+    Ok(Some(path.to_string()))
 }
 
 impl fmt::Display for BmcAddress {
@@ -344,7 +527,14 @@ impl fmt::Display for BmcAddress {
                 }
                 Ok(())
             }
-            BmcAddress::Ipmi(a) => write!(f, "ipmi://{}", a.endpoint()),
+            BmcAddress::Ipmi(a) => {
+                write!(f, "ipmi://{}", a.endpoint())?;
+                match a.privilege {
+                    None => Ok(()),
+                    Some(IpmiPrivilege::Operator) => f.write_str("?privilegelevel=OPERATOR"),
+                    Some(IpmiPrivilege::Administrator) => f.write_str("?privilegelevel=ADMINISTRATOR"),
+                }
+            }
         }
     }
 }
@@ -468,31 +658,115 @@ mod tests {
             parse("ipmi://10.0.0.2"),
             BmcAddress::Ipmi(IpmiAddress {
                 host: "10.0.0.2".into(),
-                port: 623
+                port: 623,
+                privilege: None
             })
         );
         assert_eq!(
             parse("ipmi://bmc:6230"),
             BmcAddress::Ipmi(IpmiAddress {
                 host: "bmc".into(),
-                port: 6230
+                port: 6230,
+                privilege: None
             })
         );
         assert_eq!(
             parse("10.0.0.3:6231"),
             BmcAddress::Ipmi(IpmiAddress {
                 host: "10.0.0.3".into(),
-                port: 6231
+                port: 6231,
+                privilege: None
             })
         );
         assert_eq!(
             parse("ipmi://[::1]"),
             BmcAddress::Ipmi(IpmiAddress {
                 host: "[::1]".into(),
-                port: 623
+                port: 623,
+                privilege: None
             })
         );
         assert_eq!(parse("ipmi://[::1]:6230").endpoint(), "[::1]:6230");
+    }
+
+    #[test]
+    fn metal3_forms() {
+        // Every form baremetal-operator's parser accepts for Redfish or IPMI, with what kiln makes of it.
+        let table: &[(&str, &str, BootMethod)] = &[
+            ("192.168.122.1", "ipmi://192.168.122.1:623", BootMethod::Pxe),
+            ("192.168.122.1:6233", "ipmi://192.168.122.1:6233", BootMethod::Pxe),
+            (
+                "[fe80::fc33:62ff:fe83:8a76]:6233",
+                "ipmi://[fe80::fc33:62ff:fe83:8a76]:6233",
+                BootMethod::Pxe,
+            ),
+            ("my.favoritebmc.com", "ipmi://my.favoritebmc.com:623", BootMethod::Pxe),
+            (
+                "ipmi:my.favoritebmc.com",
+                "ipmi://my.favoritebmc.com:623",
+                BootMethod::Pxe,
+            ),
+            ("ipmi:192.168.122.1:6233", "ipmi://192.168.122.1:6233", BootMethod::Pxe),
+            (
+                "ipmi://192.168.122.1:6233?privilegelevel=OPERATOR",
+                "ipmi://192.168.122.1:6233?privilegelevel=OPERATOR",
+                BootMethod::Pxe,
+            ),
+            (
+                "redfish://192.168.122.1/redfish/v1/systems/1",
+                "redfish://192.168.122.1/redfish/v1/systems/1",
+                BootMethod::Pxe,
+            ),
+            (
+                "redfish+https://bmc/redfish/v1/Systems/System.Embedded.1",
+                "redfish+https://bmc/redfish/v1/Systems/System.Embedded.1",
+                BootMethod::Pxe,
+            ),
+            ("redfish://bmc/redfish/v1/", "redfish://bmc", BootMethod::Pxe),
+            (
+                "redfish://bmc/custom/path/sys1",
+                "redfish://bmc/custom/path/sys1",
+                BootMethod::Pxe,
+            ),
+            (
+                "redfish-virtualmedia+http://bmc:8000",
+                "redfish-virtualmedia+http://bmc:8000",
+                BootMethod::VirtualMedia,
+            ),
+            ("redfish-uefihttp://bmc", "redfish-uefihttp://bmc", BootMethod::UefiHttp),
+            (
+                "redfish-uefihttp+https://bmc",
+                "redfish-uefihttp+https://bmc",
+                BootMethod::UefiHttp,
+            ),
+            ("idrac-redfish+http://bmc", "idrac-redfish+http://bmc", BootMethod::Pxe),
+            (
+                "idrac-virtualmedia+https://bmc",
+                "idrac-virtualmedia+https://bmc",
+                BootMethod::VirtualMedia,
+            ),
+            ("ilo5-redfish://bmc", "ilo5-redfish://bmc", BootMethod::Pxe),
+            (
+                "ilo5-virtualmedia://bmc",
+                "ilo5-virtualmedia://bmc",
+                BootMethod::VirtualMedia,
+            ),
+        ];
+        for (input, shown, method) in table {
+            let a = parse(input);
+            assert_eq!((a.to_string().as_str(), a.boot_method()), (*shown, *method), "{input}");
+            assert_eq!(parse(&a.to_string()), a, "{input} round-trips");
+        }
+        let BmcAddress::Ipmi(a) = parse("ipmi://h?privilegelevel=operator") else {
+            panic!("not IPMI")
+        };
+        assert_eq!(a.privilege, Some(IpmiPrivilege::Operator));
+        let e = bad("idrac://10.0.0.1");
+        assert!(e.reason.contains("idrac-redfish://"), "{e}");
+        assert_eq!(
+            parse("redfish://BMC:443/redfish/v1/Systems/1").identity(),
+            parse("redfish-virtualmedia://bmc:443/redfish/v1/Systems/1").identity()
+        );
     }
 
     #[test]
@@ -539,8 +813,16 @@ mod tests {
             ("ipmi://bmc:+1", AddressPart::Port),
             ("redfish://bmc:http", AddressPart::Port),
             ("ipmi://bmc/path", AddressPart::Path),
-            ("redfish://bmc/redfish/v1/Managers/1", AddressPart::Path),
-            ("redfish://bmc/redfish/v1/Systems/1/extra", AddressPart::Path),
+            ("redfish://bmc/redfish/v1/../Systems/1", AddressPart::Path),
+            ("redfish://bmc//redfish/v1/Systems/1", AddressPart::Path),
+            ("ipmi://bmc?privilegelevel=USER", AddressPart::Query),
+            ("ipmi://bmc?privilegelevel=KING", AddressPart::Query),
+            ("ipmi://bmc?cipher=3", AddressPart::Query),
+            ("libvirt://192.168.122.1/", AddressPart::Scheme),
+            ("idrac://192.168.122.1", AddressPart::Scheme),
+            ("ilo4://192.168.122.1", AddressPart::Scheme),
+            ("ilo5://192.168.122.1", AddressPart::Scheme),
+            ("irmc://192.168.122.1", AddressPart::Scheme),
             ("redfish://bmc?x=1", AddressPart::Query),
             ("redfish://bmc/redfish/v1/Systems/1#frag", AddressPart::Query),
             ("redfish://admin:hunter2@bmc", AddressPart::Credentials),

@@ -1,4 +1,3 @@
-// NOTE TO THE BMC ENGINEER (remove this line when you have read it): the "common context" your task refers to is in /tmp/common.md: read it NOW (build with CARGO_TARGET_DIR=/work/main/target, deadlines 05:40/05:50 UTC, git rules).
 //! kiln-bmc: BMC addresses, the narrow `Bmc` trait and its drivers (Redfish, IPMI over LAN, an in-process fake).
 //!
 //! This crate owns talking to one BMC; it must not know about hosts, states or the store.
@@ -25,7 +24,10 @@ pub mod redfish;
 mod throttle;
 pub mod types;
 
-pub use address::{AddressError, AddressPart, BmcAddress, IpmiAddress, RedfishAddress, RedfishFlavor, Transport};
+pub use address::{
+    AddressError, AddressPart, BmcAddress, BootMethod, IpmiAddress, RedfishAddress, RedfishFlavor, SUPPORTED_SCHEMES,
+    Transport,
+};
 pub use any::{AnyBmc, connect};
 pub use config::{BmcOptions, Credentials, IpmiPrivilege};
 pub use error::{BmcError, BmcErrorKind};

@@ -68,7 +68,7 @@ async fn power_control_matches_ipmitool() {
     assert!(sim.ipmitool(&["chassis", "power", "status"]).contains("off"));
 
     bmc.set_power(PowerAction::On).await.unwrap();
-    assert_eq!(sim.chassis().0, "1");
+    assert_eq!(sim.chassis_when(|c| c.0 == "1").0, "1");
     assert!(sim.ipmitool(&["chassis", "power", "status"]).contains("on"));
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::On);
     let log_len = sim.chassis_log().len();
@@ -80,13 +80,9 @@ async fn power_control_matches_ipmitool() {
     );
 
     bmc.set_power(PowerAction::Reset).await.unwrap();
-    assert!(
-        sim.chassis_log().iter().any(|l| l == "set reset 1"),
-        "{:?}",
-        sim.chassis_log()
-    );
+    assert!(sim.logged("set reset 1"), "{:?}", sim.chassis_log());
     bmc.set_power(PowerAction::ForceOff).await.unwrap();
-    assert_eq!(sim.chassis().0, "0");
+    assert_eq!(sim.chassis_when(|c| c.0 == "0").0, "0");
     bmc.set_power(PowerAction::ForceOff).await.unwrap();
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
 
@@ -96,11 +92,7 @@ async fn power_control_matches_ipmitool() {
     // Graceful off: ipmi_sim turns "soft" into "shutdown 1", which the script honours at once.
     bmc.set_power(PowerAction::Off).await.unwrap();
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
-    assert!(
-        sim.chassis_log().iter().any(|l| l == "set shutdown 1"),
-        "{:?}",
-        sim.chassis_log()
-    );
+    assert!(sim.logged("set shutdown 1"), "{:?}", sim.chassis_log());
     // Cycle of an off host powers it on.
     bmc.set_power(PowerAction::Cycle).await.unwrap();
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::On);
@@ -115,26 +107,26 @@ async fn boot_device_matches_ipmitool() {
     bmc.set_boot(BootTarget::Pxe { mode: BootMode::Uefi }, BootPersistence::Once)
         .await
         .unwrap();
-    assert_eq!(sim.chassis().1, "pxe");
+    assert_eq!(sim.chassis_when(|c| c.1 == "pxe").1, "pxe");
     let param5 = sim.ipmitool(&["chassis", "bootparam", "get", "5"]);
     assert!(param5.contains("Force PXE"), "{param5}");
 
     bmc.set_boot(BootTarget::Disk { mode: BootMode::Legacy }, BootPersistence::Persistent)
         .await
         .unwrap();
-    assert_eq!(sim.chassis().1, "default");
+    assert_eq!(sim.chassis_when(|c| c.1 == "default").1, "default");
     bmc.set_boot(BootTarget::VirtualCd { mode: BootMode::Uefi }, BootPersistence::Once)
         .await
         .unwrap();
-    assert_eq!(sim.chassis().1, "cdrom");
+    assert_eq!(sim.chassis_when(|c| c.1 == "cdrom").1, "cdrom");
 
     // What ipmitool sets, we accept as already in place or override.
     sim.ipmitool(&["chassis", "bootdev", "pxe"]);
-    assert_eq!(sim.chassis().1, "pxe");
+    assert_eq!(sim.chassis_when(|c| c.1 == "pxe").1, "pxe");
     bmc.set_boot(BootTarget::Disk { mode: BootMode::Uefi }, BootPersistence::Once)
         .await
         .unwrap();
-    assert_eq!(sim.chassis().1, "default");
+    assert_eq!(sim.chassis_when(|c| c.1 == "default").1, "default");
 
     let e = bmc
         .set_boot(BootTarget::UefiHttp, BootPersistence::Once)
@@ -162,7 +154,7 @@ async fn inventory_and_operator_privilege() {
         .await
         .unwrap();
     bmc.set_power(PowerAction::On).await.unwrap();
-    assert_eq!(sim.chassis().0, "1");
+    assert_eq!(sim.chassis_when(|c| c.0 == "1").0, "1");
     bmc.close().await;
 }
 

@@ -20,9 +20,9 @@ use crate::crypto::ct_eq;
 use crate::executor::now;
 use crate::http_util::{ApiError, AppState, bearer, parse_body};
 use crate::machine::State;
-use crate::model::{BmcInfo, Counters, EraseMode, Host, HostOptions, HostSpec};
+use crate::model::{BmcAddress, BmcInfo, BmcTls, Counters, EraseMode, Host, HostOptions, HostSpec};
 use crate::store::{Event, PhaseRecord};
-use crate::types::{BmcAddress, HostName, MacAddr};
+use crate::types::{HostName, MacAddr};
 
 /// The authenticated routes under `/api/v1`.
 pub fn router(app: AppState) -> Router<AppState> {
@@ -73,6 +73,12 @@ pub struct BmcIn {
     pub address: String,
     pub username: String,
     pub password: Secret,
+    /// Accept any TLS certificate from this host's BMC (Metal3's `disableCertificateVerification`).
+    #[serde(default)]
+    pub disable_certificate_verification: bool,
+    /// CA certificates (PEM) to trust for this host's BMC, besides the system's.
+    #[serde(default)]
+    pub ca_cert: Option<String>,
 }
 
 /// Body of `POST /api/v1/hosts/{name}/provision`.
@@ -143,6 +149,15 @@ pub struct HostOut {
 pub struct BmcOut {
     pub address: String,
     pub username: String,
+    /// How the host is booted into the agent, as the address scheme asks (`pxe`, `virtual-media`, `uefi-http`).
+    #[serde(default = "pxe")]
+    pub boot_method: kiln_bmc::BootMethod,
+    #[serde(default)]
+    pub tls: BmcTls,
+}
+
+fn pxe() -> kiln_bmc::BootMethod {
+    kiln_bmc::BootMethod::Pxe
 }
 
 fn host_out(h: &Host, progress: Option<Value>) -> HostOut {
@@ -168,6 +183,8 @@ fn host_out(h: &Host, progress: Option<Value>) -> HostOut {
         bmc: h.spec.bmc.as_ref().map(|b| BmcOut {
             address: b.address.to_string(),
             username: b.username.clone(),
+            boot_method: b.address.boot_method(),
+            tls: b.tls.clone(),
         }),
         labels: h.spec.labels.clone(),
         image: h.spec.image.clone(),
@@ -211,29 +228,62 @@ fn parse_boot_mode(s: &str) -> Result<BootMode, ApiError> {
     }
 }
 
+/// Validates BMC access: one address parser (kiln-bmc's), a boot method kiln can carry out, non-empty credentials,
+/// and TLS settings that parse. REST, `kiln import` and the BareMetalHost controller all come through here.
+pub fn bmc_from(b: &BmcIn) -> Result<BmcInfo, ApiError> {
+    let address: BmcAddress = b
+        .address
+        .parse()
+        .map_err(|e: kiln_bmc::AddressError| unprocessable("bmc.address", e.to_string()))?;
+    let method = address.boot_method();
+    if method != kiln_bmc::BootMethod::Pxe {
+        return Err(unprocessable(
+            "bmc.address",
+            format!(
+                "{address} asks for {method} boot, which kiln cannot do yet: kiln boots its agent by PXE/iPXE only; \
+                 use the plain Redfish scheme of this BMC (redfish://, idrac-redfish:// or ilo5-redfish://) on a \
+                 network where kiln's DHCP or a relay reaches the host"
+            ),
+        ));
+    }
+    if b.username.is_empty() {
+        return Err(unprocessable("bmc.username", "BMC username must not be empty"));
+    }
+    if b.password.expose().is_empty() {
+        return Err(unprocessable("bmc.password", "BMC password must not be empty"));
+    }
+    if let Some(pem) = &b.ca_cert
+        && !pem.contains("-----BEGIN CERTIFICATE-----")
+    {
+        return Err(unprocessable(
+            "bmc.ca_cert",
+            "the CA must be PEM certificates (-----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    if b.ca_cert.is_some() && matches!(address, BmcAddress::Ipmi(_)) {
+        return Err(unprocessable(
+            "bmc.ca_cert",
+            "IPMI does not use TLS; a CA applies to Redfish BMCs only",
+        ));
+    }
+    Ok(BmcInfo {
+        address,
+        username: b.username.clone(),
+        password: b.password.clone(),
+        tls: BmcTls {
+            disable_certificate_verification: b.disable_certificate_verification,
+            ca_pem: b.ca_cert.clone(),
+        },
+    })
+}
+
 /// Builds a host spec from an enroll request, naming the first bad field.
 pub fn spec_from(c: &HostCreate) -> Result<(HostName, HostSpec), ApiError> {
     let name: HostName = c
         .name
         .parse()
         .map_err(|e: crate::types::ParseError| unprocessable("name", e.0))?;
-    let bmc = match &c.bmc {
-        Some(b) => {
-            let address: BmcAddress = b
-                .address
-                .parse()
-                .map_err(|e: crate::types::ParseError| unprocessable("bmc.address", e.0))?;
-            if b.username.is_empty() {
-                return Err(unprocessable("bmc.username", "BMC username must not be empty"));
-            }
-            Some(BmcInfo {
-                address,
-                username: b.username.clone(),
-                password: b.password.clone(),
-            })
-        }
-        None => None,
-    };
+    let bmc = c.bmc.as_ref().map(bmc_from).transpose()?;
     let boot_mac = c
         .boot_mac
         .as_deref()
@@ -347,9 +397,65 @@ async fn list_hosts(
     ))
 }
 
-async fn create_host(AxState(app): AxState<AppState>, body: Bytes) -> Result<(StatusCode, Json<HostOut>), ApiError> {
+/// `?dry_run=true`: validate and check for conflicts, write nothing (as `kubectl apply --dry-run=server`).
+#[derive(Debug, Deserialize, Default)]
+struct DryRun {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Refuses a new host whose name, boot MAC or BMC another host already has (what the store's unique keys would
+/// refuse), for a dry run that writes nothing.
+async fn check_free(app: &AppState, name: &HostName, spec: &HostSpec) -> Result<(), ApiError> {
+    let identity = spec.bmc.as_ref().map(|b| b.address.identity());
+    for h in app.store.hosts().await? {
+        if h.name == *name {
+            return Err(crate::store::StoreError::HostExists { host: name.to_string() }.into());
+        }
+        if spec.boot_mac.is_some() && h.spec.boot_mac == spec.boot_mac {
+            return Err(crate::store::StoreError::MacInUse {
+                mac: spec.boot_mac.map(|m| m.to_string()).unwrap_or_default(),
+            }
+            .into());
+        }
+        if let (Some(id), Some(b)) = (&identity, &h.spec.bmc)
+            && b.address.identity() == *id
+        {
+            return Err(crate::store::StoreError::BmcInUse {
+                address: b.address.to_string(),
+                other: h.name.to_string(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+async fn create_host(
+    AxState(app): AxState<AppState>,
+    Query(q): Query<DryRun>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<HostOut>), ApiError> {
     let c: HostCreate = parse_body(&body)?;
     let (name, spec) = spec_from(&c)?;
+    if q.dry_run {
+        check_free(&app, &name, &spec).await?;
+        let t = now();
+        let preview = Host {
+            id: 0,
+            name,
+            spec,
+            requests: Default::default(),
+            state: State::Unmanaged,
+            power: None,
+            counters: Counters::default(),
+            generation: 0,
+            next_wake: None,
+            created: t,
+            updated: t,
+        };
+        return Ok((StatusCode::OK, Json(host_out(&preview, None))));
+    }
     let h = app.store.create_host(&name, &spec, now()).await?;
     app.store
         .add_event(name.as_str(), now(), "enrolled", "host enrolled")

@@ -87,7 +87,7 @@ pub struct NoDrivers;
 impl BmcConnector for NoDrivers {
     async fn connect(&self, _host: &HostName, bmc: &BmcInfo) -> Result<Arc<dyn DynBmc>, BmcFailure> {
         Err(BmcFailure {
-            message: format!("no BMC driver is wired into this build for {}", bmc.address.scheme()),
+            message: format!("no BMC driver is wired into this build for {}", bmc.address.protocol()),
             transient: false,
             auth: false,
         })

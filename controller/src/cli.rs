@@ -36,6 +36,8 @@ pub enum CliError {
     },
     #[error("cannot parse {what}: {message}")]
     Parse { what: String, message: String },
+    #[error("{file}: {message}")]
+    Import { file: String, message: String },
     #[error("host {host} ended in state {state}: {message}")]
     Failed {
         host: String,
@@ -86,6 +88,12 @@ pub enum HostCmd {
         /// File containing the BMC password (never pass it on the command line).
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// Accept any TLS certificate from this host's BMC (a self-signed factory certificate).
+        #[arg(long)]
+        bmc_insecure: bool,
+        /// PEM file of CA certificates to trust for this host's BMC.
+        #[arg(long)]
+        bmc_ca_file: Option<PathBuf>,
         #[arg(long)]
         boot_mac: Option<String>,
         #[arg(long, value_parser = ["uefi", "legacy"])]
@@ -380,6 +388,8 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
             bmc,
             username,
             password_file,
+            bmc_insecure,
+            bmc_ca_file,
             boot_mac,
             boot_mode,
             labels,
@@ -400,6 +410,17 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
                 };
                 body["bmc"] =
                     json!({ "address": addr, "username": username.unwrap_or_default(), "password": password });
+                if bmc_insecure {
+                    body["bmc"]["disable_certificate_verification"] = json!(true);
+                }
+                if let Some(p) = &bmc_ca_file {
+                    body["bmc"]["ca_cert"] = json!(read(p)?);
+                }
+            } else if bmc_insecure || bmc_ca_file.is_some() {
+                return Err(CliError::Parse {
+                    what: "--bmc-insecure/--bmc-ca-file".into(),
+                    message: "only apply with --bmc".into(),
+                });
             }
             if let Some(m) = boot_mac {
                 body["boot_mac"] = json!(m);
@@ -561,11 +582,14 @@ async fn watch(c: &Client, name: Option<&str>) -> Result<(), CliError> {
     }
 }
 
-/// `kiln import FILE`: enrolls every `BareMetalHost` in the file (and provisions those with an image).
+/// `kiln import FILE`: enrolls every `BareMetalHost` in the file (and provisions those with an image), all or
+/// none: every document is validated first (by the server, with a dry run that also finds name, MAC and BMC
+/// conflicts), then the hosts are enrolled; if one is refused midway, the hosts this run enrolled are deleted again.
+/// With `dry_run`, only the validation runs and what would happen to each host is printed.
 ///
 /// # Errors
-/// [`CliError`] for an unreadable file, a bad manifest or a refused request.
-pub async fn import(args: &ClientArgs, file: &PathBuf) -> Result<(), CliError> {
+/// [`CliError`] naming the document and field of every refusal.
+pub async fn import(args: &ClientArgs, file: &PathBuf, dry_run: bool) -> Result<(), CliError> {
     let text = read(file)?;
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| CliError::Parse {
         what: file.display().to_string(),
@@ -576,21 +600,82 @@ pub async fn import(args: &ClientArgs, file: &PathBuf) -> Result<(), CliError> {
         message: e.to_string(),
     })?;
     let c = Client::new(args)?;
-    let mut done: Vec<Event> = Vec::new();
-    for h in hosts {
-        let _: HostOut = c.post("/api/v1/hosts", h.enroll).await?;
-        let mut msg = "enrolled".to_owned();
-        if let Some(p) = h.provision {
-            let _: HostOut = c.post(&format!("/api/v1/hosts/{}/provision", h.name), p).await?;
-            msg.push_str(", provisioning");
+    // 1. Validate everything; collect every refusal, not just the first.
+    let mut refusals = Vec::new();
+    for h in &hosts {
+        if let Err(e) = c.post::<HostOut>("/api/v1/hosts?dry_run=true", h.enroll.clone()).await {
+            refusals.push(format!("{}: {e}", h.doc));
         }
-        println!("{}: {msg}", h.name);
+        if let Some(p) = &h.provision {
+            let image = serde_json::from_value::<crate::api::ImageIn>(p["image"].clone())
+                .map_err(|e| e.to_string())
+                .and_then(|i| {
+                    crate::api::image_from(&i).map_err(|e| match e.field {
+                        Some(f) => format!("spec.{f}: {}", e.error),
+                        None => e.error,
+                    })
+                });
+            if let Err(e) = image {
+                refusals.push(format!("{}: {e}", h.doc));
+            }
+        }
+    }
+    if !refusals.is_empty() {
+        return Err(CliError::Import {
+            file: file.display().to_string(),
+            message: format!(
+                "nothing was imported; {} refused:\n  {}",
+                refusals.len(),
+                refusals.join("\n  ")
+            ),
+        });
+    }
+    let verb = |h: &crate::import::ImportedHost| {
+        if h.provision.is_some() {
+            "enrolled, provisioning"
+        } else {
+            "enrolled"
+        }
+    };
+    if dry_run {
+        for h in &hosts {
+            println!("{}: would be {} (dry run)", h.name, verb(h));
+        }
+        return Ok(());
+    }
+    // 2. Enroll all; undo this run's enrollments if one is refused after all (a conflict that appeared meanwhile).
+    let mut done: Vec<Event> = Vec::new();
+    for h in &hosts {
+        let r = async {
+            let _: HostOut = c.post("/api/v1/hosts", h.enroll.clone()).await?;
+            if let Some(p) = &h.provision {
+                let _: HostOut = c
+                    .post(&format!("/api/v1/hosts/{}/provision", h.name), p.clone())
+                    .await?;
+            }
+            Ok::<(), CliError>(())
+        }
+        .await;
+        if let Err(e) = r {
+            let mut undone = done.iter().map(|d| d.host.clone()).collect::<Vec<_>>();
+            if !matches!(&e, CliError::Api { status: 409, .. }) {
+                undone.push(h.name.clone());
+            }
+            for name in &undone {
+                let _ = c.delete::<Value>(&format!("/api/v1/hosts/{name}")).await;
+            }
+            return Err(CliError::Import {
+                file: file.display().to_string(),
+                message: format!("{}: {e}; the hosts this import enrolled were deleted again", h.doc),
+            });
+        }
+        println!("{}: {}", h.name, verb(h));
         done.push(Event {
             id: 0,
-            host: h.name,
+            host: h.name.clone(),
             at: crate::executor::now(),
             kind: "import".into(),
-            message: msg,
+            message: verb(h).into(),
         });
     }
     print_value(args.output, &done)?;

@@ -3,10 +3,11 @@
 //! persists the result with its timing records and events. It owns rate limits and action retries; it must not
 //! decide host transitions itself.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use kiln_bmc::{BootPersistence, PowerAction, PowerState};
 use kiln_images::protocol::Outcome;
 use rand::Rng;
@@ -16,7 +17,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::bmcs::{BmcConnector, DynBmc};
 use crate::machine::{
-    Action, AgentObs, BmcFailure, BmcObs, Decision, HostView, JobPhase, Observed, Policy, State, backoff_ms, step,
+    Action, AfterActionFailure, AgentObs, BmcFailure, BmcObs, Decision, HostView, JobPhase, Observed, Policy, State,
+    after_action_failure, backoff_ms, step,
 };
 use crate::metrics::Metrics;
 use crate::model::{Host, StatusUpdate};
@@ -35,6 +37,10 @@ pub fn now() -> Ts {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0))
 }
+
+/// How long after a BMC accepted a power action a read of the old state is taken for "not applied yet" rather
+/// than the host's power (sushy-tools applies actions up to 11 s later; real BMCs take seconds too).
+const POWER_SETTLE: Duration = Duration::from_secs(20);
 
 /// Executor settings.
 #[derive(Debug, Clone, Copy)]
@@ -71,11 +77,17 @@ pub struct Executor {
     notify: Arc<Notify>,
     calls: Mutex<HashMap<i64, VecDeque<Instant>>>,
     bmcs: Mutex<HashMap<i64, CachedBmc>>,
-    action_attempts: Mutex<HashMap<i64, u32>>,
-    busy: Mutex<usize>,
-    woken: Mutex<std::collections::HashSet<i64>>,
+    /// Hosts holding one of the `max_concurrent_jobs` slots: those whose stored state runs an agent job, and those
+    /// whose reconcile in flight reserved one. Exactly these, so a slot is never held by a host that runs no job.
+    slots: Mutex<HashSet<i64>>,
+    woken: Mutex<HashSet<i64>>,
     /// Hosts whose reconcile task is running.
-    inflight: Mutex<std::collections::HashSet<i64>>,
+    inflight: Mutex<HashSet<i64>>,
+    /// Hosts whose last reconcile panicked: not looked at again before the instant, and how many panics in a row.
+    panicked: Mutex<HashMap<i64, (Instant, u32)>>,
+    /// Power actions the BMC accepted but may not have carried out yet (many apply them seconds later): until the
+    /// instant, a read of the old state is not shown as the host's power, so it does not flap on, off, on.
+    settling: Mutex<HashMap<i64, (PowerState, Instant)>>,
     changes: tokio::sync::broadcast::Sender<HostName>,
 }
 
@@ -102,10 +114,11 @@ impl Executor {
             notify: Arc::new(Notify::new()),
             calls: Mutex::default(),
             bmcs: Mutex::default(),
-            action_attempts: Mutex::default(),
-            busy: Mutex::new(0),
+            slots: Mutex::default(),
             woken: Mutex::default(),
             inflight: Mutex::default(),
+            panicked: Mutex::default(),
+            settling: Mutex::default(),
             changes: tokio::sync::broadcast::channel(1024).0,
         })
     }
@@ -166,16 +179,31 @@ impl Executor {
         // so no host is ever decided from a stale row while its previous decision is still being carried out.
         let inflight = self.inflight.lock().expect("inflight lock").clone();
         let hosts = self.store.hosts().await?;
-        // In-flight hosts count as holding a slot until their reconcile ends (they may be taking one right now).
-        *self.busy.lock().expect("busy lock") = hosts
-            .iter()
-            .filter(|h| h.state.holds_slot() || inflight.contains(&h.id))
-            .count();
+        {
+            // Hosts at rest hold a slot exactly when their stored state runs a job; an in-flight host keeps what its
+            // reconcile reserved or released (it updates the set before it leaves the in-flight set).
+            let mut slots = self.slots.lock().expect("slots lock");
+            slots.retain(|id| inflight.contains(id));
+            slots.extend(
+                hosts
+                    .iter()
+                    .filter(|h| !inflight.contains(&h.id) && h.state.holds_slot())
+                    .map(|h| h.id),
+            );
+        }
         let now = now();
         let mut woken = std::mem::take(&mut *self.woken.lock().expect("woken lock"));
+        let backing_off: HashSet<i64> = {
+            let mut p = self.panicked.lock().expect("panicked lock");
+            p.retain(|id, _| hosts.iter().any(|h| h.id == *id));
+            p.iter()
+                .filter(|(_, (until, _))| *until > Instant::now())
+                .map(|(id, _)| *id)
+                .collect()
+        };
         let mut due: Vec<Host> = hosts
             .into_iter()
-            .filter(|h| !inflight.contains(&h.id))
+            .filter(|h| !inflight.contains(&h.id) && !backing_off.contains(&h.id))
             .filter(|h| woken.remove(&h.id) || h.next_wake.is_none_or(|w| w <= now))
             .collect();
         // Wakes of hosts still in flight are kept for a later pass.
@@ -194,10 +222,22 @@ impl Executor {
             let permits = permits.clone();
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                let id = h.id;
+                let (id, name, held) = (h.id, h.name.clone(), h.state.holds_slot());
                 let span = info_span!("reconcile", host = %h.name, state = h.state.name());
-                if let Err(e) = me.reconcile(h, now_or(now)).instrument(span).await {
-                    warn!(error = %crate::bmcs::chain(&e), "reconcile failed");
+                // A panic in one host's reconcile (a driver bug, a corrupt record) is contained: recorded, and the
+                // host looked at again after a backoff, while every other host goes on.
+                let r = std::panic::AssertUnwindSafe(me.reconcile(h, now_or(now)).instrument(span))
+                    .catch_unwind()
+                    .await;
+                match r {
+                    Ok(Ok(())) => {
+                        me.panicked.lock().expect("panicked lock").remove(&id);
+                    }
+                    Ok(Err(e)) => warn!(host = %name, error = %crate::bmcs::chain(&e), "reconcile failed"),
+                    Err(panic) => {
+                        let what = panic_message(panic.as_ref());
+                        me.contain_panic(id, &name, held, what).await;
+                    }
                 }
                 me.inflight.lock().expect("inflight lock").remove(&id);
             });
@@ -205,19 +245,68 @@ impl Executor {
         Ok(n)
     }
 
-    fn take_slot(&self) -> bool {
-        let mut b = self.busy.lock().expect("busy lock");
-        if *b < self.config.max_concurrent_jobs {
-            *b += 1;
+    /// The power to show instead of `read` while a power action the BMC accepted is still settling.
+    fn settled_power(&self, host: i64, read: PowerState) -> Option<PowerState> {
+        let mut settling = self.settling.lock().expect("settling lock");
+        match settling.get(&host) {
+            Some((target, until)) if *target != read && Instant::now() < *until => Some(*target),
+            Some(_) => {
+                settling.remove(&host);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Reserves a job slot for `host` if one is free.
+    fn take_slot(&self, host: i64) -> bool {
+        let mut slots = self.slots.lock().expect("slots lock");
+        if slots.contains(&host) {
+            return true;
+        }
+        if slots.len() < self.config.max_concurrent_jobs {
+            slots.insert(host);
             true
         } else {
             false
         }
     }
 
-    fn release_slot(&self) {
-        let mut b = self.busy.lock().expect("busy lock");
-        *b = b.saturating_sub(1);
+    /// Records whether `host` holds a slot after its reconcile.
+    fn set_slot(&self, host: i64, holds: bool) {
+        let mut slots = self.slots.lock().expect("slots lock");
+        if holds {
+            slots.insert(host);
+        } else {
+            slots.remove(&host);
+        }
+    }
+
+    /// After a reconcile panicked: the host keeps the slot its stored state says it holds, an event says what
+    /// happened, and the host is looked at again after a backoff that grows with repeated panics.
+    async fn contain_panic(&self, id: i64, name: &HostName, held: bool, what: String) {
+        self.set_slot(id, held);
+        self.forget_bmc(id);
+        let count = {
+            let mut p = self.panicked.lock().expect("panicked lock");
+            let entry = p.entry(id).or_insert((Instant::now(), 0));
+            entry.1 += 1;
+            let p = &self.config.policy;
+            let wait = Duration::from_millis(backoff_ms(p, entry.1 - 1, rand::rng().random::<f64>()).max(0) as u64);
+            entry.0 = Instant::now() + wait;
+            entry.1
+        };
+        tracing::error!(host = %name, panic = %what, count, "reconcile panicked; retrying after a backoff");
+        self.metrics.inc("kiln_reconcile_panics_total", vec![]);
+        let msg = format!("kiln's reconcile of this host panicked ({what}); it is retried after a backoff");
+        if let Err(e) = self
+            .store
+            .add_event(name.as_str(), now(), "reconcile_panic", &msg)
+            .await
+        {
+            warn!(host = %name, error = %crate::bmcs::chain(&e), "could not record the panic");
+        }
+        self.poke();
     }
 
     /// Records a BMC call if the per-minute budget allows it.
@@ -250,7 +339,7 @@ impl Executor {
                 auth: false,
             });
         };
-        let key = format!("{}|{}", info.address, info.username);
+        let key = format!("{}|{}|{:?}", info.address, info.username, info.tls);
         if let Some((k, b)) = self.bmcs.lock().expect("bmcs lock").get(&h.id)
             && *k == key
         {
@@ -347,7 +436,7 @@ impl Executor {
 
     async fn reconcile(&self, h: Host, now: Ts) -> Result<(), StoreError> {
         let (mut obs, mut calls) = self.observe(&h, now).await?;
-        let reserved = !h.state.holds_slot() && self.take_slot();
+        let reserved = !h.state.holds_slot() && self.take_slot(h.id);
         obs.slot_free = reserved;
         let view = HostView {
             name: h.name.clone(),
@@ -355,7 +444,7 @@ impl Executor {
             requests: h.requests.clone(),
             state: h.state.clone(),
             power: match &obs.bmc {
-                BmcObs::Power(p) => Some(*p),
+                BmcObs::Power(p) => Some(self.settled_power(h.id, *p).unwrap_or(*p)),
                 BmcObs::NotRead | BmcObs::Failed(_) => h.power,
             },
             boots: h.counters.boots,
@@ -368,9 +457,7 @@ impl Executor {
             Ok(None) | Err(_) => h.state.holds_slot(),
         };
         // Give back a slot reserved for nothing, or one the host no longer holds.
-        if (reserved || h.state.holds_slot()) && !holds {
-            self.release_slot();
-        }
+        self.set_slot(h.id, holds);
         result.map(|_| ())
     }
 
@@ -428,10 +515,16 @@ impl Executor {
                         Err(f) => Err(f),
                     };
                     if r.is_ok() {
-                        power = Some(match pa {
+                        let target = match pa {
                             PowerAction::Off | PowerAction::ForceOff => PowerState::Off,
                             PowerAction::On | PowerAction::Cycle | PowerAction::Reset => PowerState::On,
-                        });
+                        };
+                        power = Some(target);
+                        let until = Instant::now() + POWER_SETTLE;
+                        self.settling
+                            .lock()
+                            .expect("settling lock")
+                            .insert(h.id, (target, until));
                     }
                     r.map_err(|failure| ActionError {
                         failure,
@@ -474,25 +567,23 @@ impl Executor {
                 return self.action_failed(h, view, &d, obs, e, now, *calls).await;
             }
         }
-        if self
-            .action_attempts
-            .lock()
-            .expect("attempts lock")
-            .remove(&h.id)
-            .is_some()
-        {
-            self.store
-                .add_event(h.name.as_str(), now, "bmc_recovered", "the BMC answered again")
-                .await?;
-        }
-        let st = StatusUpdate {
+        let mut st = StatusUpdate {
             power,
             ..self.status(h, view, &d.next, requests, *calls, d.wake)
         };
+        let recovered = bmc_calls > 0 && h.counters.bmc_attempts > 0;
+        if recovered {
+            st.counters.bmc_attempts = 0;
+        }
         if !self.store.save_status(h.id, h.generation, &st, now).await? {
             // The operator changed the host meanwhile; the actions are idempotent, so look again at once.
             self.poke();
             return Ok(None);
+        }
+        if recovered {
+            self.store
+                .add_event(h.name.as_str(), now, "bmc_recovered", "the BMC answered again")
+                .await?;
         }
         if h.state != d.next || h.power != power {
             let _ = self.changes.send(h.name.clone());
@@ -529,6 +620,8 @@ impl Executor {
         }
     }
 
+    /// A BMC action of `d` failed: the state machine decides between a retry and giving up; the attempt count it
+    /// decides on is persisted with the host.
     #[allow(clippy::too_many_arguments)]
     async fn action_failed(
         &self,
@@ -540,46 +633,45 @@ impl Executor {
         now: Ts,
         calls: u64,
     ) -> Result<Option<State>, StoreError> {
-        let attempts = {
-            let mut m = self.action_attempts.lock().expect("attempts lock");
-            let a = m.entry(h.id).or_default();
-            *a += 1;
-            *a
-        };
+        let attempts = h.counters.bmc_attempts.saturating_add(1);
         // The next attempt connects afresh: a BMC that restarted has forgotten our session.
         self.forget_bmc(h.id);
-        let p = &self.config.policy;
-        let msg = format!("{} failed: {}", e.what, e.failure.message);
-        warn!(attempt = attempts, transient = e.failure.transient, "{msg}");
-        if e.failure.transient && attempts <= p.max_retries {
-            let msg = format!("{msg} (attempt {attempts} of {}; retrying)", p.max_retries + 1);
-            self.store.add_event(h.name.as_str(), now, "bmc_error", &msg).await?;
-            let wake = now.plus_ms(backoff_ms(p, attempts - 1, obs.jitter));
-            let st = self.status(h, view, &h.state, h.requests.clone(), calls, wake);
-            return Ok(self
-                .store
-                .save_status(h.id, h.generation, &st, now)
-                .await?
-                .then(|| h.state.clone()));
+        let verdict = after_action_failure(view, &d.next, &e.failure, &e.what, attempts, now, obs.jitter);
+        match verdict {
+            AfterActionFailure::Retry { wake, message } => {
+                warn!(attempt = attempts, transient = e.failure.transient, "{message}");
+                let mut st = self.status(h, view, &h.state, h.requests.clone(), calls, wake);
+                st.counters.bmc_attempts = attempts;
+                if !self.store.save_status(h.id, h.generation, &st, now).await? {
+                    return Ok(None);
+                }
+                self.store
+                    .add_event(h.name.as_str(), now, "bmc_error", &message)
+                    .await?;
+                Ok(Some(h.state.clone()))
+            }
+            AfterActionFailure::GiveUp(next) => {
+                let message = format!("{} failed: {}", e.what, e.failure.message);
+                warn!(attempt = attempts, transient = e.failure.transient, "{message}");
+                let mut requests = h.requests.clone();
+                for a in &next.actions {
+                    if *a == Action::ClearPowerRequest {
+                        requests.power = None;
+                    }
+                }
+                let mut st = self.status(h, view, &next.next, requests, calls, next.wake);
+                st.counters.bmc_attempts = 0;
+                if !self.store.save_status(h.id, h.generation, &st, now).await? {
+                    return Ok(None);
+                }
+                self.store
+                    .add_event(h.name.as_str(), now, "bmc_error", &message)
+                    .await?;
+                let _ = self.changes.send(h.name.clone());
+                self.record_change(h, &next.next, &next.reason, now).await?;
+                Ok(Some(next.next))
+            }
         }
-        self.store.add_event(h.name.as_str(), now, "bmc_error", &msg).await?;
-        self.action_attempts.lock().expect("attempts lock").remove(&h.id);
-        let next = crate::machine::action_failed(view, &d.next, &e.failure, &msg, now, obs.jitter);
-        let st = self.status(h, view, &next.next, h.requests.clone(), calls, next.wake);
-        let st = crate::model::StatusUpdate {
-            requests: {
-                let mut r = h.requests.clone();
-                r.power = None;
-                r
-            },
-            ..st
-        };
-        if !self.store.save_status(h.id, h.generation, &st, now).await? {
-            return Ok(None);
-        }
-        let _ = self.changes.send(h.name.clone());
-        self.record_change(h, &next.next, &next.reason, now).await?;
-        Ok(Some(next.next))
     }
 
     /// Events, timing records, metrics and the one log line of a state change.
@@ -624,6 +716,15 @@ impl Executor {
         }
         Ok(())
     }
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Called by the agent API when a result arrives for a command, so the executor looks at the host at once.

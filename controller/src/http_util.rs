@@ -78,6 +78,7 @@ impl From<StoreError> for ApiError {
         match &e {
             StoreError::HostExists { .. } => ApiError::field(StatusCode::CONFLICT, "name", e.to_string()),
             StoreError::MacInUse { .. } => ApiError::field(StatusCode::CONFLICT, "boot_mac", e.to_string()),
+            StoreError::BmcInUse { .. } => ApiError::field(StatusCode::CONFLICT, "bmc.address", e.to_string()),
             StoreError::HostNotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
             StoreError::Db { .. }
             | StoreError::Migrate(_)

@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 /// One host to enroll (REST body of `POST /api/v1/hosts`) and, if the manifest sets an image, its provision body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImportedHost {
+    /// `BareMetalHost <namespace>/<name>`, for messages.
+    pub doc: String,
     pub name: String,
     pub enroll: Value,
     pub provision: Option<Value>,
@@ -63,6 +65,7 @@ pub fn translate(docs: &[Value]) -> Result<Vec<ImportedHost>, ImportError> {
         .map(|d| (key(d), d))
         .collect();
     let mut out = Vec::new();
+    let (mut names, mut macs, mut addresses) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for d in docs.iter().filter(|d| d["kind"] == "BareMetalHost") {
         let (ns, name) = key(d);
         let err = |field: &str, message: String| ImportError {
@@ -88,11 +91,26 @@ pub fn translate(docs: &[Value]) -> Result<Vec<ImportedHost>, ImportError> {
                     format!("Secret {ns}/{cred} is not in the file"),
                 )
             })?;
+            // Trimmed as Metal3 trims them: a value made with `echo pw | base64` ends in a newline.
             let username = secret_value(secret, "username")
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
                 .ok_or_else(|| err("spec.bmc.credentialsName", format!("Secret {cred} has no username")))?;
             let password = secret_value(secret, "password")
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
                 .ok_or_else(|| err("spec.bmc.credentialsName", format!("Secret {cred} has no password")))?;
             enroll["bmc"] = json!({ "address": addr, "username": username, "password": password });
+            match &spec["bmc"]["disableCertificateVerification"] {
+                Value::Null | Value::Bool(false) => {}
+                Value::Bool(true) => enroll["bmc"]["disable_certificate_verification"] = json!(true),
+                other => {
+                    return Err(err(
+                        "spec.bmc.disableCertificateVerification",
+                        format!("{other} is not true or false"),
+                    ));
+                }
+            }
         }
         if let Some(mac) = spec["bootMACAddress"].as_str() {
             enroll["boot_mac"] = json!(mac);
@@ -142,7 +160,30 @@ pub fn translate(docs: &[Value]) -> Result<Vec<ImportedHost>, ImportError> {
             }
             None => None,
         };
+        for (field, value, seen) in [
+            ("metadata.name", Some(name.clone()), &mut names),
+            (
+                "spec.bootMACAddress",
+                spec["bootMACAddress"].as_str().map(|m| m.to_ascii_lowercase()),
+                &mut macs,
+            ),
+            (
+                "spec.bmc.address",
+                spec["bmc"]["address"].as_str().map(str::to_owned),
+                &mut addresses,
+            ),
+        ] {
+            if let Some(v) = value
+                && let Some(first) = seen.insert(v.clone(), format!("{ns}/{name}"))
+            {
+                return Err(err(
+                    field,
+                    format!("{v} is also used by BareMetalHost {first} in this file"),
+                ));
+            }
+        }
         out.push(ImportedHost {
+            doc: format!("BareMetalHost {ns}/{name}"),
             name,
             enroll,
             provision,

@@ -375,16 +375,37 @@ pub fn step(host: &HostView, obs: &Observed, now: Ts) -> Decision {
     }
 }
 
-/// Decides what becomes of a host whose BMC actions for `attempted` failed for good (retries are the executor's).
-/// Only `next`, `wake` and `reason` of the result are used; its actions are not performed.
-pub fn action_failed(
+/// What the executor does after a BMC action of a decision failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfterActionFailure {
+    /// Keep the host where it was and try the decision again at `wake` (the failure is transient and attempts
+    /// remain); `message` says which attempt failed.
+    Retry { wake: Ts, message: String },
+    /// Give up: commit this decision (an error state naming the operation, or the request dropped).
+    GiveUp(Decision),
+}
+
+/// Decides what follows a failed BMC action (`what` failed with `f`) taken for `attempted`; `attempts` counts the
+/// consecutive failures of it so far, this one included (persisted in the host's counters, so restarts do not reset
+/// it). Transient failures are retried with backoff up to the policy's `max_retries`; then, or at once for
+/// credential and permanent failures, an operation in progress fails, and a request on a settled host is dropped.
+pub fn after_action_failure(
     host: &HostView,
     attempted: &State,
     f: &BmcFailure,
-    message: &str,
+    what: &str,
+    attempts: u32,
     now: Ts,
     jitter: f64,
-) -> Decision {
+) -> AfterActionFailure {
+    let p = &host.policy;
+    let message = format!("{what} failed: {}", f.message);
+    if f.transient && !f.auth && attempts <= p.max_retries {
+        return AfterActionFailure::Retry {
+            wake: now.plus_ms(backoff_ms(p, attempts.saturating_sub(1), jitter)),
+            message: format!("{message} (attempt {attempts} of {}; retrying)", p.max_retries + 1),
+        };
+    }
     let kind = if f.auth { "bmc_auth" } else { "bmc_unreachable" };
     let hint = if f.auth {
         "the BMC refused the credentials"
@@ -405,16 +426,20 @@ pub fn action_failed(
         | State::Deleting { .. }
         | State::Error(_) => None,
     };
-    match (op, attempted) {
+    let mut d = match (op, attempted) {
         (Some(op), _) => error(host, now, op, kind, format!("{message} ({hint})"), retries, jitter),
         (None, State::Deleting { .. }) => decide(attempted.clone(), vec![], now, "power-off failed; deleting anyway"),
         (None, _) => decide(
             host.state.clone(),
             vec![],
-            now.plus_secs(host.policy.idle_poll_secs),
+            now.plus_secs(p.idle_poll_secs),
             format!("{message} ({hint}); request dropped"),
         ),
-    }
+    };
+    // The decision is committed as is; its actions are not carried out (the BMC just failed them). A power request
+    // that could not be carried out is dropped, and says so in the reason.
+    d.actions = vec![Action::ClearPowerRequest];
+    AfterActionFailure::GiveUp(d)
 }
 
 fn idle_with_power(host: &HostView, state: State, now: Ts, reason: &str) -> Decision {
@@ -592,6 +617,16 @@ fn pxe_target(mode: BootMode) -> BootTarget {
 
 /// Starts (or queues, when no slot is free) an agent job on a fresh boot.
 fn start_job(host: &HostView, obs: &Observed, now: Ts, kind: JobKind, retries: u32, reason: &str) -> Decision {
+    if kind == JobKind::Deprovision && host.spec.options.erase == EraseMode::Disabled {
+        // Metal3's `automatedCleaningMode: disabled`: the disks are the user's to keep. No agent boots (it would
+        // have nothing to do); the host is powered off and becomes available with its disks untouched.
+        return decide(
+            State::Available { since: now },
+            vec![Action::RevokeTokens, Action::Power(PowerAction::Off)],
+            now,
+            format!("{reason}; cleaning disabled: powered off, disks left as they are"),
+        );
+    }
     let boot = host.boots + 1;
     let job = Job {
         phase: JobPhase::Delayed,
@@ -643,6 +678,7 @@ fn command_for(host: &HostView, kind: JobKind) -> CommandKind {
         JobKind::Prepare => CommandKind::EraseMetadata,
         JobKind::Deprovision => match host.spec.options.erase {
             EraseMode::Full => CommandKind::EraseDisks,
+            // `Disabled` never gets here: `start_job` and `run_job` deprovision such a host without the agent.
             EraseMode::Metadata | EraseMode::Disabled => CommandKind::EraseMetadata,
         },
         JobKind::Provision => {
@@ -664,6 +700,15 @@ fn command_for(host: &HostView, kind: JobKind) -> CommandKind {
 }
 
 fn run_job(host: &HostView, obs: &Observed, now: Ts, kind: JobKind, job: Job) -> Decision {
+    if kind == JobKind::Deprovision && host.spec.options.erase == EraseMode::Disabled {
+        // Cleaning was disabled while the job was under way: no command is (or will be) sent to erase anything.
+        return decide(
+            State::Available { since: now },
+            vec![Action::RevokeTokens, Action::Power(PowerAction::Off)],
+            now,
+            "cleaning disabled: powered off, disks left as they are",
+        );
+    }
     let p = &host.policy;
     let busy = now.plus_secs(p.busy_poll_secs);
     let op = kind.operation();

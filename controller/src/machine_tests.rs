@@ -17,6 +17,7 @@ impl HostView {
                     address: "redfish+http://127.0.0.1:8000/redfish/v1/Systems/1".parse().unwrap(),
                     username: "admin".into(),
                     password: Secret::new("pw"),
+                    tls: Default::default(),
                 }),
                 boot_mac: Some("52:54:00:00:00:01".parse().unwrap()),
                 ..Default::default()
@@ -630,7 +631,7 @@ proptest! {
 }
 
 #[test]
-fn failed_bmc_actions_map_to_the_operation() {
+fn failed_bmc_actions_are_retried_then_map_to_the_operation() {
     let h = HostView::test()
         .in_state(State::Available { since: T0 })
         .with_image("http://x/i");
@@ -639,12 +640,74 @@ fn failed_bmc_actions_map_to_the_operation() {
         transient: true,
         auth: false,
     };
-    let d = action_failed(&h, &State::Provisioning(booting(1)), &f, "power On failed", T0, 0.0);
+    let give_up =
+        |attempted: &State, attempts: u32| match after_action_failure(&h, attempted, &f, "power on", attempts, T0, 0.0)
+        {
+            AfterActionFailure::GiveUp(d) => Some(d),
+            AfterActionFailure::Retry { .. } => None,
+        };
+    let provisioning = State::Provisioning(booting(1));
+    // Transient failures are retried up to max_retries, counting the attempts the host has persisted.
+    for attempts in 1..=h.policy.max_retries {
+        match after_action_failure(&h, &provisioning, &f, "power on", attempts, T0, 0.0) {
+            AfterActionFailure::Retry { wake, message } => {
+                assert!(wake > T0);
+                assert!(message.contains(&format!("attempt {attempts} of")), "{message}");
+            }
+            AfterActionFailure::GiveUp(d) => panic!("gave up after {attempts}: {d:?}"),
+        }
+    }
+    let d = give_up(&provisioning, h.policy.max_retries + 1).expect("gives up");
     assert!(
-        matches!(&d.next, State::Error(e) if e.operation == Operation::Provisioning && e.kind == "bmc_unreachable" && e.message.contains("power On failed"))
+        matches!(&d.next, State::Error(e) if e.operation == Operation::Provisioning && e.kind == "bmc_unreachable" && e.message.contains("power on failed"))
     );
-    let d = action_failed(&h, &State::Available { since: T0 }, &f, "power Off failed", T0, 0.0);
+    let d = give_up(&State::Available { since: T0 }, h.policy.max_retries + 1).expect("gives up");
     assert_eq!(d.next, h.state);
-    let d = action_failed(&h, &State::Deleting { since: T0 }, &f, "power Off failed", T0, 0.0);
+    assert_eq!(d.actions, vec![Action::ClearPowerRequest]);
+    let d = give_up(&State::Deleting { since: T0 }, h.policy.max_retries + 1).expect("gives up");
     assert_eq!(d.next, State::Deleting { since: T0 });
+    // Refused credentials are not retried.
+    let auth = BmcFailure {
+        auth: true,
+        ..f.clone()
+    };
+    assert!(matches!(
+        after_action_failure(&h, &provisioning, &auth, "power on", 1, T0, 0.0),
+        AfterActionFailure::GiveUp(_)
+    ));
+}
+
+#[test]
+fn cleaning_disabled_never_erases() {
+    let mut h = HostView::test().in_state(State::Provisioned {
+        since: T0,
+        image_url: "http://x/i".into(),
+    });
+    h.spec.options.erase = crate::model::EraseMode::Disabled;
+    let obs = Observed {
+        slot_free: true,
+        ..Default::default()
+    };
+    let d = step(&h, &obs, T0);
+    assert_eq!(d.next, State::Available { since: T0 }, "{}", d.reason);
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::Enqueue { .. } | Action::SetBoot { .. })),
+        "{:?}",
+        d.actions
+    );
+    // A deprovision already under way when cleaning was disabled sends no erase command either.
+    let h = h.in_state(State::Deprovisioning(booting(1)));
+    let obs = Observed {
+        slot_free: true,
+        agent: AgentObs {
+            last_heartbeat: Some(T0),
+            result: None,
+        },
+        ..Default::default()
+    };
+    let d = step(&h, &obs, T0);
+    assert_eq!(d.next, State::Available { since: T0 });
+    assert!(!d.actions.iter().any(|a| matches!(a, Action::Enqueue { .. })));
 }

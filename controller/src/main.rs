@@ -55,10 +55,16 @@ enum Command {
         cmd: HostCmd,
     },
     /// Enroll Metal3 BareMetalHost manifests (with their credential Secrets) from a multi-document YAML file.
+    /// All or none: every document is validated first (nothing is enrolled if one is refused). Hosts keep their
+    /// manifest's `metadata.name` (the Kubernetes front-end, which must keep namespaces apart, uses
+    /// `<namespace>.<name>`).
     Import {
         #[command(flatten)]
         client: ClientArgs,
         file: PathBuf,
+        /// Validate every document and print what would happen to each host; enroll nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Talk to one BMC directly (debugging).
     Bmc(kiln::cli_bmc::BmcArgs),
@@ -150,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("kiln stopped");
         }
         Command::Host { client, cmd } => kiln::cli::host(&client, cmd).await?,
-        Command::Import { client, file } => kiln::cli::import(&client, &file).await?,
+        Command::Import { client, file, dry_run } => kiln::cli::import(&client, &file, dry_run).await?,
         Command::Image(args) => kiln::cli_image::run(args).await?,
         Command::Ramdisk(RamdiskCmd::Build {
             agent_binary,

@@ -8,14 +8,38 @@ use kiln_images::protocol::{ImageSpec, RootDeviceHints};
 use serde::{Deserialize, Serialize};
 
 use crate::machine::State;
-use crate::types::{BmcAddress, HostName, MacAddr, Ts};
+use crate::types::{HostName, MacAddr, Ts};
 
-/// How to reach a host's BMC. The password is a [`Secret`] and is encrypted at rest.
+pub use kiln_bmc::BmcAddress;
+
+/// How to reach a host's BMC. The address is parsed once, by kiln-bmc's parser; the password is a [`Secret`] and is
+/// encrypted at rest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BmcInfo {
     pub address: BmcAddress,
     pub username: String,
     pub password: Secret,
+    /// How this host's BMC connection verifies TLS (Metal3's `disableCertificateVerification`, per host).
+    #[serde(default)]
+    pub tls: BmcTls,
+}
+
+/// Per-host TLS settings of a Redfish BMC connection. The default verifies against the system's trust store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct BmcTls {
+    /// Accept any certificate (a BMC's self-signed factory certificate). Off unless the operator asks, per host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disable_certificate_verification: bool,
+    /// Extra CA certificates (PEM) to trust for this BMC, besides the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+}
+
+impl BmcTls {
+    /// Whether anything differs from the default (verify against the system's CAs).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// How much of the disks to erase when cleaning (Metal3 `automatedCleaningMode`, plus `full`).
@@ -115,6 +139,10 @@ pub struct Counters {
     pub errors: u64,
     /// BMC calls made.
     pub bmc_calls: u64,
+    /// Consecutive failed attempts of the BMC action being retried (0 when the last one succeeded). Persisted, so a
+    /// restart between a failure and its retry does not start the count over.
+    #[serde(default)]
+    pub bmc_attempts: u32,
 }
 
 /// A host as stored.

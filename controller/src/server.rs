@@ -318,8 +318,21 @@ pub async fn run(
             r
         });
     }
+    // The executor: if it ends while kiln is not stopping (it panicked), nobody would act on the intents the API
+    // keeps accepting, so kiln stops with an error instead, as it does when it loses the Kubernetes Lease.
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(app.executor.clone().run(cancel.clone()));
+    let executor_died = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (c, died, executor) = (cancel.clone(), executor_died.clone(), app.executor.clone());
+        tasks.spawn(async move {
+            let r = tokio::spawn(executor.run(c.clone())).await;
+            if r.is_err() || !c.is_cancelled() {
+                tracing::error!(panicked = r.is_err(), "the executor stopped; stopping kiln");
+                died.store(true, std::sync::atomic::Ordering::SeqCst);
+                c.cancel();
+            }
+        });
+    }
     let c = cancel.clone();
     let served = axum::serve(listener, http)
         .with_graceful_shutdown(async move {
@@ -331,6 +344,9 @@ pub async fn run(
         .await;
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
+    if executor_died.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(std::io::Error::other("the executor stopped unexpectedly; see the log"));
+    }
     if let Some(services) = pxe
         && let Err(e) = services.wait().await
     {

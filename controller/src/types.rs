@@ -1,4 +1,4 @@
-//! Newtypes parsed at the edge (host names, MAC addresses, BMC addresses, timestamps); inner layers never see raw
+//! Newtypes parsed at the edge (host names, MAC addresses, timestamps; BMC addresses are kiln-bmc's `BmcAddress`); inner layers never see raw
 //! strings for these. This module owns parsing and display only; it must not do I/O.
 
 use std::fmt;
@@ -89,63 +89,6 @@ impl fmt::Display for MacAddr {
 }
 string_newtype_serde!(MacAddr);
 
-/// The BMC schemes kiln understands (Metal3 spelling where one exists).
-pub const BMC_SCHEMES: &[&str] = &[
-    "redfish",
-    "redfish+http",
-    "redfish+https",
-    "redfish-virtualmedia",
-    "ipmi",
-    "fake",
-];
-
-/// A BMC address URL such as `redfish+http://10.0.0.5:8000/redfish/v1/Systems/1` or `ipmi://10.0.0.6:623`.
-///
-/// Validated with `kiln_bmc`'s parser (Metal3 schemes: `redfish[+http|+https]`, `redfish-virtualmedia`,
-/// `idrac-redfish`, `idrac-virtualmedia`, `ipmi`); the driver parses it again into its enum when connecting.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct BmcAddress(String);
-
-impl BmcAddress {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-    /// The URL scheme (`redfish`, `ipmi`, ...).
-    pub fn scheme(&self) -> &str {
-        self.0.split("://").next().unwrap_or_default()
-    }
-}
-
-impl FromStr for BmcAddress {
-    type Err = ParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let u = url::Url::parse(s).map_err(|e| ParseError(format!("{s:?} is not a BMC address URL: {e}")))?;
-        if !BMC_SCHEMES.contains(&u.scheme()) {
-            return Err(ParseError(format!(
-                "unsupported BMC scheme {:?}; use one of {}",
-                u.scheme(),
-                BMC_SCHEMES.join(", ")
-            )));
-        }
-        if u.host_str().is_none_or(str::is_empty) {
-            return Err(ParseError(format!("BMC address {s:?} has no host")));
-        }
-        if !u.username().is_empty() || u.password().is_some() {
-            return Err(ParseError(
-                "put BMC credentials in username/password, not in the address".into(),
-            ));
-        }
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl fmt::Display for BmcAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-string_newtype_serde!(BmcAddress);
-
 /// Milliseconds since the Unix epoch: the only time type the store and the state machine use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(transparent)]
@@ -184,14 +127,5 @@ mod tests {
         assert!("zz:54:00:ab:cd:01".parse::<MacAddr>().is_err());
         assert!("node-1".parse::<HostName>().is_ok());
         assert!("Node 1".parse::<HostName>().is_err());
-        assert!(
-            "redfish+http://127.0.0.1:8000/redfish/v1/Systems/x"
-                .parse::<BmcAddress>()
-                .is_ok()
-        );
-        assert!("ipmi://10.0.0.1:623".parse::<BmcAddress>().is_ok());
-        assert!("http://10.0.0.1".parse::<BmcAddress>().is_err());
-        assert!("ipmi://admin:pw@10.0.0.1".parse::<BmcAddress>().is_err());
-        assert!("not a url".parse::<BmcAddress>().is_err());
     }
 }

@@ -152,6 +152,25 @@ fn operator_enrolls_with_the_cli_and_kiln_survives_kill_9() {
         ok(kiln(&data, port, &["host", "list", "-l", "rack=r2", "-o", "json"])).trim(),
         "[]"
     );
+    // A second host on the BMC of the first would drive the same machine: refused, naming the host that has it.
+    let twice = kiln(
+        &data,
+        port,
+        &[
+            "host",
+            "enroll",
+            "node-8",
+            "--bmc",
+            &addr,
+            "--username",
+            "admin",
+            "--password-file",
+            pw,
+        ],
+    );
+    assert!(!twice.status.success());
+    let msg = String::from_utf8_lossy(&twice.stderr);
+    assert!(msg.contains("bmc.address") && msg.contains("node-0"), "{msg}");
     let table = ok(kiln(&data, port, &["host", "show", "node-0"]));
     assert!(
         table.contains("PHASE") && table.contains("registering") && table.contains("available"),
@@ -167,7 +186,8 @@ fn operator_enrolls_with_the_cli_and_kiln_survives_kill_9() {
         format!(
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: node-7-bmc\nstringData:\n  username: admin\n  password: cli-Redfish-pw\n---\n\
              apiVersion: metal3.io/v1alpha1\nkind: BareMetalHost\nmetadata:\n  name: node-7\n  labels:\n    rack: r7\nspec:\n  online: true\n  \
-             bootMACAddress: 52:54:00:aa:00:07\n  externallyProvisioned: true\n  bmc:\n    address: {addr}\n    credentialsName: node-7-bmc\n"
+             bootMACAddress: 52:54:00:aa:00:07\n  externallyProvisioned: true\n  bmc:\n    address: {addr7}\n    credentialsName: node-7-bmc\n",
+            addr7 = sushy.address_of(support::UUID2)
         ),
     )
     .unwrap();

@@ -482,3 +482,122 @@ async fn a_bmc_action_being_retried_is_visible_on_the_host() {
     assert!(last["bmc_trouble"].is_null(), "still shown after recovery: {last}");
     assert!(!trouble.to_string().contains(PASSWORD));
 }
+
+async fn events_of(lab: &Lab, host: &str) -> Vec<String> {
+    let (_, ev) = lab
+        .api(reqwest::Method::GET, &format!("/api/v1/hosts/{host}/events"), None)
+        .await;
+    ev.as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["kind"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// kiln is killed between a failed BMC action and its retry: after the restart the retry is counted as the second
+/// attempt (the count is stored with the host), not as a fresh first one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bmc_retry_count_survives_a_restart() {
+    let mut lab = Lab::start(|c| c.policy.backoff_base_secs = 3).await;
+    let f = lab.add_fake("node-r");
+    lab.enroll_fake("node-r", json!({ "inspect": false })).await;
+    lab.wait_state("node-r", "available").await;
+    f.fail_actions.store(2, Ordering::SeqCst);
+    let (code, body) = lab
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/hosts/node-r/power",
+            Some(json!({ "action": "on" })),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let mut seen = false;
+    for _ in 0..200 {
+        if events_of(&lab, "node-r")
+            .await
+            .iter()
+            .any(|e| e.contains("attempt 1 of"))
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        seen,
+        "the first attempt never failed: {:?}",
+        events_of(&lab, "node-r").await
+    );
+    lab.kill().await;
+    lab.serve().await;
+    let mut on = false;
+    for _ in 0..400 {
+        let (_, h) = lab.api(reqwest::Method::GET, "/api/v1/hosts/node-r", None).await;
+        if h["power"] == "on" && h["counters"]["bmc_attempts"] == 0 {
+            on = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = events_of(&lab, "node-r").await;
+    assert!(on, "the power request never went through: {events:?}");
+    let attempts: Vec<&String> = events.iter().filter(|e| e.contains("attempt ")).collect();
+    assert_eq!(
+        attempts.iter().filter(|e| e.contains("attempt 1 of")).count(),
+        1,
+        "the count started over after the restart: {attempts:?}"
+    );
+    assert!(
+        attempts.iter().any(|e| e.contains("attempt 2 of")),
+        "no second attempt: {attempts:?}"
+    );
+    assert!(events.iter().any(|e| e.starts_with("bmc_recovered")), "{events:?}");
+}
+
+/// A panic inside one host's reconcile (a driver bug) is recorded on that host and retried after a backoff; the
+/// host recovers once the bug stops firing, and the other host is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_reconcile_is_contained_to_its_host() {
+    let lab = Lab::start(|_| {}).await;
+    let bad = lab.add_fake("node-p");
+    bad.panic_next.store(2, Ordering::SeqCst);
+    lab.enroll_fake("node-p", json!({ "inspect": false })).await;
+    lab.enroll_with("node-q", json!({ "inspect": false })).await;
+    lab.wait_state("node-q", "available").await;
+    lab.wait_state("node-p", "available").await;
+    let events = events_of(&lab, "node-p").await;
+    let panics = events.iter().filter(|e| e.starts_with("reconcile_panic")).count();
+    assert_eq!(panics, 2, "{events:?}");
+    assert!(events.iter().any(|e| e.contains("fake BMC driver bug")), "{events:?}");
+    assert!(
+        !events_of(&lab, "node-q")
+            .await
+            .iter()
+            .any(|e| e.starts_with("reconcile_panic"))
+    );
+    // A further power request on the recovered host goes through (its slot and in-flight marks were released).
+    let (code, _) = lab
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/hosts/node-p/power",
+            Some(json!({ "action": "on" })),
+        )
+        .await;
+    assert_eq!(code, 202);
+    let mut on = false;
+    for _ in 0..200 {
+        let (_, h) = lab.api(reqwest::Method::GET, "/api/v1/hosts/node-p", None).await;
+        if h["power"] == "on" {
+            on = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(on);
+}

@@ -56,14 +56,14 @@ async fn executor_registers_and_powers_a_redfish_host_and_reports_bad_credential
     }));
     let c = reqwest::Client::new();
 
-    let enroll = |name: &str, password: &str| json!({ "name": name, "bmc": { "address": sushy.address(), "username": "admin", "password": password }, "options": { "inspect": false } });
+    let enroll = |name: &str, system: &str, password: &str| json!({ "name": name, "bmc": { "address": sushy.address_of(system), "username": "admin", "password": password }, "options": { "inspect": false } });
     let (s, b) = api(
         &c,
         &base,
         &token,
         reqwest::Method::POST,
         "/api/v1/hosts",
-        Some(enroll("node-0", "s3cret-redfish")),
+        Some(enroll("node-0", support::UUID, "s3cret-redfish")),
     )
     .await;
     assert_eq!(s, 201, "{b}");
@@ -73,7 +73,7 @@ async fn executor_registers_and_powers_a_redfish_host_and_reports_bad_credential
         &token,
         reqwest::Method::POST,
         "/api/v1/hosts",
-        Some(enroll("node-bad", "wrong-password")),
+        Some(enroll("node-bad", support::UUID2, "wrong-password")),
     )
     .await;
     assert_eq!(s, 201);
@@ -149,4 +149,87 @@ async fn executor_registers_and_powers_a_redfish_host_and_reports_bad_credential
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
     assert!(!sushy.log().is_empty());
+}
+
+/// Per-host TLS settings reach the Redfish driver: behind a self-signed certificate (sushy-emulator with TLS), the
+/// host enrolled with verification disabled registers, and the one that verifies fails with an error that says the
+/// certificate is the problem and how to accept it.
+#[tokio::test]
+async fn per_host_tls_verification_reaches_the_redfish_driver() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sushy = Sushy::start_tls(("admin", "tls-redfish-pw"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        data_dir: dir.path().to_path_buf(),
+        policy: Policy {
+            idle_poll_secs: 1,
+            busy_poll_secs: 1,
+            backoff_base_secs: 1,
+            max_retries: 1,
+            ..Policy::default()
+        },
+        ..Config::default()
+    };
+    let app = Appliance::open(cfg, Arc::new(kiln::drivers::Drivers::default()))
+        .await
+        .unwrap();
+    let token = app.state.admin_token.expose().to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kiln::server::run(app, listener, async {
+        let _ = stop_rx.await;
+    }));
+    let c = reqwest::Client::new();
+    let post = |body: Value| api(&c, &base, &token, reqwest::Method::POST, "/api/v1/hosts", Some(body));
+    let (s, b) = post(
+        json!({ "name": "insecure", "bmc": { "address": sushy.address_of(support::UUID), "username": "admin",
+        "password": "tls-redfish-pw", "disable_certificate_verification": true }, "options": { "inspect": false } }),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["bmc"]["tls"]["disable_certificate_verification"], true, "{b}");
+    let (s, b) = post(
+        json!({ "name": "verifying", "bmc": { "address": sushy.address_of(support::UUID2), "username": "admin",
+        "password": "tls-redfish-pw" }, "options": { "inspect": false } }),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = post(
+        json!({ "name": "bad-ca", "bmc": { "address": sushy.address(), "username": "admin",
+        "password": "x", "ca_cert": "not a pem" } }),
+    )
+    .await;
+    assert_eq!((s, b["field"].as_str()), (422, Some("bmc.ca_cert")), "{b}");
+
+    let get = |name: &'static str| {
+        let (c, base, token) = (c.clone(), base.clone(), token.clone());
+        async move {
+            api(
+                &c,
+                &base,
+                &token,
+                reqwest::Method::GET,
+                &format!("/api/v1/hosts/{name}"),
+                None,
+            )
+            .await
+            .1
+        }
+    };
+    let mut last = (Value::Null, Value::Null);
+    for _ in 0..600 {
+        last = (get("insecure").await, get("verifying").await);
+        if last.0["state"] == "available" && last.1["state"] == "error" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, refused) = last;
+    assert_eq!(ok["state"], "available", "{ok}");
+    assert_eq!(refused["state"], "error", "{refused}");
+    let msg = refused["error"]["message"].as_str().unwrap_or_default().to_lowercase();
+    assert!(msg.contains("certificate") && msg.contains("tls"), "{refused}");
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
 }

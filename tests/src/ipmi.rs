@@ -24,6 +24,8 @@ S=${1:?state dir}; shift; op=$1; shift
 log() { echo "$(date +%s.%N) $*" >> "$S/chassis.log"; }
 running() { [ -f "$S/qemu.pid" ] && kill -0 "$(cat "$S/qemu.pid")" 2>/dev/null; }
 boot() { cat "$S/boot" 2>/dev/null || echo default; }
+# State files are replaced atomically (write, then rename), so a reader never sees one empty or half-written.
+put() { printf '%s\n' "$2" > "$S/.$1.$$" && mv -f "$S/.$1.$$" "$S/$1"; }
 start_vm() {
   running && return 0
   if [ "$(boot)" = pxe ]; then mapfile -t A < "$S/qemu-pxe.args"; else mapfile -t A < "$S/qemu-disk.args"; fi
@@ -48,7 +50,7 @@ case $op in
            power) if [ "$v" = 1 ]; then start_vm; else stop_vm; fi;;
            reset) stop_vm; start_vm;;
            shutdown) stop_vm;;
-           boot) case $v in none|pxe|default|cdrom|bios) echo "$v" > "$S/boot";; *) echo "Invalid boot value: $v"; exit 1;; esac;;
+           boot) case $v in none|pxe|default|cdrom|bios) put boot "$v";; *) echo "Invalid boot value: $v"; exit 1;; esac;;
            identify) shift;;
            *) echo "Invalid parameter: $p"; exit 1;;
          esac; done;;

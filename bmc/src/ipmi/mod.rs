@@ -63,7 +63,10 @@ impl IpmiBmc {
     /// # Errors
     /// `AuthFailed` for a wrong user or password, `Timeout` when the BMC does not answer, `SessionRejected`
     /// when it accepts none of our cipher suites, `Busy` when its session table is full.
-    pub async fn connect(address: &IpmiAddress, creds: Credentials, opts: BmcOptions) -> Result<Self, BmcError> {
+    pub async fn connect(address: &IpmiAddress, creds: Credentials, mut opts: BmcOptions) -> Result<Self, BmcError> {
+        if let Some(privilege) = address.privilege {
+            opts.ipmi_privilege = privilege;
+        }
         let attempts = opts.retries + 1;
         let attempt_timeout =
             (opts.request_timeout / attempts).clamp(Duration::from_millis(200), Duration::from_secs(2));

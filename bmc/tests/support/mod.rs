@@ -383,6 +383,33 @@ set_working_mc 0x20
         (read("power", "0"), read("boot", "default"))
     }
 
+    /// The chassis once `done` holds for it (ipmi_sim answers a set command before its control script has
+    /// necessarily finished, so a test waits for the script rather than racing it), or after 5 s whatever it is.
+    pub fn chassis_when(&self, done: impl Fn(&(String, String)) -> bool) -> (String, String) {
+        let t = std::time::Instant::now();
+        loop {
+            let c = self.chassis();
+            if done(&c) || t.elapsed() > std::time::Duration::from_secs(5) {
+                return c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the control script logged `line`, waiting up to 5 s for it (see [`Self::chassis_when`]).
+    pub fn logged(&self, line: &str) -> bool {
+        let t = std::time::Instant::now();
+        loop {
+            if self.chassis_log().iter().any(|l| l == line) {
+                return true;
+            }
+            if t.elapsed() > std::time::Duration::from_secs(5) {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The lines the control script logged (`set power 1`, ...).
     pub fn chassis_log(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("chassis").join("chassis.log"))
@@ -525,6 +552,8 @@ impl Drop for PyghmiBmc {
 /// boot DEV | identify I F`; records state in files (no VM).
 const CHASSIS_SCRIPT: &str = r#"#!/bin/sh
 S=$1; shift; op=$1; shift
+# State files are replaced atomically (write, then rename), so a reader never sees one empty or half-written.
+put() { printf '%s\n' "$2" > "$S/.$1.$$" && mv -f "$S/.$1.$$" "$S/$1"; }
 echo "$op $*" >> "$S/chassis.log"
 case $op in
   get)
@@ -539,10 +568,10 @@ case $op in
     while [ $# -gt 0 ]; do
       p=$1; v=$2; shift 2
       case $p in
-        power) echo "$v" > "$S/power";;
-        reset) echo 1 > "$S/power";;
-        shutdown) echo 0 > "$S/power";;
-        boot) echo "$v" > "$S/boot";;
+        power) put power "$v";;
+        reset) put power 1;;
+        shutdown) put power 0;;
+        boot) put boot "$v";;
         identify) shift;;
         *) echo "Invalid parameter: $p"; exit 1;;
       esac

@@ -31,6 +31,8 @@ pub enum StoreError {
     HostExists { host: String },
     #[error("boot MAC {mac} is already used by another host")]
     MacInUse { mac: String },
+    #[error("BMC {address} already drives host {other}; two hosts must not drive one machine")]
+    BmcInUse { address: String, other: String },
     #[error("host {host} not found")]
     HostNotFound { host: String },
     #[error("stored record {what} is corrupt")]
@@ -63,6 +65,7 @@ impl StoreError {
             StoreError::Migrate(_)
             | StoreError::HostExists { .. }
             | StoreError::MacInUse { .. }
+            | StoreError::BmcInUse { .. }
             | StoreError::HostNotFound { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Crypto { .. }
@@ -220,6 +223,10 @@ pub(crate) struct HostRow {
     pub bmc_address: Option<String>,
     pub bmc_username: Option<String>,
     pub bmc_password: Option<String>,
+    /// Per-host BMC TLS settings (JSON), `NULL` for the default.
+    pub bmc_tls: Option<String>,
+    /// What names the machine behind the BMC (unique: two hosts never drive one machine).
+    pub bmc_identity: Option<String>,
     pub boot_mac: Option<String>,
     pub boot_mode: String,
     pub root_device_hints: String,
@@ -262,6 +269,12 @@ impl HostRow {
         self.labels = to_json(&spec.labels);
         self.bmc_address = spec.bmc.as_ref().map(|b| b.address.to_string());
         self.bmc_username = spec.bmc.as_ref().map(|b| b.username.clone());
+        self.bmc_tls = spec
+            .bmc
+            .as_ref()
+            .filter(|b| !b.tls.is_default())
+            .map(|b| to_json(&b.tls));
+        self.bmc_identity = spec.bmc.as_ref().map(|b| b.address.identity());
         self.bmc_password = match &spec.bmc {
             Some(b) => Some(key.seal(&b.password, &self.name).map_err(crypto)?),
             None => None,
@@ -305,6 +318,12 @@ impl HostRow {
                     host: name.to_string(),
                     source,
                 })?,
+                tls: self
+                    .bmc_tls
+                    .as_deref()
+                    .map(|t| from_json(t, "BMC TLS settings"))
+                    .transpose()?
+                    .unwrap_or_default(),
             }),
             _ => None,
         };

@@ -20,21 +20,34 @@ use crate::machine::State;
 use crate::model::{Counters, Host, HostSpec, Requests, StatusUpdate};
 use crate::types::{HostName, MacAddr, Ts};
 
-fn migrator(sql: &'static str) -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        sqlx::SqlSafeStr::into_sql_str(sql),
-        false,
-    )])
+/// The dialect's migrations, in order: (version, description, SQL).
+fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    *version,
+                    (*name).into(),
+                    MigrationType::Simple,
+                    sqlx::SqlSafeStr::into_sql_str(*sql),
+                    false,
+                )
+            })
+            .collect(),
+    )
 }
+
+/// Per-host BMC TLS settings and the BMC identity that keeps two hosts from driving one machine (existing rows get
+/// `NULL`, which a unique index allows any number of times, until their spec is next written). Same SQL in both
+/// dialects.
+const MIGRATION_0002: &str = include_str!("../../migrations/0002_bmc_tls_identity.sql");
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Db { op, source }
 }
 
-const HOST_COLUMNS: &str = "id, name, labels, bmc_address, bmc_username, bmc_password, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms";
+const HOST_COLUMNS: &str = "id, name, labels, bmc_address, bmc_username, bmc_password, bmc_tls, bmc_identity, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms";
 
 macro_rules! sql_store {
     ($store:ident, $db:ty, $backend:literal) => {
@@ -47,6 +60,8 @@ macro_rules! sql_store {
                     bmc_address: r.try_get("bmc_address")?,
                     bmc_username: r.try_get("bmc_username")?,
                     bmc_password: r.try_get("bmc_password")?,
+                    bmc_tls: r.try_get("bmc_tls")?,
+                    bmc_identity: r.try_get("bmc_identity")?,
                     boot_mac: r.try_get("boot_mac")?,
                     boot_mode: r.try_get("boot_mode")?,
                     root_device_hints: r.try_get("root_device_hints")?,
@@ -67,6 +82,19 @@ macro_rules! sql_store {
                     created_ms: r.try_get("created_ms")?,
                     updated_ms: r.try_get("updated_ms")?,
                 })
+            }
+
+            /// The error for a spec whose BMC another host already drives, naming that host.
+            async fn bmc_in_use(&self, spec: &HostSpec) -> StoreError {
+                let identity = spec.bmc.as_ref().map(|b| b.address.identity()).unwrap_or_default();
+                let other = match self.one_host(sel_host!("bmc_identity"), HostKey::Text(&identity)).await {
+                    Ok(Some(h)) => h.name.to_string(),
+                    Ok(None) | Err(_) => "another host".to_owned(),
+                };
+                StoreError::BmcInUse {
+                    address: spec.bmc.as_ref().map(|b| b.address.to_string()).unwrap_or_default(),
+                    other,
+                }
             }
 
             async fn one_host(&self, sql: &'static str, bind: HostKey<'_>) -> Result<Option<Host>, StoreError> {
@@ -103,14 +131,15 @@ macro_rules! sql_store {
                     next_wake: Some(now),
                 });
                 let r = sqlx::query(
-                    "INSERT INTO hosts (name, labels, bmc_address, bmc_username, bmc_password, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) RETURNING id",
+                    "INSERT INTO hosts (name, labels, bmc_address, bmc_username, bmc_password, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms, bmc_tls, bmc_identity) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) RETURNING id",
                 )
                 .bind(&row.name).bind(&row.labels).bind(&row.bmc_address).bind(&row.bmc_username).bind(&row.bmc_password)
                 .bind(&row.boot_mac).bind(&row.boot_mode).bind(&row.root_device_hints).bind(&row.image).bind(&row.user_data)
                 .bind(&row.network_data).bind(&row.meta_data).bind(&row.options).bind(&row.requests).bind(&row.state_name)
                 .bind(&row.state).bind(&row.error_kind).bind(&row.error_message).bind(&row.power).bind(&row.counters)
                 .bind(row.generation).bind(row.next_wake_ms).bind(row.created_ms).bind(row.updated_ms)
+                .bind(&row.bmc_tls).bind(&row.bmc_identity)
                 .fetch_one(&self.pool)
                 .await;
                 match r {
@@ -119,7 +148,10 @@ macro_rules! sql_store {
                         row.into_host(&self.key)
                     }
                     Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
-                        if e.to_string().contains("boot_mac") && !e.to_string().contains("hosts.name") && !e.to_string().contains("hosts_name_key") {
+                        let what = e.to_string();
+                        if what.contains("bmc_identity") {
+                            Err(self.bmc_in_use(spec).await)
+                        } else if what.contains("boot_mac") && !what.contains("hosts.name") && !what.contains("hosts_name_key") {
                             Err(StoreError::MacInUse { mac: row.boot_mac.unwrap_or_default() })
                         } else {
                             Err(StoreError::HostExists { host: name.to_string() })
@@ -156,16 +188,20 @@ macro_rules! sql_store {
                 let r = sqlx::query(
                     "UPDATE hosts SET labels = $1, bmc_address = $2, bmc_username = $3, bmc_password = $4, boot_mac = $5, boot_mode = $6, \
                      root_device_hints = $7, image = $8, user_data = $9, network_data = $10, meta_data = $11, options = $12, requests = $13, \
-                     generation = generation + 1, next_wake_ms = $14, updated_ms = $14 WHERE id = $15",
+                     generation = generation + 1, next_wake_ms = $14, updated_ms = $14, bmc_tls = $16, bmc_identity = $17 WHERE id = $15",
                 )
                 .bind(&row.labels).bind(&row.bmc_address).bind(&row.bmc_username).bind(&row.bmc_password).bind(&row.boot_mac)
                 .bind(&row.boot_mode).bind(&row.root_device_hints).bind(&row.image).bind(&row.user_data).bind(&row.network_data)
                 .bind(&row.meta_data).bind(&row.options).bind(json_text(requests)).bind(now.0).bind(id)
+                .bind(&row.bmc_tls).bind(&row.bmc_identity)
                 .execute(&self.pool)
                 .await;
                 match r {
                     Ok(_) => {}
                     Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                        if e.to_string().contains("bmc_identity") {
+                            return Err(self.bmc_in_use(spec).await);
+                        }
                         return Err(StoreError::MacInUse { mac: row.boot_mac.unwrap_or_default() });
                     }
                     Err(e) => return Err(db("update host")(e)),
@@ -391,7 +427,7 @@ macro_rules! sql_store {
 macro_rules! sel_host {
     ($col:literal) => {
         concat!(
-            "SELECT id, name, labels, bmc_address, bmc_username, bmc_password, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms FROM hosts WHERE ",
+            "SELECT id, name, labels, bmc_address, bmc_username, bmc_password, bmc_tls, bmc_identity, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms FROM hosts WHERE ",
             $col,
             " = $1"
         )
@@ -428,10 +464,13 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(db("open sqlite"))?;
-        migrator(include_str!("../../migrations/sqlite/0001_init.sql"))
-            .run(&pool)
-            .await
-            .map_err(StoreError::Migrate)?;
+        migrator(&[
+            (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+            (2, "bmc tls and identity", MIGRATION_0002),
+        ])
+        .run(&pool)
+        .await
+        .map_err(StoreError::Migrate)?;
         Ok(Self { pool, key })
     }
 }
@@ -455,10 +494,13 @@ impl PgStore {
             .connect(url)
             .await
             .map_err(db("connect postgres"))?;
-        migrator(include_str!("../../migrations/postgres/0001_init.sql"))
-            .run(&pool)
-            .await
-            .map_err(StoreError::Migrate)?;
+        migrator(&[
+            (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+            (2, "bmc tls and identity", MIGRATION_0002),
+        ])
+        .run(&pool)
+        .await
+        .map_err(StoreError::Migrate)?;
         Ok(Self { pool, key })
     }
 }

@@ -17,9 +17,16 @@ fn key() -> SecretKey {
 fn spec(mac: &str) -> HostSpec {
     HostSpec {
         bmc: Some(BmcInfo {
-            address: "ipmi://127.0.0.1:6230".parse().unwrap(),
+            // One BMC per host (two hosts never share one): the port follows the MAC's last byte.
+            address: format!(
+                "ipmi://127.0.0.1:{}",
+                6000 + u16::from_str_radix(mac.rsplit(':').next().unwrap_or("0"), 16).unwrap_or(0)
+            )
+            .parse()
+            .unwrap(),
             username: "admin".into(),
             password: Secret::new("hunter2-sekret"),
+            tls: Default::default(),
         }),
         boot_mac: Some(mac.parse().unwrap()),
         labels: [("rack".to_string(), "r1".to_string())].into(),
@@ -42,10 +49,20 @@ async fn suite(s: Arc<dyn Store>) {
         Err(StoreError::HostExists { .. })
     ));
     let n2: HostName = "node-2".parse().unwrap();
+    let mut same_mac = spec("52:54:00:00:00:01");
+    same_mac.bmc = spec("52:54:00:00:00:02").bmc;
     assert!(matches!(
-        s.create_host(&n2, &spec("52:54:00:00:00:01"), t).await,
+        s.create_host(&n2, &same_mac, t).await,
         Err(StoreError::MacInUse { .. })
     ));
+    // Two hosts never drive one machine: the same BMC (however the address spells its scheme) is refused, naming
+    // the host that has it.
+    let mut same_bmc = spec("52:54:00:00:00:02");
+    same_bmc.bmc = spec("52:54:00:00:00:01").bmc;
+    match s.create_host(&n2, &same_bmc, t).await {
+        Err(StoreError::BmcInUse { other, .. }) => assert_eq!(other, "node-1"),
+        other => panic!("expected BmcInUse, got {other:?}"),
+    }
     let h2 = s.create_host(&n2, &HostSpec::default(), t).await.unwrap();
     assert!(h2.spec.bmc.is_none());
 

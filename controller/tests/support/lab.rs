@@ -35,6 +35,10 @@ pub struct Fake {
     pub persistent: Mutex<Option<BootTarget>>,
     pub calls: Mutex<Vec<String>>,
     pub fail_next: AtomicU32,
+    /// Fail this many power and boot-device actions (reads still answer).
+    pub fail_actions: AtomicU32,
+    /// Panic in this many calls (a driver bug).
+    pub panic_next: AtomicU32,
     /// The host never network-boots (a bad cable, a wrong boot MAC).
     pub dead_nic: std::sync::atomic::AtomicBool,
     /// Every BMC call takes this long (a BMC that is slow to answer).
@@ -46,6 +50,15 @@ pub struct FakeBmc(pub Arc<Fake>);
 
 impl Fake {
     pub fn call(&self, c: String) -> Result<(), FakeError> {
+        if self.panic_next.load(Ordering::SeqCst) > 0 {
+            self.panic_next.fetch_sub(1, Ordering::SeqCst);
+            panic!("fake BMC driver bug in {c}");
+        }
+        if c.starts_with("set_") && self.fail_actions.load(Ordering::SeqCst) > 0 {
+            self.fail_actions.fetch_sub(1, Ordering::SeqCst);
+            self.calls.lock().unwrap().push(format!("{c} (failed)"));
+            return Err(FakeError);
+        }
         self.calls.lock().unwrap().push(c);
         if self.fail_next.load(Ordering::SeqCst) > 0 {
             self.fail_next.fetch_sub(1, Ordering::SeqCst);
@@ -298,6 +311,8 @@ impl Lab {
             persistent: Mutex::default(),
             calls: Mutex::default(),
             fail_next: AtomicU32::new(0),
+            fail_actions: AtomicU32::new(0),
+            panic_next: AtomicU32::new(0),
             dead_nic: Default::default(),
             slow_ms: Default::default(),
             boots: self.boots_tx.clone(),

@@ -9,11 +9,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const UUID: &str = "27946b59-9e44-4fa7-8e91-f3527a1ef094";
+/// A second System on the same emulator, for a second host (two hosts never share one machine).
+pub const UUID2: &str = "9f0e1a3c-5b7d-4e2f-8a6b-1c3d5e7f9a0b";
 
 pub struct Sushy {
     pub port: u16,
     pub dir: tempfile::TempDir,
     child: Child,
+    tls: bool,
 }
 
 impl Drop for Sushy {
@@ -35,6 +38,15 @@ pub fn venv_bin(name: &str) -> PathBuf {
 
 impl Sushy {
     pub fn start(user: (&str, &str)) -> Sushy {
+        Self::launch(user, false)
+    }
+
+    /// sushy-emulator serving HTTPS with a freshly made self-signed certificate (a BMC's factory certificate).
+    pub fn start_tls(user: (&str, &str)) -> Sushy {
+        Self::launch(user, true)
+    }
+
+    fn launch(user: (&str, &str), tls: bool) -> Sushy {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -58,13 +70,43 @@ impl Sushy {
         let conf = format!(
             "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\nSUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_STATE_DIR = '{}'\n\
              SUSHY_EMULATOR_AUTH_FILE = '{}'\n\
-             SUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{UUID}', 'name': 'node-0', 'power_state': 'Off', 'external_notifier': False, 'nics': [{{'mac': '52:54:00:aa:00:01', 'ip': '10.99.0.100'}}]}}]\n",
+             SUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{UUID}', 'name': 'node-0', 'power_state': 'Off', 'external_notifier': False, 'nics': [{{'mac': '52:54:00:aa:00:01', 'ip': '10.99.0.100'}}]}}, \
+             {{'uuid': '{UUID2}', 'name': 'node-7', 'power_state': 'Off', 'external_notifier': False, 'nics': [{{'mac': '52:54:00:aa:00:07', 'ip': '10.99.0.107'}}]}}]\n",
             dir.path().join("state").display(),
             dir.path().join("htpasswd").display()
         );
         std::fs::write(dir.path().join("sushy.conf"), conf).unwrap();
         let log = std::fs::File::create(dir.path().join("sushy.log")).unwrap();
-        let child = Command::new(venv_bin("sushy-emulator"))
+        let mut cmd = Command::new(venv_bin("sushy-emulator"));
+        if tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let out = Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=bmc.invalid",
+                ])
+                .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            cmd.arg("--ssl-certificate").arg(&cert).arg("--ssl-key").arg(&key);
+        }
+        let child = cmd
             .arg("--config")
             .arg(dir.path().join("sushy.conf"))
             .args(["--port", &port.to_string()])
@@ -73,7 +115,7 @@ impl Sushy {
             .stderr(log)
             .spawn()
             .expect("start sushy-emulator");
-        let s = Sushy { port, dir, child };
+        let s = Sushy { port, dir, child, tls };
         let t = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -89,6 +131,10 @@ impl Sushy {
         std::fs::read_to_string(self.dir.path().join("sushy.log")).unwrap_or_default()
     }
     pub fn address(&self) -> String {
-        format!("redfish+http://127.0.0.1:{}/redfish/v1/Systems/{UUID}", self.port)
+        self.address_of(UUID)
+    }
+    pub fn address_of(&self, uuid: &str) -> String {
+        let scheme = if self.tls { "redfish+https" } else { "redfish+http" };
+        format!("{scheme}://127.0.0.1:{}/redfish/v1/Systems/{uuid}", self.port)
     }
 }

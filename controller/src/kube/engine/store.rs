@@ -12,16 +12,16 @@ use kiln_bmc::{PowerAction, PowerState, Secret};
 use kiln_images::protocol::{self, HardwareInventory, ImageFormat, ImageSpec};
 
 use super::{Engine, EngineError, HostKey, HostSpec, HostState, Release, SecretBytes};
-use crate::api::{ImageIn, image_from};
+use crate::api::{BmcIn, ImageIn, bmc_from, image_from};
 use crate::executor::{Executor, now};
 use crate::kube::bmh::{
     AutomatedCleaningMode, BootMode, ChecksumType, Cpu, DiskFormat, ErrorType, HardwareDetails, HardwareSystemVendor,
     Image, Nic, OperationHistory, OperationMetric, ProvisioningState as P, RootDeviceHints, Storage,
 };
 use crate::machine::{JobPhase, Operation, State};
-use crate::model::{self, BmcInfo, EraseMode, Host, Requests};
+use crate::model::{self, EraseMode, Host, Requests};
 use crate::store::{PhaseRecord, Store, StoreError};
-use crate::types::{BmcAddress, HostName, MacAddr};
+use crate::types::{HostName, MacAddr};
 
 /// Label on kiln hosts that mirror a BareMetalHost; its value is `<namespace>/<name>`.
 pub const BMH_LABEL: &str = "kiln.dev/baremetalhost";
@@ -127,16 +127,28 @@ fn structured(key: &HostKey, field: &str, b: &SecretBytes) -> Result<serde_json:
 /// # Errors
 /// [`EngineError::Rejected`] naming the field that kiln cannot use.
 pub fn kiln_spec(key: &HostKey, spec: &HostSpec) -> Result<model::HostSpec, EngineError> {
-    let address: BmcAddress = spec
-        .bmc
-        .address
-        .parse()
-        .map_err(|e: crate::types::ParseError| rejected(key, format!("spec.bmc.address: {}", e.0)))?;
-    if spec.bmc.username.is_empty() {
+    // Metal3 trims the credentials it reads from the Secret (a `echo pw | base64` value ends in a newline).
+    let username = spec.bmc.username.trim();
+    if username.is_empty() {
         return Err(rejected(key, "the BMC credentials Secret has an empty username"));
     }
     let password = String::from_utf8(spec.bmc.password.0.clone())
         .map_err(|_| rejected(key, "the BMC password in the credentials Secret is not UTF-8"))?;
+    let password = password.trim();
+    if password.is_empty() {
+        return Err(rejected(key, "the BMC credentials Secret has an empty password"));
+    }
+    let bmc = bmc_from(&BmcIn {
+        address: spec.bmc.address.clone(),
+        username: username.to_owned(),
+        password: Secret::new(password.to_owned()),
+        disable_certificate_verification: spec.bmc.disable_certificate_verification,
+        ca_cert: None,
+    })
+    .map_err(|e| match e.field {
+        Some(f) => rejected(key, format!("spec.{}: {}", metal3_field(&f), e.error)),
+        None => rejected(key, e.error),
+    })?;
     let boot_mac = spec
         .boot_mac_address
         .as_deref()
@@ -168,11 +180,7 @@ pub fn kiln_spec(key: &HostKey, spec: &HostSpec) -> Result<model::HostSpec, Engi
         .transpose()?;
     Ok(model::HostSpec {
         labels: [(BMH_LABEL.to_owned(), key.to_string())].into(),
-        bmc: Some(BmcInfo {
-            address,
-            username: spec.bmc.username.clone(),
-            password: Secret::new(password),
-        }),
+        bmc: Some(bmc),
         boot_mac,
         boot_mode: match spec.boot_mode {
             BootMode::Legacy => kiln_bmc::BootMode::Legacy,
@@ -192,6 +200,16 @@ pub fn kiln_spec(key: &HostKey, spec: &HostSpec) -> Result<model::HostSpec, Engi
             ..model::HostOptions::default()
         },
     })
+}
+
+/// The BareMetalHost spelling of a REST field name.
+fn metal3_field(rest: &str) -> &str {
+    match rest {
+        "bmc.address" => "bmc.address",
+        "bmc.username" | "bmc.password" => "bmc.credentialsName",
+        "boot_mac" => "bootMACAddress",
+        other => other,
+    }
 }
 
 /// Metal3's image fields, validated as the REST API validates them.
@@ -433,6 +451,9 @@ impl Engine for StoreEngine {
                             key,
                             format!("spec.bootMACAddress: {mac} is already used by another kiln host"),
                         ));
+                    }
+                    Err(e @ StoreError::BmcInUse { .. }) => {
+                        return Err(rejected(key, format!("spec.bmc.address: {e}")));
                     }
                     Err(e) => return Err(store_err(e)),
                 };
