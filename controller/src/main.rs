@@ -99,7 +99,16 @@ enum RamdiskCmd {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    // One line per error, its causes joined with ": " (never a backtrace, whatever RUST_BACKTRACE says: the message
+    // is for an operator; `RUST_LOG=debug` has the detail).
+    if let Err(e) = run().await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let json_logs = matches!(cli.command, Command::Serve { log_json: true, .. });
