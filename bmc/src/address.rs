@@ -55,7 +55,7 @@ pub enum RedfishFlavor {
 
 /// How the operator asked for the host to be booted into kiln's agent, as the address scheme says (Metal3 picks
 /// Ironic's boot interface the same way).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum BootMethod {
     /// Network boot by PXE/iPXE (`redfish://`, `idrac-redfish://`, `ilo5-redfish://`, `ipmi://`).

@@ -29,7 +29,7 @@ pub enum PowerAction {
 }
 
 /// Firmware boot mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BootMode {
     #[default]
@@ -103,8 +103,10 @@ pub struct BmcDisk {
     pub size_bytes: Option<u64>,
 }
 
-/// A secret (BMC password, token) that never prints: `Debug` and `Display` show `***`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A secret (BMC password, token) that never prints: `Debug`, `Display` and `Serialize` show `***`. The one way to
+/// put the value itself on the wire is to say so, field by field: `#[serde(serialize_with =
+/// "Secret::serialize_exposed")]`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -116,6 +118,20 @@ impl Secret {
     /// The secret itself; call only where it is sent to its peer.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Serializes the value itself, for the one field of a request that carries it to its peer.
+    ///
+    /// # Errors
+    /// The serializer's.
+    pub fn serialize_exposed<S: serde::Serializer>(secret: &Secret, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&secret.0)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
     }
 }
 
@@ -140,5 +156,15 @@ mod tests {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s} {s:?}"), "*** ***");
         assert_eq!(s.expose(), "hunter2");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"", "serialized by accident");
+        #[derive(Serialize)]
+        struct Wire {
+            #[serde(serialize_with = "Secret::serialize_exposed")]
+            password: Secret,
+        }
+        assert_eq!(
+            serde_json::to_string(&Wire { password: s }).unwrap(),
+            "{\"password\":\"hunter2\"}"
+        );
     }
 }

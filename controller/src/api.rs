@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kiln_bmc::{BootMode, PowerAction, Secret};
-use kiln_images::protocol::{ChecksumType, ImageFormat, ImageSpec, RootDeviceHints};
+use kiln_images::protocol::{ChecksumType, ImageFormat, ImageSpec, Progress, RootDeviceHints};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::crypto::ct_eq;
 use crate::executor::now;
@@ -47,80 +47,95 @@ async fn require_admin(AxState(app): AxState<AppState>, req: Request, next: Next
     }
 }
 
-/// Body of `POST /api/v1/hosts`.
-#[derive(Debug, Deserialize)]
+/// Body of `POST /api/v1/hosts`: what the REST API, the CLI and `kiln import` all send, validated by one function
+/// ([`spec_from`]) that the BareMetalHost controller calls too.
+#[derive(Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostCreate {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmc: Option<BmcIn>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_mac: Option<String>,
-    #[serde(default)]
+    /// `uefi` or `legacy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_mode: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_device_hints: Option<RootDeviceHints>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<HostOptions>,
 }
 
 /// BMC credentials as sent by the client.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BmcIn {
+    /// Any form Metal3 accepts for Redfish or IPMI: `redfish[+http|+https]://host[:port][/System path]`,
+    /// `idrac-redfish://`, `ilo5-redfish://`, `ipmi://host[:port][?privilegelevel=OPERATOR]`, `ipmi:host` or a
+    /// bare `host[:port]` (IPMI). `*-virtualmedia://` and `redfish-uefihttp://` are refused (kiln boots its agent
+    /// by PXE only), as are schemes of protocols kiln does not speak. Two hosts may not share one BMC (409).
     pub address: String,
     pub username: String,
+    /// Never shown back; must not be empty.
+    #[schemars(with = "String", extend("writeOnly" = true))]
+    #[serde(serialize_with = "Secret::serialize_exposed")]
     pub password: Secret,
     /// Accept any TLS certificate from this host's BMC (Metal3's `disableCertificateVerification`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disable_certificate_verification: bool,
     /// CA certificates (PEM) to trust for this host's BMC, besides the system's.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<String>,
 }
 
 /// Body of `POST /api/v1/hosts/{name}/provision`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProvisionIn {
     pub image: ImageIn,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_data: Option<Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta_data: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The image to write: an http(s) URL and a checksum (`sha256:HEX`, `sha512:HEX`, `md5:HEX`, bare hex, or the URL
+/// of a checksum file).
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageIn {
     pub url: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum_type: Option<ChecksumType>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<ImageFormat>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// Body of `POST /api/v1/hosts/{name}/deprovision` (optional).
+#[derive(Debug, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct DeprovisionIn {
-    #[serde(default)]
-    erase: Option<EraseMode>,
+pub struct DeprovisionIn {
+    /// How to erase this time (the host's erase option otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erase: Option<EraseMode>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Body of `POST /api/v1/hosts/{name}/power`.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct PowerIn {
-    action: String,
+pub struct PowerIn {
+    #[schemars(extend("enum" = ["on", "off", "force-off", "cycle", "reset"]))]
+    pub action: String,
 }
 
 /// A host as the API shows it (never the BMC password).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HostOut {
     pub name: String,
     pub state: String,
@@ -133,19 +148,49 @@ pub struct HostOut {
     pub image: Option<ImageSpec>,
     pub root_device_hints: RootDeviceHints,
     pub options: HostOptions,
-    pub error: Option<Value>,
+    pub error: Option<HostErrorOut>,
+    /// kiln's state with its data (job phase, boot, retries), as stored.
     pub detail: Value,
-    pub progress: Option<Value>,
-    /// A BMC call that failed and is being retried (`{"at", "message"}`), shown before retries run out and the host
-    /// enters `error`; only on `GET /api/v1/hosts/{name}`.
+    /// The agent's progress in the running command.
+    pub progress: Option<Progress>,
+    /// A BMC call that failed and is being retried, shown before retries run out and the host enters `error`; only
+    /// on `GET /api/v1/hosts/{name}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bmc_trouble: Option<Value>,
+    pub bmc_trouble: Option<BmcTroubleOut>,
     pub counters: Counters,
     pub created: String,
     pub updated: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Why a host is in `error` (Metal3's `errorType` as `type`).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HostErrorOut {
+    /// `registration error`, `inspection error`, `preparation error`, `provisioning error` or `deprovisioning error`.
+    #[serde(rename = "type")]
+    pub error_type: String,
+    /// Machine-readable cause: `bmc_unreachable`, `bmc_auth`, `boot_timeout`, `command_timeout`, `agent_lost`, or
+    /// the agent's own failure kind (`checksum_mismatch`, ...).
+    pub kind: String,
+    /// What happened and what to check; an agent failure carries its log tail below the first line.
+    pub message: String,
+    /// Automatic retries already made.
+    pub retries: u32,
+    /// RFC 3339.
+    pub at: String,
+    /// When kiln retries by itself (RFC 3339); `null` once retries are exhausted.
+    pub retry_at: Option<String>,
+}
+
+/// A BMC call that failed and is being retried.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct BmcTroubleOut {
+    /// RFC 3339.
+    pub at: String,
+    pub message: String,
+}
+
+/// A host's BMC as the API shows it (never the password).
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BmcOut {
     pub address: String,
     pub username: String,
@@ -162,12 +207,17 @@ fn pxe() -> kiln_bmc::BootMethod {
 
 fn host_out(h: &Host, progress: Option<Value>) -> HostOut {
     let error = match &h.state {
-        State::Error(e) => Some(json!({
-            "type": e.operation.error_type(), "kind": e.kind, "message": e.message, "retries": e.retries,
-            "at": e.at.rfc3339(), "retry_at": e.retry_at.map(|t| t.rfc3339()),
-        })),
+        State::Error(e) => Some(HostErrorOut {
+            error_type: e.operation.error_type().into(),
+            kind: e.kind.clone(),
+            message: e.message.clone(),
+            retries: e.retries,
+            at: e.at.rfc3339(),
+            retry_at: e.retry_at.map(|t| t.rfc3339()),
+        }),
         _ => None,
     };
+    let progress = progress.and_then(|p| serde_json::from_value::<Progress>(p).ok());
     HostOut {
         name: h.name.to_string(),
         state: h.state.name().into(),
@@ -479,7 +529,10 @@ async fn get_host(AxState(app): AxState<AppState>, Path(name): Path<String>) -> 
         .max_by_key(|e| e.id)
         .filter(|e| e.kind == "bmc_error" && !matches!(h.state, State::Error(_)))
     {
-        out.bmc_trouble = Some(json!({ "at": e.at.rfc3339(), "message": e.message }));
+        out.bmc_trouble = Some(BmcTroubleOut {
+            at: e.at.rfc3339(),
+            message: e.message.clone(),
+        });
     }
     Ok(Json(out))
 }
@@ -590,7 +643,16 @@ async fn power(
     }
     let mut req = h.requests.clone();
     req.power = Some(action);
-    let h = app.store.update_spec(h.id, &h.spec, &req, now()).await?;
+    // A host that keeps a power setting (`online`) keeps the one the operator asked for last.
+    let mut spec = h.spec.clone();
+    if spec.options.online.is_some() {
+        match action {
+            PowerAction::On => spec.options.online = Some(true),
+            PowerAction::Off | PowerAction::ForceOff => spec.options.online = Some(false),
+            PowerAction::Cycle | PowerAction::Reset => {}
+        }
+    }
+    let h = app.store.update_spec(h.id, &spec, &req, now()).await?;
     app.executor.poke();
     Ok((StatusCode::ACCEPTED, Json(host_out(&h, None))))
 }
@@ -642,7 +704,7 @@ async fn all_events(
 }
 
 /// A timing row as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TimingOut {
     pub phase: String,
     pub started: String,
@@ -667,10 +729,25 @@ async fn timings(AxState(app): AxState<AppState>, Path(name): Path<String>) -> R
     ))
 }
 
-async fn inspection(AxState(app): AxState<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+/// A host's inspected hardware (`GET /api/v1/hosts/{name}/inspection`).
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct InspectionOut {
+    /// When the agent reported it (RFC 3339).
+    pub at: String,
+    /// The agent's hardware inventory.
+    pub inventory: Value,
+}
+
+async fn inspection(
+    AxState(app): AxState<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<InspectionOut>, ApiError> {
     let h = load(&app, &name).await?;
     match app.store.inspection(h.id).await? {
-        Some((data, at)) => Ok(Json(json!({ "at": at.rfc3339(), "inventory": data }))),
+        Some((inventory, at)) => Ok(Json(InspectionOut {
+            at: at.rfc3339(),
+            inventory,
+        })),
         None => Err(ApiError::not_found("inspection data")),
     }
 }

@@ -10,8 +10,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::api::{HostOut, TimingOut};
+use crate::api::{BmcIn, DeprovisionIn, HostCreate, HostOut, ImageIn, PowerIn, ProvisionIn, TimingOut};
+use crate::model::{EraseMode, HostOptions};
 use crate::store::Event;
+use kiln_bmc::Secret;
+use kiln_images::protocol::RootDeviceHints;
 
 /// Errors of CLI commands.
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +200,11 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<T, CliError> {
+        #[derive(serde::Deserialize)]
+        struct ErrorBody {
+            error: String,
+            field: Option<String>,
+        }
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(b) = body {
@@ -210,11 +218,14 @@ impl Client {
         let status = resp.status();
         let text = resp.text().await.map_err(http)?;
         if !status.is_success() {
-            let v: Value = serde_json::from_str(&text).unwrap_or(json!({ "error": text }));
+            let e = serde_json::from_str::<ErrorBody>(&text).unwrap_or(ErrorBody {
+                error: text,
+                field: None,
+            });
             return Err(CliError::Api {
                 status: status.as_u16(),
-                error: v["error"].as_str().unwrap_or("").to_owned(),
-                field: v["field"].as_str().map(str::to_owned),
+                error: e.error,
+                field: e.field,
             });
         }
         serde_json::from_str(&text).map_err(|e| CliError::Parse {
@@ -226,7 +237,12 @@ impl Client {
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         self.send(reqwest::Method::GET, path, None).await
     }
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T, CliError> {
+    /// POSTs a typed request body (the API's own request types).
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, CliError> {
+        let body = serde_json::to_value(body).map_err(|e| CliError::Parse {
+            what: path.to_owned(),
+            message: e.to_string(),
+        })?;
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
@@ -277,11 +293,7 @@ pub fn hosts_table(hosts: &[HostOut], wide: bool) -> Table {
                 .as_ref()
                 .map(|e| {
                     // The first line: an agent's failure carries its log tail below it (`kiln host show`).
-                    format!(
-                        "{}: {}",
-                        e["kind"].as_str().unwrap_or(""),
-                        e["message"].as_str().unwrap_or("").lines().next().unwrap_or("")
-                    )
+                    format!("{}: {}", e.kind, e.message.lines().next().unwrap_or(""))
                 })
                 .unwrap_or_default(),
         ];
@@ -322,12 +334,13 @@ pub fn timing_table(rows: &[TimingOut]) -> Table {
     t
 }
 
-fn parse_hints(s: &str) -> Result<Value, CliError> {
+fn parse_hints(s: &str) -> Result<RootDeviceHints, CliError> {
+    let bad = |e: serde_json::Error| CliError::Parse {
+        what: "--root-device-hints".into(),
+        message: e.to_string(),
+    };
     if s.trim_start().starts_with('{') {
-        return serde_json::from_str(s).map_err(|e| CliError::Parse {
-            what: "--root-device-hints".into(),
-            message: e.to_string(),
-        });
+        return serde_json::from_str(s).map_err(bad);
     }
     let mut m = serde_json::Map::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {
@@ -342,7 +355,7 @@ fn parse_hints(s: &str) -> Result<Value, CliError> {
         };
         m.insert(k.to_owned(), v);
     }
-    Ok(Value::Object(m))
+    serde_json::from_value(Value::Object(m)).map_err(bad)
 }
 
 /// Waits until `name` reaches `target`, failing on `error`.
@@ -359,12 +372,7 @@ async fn wait_for(c: &Client, name: &str, target: &str) -> Result<HostOut, CliEr
             return Ok(h);
         }
         if h.state == "error" {
-            let message = h
-                .error
-                .as_ref()
-                .and_then(|e| e["message"].as_str())
-                .unwrap_or("")
-                .to_owned();
+            let message = h.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
             return Err(CliError::Failed {
                 host: name.into(),
                 state: h.state,
@@ -397,50 +405,55 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
             no_inspect,
             externally_provisioned,
         } => {
-            let mut body = json!({ "name": name, "options": { "inspect": !no_inspect, "externally_provisioned": externally_provisioned } });
-            if let Some(addr) = bmc {
-                let password = match &password_file {
-                    Some(p) => read(p)?.trim_end_matches(['\n', '\r']).to_owned(),
-                    None => {
-                        return Err(CliError::Parse {
-                            what: "--password-file".into(),
-                            message: "required with --bmc".into(),
-                        });
-                    }
-                };
-                body["bmc"] =
-                    json!({ "address": addr, "username": username.unwrap_or_default(), "password": password });
-                if bmc_insecure {
-                    body["bmc"]["disable_certificate_verification"] = json!(true);
+            let bmc = match bmc {
+                Some(address) => {
+                    let password = match &password_file {
+                        Some(p) => read(p)?.trim_end_matches(['\n', '\r']).to_owned(),
+                        None => {
+                            return Err(CliError::Parse {
+                                what: "--password-file".into(),
+                                message: "required with --bmc".into(),
+                            });
+                        }
+                    };
+                    Some(BmcIn {
+                        address,
+                        username: username.unwrap_or_default(),
+                        password: Secret::new(password),
+                        disable_certificate_verification: bmc_insecure,
+                        ca_cert: bmc_ca_file.as_ref().map(read).transpose()?,
+                    })
                 }
-                if let Some(p) = &bmc_ca_file {
-                    body["bmc"]["ca_cert"] = json!(read(p)?);
+                None if bmc_insecure || bmc_ca_file.is_some() => {
+                    return Err(CliError::Parse {
+                        what: "--bmc-insecure/--bmc-ca-file".into(),
+                        message: "only apply with --bmc".into(),
+                    });
                 }
-            } else if bmc_insecure || bmc_ca_file.is_some() {
-                return Err(CliError::Parse {
-                    what: "--bmc-insecure/--bmc-ca-file".into(),
-                    message: "only apply with --bmc".into(),
-                });
-            }
-            if let Some(m) = boot_mac {
-                body["boot_mac"] = json!(m);
-            }
-            if let Some(m) = boot_mode {
-                body["boot_mode"] = json!(m);
-            }
-            let mut lm = serde_json::Map::new();
+                None => None,
+            };
+            let mut label_map = std::collections::BTreeMap::new();
             for l in labels {
                 let (k, v) = l.split_once('=').ok_or_else(|| CliError::Parse {
                     what: "--label".into(),
                     message: format!("{l:?} is not key=value"),
                 })?;
-                lm.insert(k.into(), json!(v));
+                label_map.insert(k.to_owned(), v.to_owned());
             }
-            body["labels"] = Value::Object(lm);
-            if let Some(h) = root_device_hints {
-                body["root_device_hints"] = parse_hints(&h)?;
-            }
-            let h: HostOut = c.post("/api/v1/hosts", body).await?;
+            let body = HostCreate {
+                name,
+                bmc,
+                boot_mac,
+                boot_mode,
+                labels: label_map,
+                root_device_hints: root_device_hints.as_deref().map(parse_hints).transpose()?,
+                options: Some(HostOptions {
+                    inspect: !no_inspect,
+                    externally_provisioned,
+                    ..HostOptions::default()
+                }),
+            };
+            let h: HostOut = c.post("/api/v1/hosts", &body).await?;
             if !print_value(out, &h)? {
                 println!("{}", hosts_table(&[h], out == Output::Wide));
             }
@@ -464,14 +477,10 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
             if !print_value(out, &json!({ "host": h, "timings": timings }))? {
                 println!("{}", hosts_table(std::slice::from_ref(&h), true));
                 if let Some(p) = &h.progress {
-                    println!("progress: {p}");
+                    println!("progress:{}", progress_line(p));
                 }
                 if let Some(t) = &h.bmc_trouble {
-                    println!(
-                        "BMC trouble since {}: {}",
-                        t["at"].as_str().unwrap_or(""),
-                        t["message"].as_str().unwrap_or("")
-                    );
+                    println!("BMC trouble since {}: {}", t.at, t.message);
                 }
                 println!("{}", timing_table(&timings));
             }
@@ -484,18 +493,28 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
             network_data,
             wait,
         } => {
-            let mut body = json!({ "image": { "url": image, "checksum": checksum } });
-            if let Some(f) = user_data {
-                body["user_data"] = json!(read(&f)?);
-            }
-            if let Some(f) = network_data {
-                let text = read(&f)?;
-                body["network_data"] = serde_json::from_str(&text).map_err(|e| CliError::Parse {
-                    what: f.display().to_string(),
-                    message: e.to_string(),
-                })?;
-            }
-            let h: HostOut = c.post(&format!("/api/v1/hosts/{name}/provision"), body).await?;
+            let network_data = match network_data {
+                Some(f) => {
+                    let text = read(&f)?;
+                    Some(serde_json::from_str(&text).map_err(|e| CliError::Parse {
+                        what: f.display().to_string(),
+                        message: e.to_string(),
+                    })?)
+                }
+                None => None,
+            };
+            let body = ProvisionIn {
+                image: ImageIn {
+                    url: image,
+                    checksum: Some(checksum),
+                    checksum_type: None,
+                    format: None,
+                },
+                user_data: user_data.as_ref().map(read).transpose()?,
+                network_data,
+                meta_data: None,
+            };
+            let h: HostOut = c.post(&format!("/api/v1/hosts/{name}/provision"), &body).await?;
             let h = if wait {
                 wait_for(&c, &name, "provisioned").await?
             } else {
@@ -506,25 +525,33 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
             }
         }
         HostCmd::Deprovision { name, erase } => {
-            let body = match erase {
-                Some(e) => json!({ "erase": e }),
-                None => json!({}),
+            let body = DeprovisionIn {
+                erase: match erase.as_deref() {
+                    Some("full") => Some(EraseMode::Full),
+                    Some(_) => Some(EraseMode::Metadata),
+                    None => None,
+                },
             };
-            let h: HostOut = c.post(&format!("/api/v1/hosts/{name}/deprovision"), body).await?;
+            let h: HostOut = c.post(&format!("/api/v1/hosts/{name}/deprovision"), &body).await?;
             if !print_value(out, &h)? {
                 println!("{}", hosts_table(&[h], false));
             }
         }
         HostCmd::Power { name, action } => {
             let h: HostOut = c
-                .post(&format!("/api/v1/hosts/{name}/power"), json!({ "action": action }))
+                .post(
+                    &format!("/api/v1/hosts/{name}/power"),
+                    &PowerIn { action: action.clone() },
+                )
                 .await?;
             if !print_value(out, &h)? {
                 println!("{}: power {action} requested", h.name);
             }
         }
         HostCmd::Inspect { name } => {
-            let h: HostOut = c.post(&format!("/api/v1/hosts/{name}/inspect"), json!({})).await?;
+            let h: HostOut = c
+                .post(&format!("/api/v1/hosts/{name}/inspect"), &serde_json::Map::new())
+                .await?;
             if !print_value(out, &h)? {
                 println!("{}: inspection requested", h.name);
             }
@@ -540,6 +567,20 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
     Ok(())
 }
 
+/// ` writing  42% [########            ]` (or the MiB written when the total is unknown).
+fn progress_line(p: &kiln_images::protocol::Progress) -> String {
+    let w = p.bytes_written;
+    match p.total_bytes {
+        Some(t) if t > 0 => format!(
+            " {} {:>3}% [{:<20}]",
+            p.phase,
+            w.saturating_mul(100) / t,
+            "#".repeat((w.saturating_mul(20) / t).min(20) as usize)
+        ),
+        _ => format!(" {} {} MiB", p.phase, w >> 20),
+    }
+}
+
 async fn watch(c: &Client, name: Option<&str>) -> Result<(), CliError> {
     let mut seen = std::collections::BTreeMap::<String, String>::new();
     loop {
@@ -551,22 +592,7 @@ async fn watch(c: &Client, name: Option<&str>) -> Result<(), CliError> {
             None => c.get("/api/v1/hosts").await?,
         };
         for h in hosts {
-            let progress = h
-                .progress
-                .as_ref()
-                .map(|p| {
-                    let w = p["bytes_written"].as_u64().unwrap_or(0);
-                    match p["total_bytes"].as_u64() {
-                        Some(t) if t > 0 => format!(
-                            " {} {:>3}% [{:<20}]",
-                            p["phase"].as_str().unwrap_or(""),
-                            w * 100 / t,
-                            "#".repeat((w * 20 / t) as usize)
-                        ),
-                        _ => format!(" {} {} MiB", p["phase"].as_str().unwrap_or(""), w >> 20),
-                    }
-                })
-                .unwrap_or_default();
+            let progress = h.progress.as_ref().map(progress_line).unwrap_or_default();
             let line = format!(
                 "{} {} {}{progress}",
                 h.state,
@@ -603,21 +629,17 @@ pub async fn import(args: &ClientArgs, file: &PathBuf, dry_run: bool) -> Result<
     // 1. Validate everything; collect every refusal, not just the first.
     let mut refusals = Vec::new();
     for h in &hosts {
-        if let Err(e) = c.post::<HostOut>("/api/v1/hosts?dry_run=true", h.enroll.clone()).await {
+        if let Err(e) = c.post::<HostOut>("/api/v1/hosts?dry_run=true", &h.enroll).await {
             refusals.push(format!("{}: {e}", h.doc));
         }
-        if let Some(p) = &h.provision {
-            let image = serde_json::from_value::<crate::api::ImageIn>(p["image"].clone())
-                .map_err(|e| e.to_string())
-                .and_then(|i| {
-                    crate::api::image_from(&i).map_err(|e| match e.field {
-                        Some(f) => format!("spec.{f}: {}", e.error),
-                        None => e.error,
-                    })
-                });
-            if let Err(e) = image {
-                refusals.push(format!("{}: {e}", h.doc));
-            }
+        if let Some(p) = &h.provision
+            && let Err(e) = crate::api::image_from(&p.image)
+        {
+            let e = match e.field {
+                Some(f) => format!("spec.{f}: {}", e.error),
+                None => e.error,
+            };
+            refusals.push(format!("{}: {e}", h.doc));
         }
     }
     if !refusals.is_empty() {
@@ -647,11 +669,9 @@ pub async fn import(args: &ClientArgs, file: &PathBuf, dry_run: bool) -> Result<
     let mut done: Vec<Event> = Vec::new();
     for h in &hosts {
         let r = async {
-            let _: HostOut = c.post("/api/v1/hosts", h.enroll.clone()).await?;
+            let _: HostOut = c.post("/api/v1/hosts", &h.enroll).await?;
             if let Some(p) = &h.provision {
-                let _: HostOut = c
-                    .post(&format!("/api/v1/hosts/{}/provision", h.name), p.clone())
-                    .await?;
+                let _: HostOut = c.post(&format!("/api/v1/hosts/{}/provision", h.name), p).await?;
             }
             Ok::<(), CliError>(())
         }

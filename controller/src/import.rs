@@ -3,16 +3,68 @@
 
 use std::collections::BTreeMap;
 
+use kiln_bmc::Secret;
+use kiln_images::protocol::{ImageFormat, RootDeviceHints};
 use serde_json::{Value, json};
 
-/// One host to enroll (REST body of `POST /api/v1/hosts`) and, if the manifest sets an image, its provision body.
-#[derive(Debug, Clone, PartialEq)]
+use crate::api::{BmcIn, HostCreate, ImageIn, ProvisionIn};
+use crate::model::{EraseMode, HostOptions};
+
+/// One host to enroll (REST body of `POST /api/v1/hosts`) and, if the manifest sets an image, its provision body:
+/// the API's own request types, validated by the server exactly as any other enrollment.
+#[derive(Debug)]
 pub struct ImportedHost {
     /// `BareMetalHost <namespace>/<name>`, for messages.
     pub doc: String,
     pub name: String,
-    pub enroll: Value,
-    pub provision: Option<Value>,
+    pub enroll: HostCreate,
+    pub provision: Option<ProvisionIn>,
+}
+
+/// Why kiln refuses a BareMetalHost spec field it would otherwise not act on (`None`: kiln acts on it, or it is
+/// informational).
+fn refused_field(key: &str, value: &Value) -> Option<String> {
+    let acted_on = [
+        "bmc",
+        "bootMACAddress",
+        "bootMode",
+        "rootDeviceHints",
+        "externallyProvisioned",
+        "automatedCleaningMode",
+        "image",
+        "userData",
+        "networkData",
+        "metaData",
+        "description",
+    ];
+    if acted_on.contains(&key) {
+        return None;
+    }
+    let unset = matches!(value, Value::Null)
+        || matches!(value, Value::String(s) if s.is_empty())
+        || matches!(value, Value::Array(a) if a.is_empty())
+        || matches!(value, Value::Object(o) if o.is_empty());
+    Some(match key {
+        "online" if value.is_boolean() || unset => return None,
+        "online" => format!("{value} is not true or false"),
+        "architecture" if matches!(value.as_str(), Some("x86_64" | "amd64")) || unset => return None,
+        "architecture" => format!("kiln's agent ramdisk boots x86_64 only; {value} is not supported"),
+        "inspectionMode" if matches!(value.as_str(), Some("agent")) || unset => return None,
+        "inspectionMode" => "use the inspect.metal3.io: disabled annotation to skip inspection".into(),
+        _ if unset => return None,
+        "raid" | "firmware" => {
+            format!("kiln does not configure {key} yet; remove it or configure the host out of band")
+        }
+        "customDeploy" => "kiln deploys images only; custom deploy steps are not supported".into(),
+        "preprovisioningNetworkDataName" => {
+            "kiln's agent gets its address by DHCP; static pre-provisioning network data is not supported yet".into()
+        }
+        "disablePowerOff" => "kiln powers hosts off between operations; disablePowerOff is not supported yet".into(),
+        "hardwareProfile" | "taints" | "networkInterfaces" | "consumerRef" | "hardwareData" => {
+            format!("kiln does not act on {key}")
+        }
+        _ => format!("unknown BareMetalHost field {key:?}"),
+    })
 }
 
 /// Why a manifest could not be translated; names the document and field.
@@ -77,62 +129,147 @@ pub fn translate(docs: &[Value]) -> Result<Vec<ImportedHost>, ImportError> {
             return Err(err("metadata.name", "missing".into()));
         }
         let spec = &d["spec"];
-        let mut enroll = json!({ "name": name });
-        if let Some(labels) = d["metadata"]["labels"].as_object() {
-            enroll["labels"] = Value::Object(labels.clone());
-        }
-        if let Some(addr) = spec["bmc"]["address"].as_str() {
-            let cred = spec["bmc"]["credentialsName"]
-                .as_str()
-                .ok_or_else(|| err("spec.bmc.credentialsName", "missing".into()))?;
-            let secret = secrets.get(&(ns.clone(), cred.to_owned())).ok_or_else(|| {
-                err(
-                    "spec.bmc.credentialsName",
-                    format!("Secret {ns}/{cred} is not in the file"),
-                )
-            })?;
-            // Trimmed as Metal3 trims them: a value made with `echo pw | base64` ends in a newline.
-            let username = secret_value(secret, "username")
-                .map(|u| u.trim().to_owned())
-                .filter(|u| !u.is_empty())
-                .ok_or_else(|| err("spec.bmc.credentialsName", format!("Secret {cred} has no username")))?;
-            let password = secret_value(secret, "password")
-                .map(|p| p.trim().to_owned())
-                .filter(|p| !p.is_empty())
-                .ok_or_else(|| err("spec.bmc.credentialsName", format!("Secret {cred} has no password")))?;
-            enroll["bmc"] = json!({ "address": addr, "username": username, "password": password });
-            match &spec["bmc"]["disableCertificateVerification"] {
-                Value::Null | Value::Bool(false) => {}
-                Value::Bool(true) => enroll["bmc"]["disable_certificate_verification"] = json!(true),
-                other => {
-                    return Err(err(
-                        "spec.bmc.disableCertificateVerification",
-                        format!("{other} is not true or false"),
-                    ));
+        // Every spec field is acted on or refused by name: an inventory must not lose a setting on its way in.
+        if let Some(fields) = spec.as_object() {
+            for (k, v) in fields {
+                if let Some(why) = refused_field(k, v) {
+                    return Err(err(&format!("spec.{k}"), why));
                 }
             }
         }
-        if let Some(mac) = spec["bootMACAddress"].as_str() {
-            enroll["boot_mac"] = json!(mac);
-        }
-        if let Some(mode) = spec["bootMode"].as_str() {
-            enroll["boot_mode"] = json!(if mode.eq_ignore_ascii_case("legacy") {
-                "legacy"
-            } else {
-                "uefi"
-            });
-        }
-        if spec["rootDeviceHints"].is_object() {
-            enroll["root_device_hints"] = spec["rootDeviceHints"].clone();
-        }
-        let mut options = json!({ "externally_provisioned": spec["externallyProvisioned"].as_bool().unwrap_or(false) });
-        if spec["automatedCleaningMode"] == "disabled" {
-            options["erase"] = json!("disabled");
+        let labels = match d["metadata"]["labels"].as_object() {
+            Some(m) => m
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()),
+                    )
+                })
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        let bmc = match spec["bmc"]["address"].as_str() {
+            Some(addr) => {
+                let cred = spec["bmc"]["credentialsName"]
+                    .as_str()
+                    .ok_or_else(|| err("spec.bmc.credentialsName", "missing".into()))?;
+                let secret = secrets.get(&(ns.clone(), cred.to_owned())).ok_or_else(|| {
+                    err(
+                        "spec.bmc.credentialsName",
+                        format!("Secret {ns}/{cred} is not in the file"),
+                    )
+                })?;
+                // Trimmed as Metal3 trims them: a value made with `echo pw | base64` ends in a newline.
+                let username = secret_value(secret, "username")
+                    .map(|u| u.trim().to_owned())
+                    .filter(|u| !u.is_empty())
+                    .ok_or_else(|| err("spec.bmc.credentialsName", format!("Secret {cred} has no username")))?;
+                let password = secret_value(secret, "password")
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .ok_or_else(|| err("spec.bmc.credentialsName", format!("Secret {cred} has no password")))?;
+                let disable_certificate_verification = match &spec["bmc"]["disableCertificateVerification"] {
+                    Value::Null => false,
+                    Value::Bool(b) => *b,
+                    other => {
+                        return Err(err(
+                            "spec.bmc.disableCertificateVerification",
+                            format!("{other} is not true or false"),
+                        ));
+                    }
+                };
+                Some(BmcIn {
+                    address: addr.to_owned(),
+                    username,
+                    password: Secret::new(password),
+                    disable_certificate_verification,
+                    ca_cert: None,
+                })
+            }
+            None => None,
+        };
+        let boot_mode = match spec["bootMode"].as_str() {
+            None => None,
+            Some(m) if m.eq_ignore_ascii_case("legacy") => Some("legacy".to_owned()),
+            Some(m) if m.eq_ignore_ascii_case("uefi") => Some("uefi".to_owned()),
+            Some(m) => {
+                return Err(err(
+                    "spec.bootMode",
+                    format!("kiln boots UEFI or Legacy; {m:?} (secure boot) is not supported yet"),
+                ));
+            }
+        };
+        let root_device_hints = match &spec["rootDeviceHints"] {
+            Value::Null => None,
+            v => Some(
+                serde_json::from_value::<RootDeviceHints>(v.clone())
+                    .map_err(|e| err("spec.rootDeviceHints", e.to_string()))?,
+            ),
+        };
+        let mut options = HostOptions {
+            externally_provisioned: spec["externallyProvisioned"].as_bool().unwrap_or(false),
+            ..HostOptions::default()
+        };
+        match spec["automatedCleaningMode"].as_str() {
+            None | Some("metadata") => {}
+            Some("disabled") => options.erase = EraseMode::Disabled,
+            Some(other) => {
+                return Err(err(
+                    "spec.automatedCleaningMode",
+                    format!("{other:?} is not metadata or disabled"),
+                ));
+            }
         }
         if let Some(mode) = d["metadata"]["annotations"]["inspect.metal3.io"].as_str() {
-            options["inspect"] = json!(mode != "disabled");
+            options.inspect = mode != "disabled";
         }
-        enroll["options"] = options;
+        options.online = spec["online"].as_bool();
+        let enroll = HostCreate {
+            name: name.clone(),
+            bmc,
+            boot_mac: spec["bootMACAddress"].as_str().map(str::to_owned),
+            boot_mode,
+            labels,
+            root_device_hints,
+            options: Some(options),
+        };
+        let secret_text = |field: &str| -> Result<Option<String>, ImportError> {
+            let Some(sname) = spec[field]["name"].as_str() else {
+                return Ok(None);
+            };
+            let sns = spec[field]["namespace"].as_str().unwrap_or(&ns).to_owned();
+            let s = secrets.get(&(sns, sname.to_owned())).ok_or_else(|| {
+                err(
+                    &format!("spec.{field}.name"),
+                    format!("Secret {sname} is not in the file"),
+                )
+            })?;
+            let key = if field == "userData" { "userData" } else { field };
+            secret_value(s, key)
+                .or_else(|| secret_value(s, "value"))
+                .map(Some)
+                .ok_or_else(|| {
+                    err(
+                        &format!("spec.{field}.name"),
+                        format!("Secret {sname} has neither {key} nor value"),
+                    )
+                })
+        };
+        let structured = |field: &str| -> Result<Option<Value>, ImportError> {
+            match secret_text(field)? {
+                None => Ok(None),
+                Some(t) => serde_json::from_str(&t)
+                    .or_else(|_| serde_saphyr::from_str::<Value>(&t))
+                    .map(Some)
+                    .map_err(|_| {
+                        err(
+                            &format!("spec.{field}"),
+                            "the Secret's value is neither JSON nor YAML".into(),
+                        )
+                    }),
+            }
+        };
         let provision = match spec["image"]["url"].as_str() {
             Some(url) => {
                 let mut checksum = spec["image"]["checksum"].as_str().map(str::to_owned);
@@ -142,23 +279,43 @@ pub fn translate(docs: &[Value]) -> Result<Vec<ImportedHost>, ImportError> {
                 {
                     checksum = Some(format!("{t}:{c}"));
                 }
-                let mut p = json!({ "image": { "url": url, "checksum": checksum } });
-                if let Some(f) = spec["image"]["diskFormat"]
+                let format = match spec["image"]["diskFormat"]
                     .as_str()
                     .or(spec["image"]["format"].as_str())
                 {
-                    p["image"]["format"] = json!(f);
-                }
-                if let Some(ud) = spec["userData"]["name"].as_str() {
-                    let ud_ns = spec["userData"]["namespace"].as_str().unwrap_or(&ns).to_owned();
-                    let s = secrets
-                        .get(&(ud_ns, ud.to_owned()))
-                        .ok_or_else(|| err("spec.userData.name", format!("Secret {ud} is not in the file")))?;
-                    p["user_data"] = json!(secret_value(s, "userData").or_else(|| secret_value(s, "value")));
-                }
-                Some(p)
+                    None => None,
+                    Some(f) => Some(serde_json::from_value::<ImageFormat>(json!(f)).map_err(|_| {
+                        err(
+                            "spec.image.format",
+                            format!("kiln writes raw and qcow2 images; {f:?} is not supported"),
+                        )
+                    })?),
+                };
+                Some(ProvisionIn {
+                    image: ImageIn {
+                        url: url.to_owned(),
+                        checksum,
+                        checksum_type: None,
+                        format,
+                    },
+                    user_data: secret_text("userData")?,
+                    network_data: structured("networkData")?,
+                    meta_data: structured("metaData")?,
+                })
             }
-            None => None,
+            None => {
+                for field in ["userData", "networkData", "metaData"] {
+                    if !spec[field].is_null() {
+                        return Err(err(
+                            &format!("spec.{field}"),
+                            "is used when the host is provisioned, and this host has no image: pass it to `kiln host \
+                             provision` instead"
+                                .into(),
+                        ));
+                    }
+                }
+                None
+            }
         };
         for (field, value, seen) in [
             ("metadata.name", Some(name.clone()), &mut names),
@@ -242,17 +399,49 @@ spec:
         let hosts = translate(&docs).unwrap();
         assert_eq!(hosts.len(), 2);
         let h = &hosts[0];
-        assert_eq!(h.enroll["bmc"]["username"], "admin");
-        assert_eq!(h.enroll["bmc"]["password"], "password");
-        assert_eq!(h.enroll["boot_mode"], "uefi");
-        assert_eq!(h.enroll["root_device_hints"]["deviceName"], "/dev/sda");
-        assert_eq!(h.enroll["labels"]["rack"], "r1");
+        let bmc = h.enroll.bmc.as_ref().unwrap();
+        assert_eq!(bmc.username, "admin");
+        assert_eq!(bmc.password.expose(), "password");
+        assert_eq!(h.enroll.boot_mode.as_deref(), Some("uefi"));
+        assert_eq!(
+            h.enroll.root_device_hints.as_ref().unwrap().device_name.as_deref(),
+            Some("/dev/sda")
+        );
+        assert_eq!(h.enroll.labels["rack"], "r1");
         let p = h.provision.as_ref().unwrap();
-        assert!(p["image"]["checksum"].as_str().unwrap().starts_with("sha256:4f53"));
-        assert_eq!(p["image"]["format"], "qcow2");
+        assert!(p.image.checksum.as_deref().unwrap().starts_with("sha256:4f53"));
+        assert_eq!(p.image.format, Some(ImageFormat::Qcow2));
         assert!(hosts[1].provision.is_none());
-        assert_eq!(hosts[1].enroll["options"]["externally_provisioned"], true);
-        assert!(hosts[1].enroll.get("bmc").is_none());
+        assert!(hosts[1].enroll.options.unwrap().externally_provisioned);
+        assert!(hosts[1].enroll.bmc.is_none());
+    }
+
+    #[test]
+    fn fields_kiln_does_not_act_on_are_refused_by_name() {
+        for (field, yaml) in [
+            (
+                "spec.raid",
+                "  raid:\n    hardwareRAIDVolumes: []\n    softwareRAIDVolumes:\n    - level: \"1\"\n",
+            ),
+            ("spec.bootMode", "  bootMode: UEFISecureBoot\n"),
+            ("spec.customDeploy", "  customDeploy:\n    method: install_coreos\n"),
+            ("spec.architecture", "  architecture: aarch64\n"),
+            ("spec.online", "  online: maybe\n"),
+            ("spec.networkData", "  networkData:\n    name: nd\n"),
+            ("spec.rootDeviceHints", "  rootDeviceHints:\n    deviceNAME: /dev/sda\n"),
+            ("spec.frobnicate", "  frobnicate: 1\n"),
+        ] {
+            let doc = format!(
+                "apiVersion: metal3.io/v1alpha1\nkind: BareMetalHost\nmetadata:\n  name: node-x\nspec:\n{yaml}"
+            );
+            let docs: Vec<Value> = serde_saphyr::from_multiple(&doc).unwrap();
+            let e = translate(&docs).expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+        }
+        let ok = "apiVersion: metal3.io/v1alpha1\nkind: BareMetalHost\nmetadata:\n  name: node-x\nspec:\n  online: false\n  \
+                  architecture: x86_64\n  description: rack 3\n  raid: {}\n";
+        let docs: Vec<Value> = serde_saphyr::from_multiple(ok).unwrap();
+        assert!(translate(&docs).is_ok());
     }
 
     #[test]

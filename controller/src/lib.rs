@@ -19,6 +19,7 @@ pub mod machine;
 pub mod metrics;
 pub mod model;
 pub mod netboot;
+pub mod openapi;
 pub mod policy;
 pub mod pxe_lookup;
 pub mod server;

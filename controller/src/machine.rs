@@ -350,12 +350,12 @@ pub fn step(host: &HostView, obs: &Observed, now: Ts) -> Decision {
             if host.spec.image.is_some() {
                 return start_job(host, obs, now, JobKind::Provision, 0, "image set");
             }
-            idle_with_power(host, host.state.clone(), now, "idle")
+            settled(host, now, "idle")
         }
         State::Provisioned { image_url, .. } => match &host.spec.image {
             None => start_job(host, obs, now, JobKind::Deprovision, 0, "image removed"),
             Some(img) if img.url != *image_url => start_job(host, obs, now, JobKind::Deprovision, 0, "image changed"),
-            Some(_) => idle_with_power(host, host.state.clone(), now, "running its OS"),
+            Some(_) => settled(host, now, "running its OS"),
         },
         State::ExternallyProvisioned { .. } => {
             if !host.spec.options.externally_provisioned {
@@ -368,7 +368,7 @@ pub fn step(host: &HostView, obs: &Observed, now: Ts) -> Decision {
                     "no longer externally provisioned",
                 );
             }
-            idle_with_power(host, host.state.clone(), now, "externally provisioned")
+            settled(host, now, "externally provisioned")
         }
         State::Deleting { .. } => decide(host.state.clone(), vec![Action::Forget], now, "deleted"),
         State::Error(err) => in_error(host, obs, now, err),
@@ -440,6 +440,27 @@ pub fn after_action_failure(
     // that could not be carried out is dropped, and says so in the reason.
     d.actions = vec![Action::ClearPowerRequest];
     AfterActionFailure::GiveUp(d)
+}
+
+/// A host at rest (available, provisioned, externally provisioned): an operator's power request first, then the
+/// power the host's `online` setting asks for (Metal3's `spec.online`: on keeps the host on, off keeps it off).
+fn settled(host: &HostView, now: Ts, reason: &str) -> Decision {
+    if host.requests.power.is_none() {
+        let act = match (host.spec.options.online, host.power) {
+            (Some(true), Some(PowerState::Off)) => Some(PowerAction::On),
+            (Some(false), Some(PowerState::On)) => Some(PowerAction::Off),
+            _ => None,
+        };
+        if let Some(a) = act {
+            return decide(
+                host.state.clone(),
+                vec![Action::Power(a)],
+                now.plus_secs(host.policy.busy_poll_secs),
+                format!("online is {}: power {a:?}", host.spec.options.online == Some(true)),
+            );
+        }
+    }
+    idle_with_power(host, host.state.clone(), now, reason)
 }
 
 fn idle_with_power(host: &HostView, state: State, now: Ts, reason: &str) -> Decision {

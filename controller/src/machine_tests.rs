@@ -678,6 +678,25 @@ fn failed_bmc_actions_are_retried_then_map_to_the_operation() {
 }
 
 #[test]
+fn online_keeps_a_settled_host_powered_as_asked() {
+    let mut h = HostView::test().in_state(State::Available { since: T0 });
+    h.spec.options.online = Some(true);
+    let d = step(&h, &Observed::default(), T0);
+    assert_eq!(d.actions, vec![Action::Power(PowerAction::On)], "{}", d.reason);
+    let h = h.powered(PowerState::On);
+    assert!(step(&h, &Observed::default(), T0).actions.is_empty());
+    let mut h = h;
+    h.spec.options.online = Some(false);
+    assert_eq!(
+        step(&h, &Observed::default(), T0).actions,
+        vec![Action::Power(PowerAction::Off)]
+    );
+    // Unset: power is left to the operator's requests.
+    h.spec.options.online = None;
+    assert!(step(&h, &Observed::default(), T0).actions.is_empty());
+}
+
+#[test]
 fn cleaning_disabled_never_erases() {
     let mut h = HostView::test().in_state(State::Provisioned {
         since: T0,

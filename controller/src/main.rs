@@ -73,6 +73,8 @@ enum Command {
     /// Build the agent ramdisk (kernel + initramfs with kiln-agent).
     #[command(subcommand)]
     Ramdisk(RamdiskCmd),
+    /// Print the OpenAPI document of kiln's HTTP API (generated from its request and response types).
+    Openapi,
     /// Print (or write to a directory) the CustomResourceDefinitions of kiln's Kubernetes kinds.
     Crds {
         /// Write one file per CRD into this directory instead of printing a multi-document YAML.
@@ -183,6 +185,7 @@ async fn run() -> anyhow::Result<()> {
                 if r.cached { " (unchanged inputs: reused)" } else { "" }
             );
         }
+        Command::Openapi => print!("{}", kiln::openapi::document_text()),
         Command::Crds { out_dir } => match out_dir {
             Some(dir) => kiln::kube::crds::write_crds(&dir)?,
             None => print!("{}", kiln::kube::crds::crds_yaml()),

@@ -25,7 +25,7 @@ pub struct BmcInfo {
 }
 
 /// Per-host TLS settings of a Redfish BMC connection. The default verifies against the system's trust store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct BmcTls {
     /// Accept any certificate (a BMC's self-signed factory certificate). Off unless the operator asks, per host.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -43,7 +43,7 @@ impl BmcTls {
 }
 
 /// How much of the disks to erase when cleaning (Metal3 `automatedCleaningMode`, plus `full`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EraseMode {
     /// Wipe partition tables and filesystem signatures.
@@ -82,7 +82,7 @@ pub struct HostSpec {
 }
 
 /// Per-host switches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HostOptions {
     /// Inspect after registration (Metal3 inspects by default).
     #[serde(default = "yes")]
@@ -96,6 +96,10 @@ pub struct HostOptions {
     /// Clean (erase metadata) once after inspection, before the host becomes available.
     #[serde(default)]
     pub prepare: bool,
+    /// The power a host at rest keeps (Metal3's `spec.online`): `true` powers an available or provisioned host on
+    /// (and on again), `false` keeps it off; unset, kiln leaves power to the operator's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
 }
 
 fn yes() -> bool {
@@ -109,6 +113,7 @@ impl Default for HostOptions {
             externally_provisioned: false,
             erase: EraseMode::Metadata,
             prepare: false,
+            online: None,
         }
     }
 }
@@ -129,7 +134,7 @@ pub struct Requests {
 }
 
 /// Counters kept per host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct Counters {
     /// Network boots of the agent so far (also the id of the latest boot).
     pub boots: u64,

@@ -259,10 +259,8 @@ async fn ui(content_type: &'static str, body: &'static str) -> impl IntoResponse
 }
 
 async fn openapi() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
-    )
+    static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(crate::openapi::document_text);
+    ([(header::CONTENT_TYPE, "application/json")], DOC.as_str())
 }
 
 /// Serves the appliance on an already-bound listener, with the executor, until `shutdown` completes. The executor
@@ -324,8 +322,9 @@ pub async fn run(
     let executor_died = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let (c, died, executor) = (cancel.clone(), executor_died.clone(), app.executor.clone());
+        // In this JoinSet, not a task of its own: if this future is dropped, the executor ends with it.
         tasks.spawn(async move {
-            let r = tokio::spawn(executor.run(c.clone())).await;
+            let r = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(executor.run(c.clone()))).await;
             if r.is_err() || !c.is_cancelled() {
                 tracing::error!(panicked = r.is_err(), "the executor stopped; stopping kiln");
                 died.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -90,7 +90,9 @@ impl fmt::Display for MacAddr {
 string_newtype_serde!(MacAddr);
 
 /// Milliseconds since the Unix epoch: the only time type the store and the state machine use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct Ts(pub i64);
 

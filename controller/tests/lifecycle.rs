@@ -536,15 +536,9 @@ async fn a_bmc_retry_count_survives_a_restart() {
     );
     lab.kill().await;
     lab.serve().await;
-    let mut on = false;
-    for _ in 0..400 {
-        let (_, h) = lab.api(reqwest::Method::GET, "/api/v1/hosts/node-r", None).await;
-        if h["power"] == "on" && h["counters"]["bmc_attempts"] == 0 {
-            on = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (on, _) = lab
+        .wait_host("node-r", |h| h["power"] == "on" && h["counters"]["bmc_attempts"] == 0)
+        .await;
     let events = events_of(&lab, "node-r").await;
     assert!(on, "the power request never went through: {events:?}");
     let attempts: Vec<&String> = events.iter().filter(|e| e.contains("attempt ")).collect();
@@ -590,14 +584,6 @@ async fn a_panicking_reconcile_is_contained_to_its_host() {
         )
         .await;
     assert_eq!(code, 202);
-    let mut on = false;
-    for _ in 0..200 {
-        let (_, h) = lab.api(reqwest::Method::GET, "/api/v1/hosts/node-p", None).await;
-        if h["power"] == "on" {
-            on = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(on);
+    let (on, h) = lab.wait_host("node-p", |h| h["power"] == "on").await;
+    assert!(on, "{h}");
 }

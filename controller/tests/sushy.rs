@@ -29,10 +29,16 @@ async fn api(
     (s, resp.json().await.unwrap_or(Value::Null))
 }
 
-#[tokio::test]
-async fn executor_registers_and_powers_a_redfish_host_and_reports_bad_credentials() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let sushy = Sushy::start(("admin", "s3cret-redfish"));
+/// `kiln serve` in-process with the real BMC drivers and fast polls, on a loopback port.
+struct RunningAppliance {
+    dir: tempfile::TempDir,
+    token: String,
+    base: String,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn appliance(attempts: u32) -> RunningAppliance {
     let dir = tempfile::tempdir().unwrap();
     let cfg = Config {
         data_dir: dir.path().to_path_buf(),
@@ -40,6 +46,7 @@ async fn executor_registers_and_powers_a_redfish_host_and_reports_bad_credential
             idle_poll_secs: 1,
             busy_poll_secs: 1,
             backoff_base_secs: 1,
+            max_retries: attempts - 1,
             ..Policy::default()
         },
         ..Config::default()
@@ -54,6 +61,26 @@ async fn executor_registers_and_powers_a_redfish_host_and_reports_bad_credential
     let server = tokio::spawn(kiln::server::run(app, listener, async {
         let _ = stop_rx.await;
     }));
+    RunningAppliance {
+        dir,
+        token,
+        base,
+        stop_tx,
+        server,
+    }
+}
+
+#[tokio::test]
+async fn executor_registers_and_powers_a_redfish_host_and_reports_bad_credentials() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sushy = Sushy::start(("admin", "s3cret-redfish"));
+    let RunningAppliance {
+        dir: _dir,
+        token,
+        base,
+        stop_tx,
+        server,
+    } = appliance(1 + Policy::default().max_retries).await;
     let c = reqwest::Client::new();
 
     let enroll = |name: &str, system: &str, password: &str| json!({ "name": name, "bmc": { "address": sushy.address_of(system), "username": "admin", "password": password }, "options": { "inspect": false } });
@@ -158,28 +185,13 @@ async fn executor_registers_and_powers_a_redfish_host_and_reports_bad_credential
 async fn per_host_tls_verification_reaches_the_redfish_driver() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let sushy = Sushy::start_tls(("admin", "tls-redfish-pw"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        data_dir: dir.path().to_path_buf(),
-        policy: Policy {
-            idle_poll_secs: 1,
-            busy_poll_secs: 1,
-            backoff_base_secs: 1,
-            max_retries: 1,
-            ..Policy::default()
-        },
-        ..Config::default()
-    };
-    let app = Appliance::open(cfg, Arc::new(kiln::drivers::Drivers::default()))
-        .await
-        .unwrap();
-    let token = app.state.admin_token.expose().to_owned();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(kiln::server::run(app, listener, async {
-        let _ = stop_rx.await;
-    }));
+    let RunningAppliance {
+        dir: _dir,
+        token,
+        base,
+        stop_tx,
+        server,
+    } = appliance(1).await;
     let c = reqwest::Client::new();
     let post = |body: Value| api(&c, &base, &token, reqwest::Method::POST, "/api/v1/hosts", Some(body));
     let (s, b) = post(

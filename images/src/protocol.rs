@@ -64,7 +64,7 @@ pub enum CommandKind {
 }
 
 /// An image to write and how to verify it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ImageSpec {
     pub url: String,
     /// Hex digest of the bytes as published, or an `http(s)://` URL of a `sha256sum`-style file.
@@ -77,7 +77,7 @@ pub struct ImageSpec {
 }
 
 /// Digest algorithm of an image checksum (Metal3's `checksumType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChecksumType {
     /// Chosen from the digest length (64 hex digits: sha256, 128: sha512). md5 is never chosen automatically.
@@ -89,7 +89,7 @@ pub enum ChecksumType {
 }
 
 /// Disk image format (Metal3's `image.format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     Raw,
@@ -97,8 +97,8 @@ pub enum ImageFormat {
 }
 
 /// Metal3 `rootDeviceHints`: every given field must match; none given means the default choice.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RootDeviceHints {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_name: Option<String>,
@@ -134,7 +134,7 @@ pub struct ConfigDrive {
 }
 
 /// Progress of the running command.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Progress {
     pub command_id: u64,
     /// A short phase name: `downloading`, `writing`, `verifying`, `config_drive`, `erasing`.

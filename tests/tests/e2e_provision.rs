@@ -41,7 +41,8 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, image: &str) -> 
     let callback = Callback::start(&lab)?;
     let host = lab.hosts[0].clone();
 
-    // 1. Enroll -> registering -> inspecting (the VM netboots the agent) -> available, powered off.
+    // 1. Enroll -> registering -> inspecting (the VM netboots the agent) -> available, powered off (or on again when
+    //    the manifest says `online: true`).
     match how {
         Enrollment::Cli => enroll(&cli, &lab, &host)?,
         Enrollment::Metal3Manifest => {
@@ -50,7 +51,21 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, image: &str) -> 
         }
     }
     let h = cli.wait_state(&host.name, "available", Duration::from_secs(600))?;
-    assert_eq!(h["host"]["power"], "off", "an available host is powered off: {h}");
+    match how {
+        Enrollment::Cli => assert_eq!(h["host"]["power"], "off", "an available host is powered off: {h}"),
+        Enrollment::Metal3Manifest => {
+            // The manifest says `online: true`: as with Metal3, the available host is powered (back) on.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let h = cli.host(&host.name)?;
+                if h["host"]["power"] == "on" {
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "online: true did not power the host on: {h}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
     let inventory = cli.inspection(&host.name)?;
     println!("inventory: {inventory}");
     let inv = &inventory["inventory"];

@@ -84,7 +84,8 @@ pub struct PhaseRecord {
 }
 
 /// Something that happened to a host, for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A host's event (`at`: milliseconds since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
     pub id: i64,
     pub host: String,

@@ -373,6 +373,22 @@ impl Lab {
         assert_eq!(s, 201, "{b}");
     }
 
+    /// Polls `GET /api/v1/hosts/{name}` (every 50 ms, up to 20 s) until `done` holds; the last view either way.
+    pub async fn wait_host(&self, name: &str, done: impl Fn(&Value) -> bool) -> (bool, Value) {
+        let mut last = Value::Null;
+        for _ in 0..400 {
+            let (_, h) = self
+                .api(reqwest::Method::GET, &format!("/api/v1/hosts/{name}"), None)
+                .await;
+            if done(&h) {
+                return (true, h);
+            }
+            last = h;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (false, last)
+    }
+
     pub async fn wait_state(&self, name: &str, state: &str) -> Value {
         let mut last = Value::Null;
         for _ in 0..600 {
