@@ -539,6 +539,14 @@ impl Executor {
                     self.store.revoke_tokens(h.id).await?;
                     Ok(())
                 }
+                Action::MintToken { boot, phase } => {
+                    let token = kiln_bmc::Secret::new(crate::crypto::random_hex(32));
+                    let hash = crate::crypto::hash_token(token.expose());
+                    self.store
+                        .add_token(&hash, h.id, *boot, phase, Some(&token), now)
+                        .await?;
+                    Ok(())
+                }
                 Action::ClearPowerRequest => {
                     requests.power = None;
                     Ok(())

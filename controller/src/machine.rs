@@ -224,6 +224,12 @@ pub enum Action {
     },
     /// Invalidate every agent token of the host.
     RevokeTokens,
+    /// Mint the one agent token of boot `boot` in state `phase`, to be handed out by the first iPXE script fetch of
+    /// that boot (never by a DHCP or later script lookup).
+    MintToken {
+        boot: u64,
+        phase: &'static str,
+    },
     ClearPowerRequest,
     ClearInspectRequest,
     ClearRetryRequest,
@@ -672,19 +678,23 @@ fn boot_job(host: &HostView, now: Ts, kind: JobKind, job: Job, reason: &str) -> 
         Some(PowerState::On) => PowerAction::Cycle,
         Some(PowerState::Off) | Some(PowerState::Unknown) | None => PowerAction::On,
     };
+    let next = kind.state(Job {
+        phase: JobPhase::Booting,
+        phase_since: now,
+        ..job
+    });
     let actions = vec![
         Action::RevokeTokens,
+        Action::MintToken {
+            boot: job.boot,
+            phase: next.name(),
+        },
         Action::SetBoot {
             target: pxe_target(host.spec.boot_mode),
             once: true,
         },
         Action::Power(power),
     ];
-    let next = kind.state(Job {
-        phase: JobPhase::Booting,
-        phase_since: now,
-        ..job
-    });
     decide(
         next,
         actions,

@@ -124,9 +124,12 @@ fn running(boot: u64) -> Job {
         boot,
     )
 }
-fn pxe_boot(power: PowerAction) -> Vec<Action> {
+/// A network boot of the agent: old tokens revoked, the one token of `boot` minted for `phase`, boot once by PXE,
+/// power.
+fn pxe_boot(boot: u64, phase: &'static str, power: PowerAction) -> Vec<Action> {
     vec![
         Action::RevokeTokens,
+        Action::MintToken { boot, phase },
         Action::SetBoot {
             target: BootTarget::Pxe { mode: BootMode::Uefi },
             once: true,
@@ -167,7 +170,7 @@ fn lifecycle_table() {
             HostView::test().in_state(State::Registering { since: t, attempt: 0 }),
             read(PowerState::Off),
             State::Inspecting(at(booting(1), t)),
-            pxe_boot(PowerAction::On),
+            pxe_boot(1, "inspecting", PowerAction::On),
         ),
         (
             "registering without inspection goes available",
@@ -217,7 +220,7 @@ fn lifecycle_table() {
                 .powered(PowerState::On),
             obs(),
             State::Provisioning(at(booting(2), t)),
-            pxe_boot(PowerAction::Cycle),
+            pxe_boot(2, "provisioning", PowerAction::Cycle),
         ),
         (
             "available with image but no slot is delayed",
@@ -243,7 +246,7 @@ fn lifecycle_table() {
                 phase_since: t,
                 ..booting(2)
             }),
-            pxe_boot(PowerAction::On),
+            pxe_boot(2, "provisioning", PowerAction::On),
         ),
         (
             "provisioning: written image boots from disk",
@@ -292,7 +295,7 @@ fn lifecycle_table() {
                 .powered(PowerState::On),
             obs(),
             State::Deprovisioning(at(booting(3), t)),
-            pxe_boot(PowerAction::Cycle),
+            pxe_boot(3, "deprovisioning", PowerAction::Cycle),
         ),
         (
             "deprovisioning: erased, powered off, available",

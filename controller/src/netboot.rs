@@ -1,26 +1,26 @@
-//! What kiln tells the netboot services about a MAC: boot the agent (with a freshly minted one-time token for the
-//! host's current boot and phase), boot the local disk, or ignore. This is the `HostLookup` seam of kiln-pxe; it
-//! owns token minting and must not touch DHCP or TFTP itself.
+//! What kiln tells the netboot services about a MAC: boot the agent, boot the local disk, or ignore. This is the
+//! `HostLookup` seam of kiln-pxe. It reads; it never mints: the state machine mints one agent token per boot
+//! (`Action::MintToken`), and the first iPXE script fetch of that boot takes it ([`Handout::Take`]), once. DHCP
+//! lookups and later fetches get the same answer without a token.
 
 use std::sync::Arc;
 
 use kiln_bmc::Secret;
 
-use crate::crypto::{hash_token, random_hex};
 use crate::machine::{JobPhase, State};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, TokenHandout};
 use crate::types::{MacAddr, Ts};
 
 /// What a host booting from the network should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootInstructions {
-    /// Boot kiln-agent with `kiln.api=<api_url> kiln.token=<token>` on the kernel command line.
-    /// The token is a [`Secret`]: this value can be logged.
+    /// Boot kiln-agent with `kiln.api=<api_url> kiln.token=<token>` on the kernel command line. The token is a
+    /// [`Secret`] (this value can be logged), present only for the one lookup that took it.
     Agent {
         host: String,
         mac: MacAddr,
         boot: u64,
-        token: Secret,
+        token: Option<Secret>,
         api_url: String,
     },
     /// Boot from the local disk.
@@ -39,13 +39,25 @@ impl BootInstructions {
                 token,
                 api_url,
                 ..
-            } => Some(format!(
-                "kiln.api={api_url} kiln.token={} kiln.mac={mac} kiln.host={host}",
-                token.expose()
-            )),
+            } => Some(match token {
+                Some(token) => format!(
+                    "kiln.api={api_url} kiln.token={} kiln.mac={mac} kiln.host={host}",
+                    token.expose()
+                ),
+                None => format!("kiln.api={api_url} kiln.mac={mac} kiln.host={host}"),
+            }),
             BootInstructions::LocalDisk { .. } | BootInstructions::Nothing { .. } => None,
         }
     }
+}
+
+/// Whether a lookup hands out the boot's agent token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handout {
+    /// A DHCP decision: what to boot, never the token.
+    Peek,
+    /// The iPXE script of the boot: the token, the first time only.
+    Take,
 }
 
 /// Looks hosts up in the store by boot MAC.
@@ -57,13 +69,18 @@ pub struct StoreLookup {
 }
 
 impl StoreLookup {
-    /// Instructions for `mac`, or `None` for a MAC kiln does not own (the DHCP server must then stay silent).
-    /// Every call for a host that should boot the agent mints a new token for the current boot (the latest one is
-    /// what the iPXE script carries; all of them die when the phase ends).
+    /// Instructions for `mac`, or `None` for a MAC kiln does not own (the DHCP server must then stay silent). With
+    /// [`Handout::Take`], the boot's token comes along the first time; a second take of the same boot gets none, and
+    /// an event says so (re-booting the host, by inspecting or provisioning it again, mints a new one).
     ///
     /// # Errors
     /// The store's error.
-    pub async fn boot_instructions(&self, mac: &MacAddr, now: Ts) -> Result<Option<BootInstructions>, StoreError> {
+    pub async fn boot_instructions(
+        &self,
+        mac: &MacAddr,
+        now: Ts,
+        handout: Handout,
+    ) -> Result<Option<BootInstructions>, StoreError> {
         let Some(h) = self.store.host_by_mac(mac).await? else {
             return Ok(None);
         };
@@ -73,15 +90,26 @@ impl StoreLookup {
                 if j.phase == JobPhase::Delayed {
                     return Ok(Some(BootInstructions::Nothing { host }));
                 }
-                let token = random_hex(32);
-                self.store
-                    .add_token(&hash_token(&token), h.id, j.boot, h.state.name(), now)
-                    .await?;
+                let token = match handout {
+                    Handout::Peek => None,
+                    Handout::Take => match self.store.take_token(h.id, j.boot).await? {
+                        TokenHandout::Token(t) => Some(t),
+                        TokenHandout::AlreadyTaken | TokenHandout::None => {
+                            let msg = format!(
+                                "the agent token of boot {} was already issued (or never minted); this script carries \
+                                 none. Inspect or provision the host again to boot it with a new one",
+                                j.boot
+                            );
+                            self.store.add_event(&host, now, "token_already_issued", &msg).await?;
+                            None
+                        }
+                    },
+                };
                 Ok(Some(BootInstructions::Agent {
                     host,
                     mac: *mac,
                     boot: j.boot,
-                    token: Secret::new(token),
+                    token,
                     api_url: self.api_url.clone(),
                 }))
             }

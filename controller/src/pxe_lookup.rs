@@ -6,7 +6,7 @@ use kiln_pxe::{BootAction, BootEvent, BootHost, BoxFuture, HostLookup};
 use url::Url;
 
 use crate::executor::now;
-use crate::netboot::{BootInstructions, StoreLookup};
+use crate::netboot::{BootInstructions, Handout, StoreLookup};
 use crate::types::MacAddr;
 
 /// Where the agent ramdisk is served, and the store lookup.
@@ -23,11 +23,11 @@ fn mac(m: kiln_pxe::MacAddr) -> Option<MacAddr> {
     m.to_string().parse().ok()
 }
 
-impl HostLookup for PxeLookup {
-    fn lookup(&self, m: kiln_pxe::MacAddr) -> BoxFuture<'_, Option<BootHost>> {
-        Box::pin(async move {
+impl PxeLookup {
+    async fn boot_host(&self, m: kiln_pxe::MacAddr, handout: Handout) -> Option<BootHost> {
+        {
             let mac = mac(m)?;
-            let instr = match self.lookup.boot_instructions(&mac, now()).await {
+            let instr = match self.lookup.boot_instructions(&mac, now(), handout).await {
                 Ok(i) => i?,
                 Err(e) => {
                     tracing::error!(%mac, error = %crate::bmcs::chain(&e), "host lookup failed");
@@ -58,7 +58,17 @@ impl HostLookup for PxeLookup {
                     action: BootAction::Nothing,
                 },
             })
-        })
+        }
+    }
+}
+
+impl HostLookup for PxeLookup {
+    fn lookup(&self, m: kiln_pxe::MacAddr) -> BoxFuture<'_, Option<BootHost>> {
+        Box::pin(self.boot_host(m, Handout::Peek))
+    }
+
+    fn script_host(&self, m: kiln_pxe::MacAddr) -> BoxFuture<'_, Option<BootHost>> {
+        Box::pin(self.boot_host(m, Handout::Take))
     }
 
     fn record(&self, m: kiln_pxe::MacAddr, event: BootEvent) -> BoxFuture<'_, ()> {
@@ -141,12 +151,37 @@ mod tests {
             next_wake: None,
         };
         assert!(store.save_status(h.id, h.generation, &st, Ts(0)).await.unwrap());
+        // The state machine minted the boot's token (Action::MintToken).
+        let minted = kiln_bmc::Secret::new(crate::crypto::random_hex(32));
+        store
+            .add_token(
+                &crate::crypto::hash_token(minted.expose()),
+                h.id,
+                1,
+                "provisioning",
+                Some(&minted),
+                Ts(0),
+            )
+            .await
+            .unwrap();
+        let cmdline_of = |b: Option<BootHost>| match b.map(|b| b.action) {
+            Some(BootAction::Agent { cmdline, .. }) => cmdline,
+            other => panic!("{other:?}"),
+        };
+        // DHCP lookups never carry the token.
+        for _ in 0..3 {
+            assert!(!cmdline_of(p.lookup(m).await).contains("kiln.token="));
+        }
         let BootAction::Agent {
             cmdline, kernel_url, ..
-        } = p.lookup(m).await.unwrap().action
+        } = p.script_host(m).await.unwrap().action
         else {
             panic!()
         };
+        // The second script of the same boot carries none, and says so in the host's events.
+        assert!(!cmdline_of(p.script_host(m).await).contains("kiln.token="));
+        let ev = store.events(Some("node-11"), 10).await.unwrap();
+        assert!(ev.iter().any(|e| e.kind == "token_already_issued"), "{ev:?}");
         assert_eq!(kernel_url.path(), "/boot/vmlinuz");
         assert!(
             cmdline.contains("kiln.api=http://10.0.0.1:8080") && cmdline.ends_with("console=ttyS0"),
@@ -156,6 +191,7 @@ mod tests {
             .split_whitespace()
             .find_map(|a| a.strip_prefix("kiln.token="))
             .unwrap();
+        assert_eq!(token, minted.expose());
         let rec = store.token(&crate::crypto::hash_token(token)).await.unwrap().unwrap();
         assert_eq!(
             (rec.host_id, rec.boot, rec.phase.as_str(), rec.revoked),

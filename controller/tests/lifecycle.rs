@@ -313,7 +313,11 @@ async fn bad_input_and_bad_tokens_are_refused_with_the_field_named() {
     let lookup = lab.lookup.lock().unwrap().clone().unwrap();
     assert!(
         lookup
-            .boot_instructions(&"52:54:00:00:00:99".parse().unwrap(), kiln::executor::now())
+            .boot_instructions(
+                &"52:54:00:00:00:99".parse().unwrap(),
+                kiln::executor::now(),
+                kiln::netboot::Handout::Take
+            )
             .await
             .unwrap()
             .is_none(),

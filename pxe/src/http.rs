@@ -38,7 +38,7 @@ async fn script(State(st): State<BootState>, Path(script): Path<String>) -> Resp
     let Some(mac) = script.strip_suffix(".ipxe").and_then(|m| m.parse::<MacAddr>().ok()) else {
         return not_found(&st);
     };
-    let Some(host) = st.lookup.lookup(mac).await else {
+    let Some(host) = st.lookup.script_host(mac).await else {
         tracing::info!(%mac, "ipxe script for unknown host");
         return not_found(&st);
     };

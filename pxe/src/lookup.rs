@@ -94,6 +94,12 @@ pub trait HostLookup: Send + Sync + 'static {
     /// What to do for `mac`; `None` = unknown host (full mode ignores it unless discovery is on; proxy ignores it).
     fn lookup(&self, mac: MacAddr) -> BoxFuture<'_, Option<BootHost>>;
 
+    /// What the iPXE script for `mac` carries: like [`HostLookup::lookup`], but this is the one call that may hand
+    /// out a one-time secret for the boot (the appliance's agent token). Defaults to `lookup`.
+    fn script_host(&self, mac: MacAddr) -> BoxFuture<'_, Option<BootHost>> {
+        self.lookup(mac)
+    }
+
     /// Reports a netboot phase for `mac`. Must not block for long: it is awaited on the DHCP path.
     fn record(&self, mac: MacAddr, event: BootEvent) -> BoxFuture<'_, ()>;
 }

@@ -5,7 +5,7 @@
 pub mod sql;
 
 use async_trait::async_trait;
-use kiln_bmc::{BootMode, PowerState};
+use kiln_bmc::{BootMode, PowerState, Secret};
 use kiln_images::protocol::{CommandKind, Outcome};
 use serde::{Deserialize, Serialize};
 
@@ -94,7 +94,19 @@ pub struct Event {
     pub message: String,
 }
 
-/// A stored agent token (the token itself is never stored, only its SHA-256).
+/// What [`Store::take_token`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenHandout {
+    /// The token, handed out now and never again.
+    Token(Secret),
+    /// The boot's token was handed out before.
+    AlreadyTaken,
+    /// No token was minted for the boot.
+    None,
+}
+
+/// A stored agent token (the token itself is never stored in the clear: its SHA-256, and until the first iPXE
+/// script fetch of its boot, the token sealed with the data directory's key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {
     pub host_id: i64,
@@ -185,7 +197,18 @@ pub trait Store: Send + Sync + 'static {
     /// The latest `limit` events (of one host if given), oldest first.
     async fn events(&self, host: Option<&str>, limit: i64) -> Result<Vec<Event>, StoreError>;
 
-    async fn add_token(&self, hash: &str, host_id: i64, boot: u64, phase: &str, now: Ts) -> Result<(), StoreError>;
+    /// Stores a token's hash for `boot` in `phase`; `handout`, if given, is kept sealed until [`Store::take_token`].
+    async fn add_token(
+        &self,
+        hash: &str,
+        host_id: i64,
+        boot: u64,
+        phase: &str,
+        handout: Option<&Secret>,
+        now: Ts,
+    ) -> Result<(), StoreError>;
+    /// Hands out the token of `boot` once: the first call gets it, later ones learn that it was already taken.
+    async fn take_token(&self, host_id: i64, boot: u64) -> Result<TokenHandout, StoreError>;
     async fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
     async fn revoke_tokens(&self, host_id: i64) -> Result<(), StoreError>;
 

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use kiln_bmc::Secret;
 use kiln_images::protocol::{CommandKind, Outcome};
 use sqlx::Row;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use super::{
-    AgentBoot, AgentCommand, CommandStatus, Event, HostRow, PhaseRecord, Store, StoreError, TokenRecord,
+    AgentBoot, AgentCommand, CommandStatus, Event, HostRow, PhaseRecord, Store, StoreError, TokenHandout, TokenRecord,
     command_from_parts, json_text, json_value,
 };
 use crate::crypto::SecretKey;
@@ -323,11 +324,39 @@ macro_rules! sql_store {
                 Ok(out)
             }
 
-            async fn add_token(&self, hash: &str, host_id: i64, boot: u64, phase: &str, now: Ts) -> Result<(), StoreError> {
-                sqlx::query("INSERT INTO agent_tokens (token_hash, host_id, boot, phase, created_ms, revoked) VALUES ($1, $2, $3, $4, $5, 0)")
-                    .bind(hash.to_owned()).bind(host_id).bind(boot as i64).bind(phase.to_owned()).bind(now.0)
+            async fn add_token(&self, hash: &str, host_id: i64, boot: u64, phase: &str, handout: Option<&Secret>, now: Ts) -> Result<(), StoreError> {
+                let context = format!("agent-token:{host_id}:{boot}");
+                let sealed = handout
+                    .map(|t| self.key.seal(t, &context))
+                    .transpose()
+                    .map_err(|source| StoreError::Crypto { host: host_id.to_string(), source })?;
+                sqlx::query("INSERT INTO agent_tokens (token_hash, host_id, boot, phase, created_ms, revoked, handout) VALUES ($1, $2, $3, $4, $5, 0, $6)")
+                    .bind(hash.to_owned()).bind(host_id).bind(boot as i64).bind(phase.to_owned()).bind(now.0).bind(sealed)
                     .execute(&self.pool).await.map_err(db("add agent token"))?;
                 Ok(())
+            }
+
+            async fn take_token(&self, host_id: i64, boot: u64) -> Result<TokenHandout, StoreError> {
+                // Read, then clear conditionally: of two concurrent script fetches, exactly one clears the row and
+                // gets the token.
+                let row = sqlx::query("SELECT token_hash, handout FROM agent_tokens WHERE host_id = $1 AND boot = $2 AND handout IS NOT NULL")
+                    .bind(host_id).bind(boot as i64)
+                    .fetch_optional(&self.pool).await.map_err(db("read agent token"))?;
+                if let Some(r) = row {
+                    let hash: String = r.try_get("token_hash").map_err(db("read agent token"))?;
+                    let sealed: String = r.try_get("handout").map_err(db("read agent token"))?;
+                    let cleared = sqlx::query("UPDATE agent_tokens SET handout = NULL WHERE token_hash = $1 AND handout IS NOT NULL")
+                        .bind(hash).execute(&self.pool).await.map_err(db("take agent token"))?;
+                    if cleared.rows_affected() == 1 {
+                        let token = self.key.open(&sealed, &format!("agent-token:{host_id}:{boot}"))
+                            .map_err(|source| StoreError::Crypto { host: host_id.to_string(), source })?;
+                        return Ok(TokenHandout::Token(token));
+                    }
+                }
+                let minted = sqlx::query("SELECT 1 AS one FROM agent_tokens WHERE host_id = $1 AND boot = $2")
+                    .bind(host_id).bind(boot as i64)
+                    .fetch_optional(&self.pool).await.map_err(db("read agent token"))?;
+                Ok(if minted.is_some() { TokenHandout::AlreadyTaken } else { TokenHandout::None })
             }
 
             async fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
@@ -346,7 +375,8 @@ macro_rules! sql_store {
             }
 
             async fn revoke_tokens(&self, host_id: i64) -> Result<(), StoreError> {
-                sqlx::query("UPDATE agent_tokens SET revoked = 1 WHERE host_id = $1 AND revoked = 0")
+                // Deleted, not marked: a token whose boot is over is worth nothing, and rows must not pile up.
+                sqlx::query("DELETE FROM agent_tokens WHERE host_id = $1")
                     .bind(host_id).execute(&self.pool).await.map_err(db("revoke agent tokens"))?;
                 Ok(())
             }

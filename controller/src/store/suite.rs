@@ -187,7 +187,9 @@ async fn suite(s: Arc<dyn Store>) {
     assert_eq!(s.events(None, 100).await.unwrap().len(), 6);
 
     // Agent tokens, boots, commands.
-    s.add_token("hash-a", h.id, 3, "provisioning", t).await.unwrap();
+    s.add_token("hash-a", h.id, 3, "provisioning", Some(&Secret::new("the-token")), t)
+        .await
+        .unwrap();
     assert_eq!(
         s.token("hash-a").await.unwrap(),
         Some(TokenRecord {
@@ -198,8 +200,15 @@ async fn suite(s: Arc<dyn Store>) {
         })
     );
     assert!(s.token("hash-b").await.unwrap().is_none());
+    // Handed out once, sealed until then.
+    assert_eq!(s.take_token(h.id, 4).await.unwrap(), TokenHandout::None);
+    assert_eq!(
+        s.take_token(h.id, 3).await.unwrap(),
+        TokenHandout::Token(Secret::new("the-token"))
+    );
+    assert_eq!(s.take_token(h.id, 3).await.unwrap(), TokenHandout::AlreadyTaken);
     s.revoke_tokens(h.id).await.unwrap();
-    assert!(s.token("hash-a").await.unwrap().unwrap().revoked);
+    assert!(s.token("hash-a").await.unwrap().is_none(), "revoked tokens are deleted");
     assert!(s.agent_boot(h.id, 3).await.unwrap().is_none());
     s.heartbeat(h.id, 3, t).await.unwrap();
     s.heartbeat(h.id, 3, t.plus_ms(10)).await.unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use kiln::bmcs::{BmcAdapter, BmcConnector, DynBmc, FnConnector};
 use kiln::machine::{BmcFailure, Policy};
 use kiln::model::BmcInfo;
-use kiln::netboot::{BootInstructions, StoreLookup};
+use kiln::netboot::{BootInstructions, Handout, StoreLookup};
 use kiln::server::{Appliance, Config};
 use kiln::types::{HostName, MacAddr};
 use kiln_bmc::{Bmc, BootPersistence, BootTarget, Capabilities, Inventory, PowerAction, PowerState};
@@ -274,16 +274,25 @@ impl Lab {
                         let mut instr = None;
                         for _ in 0..50 {
                             let lookup = current.lock().unwrap().clone().unwrap();
-                            match lookup.boot_instructions(&mac, kiln::executor::now()).await.unwrap() {
-                                Some(i @ BootInstructions::Agent { .. }) => {
+                            match lookup
+                                .boot_instructions(&mac, kiln::executor::now(), Handout::Take)
+                                .await
+                                .unwrap()
+                            {
+                                Some(i @ BootInstructions::Agent { token: Some(_), .. }) => {
                                     instr = Some(i);
                                     break;
                                 }
                                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
                             }
                         }
-                        let Some(BootInstructions::Agent { token, api_url, .. }) = instr else {
-                            panic!("{host} network-booted but kiln gave no agent instructions")
+                        let Some(BootInstructions::Agent {
+                            token: Some(token),
+                            api_url,
+                            ..
+                        }) = instr
+                        else {
+                            panic!("{host} network-booted but kiln gave no agent instructions with a token")
                         };
                         let token = token.expose().to_owned();
                         tokens
