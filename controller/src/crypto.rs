@@ -40,13 +40,31 @@ impl std::fmt::Debug for SecretKey {
     }
 }
 
-/// Writes `contents` to `path` with mode 0600 unless it exists; returns the file's contents either way.
+/// Writes `contents` to `path` with mode 0600 unless it exists; returns the file's contents either way. An existing
+/// file that its group or others may read is refused (as ssh refuses a readable private key): a secret someone
+/// else could have read is not a secret. A new file is made durable with its directory entry.
 ///
 /// # Errors
-/// The I/O error of reading or creating the file.
+/// The I/O error of reading or creating the file; `PermissionDenied` for a group- or world-readable file.
 pub fn read_or_create_0600(path: &Path, contents: impl FnOnce() -> String) -> std::io::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
     match std::fs::read_to_string(path) {
-        Ok(s) => return Ok(s.trim().to_owned()),
+        Ok(s) => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} is readable by others (mode {:o}): run `chmod 600 {}`, and replace the secret if \
+                         someone may have read it",
+                        path.display(),
+                        mode & 0o777,
+                        path.display()
+                    ),
+                ));
+            }
+            return Ok(s.trim().to_owned());
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
@@ -59,7 +77,27 @@ pub fn read_or_create_0600(path: &Path, contents: impl FnOnce() -> String) -> st
     f.write_all(value.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(value)
+}
+
+/// Makes `dir` (created if missing) private to kiln's user: mode 0700, whatever it was.
+///
+/// # Errors
+/// The I/O error of creating or changing it.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode != 0o700 {
+        if mode & 0o077 != 0 {
+            tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "data directory was open to others; now 0700");
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 impl SecretKey {

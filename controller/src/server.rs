@@ -139,7 +139,7 @@ impl Appliance {
     /// [`ServeError`] naming what could not be opened.
     pub async fn open(config: Config, connector: Arc<dyn BmcConnector>) -> Result<Self, ServeError> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir {
+        crate::crypto::private_dir(dir).map_err(|source| ServeError::DataDir {
             path: dir.display().to_string(),
             source,
         })?;

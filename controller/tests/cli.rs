@@ -230,7 +230,24 @@ fn operator_enrolls_with_the_cli_and_kiln_survives_kill_9() {
     let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
     assert!(log.contains("kiln stopped"), "{log}");
     assert!(!log.contains("cli-Redfish-pw"), "password in kiln's log");
-    let mode =
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.join("admin.token")).unwrap().permissions());
-    assert_eq!(mode & 0o777, 0o600);
+    let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory is private");
+    for f in ["admin.token", "secret.key", "kiln.db", "kiln.db-wal", "kiln.db-shm"] {
+        if data.join(f).exists() {
+            assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+        }
+    }
+    // A secret file others may read is refused at start, with the fix in the message.
+    std::fs::set_permissions(
+        data.join("admin.token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("chmod 600"), "{err}");
 }

@@ -1,15 +1,18 @@
 //! HTTP boot endpoints as an axum `Router` the controller mounts: `GET /boot/{mac}.ipxe` (per-host script from
-//! `HostLookup`) and `GET /boot/files/...` (kernel, initramfs, iPXE binaries; byte ranges via tower-http `ServeDir`).
+//! `HostLookup`) and `GET /boot/files/...` (kernel, initramfs, iPXE binaries; byte ranges via tower-http
+//! `ServeFile`), confined to the files directory exactly as TFTP is: a symlink that leads out of it is refused.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::Request;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tower_http::services::ServeDir;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
 
 use crate::counters::{PxeCounters, bump};
 use crate::ipxe;
@@ -20,14 +23,41 @@ use crate::mac::MacAddr;
 struct BootState {
     lookup: Arc<dyn HostLookup>,
     counters: Arc<PxeCounters>,
+    /// The files directory, canonical (`None` if it does not exist: every file is then not found).
+    files_root: Option<Arc<PathBuf>>,
 }
 
 /// The boot router: mount it at the root of kiln's HTTP listener (`Router::merge`).
 pub fn router(lookup: Arc<dyn HostLookup>, files_dir: PathBuf, counters: Arc<PxeCounters>) -> Router {
+    let files_root = std::fs::canonicalize(&files_dir).ok().map(Arc::new);
+    if files_root.is_none() {
+        tracing::warn!(dir = %files_dir.display(), "boot files directory missing: /boot/files serves nothing");
+    }
     Router::new()
         .route("/boot/{script}", get(script))
-        .nest_service("/boot/files", ServeDir::new(files_dir))
-        .with_state(BootState { lookup, counters })
+        .route("/boot/files/{*path}", get(file))
+        .with_state(BootState {
+            lookup,
+            counters,
+            files_root,
+        })
+}
+
+async fn file(State(st): State<BootState>, Path(path): Path<String>, req: Request) -> Response {
+    let Some(root) = &st.files_root else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match crate::tftp::resolve_in_root(root, &path).await {
+        Ok(real) => match ServeFile::new(real).oneshot(req).await {
+            Ok(r) => r.into_response(),
+            Err(e) => match e {},
+        },
+        Err(async_tftp::packet::Error::PermissionDenied) => {
+            tracing::info!(path, "boot file refused: outside the files directory");
+            StatusCode::FORBIDDEN.into_response()
+        }
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn script(State(st): State<BootState>, Path(script): Path<String>) -> Response {
@@ -127,6 +157,17 @@ mod tests {
         assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
         assert_eq!(axum::body::to_bytes(r.into_body(), 100).await.unwrap().as_ref(), b"234");
         let r = app.clone().oneshot(get("/boot/files/../vmlinuz")).await.unwrap();
+        assert_ne!(r.status(), StatusCode::OK);
+        // A symlink inside the files directory that leads out of it is refused, as TFTP refuses it.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"kiln.db").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("escape")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("vmlinuz"), dir.path().join("kernel")).unwrap();
+        let r = app.clone().oneshot(get("/boot/files/escape")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = app.clone().oneshot(get("/boot/files/kernel")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "a symlink within the directory is fine");
+        let r = app.clone().oneshot(get("/boot/files/%2e%2e/vmlinuz")).await.unwrap();
         assert_ne!(r.status(), StatusCode::OK);
     }
 }

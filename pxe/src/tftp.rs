@@ -44,6 +44,23 @@ pub fn check_path(requested: &str) -> Result<&Path, packet::Error> {
     Ok(path)
 }
 
+/// `requested` (a relative path as a client sent it) inside `root` (canonical): the name is checked with
+/// [`check_path`], symlinks are resolved, and the result must still be inside `root`. TFTP and the HTTP
+/// `/boot/files` route both serve through this.
+///
+/// # Errors
+/// `PermissionDenied` for a refused name or a path that leaves the root, `FileNotFound` when it does not exist.
+pub async fn resolve_in_root(root: &Path, requested: &str) -> Result<PathBuf, packet::Error> {
+    let rel = check_path(requested)?;
+    let real = tokio::fs::canonicalize(root.join(rel))
+        .await
+        .map_err(|_| packet::Error::FileNotFound)?;
+    if !real.starts_with(root) {
+        return Err(packet::Error::PermissionDenied);
+    }
+    Ok(real)
+}
+
 /// The async-tftp handler: a root directory and a small content cache.
 pub struct RootHandler {
     root: PathBuf,
@@ -84,14 +101,7 @@ impl RootHandler {
     }
 
     async fn open(&mut self, requested: &str) -> Result<(Shared, u64), packet::Error> {
-        let rel = check_path(requested)?;
-        // Resolve symlinks, then insist the result is still inside the root.
-        let real = tokio::fs::canonicalize(self.root.join(rel))
-            .await
-            .map_err(|_| packet::Error::FileNotFound)?;
-        if !real.starts_with(&self.root) {
-            return Err(packet::Error::PermissionDenied);
-        }
+        let real = resolve_in_root(&self.root, requested).await?;
         let meta = tokio::fs::metadata(&real)
             .await
             .map_err(|_| packet::Error::FileNotFound)?;

@@ -482,11 +482,35 @@ impl SqliteStore {
     /// [`StoreError::Db`] or [`StoreError::Migrate`].
     pub async fn open(path: &Path, key: SecretKey) -> Result<Self, StoreError> {
         use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+        // The database holds sealed BMC passwords and agent tokens, user data and inventories: 0600. SQLite gives its
+        // -wal and -shm files the database file's mode, so making the file first is enough.
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let io = |source: std::io::Error| StoreError::Db {
+                op: "create the database file",
+                source: sqlx::Error::Io(source),
+            };
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
+            for suffix in ["", "-wal", "-shm"] {
+                let p = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+                if p.exists() {
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+                }
+            }
+        }
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a transaction kiln acknowledged survives a power loss too (NORMAL may lose the last ones in WAL
+            // mode); an appliance's intents and states are worth an fsync per commit.
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
