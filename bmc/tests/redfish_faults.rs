@@ -289,3 +289,73 @@ async fn a_connect_timeout_is_a_retried_connect_error() {
     assert!(took >= Duration::from_millis(900), "three attempts of 300 ms: {took:?}");
     drop((listener, fillers));
 }
+
+/// Something else listening on loopback that records what reaches it (it must be nothing).
+async fn witness() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let s = s.clone();
+        async move {
+            s.lock()
+                .unwrap()
+                .push(format!("{} {} {:?}", req.method(), req.uri(), req.headers()));
+            "{}"
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
+}
+
+/// A BMC-supplied URL on another origin (port) is refused before anything is sent to it: the password of a
+/// session login never leaves the BMC's origin.
+#[tokio::test]
+async fn a_session_link_to_another_origin_is_refused() {
+    let (elsewhere, seen) = witness().await;
+    let (addr, mock) = mock_redfish::start(Mock {
+        sessions_link: format!("http://{elsewhere}/redfish/v1/SessionService/Sessions"),
+        ..Mock::default()
+    })
+    .await;
+    let e = connect_with(addr, PASSWORD, opts()).await.unwrap_err();
+    assert!(e.to_string().contains("refusing the BMC-supplied URL"), "{e}");
+    assert!(e.to_string().contains("not on the BMC's origin"), "{e}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "sent to another origin: {:?}",
+        seen.lock().unwrap()
+    );
+    assert_eq!(mock.lock().unwrap().sessions_created, 0);
+}
+
+/// A redirect to another origin is refused: the session token is not carried there.
+#[tokio::test]
+async fn a_redirect_to_another_origin_is_refused() {
+    let (elsewhere, seen) = witness().await;
+    let (addr, mock) = mock_redfish::start(Mock::default()).await;
+    let bmc = connect(addr).await;
+    mock.lock().unwrap().redirect_system_to = Some(format!("http://{elsewhere}/redfish/v1/Systems/1"));
+    let e = bmc.power_state().await.unwrap_err();
+    assert!(e.to_string().contains("refusing a redirect"), "{e}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "followed to another origin: {:?}",
+        seen.lock().unwrap()
+    );
+    mock.lock().unwrap().redirect_system_to = None;
+    bmc.close().await.unwrap();
+}
+
+/// A response body beyond the cap is refused, not buffered.
+#[tokio::test]
+async fn an_endless_body_is_refused() {
+    let (addr, mock) = mock_redfish::start(Mock::default()).await;
+    let bmc = connect(addr).await;
+    mock.lock().unwrap().pad_system = 17 << 20;
+    let e = bmc.power_state().await.unwrap_err();
+    assert!(e.to_string().contains("exceeds 16 MiB"), "{e}");
+    mock.lock().unwrap().pad_system = 0;
+    bmc.close().await.unwrap();
+}

@@ -62,6 +62,31 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// The largest response body kiln reads from a BMC (an inventory of a large server is well under 1 MiB).
+const MAX_BODY: usize = 16 << 20;
+
+/// A redirect to another origin, refused.
+#[derive(Debug, thiserror::Error)]
+#[error("refusing a redirect to {0}: it is not on the BMC's origin")]
+struct CrossOriginRedirect(String);
+
+/// Follows up to 5 redirects, all on the BMC's origin: a token or password header must never be carried elsewhere.
+fn same_origin_redirects(origin: &str) -> reqwest::redirect::Policy {
+    let ours = reqwest::Url::parse(origin).ok().map(|u| u.origin());
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            return attempt.error("too many redirects");
+        }
+        match &ours {
+            Some(o) if attempt.url().origin() == *o => attempt.follow(),
+            _ => {
+                let to = attempt.url().to_string();
+                attempt.error(CrossOriginRedirect(to))
+            }
+        }
+    })
+}
+
 impl Client {
     /// Builds the HTTP client; does not talk to the BMC yet.
     pub(crate) fn new(address: &RedfishAddress, creds: Credentials, opts: BmcOptions) -> Result<Self, BmcError> {
@@ -73,7 +98,7 @@ impl Client {
             .connect_timeout(opts.connect_timeout)
             .pool_max_idle_per_host(1)
             .user_agent(concat!("kiln-bmc/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(5));
+            .redirect(same_origin_redirects(&address.origin()));
         if opts.disable_certificate_verification {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
@@ -161,12 +186,14 @@ impl Client {
                 let location = headers
                     .get(header::LOCATION)
                     .and_then(|v| v.to_str().ok())
-                    .map(|l| self.path_of(l))
+                    .map(str::to_string)
                     .or_else(|| {
                         serde_json::from_slice::<serde_json::Value>(&bytes)
                             .ok()
                             .and_then(|v| v.get("@odata.id")?.as_str().map(str::to_string))
-                    });
+                    })
+                    .map(|l| self.path_of(&operation, &l))
+                    .transpose()?;
                 tracing::debug!(bmc = %self.bmc, session = ?location, "created Redfish session");
                 self.set_auth(Auth::Session {
                     token: Secret::new(token),
@@ -265,7 +292,7 @@ impl Client {
             && method != Method::GET
             && let Some(location) = reply.headers.get(header::LOCATION).and_then(|v| v.to_str().ok())
         {
-            let monitor = self.path_of(location);
+            let monitor = self.path_of(&format!("{method} {path}"), location)?;
             return self.follow_task(&format!("{method} {path}"), &monitor).await;
         }
         Ok(reply)
@@ -344,11 +371,7 @@ impl Client {
         authenticate: bool,
     ) -> Result<(StatusCode, HeaderMap, String, Vec<u8>), BmcError> {
         let operation = format!("{method} {path}");
-        let url = if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_string()
-        } else {
-            format!("{}{path}", self.origin)
-        };
+        let url = format!("{}{}", self.origin, self.path_of(&operation, path)?);
         let mut request = self
             .http
             .request(method, &url)
@@ -377,12 +400,25 @@ impl Client {
         let status = response.status();
         let headers = response.headers().clone();
         let final_path = response.url().path().to_string();
-        let bytes = response
-            .bytes()
+        // Bounded: a BMC (or something posing as one) cannot make kiln buffer an endless body.
+        let too_big = || self.protocol(&operation, &format!("the response body exceeds {} MiB", MAX_BODY >> 20));
+        if response.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(too_big());
+        }
+        let mut bytes = Vec::new();
+        let mut response = response;
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| self.transport_error(&operation, e))?;
+            .map_err(|e| self.transport_error(&operation, e))?
+        {
+            if bytes.len() + chunk.len() > MAX_BODY {
+                return Err(too_big());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         tracing::debug!(bmc = %self.bmc, %operation, %status, elapsed_ms = started.elapsed().as_millis() as u64, "redfish request");
-        Ok((status, headers, final_path, bytes.to_vec()))
+        Ok((status, headers, final_path, bytes))
     }
 
     /// Polls a task monitor (DSP0266 section 12.2) until the task is done.
@@ -422,17 +458,27 @@ impl Client {
         }
     }
 
-    /// `https://host/redfish/v1/x` or `/redfish/v1/x` -> `/redfish/v1/x`.
-    pub(crate) fn path_of(&self, location: &str) -> String {
-        match location.find("://") {
-            Some(i) => {
-                let rest = &location[i + 3..];
-                rest.find('/')
-                    .map(|j| rest[j..].to_string())
-                    .unwrap_or_else(|| "/".to_string())
-            }
-            None => location.to_string(),
+    /// A URL the BMC supplied (`@odata.id`, an action target, a `Location`), as a path on the BMC's own origin:
+    /// `/redfish/v1/x` as is, `https://host:port/redfish/v1/x` only if scheme, host and port are the BMC's. Anything
+    /// else is refused: credentials and session tokens never go to another origin.
+    ///
+    /// # Errors
+    /// `Protocol` naming the URL and the operation.
+    pub(crate) fn path_of(&self, operation: &str, location: &str) -> Result<String, BmcError> {
+        if location.starts_with('/') && !location.starts_with("//") {
+            return Ok(location.to_string());
         }
+        let refuse =
+            |why: &str| self.protocol(operation, &format!("refusing the BMC-supplied URL {location:?}: {why}"));
+        let url = reqwest::Url::parse(location).map_err(|_| refuse("not an absolute path or URL"))?;
+        let ours = reqwest::Url::parse(&self.origin).map_err(|_| refuse("the BMC's own address is not a URL"))?;
+        if url.origin() != ours.origin() {
+            return Err(refuse(&format!("it is not on the BMC's origin {}", self.origin)));
+        }
+        Ok(match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        })
     }
 
     fn transport_error(&self, operation: &str, e: reqwest::Error) -> BmcError {
@@ -461,7 +507,15 @@ impl Client {
             };
         }
         if e.is_redirect() {
-            return self.protocol(operation, "too many redirects");
+            let mut why = "too many redirects".to_string();
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(c) = cause {
+                if c.is::<CrossOriginRedirect>() {
+                    why = c.to_string();
+                }
+                cause = c.source();
+            }
+            return self.protocol(operation, &why);
         }
         BmcError::Connect {
             bmc: self.bmc.clone(),

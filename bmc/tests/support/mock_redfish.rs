@@ -36,6 +36,12 @@ pub struct Mock {
     pub image: Option<String>,
     pub pending_image: Option<String>,
     pub task_polls: u32,
+    /// The service root's session collection link (a hostile BMC points it at another origin).
+    pub sessions_link: String,
+    /// Answer GET of the System with a 307 to this URL.
+    pub redirect_system_to: Option<String>,
+    /// Pad every System body with this many bytes.
+    pub pad_system: usize,
 }
 
 impl Default for Mock {
@@ -58,6 +64,9 @@ impl Default for Mock {
             image: None,
             pending_image: None,
             task_polls: 0,
+            sessions_link: "/redfish/v1/SessionService/Sessions".into(),
+            redirect_system_to: None,
+            pad_system: 0,
         }
     }
 }
@@ -113,7 +122,7 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
             "@odata.id": "/redfish/v1/", "RedfishVersion": "1.15.0", "Vendor": "kiln-mock",
             "Systems": {"@odata.id": "/redfish/v1/Systems"}, "Managers": {"@odata.id": "/redfish/v1/Managers"},
             "SessionService": {"@odata.id": "/redfish/v1/SessionService"},
-            "Links": {"Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}}
+            "Links": {"Sessions": {"@odata.id": m.sessions_link}}
         }))
         .into_response();
     }
@@ -168,6 +177,14 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
         .into_response(),
         (Method::GET, "/redfish/v1/Systems") => {
             axum::Json(json!({"Members": [{"@odata.id": "/redfish/v1/Systems/1"}]})).into_response()
+        }
+        (Method::GET, "/redfish/v1/Systems/1") if m.redirect_system_to.is_some() => {
+            let to = m.redirect_system_to.clone().unwrap_or_default();
+            (StatusCode::TEMPORARY_REDIRECT, [("Location", to)]).into_response()
+        }
+        (Method::GET, "/redfish/v1/Systems/1") if m.pad_system > 0 => {
+            let pad = "x".repeat(m.pad_system);
+            axum::Json(json!({"@odata.id": "/redfish/v1/Systems/1", "Id": "1", "Oem": {"pad": pad}})).into_response()
         }
         (Method::GET, "/redfish/v1/Systems/1") => {
             m.system_gets += 1;
