@@ -73,6 +73,10 @@ pub struct Config {
     pub agent_boot: Option<AgentBootConfig>,
     /// The Kubernetes front-end (BareMetalHost and Cluster API controllers); `None` runs without it.
     pub kube: Option<crate::kube::runner::KubeSettings>,
+    /// Events older than this many days are deleted (hourly).
+    pub event_retention_days: u32,
+    /// Each host keeps at most this many of its newest events.
+    pub events_per_host: u32,
 }
 
 /// Kernel and initramfs of the kiln-agent ramdisk.
@@ -100,6 +104,8 @@ impl Default for Config {
             pxe: None,
             agent_boot: None,
             kube: None,
+            event_retention_days: 30,
+            events_per_host: 2000,
         }
     }
 }
@@ -329,6 +335,25 @@ pub async fn run(
                 tracing::error!(panicked = r.is_err(), "the executor stopped; stopping kiln");
                 died.store(true, std::sync::atomic::Ordering::SeqCst);
                 c.cancel();
+            }
+        });
+    }
+    // Retention: events are pruned hourly (and at start), so neither time nor a chatty host grows the store forever.
+    {
+        let (store, c) = (app.store.clone(), cancel.clone());
+        let (days, per_host) = (app.config.event_retention_days, app.config.events_per_host);
+        tasks.spawn(async move {
+            loop {
+                let before = crate::executor::now().plus_ms(-(i64::from(days) * 86_400_000));
+                match store.prune_events(before, i64::from(per_host.max(1))).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, days, per_host, "old events pruned"),
+                    Err(e) => tracing::warn!(error = %crate::bmcs::chain(&e), "pruning events failed"),
+                }
+                tokio::select! {
+                    _ = c.cancelled() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+                }
             }
         });
     }

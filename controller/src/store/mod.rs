@@ -196,6 +196,8 @@ pub trait Store: Send + Sync + 'static {
     async fn add_event(&self, host: &str, now: Ts, kind: &str, message: &str) -> Result<(), StoreError>;
     /// The latest `limit` events (of one host if given), oldest first.
     async fn events(&self, host: Option<&str>, limit: i64) -> Result<Vec<Event>, StoreError>;
+    /// Deletes events older than `before`, and all but the newest `keep_per_host` of each host; returns how many.
+    async fn prune_events(&self, before: Ts, keep_per_host: i64) -> Result<u64, StoreError>;
 
     /// Stores a token's hash for `boot` in `phase`; `handout`, if given, is kept sealed until [`Store::take_token`].
     async fn add_token(

@@ -299,6 +299,17 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn prune_events(&self, before: Ts, keep_per_host: i64) -> Result<u64, StoreError> {
+                let old = sqlx::query("DELETE FROM events WHERE at_ms < $1")
+                    .bind(before.0).execute(&self.pool).await.map_err(db("prune events"))?;
+                let over = sqlx::query(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY host_name ORDER BY id DESC) AS n \
+                     FROM events) ranked WHERE n > $1)",
+                )
+                .bind(keep_per_host).execute(&self.pool).await.map_err(db("prune events"))?;
+                Ok(old.rows_affected() + over.rows_affected())
+            }
+
             async fn events(&self, host: Option<&str>, limit: i64) -> Result<Vec<Event>, StoreError> {
                 let rows = match host {
                     Some(h) => sqlx::query("SELECT id, host_name, at_ms, kind, message FROM events WHERE host_name = $1 ORDER BY id DESC LIMIT $2")

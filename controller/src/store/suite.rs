@@ -186,6 +186,28 @@ async fn suite(s: Arc<dyn Store>) {
     );
     assert_eq!(s.events(None, 100).await.unwrap().len(), 6);
 
+    // Retention: events older than the cut-off go, and each host keeps only its newest ones.
+    for i in 0..5 {
+        s.add_event("pruned", Ts(i), "e", &format!("old {i}")).await.unwrap();
+    }
+    for i in 0..7 {
+        s.add_event("pruned", t.plus_ms(i), "e", &format!("new {i}"))
+            .await
+            .unwrap();
+    }
+    let before = s.events(None, 1000).await.unwrap().len();
+    // node-1 and node-2 have at most 5 events: a per-host cap of 5 leaves them alone.
+    assert_eq!(s.prune_events(Ts(100), 5).await.unwrap(), 7);
+    let kept: Vec<String> = s
+        .events(Some("pruned"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(kept, ["new 2", "new 3", "new 4", "new 5", "new 6"]);
+    assert_eq!(s.events(None, 1000).await.unwrap().len(), before - 7);
+
     // Agent tokens, boots, commands.
     s.add_token("hash-a", h.id, 3, "provisioning", Some(&Secret::new("the-token")), t)
         .await
