@@ -21,32 +21,32 @@ use serde_json::json;
 /// The environment variable holding the BMC password when no `--password-file` is given.
 pub const PASSWORD_ENV: &str = "KILN_BMC_PASSWORD";
 
-/// `kiln bmc [OPTIONS] --bmc ADDRESS --username USER <COMMAND>`
+/// `kiln bmc <COMMAND> --bmc ADDRESS --username USER [OPTIONS]` (the connection options go anywhere on the line).
 #[derive(clap::Args, Debug)]
 pub struct BmcArgs {
     /// BMC address: redfish://HOST[:PORT][/redfish/v1/Systems/ID] (also redfish+http, redfish-virtualmedia,
     /// idrac-redfish, idrac-virtualmedia) or ipmi://HOST[:PORT].
-    #[arg(long = "bmc", env = "KILN_BMC_ADDRESS", value_name = "ADDRESS")]
-    pub address: BmcAddress,
+    #[arg(long = "bmc", env = "KILN_BMC_ADDRESS", value_name = "ADDRESS", global = true)]
+    pub address: Option<BmcAddress>,
 
     /// BMC user name.
-    #[arg(long, short = 'u', env = "KILN_BMC_USERNAME")]
-    pub username: String,
+    #[arg(long, short = 'u', env = "KILN_BMC_USERNAME", global = true)]
+    pub username: Option<String>,
 
     /// File holding the password (a trailing newline is ignored); else $KILN_BMC_PASSWORD.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub password_file: Option<PathBuf>,
 
     /// Accept any TLS certificate from this BMC (self-signed BMCs).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub insecure: bool,
 
     /// Trust the CA certificates in this PEM file for the BMC's TLS certificate.
-    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure", global = true)]
     pub ca_bundle: Option<PathBuf>,
 
     /// Seconds to wait for one answer from the BMC.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, global = true)]
     pub timeout: u64,
 
     /// Output format.
@@ -142,6 +142,15 @@ pub enum MediaCommand {
 /// # Errors
 /// The BMC's error (a [`BmcError`] in the chain, see [`exit_code`]) or a missing password.
 pub async fn run(args: BmcArgs) -> anyhow::Result<()> {
+    // Global options (accepted anywhere on the line) cannot be required by clap itself.
+    let address = args
+        .address
+        .clone()
+        .context("--bmc ADDRESS is required (or $KILN_BMC_ADDRESS)")?;
+    let username = args
+        .username
+        .clone()
+        .context("--username USER is required (or $KILN_BMC_USERNAME)")?;
     let password = read_password(args.password_file.as_deref())?;
     let ca_bundle_pem = match &args.ca_bundle {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("reading the CA bundle {}", path.display()))?),
@@ -154,11 +163,8 @@ pub async fn run(args: BmcArgs) -> anyhow::Result<()> {
         poll_interval: Duration::from_secs(2),
         ..BmcOptions::default()
     };
-    let creds = Credentials {
-        username: args.username.clone(),
-        password,
-    };
-    let bmc = kiln_bmc::connect(&args.address, creds, opts).await?;
+    let creds = Credentials { username, password };
+    let bmc = kiln_bmc::connect(&address, creds, opts).await?;
     // Buffered so that the future stays Send (a stdout lock is not).
     let mut buffer = Vec::new();
     let result = execute(&bmc, &args.command, args.output, &mut buffer).await;
@@ -432,7 +438,21 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(a.address.to_string(), "ipmi://10.0.0.5:623");
+        assert_eq!(a.address.unwrap().to_string(), "ipmi://10.0.0.5:623");
+        // The connection options go anywhere on the line, after the subcommand too.
+        let b = parse(&[
+            "power",
+            "status",
+            "--bmc",
+            "ipmi://10.0.0.5",
+            "--username",
+            "admin",
+            "--insecure",
+        ])
+        .unwrap();
+        assert_eq!(b.address.unwrap().to_string(), "ipmi://10.0.0.5:623");
+        assert_eq!(b.username.as_deref(), Some("admin"));
+        assert!(b.insecure);
         let a = parse(&[
             "--bmc",
             "redfish://bmc",

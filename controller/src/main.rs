@@ -118,8 +118,12 @@ async fn run() -> anyhow::Result<()> {
     if json_logs {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
+        // Colour only on a terminal, and never with NO_COLOR (https://no-color.org): logs piped to a file or a
+        // journal carry no escape codes.
+        let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
         tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(colour)
             .with_writer(std::io::stderr)
             .init();
     }

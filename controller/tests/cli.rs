@@ -230,6 +230,10 @@ fn operator_enrolls_with_the_cli_and_kiln_survives_kill_9() {
     let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
     assert!(log.contains("kiln stopped"), "{log}");
     assert!(!log.contains("cli-Redfish-pw"), "password in kiln's log");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour escape codes in a log written to a file"
+    );
     let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777;
     assert_eq!(mode(&data), 0o700, "the data directory is private");
     for f in ["admin.token", "secret.key", "kiln.db", "kiln.db-wal", "kiln.db-shm"] {
