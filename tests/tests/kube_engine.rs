@@ -217,6 +217,42 @@ async fn kiln_serve_kube_drives_real_hosts_through_its_own_engine() {
     }
     assert_eq!(holder(&client).await.as_deref(), Some("kiln-a"));
 
+    // 1b. A BareMetalHost kiln refuses (a Metal3 address form for a protocol kiln does not speak) says why in its
+    //     status, as Metal3 reports a registration error, with the form to use instead.
+    create::<BareMetalHost>(
+        &client,
+        json!({
+            "apiVersion": "metal3.io/v1alpha1", "kind": "BareMetalHost",
+            "metadata": {"name": "refused"},
+            "spec": {"online": false, "bmc": {"address": "idrac://192.0.2.9", "credentialsName": "bmc-creds"}}
+        }),
+    )
+    .await;
+    let st = wait("refused host's status", 60, async || {
+        hosts
+            .get("refused")
+            .await
+            .ok()?
+            .status
+            .filter(|s| !s.error_message.is_empty())
+    })
+    .await;
+    assert_eq!(
+        serde_json::to_value(st.error_type).unwrap(),
+        json!("registration error"),
+        "{st:?}"
+    );
+    assert!(
+        st.error_message.contains("spec.bmc.address") && st.error_message.contains("idrac-redfish://"),
+        "{}",
+        st.error_message
+    );
+    hosts.delete("refused", &DeleteParams::default()).await.unwrap();
+    wait("refused host deleted", 60, async || {
+        hosts.get("refused").await.is_err().then_some(())
+    })
+    .await;
+
     // 2. A Machine claims a host; the bootstrap data reaches the agent's config drive.
     let boot0 = "#cloud-config\nruncmd: [kubeadm join 10.0.0.1:6443 --token m0]\n";
     machine(&client, "m0", boot0).await;

@@ -174,7 +174,33 @@ async fn reconcile<E: Engine>(host: Arc<BareMetalHost>, ctx: Arc<Ctx<E>>) -> Res
             return Ok(Action::requeue(ctx.config.error_requeue));
         }
     };
-    let state = ctx.engine.apply_host(&key, &spec).await?;
+    let state = match ctx.engine.apply_host(&key, &spec).await {
+        Ok(state) => state,
+        // Refused (an address form, an image format, a field kiln does not act on): the reason goes to the
+        // BareMetalHost's status, where a Metal3 user looks, not only to kiln's log. The host keeps what kiln
+        // observes of it, if it has it already.
+        Err(EngineError::Rejected { reason, .. }) => {
+            let error_type = if reason.starts_with("spec.image") || reason.starts_with("spec.userData") {
+                ErrorType::Provisioning
+            } else {
+                ErrorType::Registration
+            };
+            let mut state = match ctx.engine.host_state(&key).await {
+                Ok(Some(s)) => s,
+                Ok(None) | Err(_) => HostState {
+                    state: ProvisioningState::Registering,
+                    ..Default::default()
+                },
+            };
+            state.error = Some((error_type, reason));
+            let status = status_from(&host, &state, now());
+            if !same_status(host.status.as_ref(), &status) {
+                write_status(&api, &host, &status, &ctx.config.manager).await?;
+            }
+            return Ok(Action::requeue(ctx.config.error_requeue));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let status = status_from(&host, &state, now());
     if !same_status(host.status.as_ref(), &status) {
         write_status(&api, &host, &status, &ctx.config.manager).await?;
