@@ -77,6 +77,28 @@ pub struct Config {
     pub event_retention_days: u32,
     /// Each host keeps at most this many of its newest events.
     pub events_per_host: u32,
+    /// Limits of kiln's HTTP listener.
+    pub http: HttpLimits,
+}
+
+/// What one client may hold of kiln's HTTP listener (a firmware's or an attacker's half-sent request must not keep a
+/// connection open for good).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpLimits {
+    /// Seconds a client has to send a request's headers, and that an idle keep-alive connection stays open.
+    pub header_read_timeout_secs: u64,
+    /// Connections open at once; more are closed at once (and counted).
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 30,
+            max_connections: 1024,
+        }
+    }
 }
 
 /// Kernel and initramfs of the kiln-agent ramdisk.
@@ -106,6 +128,7 @@ impl Default for Config {
             kube: None,
             event_retention_days: 30,
             events_per_host: 2000,
+            http: HttpLimits::default(),
         }
     }
 }
@@ -269,6 +292,69 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], DOC.as_str())
 }
 
+/// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish (10 s at most). Unlike
+/// `axum::serve`, it bounds what a client can hold: request headers (and an idle keep-alive connection) time out,
+/// and connections beyond the cap are closed at once.
+async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    // HTTP/1.1 only: kiln's clients (the agent, firmware, the CLI, browsers on plain HTTP) speak it, and hyper's
+    // header-read timeout then covers a connection from its first byte (the auto builder waits for a version
+    // preface first, untimed).
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(limits.header_read_timeout_secs.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let mut refused: u64 = 0;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(%peer, refused, max = limits.max_connections, "HTTP connection limit reached; closing new ones");
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open HTTP connections did not finish within 10 s of shutdown");
+    }
+    Ok(())
+}
+
 /// Serves the appliance on an already-bound listener, with the executor, until `shutdown` completes. The executor
 /// finishes its current pass (every action it started is persisted) before this returns.
 ///
@@ -358,14 +444,13 @@ pub async fn run(
         });
     }
     let c = cancel.clone();
-    let served = axum::serve(listener, http)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = c.cancelled() => {}
-            }
-        })
-        .await;
+    let served = serve_http(listener, http, app.config.http, async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = c.cancelled() => {}
+        }
+    })
+    .await;
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
     if executor_died.load(std::sync::atomic::Ordering::SeqCst) {
