@@ -4,12 +4,16 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
 use async_tftp::packet;
 use async_tftp::server::{Handler, TftpServerBuilder};
-use futures::io::{Cursor, Sink};
+use futures::io::{AsyncRead, Cursor, Sink};
+use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::ClientMap;
@@ -17,8 +21,66 @@ use crate::counters::{PxeCounters, bump};
 use crate::error::PxeError;
 use crate::lookup::{BootEvent, HostLookup};
 
-/// Files up to this size are kept in memory after the first read (boot storms fetch the same few files).
-const CACHE_FILE_MAX: u64 = 32 << 20;
+/// Files up to this size are kept in memory after the first read (boot storms fetch the same few files: iPXE
+/// binaries of about 1 MiB); bigger ones are streamed from disk, never read whole.
+const CACHE_FILE_MAX: u64 = 8 << 20;
+/// Transfers at once, in all and per client address: more are refused until one ends.
+const MAX_TRANSFERS: usize = 256;
+const MAX_TRANSFERS_PER_CLIENT: usize = 8;
+/// Seconds to wait for an ACK before resending (whatever timeout a client asks for), and how often to resend
+/// before giving a transfer up: a client that never ACKs holds its transfer for at most about 30 s.
+const TIMEOUT: Duration = Duration::from_secs(3);
+const MAX_SEND_RETRIES: u32 = 10;
+
+/// Open transfers, in all and per client.
+#[derive(Debug, Default)]
+struct Transfers {
+    total: AtomicUsize,
+    per_client: Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A transfer's reader, counted while it is open.
+pub struct Counted {
+    inner: Box<dyn AsyncRead + Unpin + Send>,
+    transfers: Arc<Transfers>,
+    client: std::net::IpAddr,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.transfers.total.fetch_sub(1, Ordering::SeqCst);
+        let mut m = self.transfers.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.client);
+            }
+        }
+    }
+}
+
+impl Transfers {
+    /// Counts a new transfer for `client`, or refuses it when a limit is reached.
+    fn start(self: &Arc<Self>, client: std::net::IpAddr) -> bool {
+        let mut m = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = m.entry(client).or_default();
+        if *mine >= MAX_TRANSFERS_PER_CLIENT || self.total.load(Ordering::SeqCst) >= MAX_TRANSFERS {
+            if *mine == 0 {
+                m.remove(&client);
+            }
+            return false;
+        }
+        *mine += 1;
+        self.total.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+}
 
 /// File contents shared between concurrent transfers.
 #[derive(Debug, Clone)]
@@ -67,6 +129,7 @@ pub struct RootHandler {
     cache: HashMap<PathBuf, (u64, SystemTime, Shared)>,
     counters: Arc<PxeCounters>,
     events: Option<TftpEvents>,
+    transfers: Arc<Transfers>,
 }
 
 /// Where TFTP reports `BootEvent::TftpFileServed`: the lookup, and the address → MAC map DHCP fills.
@@ -97,10 +160,11 @@ impl RootHandler {
             cache: HashMap::new(),
             counters,
             events,
+            transfers: Arc::default(),
         })
     }
 
-    async fn open(&mut self, requested: &str) -> Result<(Shared, u64), packet::Error> {
+    async fn open(&mut self, requested: &str) -> Result<(Box<dyn AsyncRead + Unpin + Send>, u64), packet::Error> {
         let real = resolve_in_root(&self.root, requested).await?;
         let meta = tokio::fs::metadata(&real)
             .await
@@ -113,20 +177,25 @@ impl RootHandler {
             && *len == meta.len()
             && *m == mtime
         {
-            return Ok((data.clone(), *len));
+            return Ok((Box::new(Cursor::new(data.clone())), *len));
+        }
+        if meta.len() > CACHE_FILE_MAX {
+            // Streamed: memory per transfer stays a few blocks, whatever the file's size.
+            let file = tokio::fs::File::open(&real)
+                .await
+                .map_err(|_| packet::Error::FileNotFound)?;
+            return Ok((Box::new(file.compat()), meta.len()));
         }
         let bytes = tokio::fs::read(&real).await.map_err(|_| packet::Error::FileNotFound)?;
         let len = bytes.len() as u64;
         let data = Shared(Arc::new(bytes));
-        if len <= CACHE_FILE_MAX {
-            self.cache.insert(real, (len, mtime, data.clone()));
-        }
-        Ok((data, len))
+        self.cache.insert(real, (len, mtime, data.clone()));
+        Ok((Box::new(Cursor::new(data)), len))
     }
 }
 
 impl Handler for RootHandler {
-    type Reader = Cursor<Shared>;
+    type Reader = Counted;
     type Writer = Sink;
 
     async fn read_req_open(
@@ -135,7 +204,23 @@ impl Handler for RootHandler {
         path: &Path,
     ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
         let requested = path.to_string_lossy().into_owned();
-        match self.open(&requested).await {
+        if !self.transfers.start(client.ip()) {
+            bump(&self.counters.tftp_refused);
+            tracing::debug!(%client, path = %requested, "tftp read refused: too many transfers");
+            return Err(packet::Error::Msg("too many transfers; retry later".into()));
+        }
+        let transfers = self.transfers.clone();
+        let counted = |inner| Counted {
+            inner,
+            transfers: transfers.clone(),
+            client: client.ip(),
+        };
+        let opened = self.open(&requested).await;
+        if opened.is_err() {
+            // Nothing to count: give the slot back.
+            drop(counted(Box::new(Cursor::new(Shared(Arc::new(Vec::new()))))));
+        }
+        match opened {
             Ok((data, len)) => {
                 bump(&self.counters.tftp_reads);
                 tracing::info!(%client, path = %requested, len, "tftp read");
@@ -151,7 +236,7 @@ impl Handler for RootHandler {
                         )
                         .await;
                 }
-                Ok((Cursor::new(data), Some(len)))
+                Ok((counted(data), Some(len)))
             }
             Err(e) => {
                 bump(&self.counters.tftp_refused);
@@ -193,6 +278,9 @@ pub async fn bind(
     let server = TftpServerBuilder::with_handler(handler)
         .std_socket(sock)
         .map_err(|source| PxeError::Tftp { source })?
+        .timeout(TIMEOUT)
+        .ignore_client_timeout()
+        .max_send_retries(MAX_SEND_RETRIES)
         .build()
         .await
         .map_err(|source| PxeError::Tftp { source })?;

@@ -266,3 +266,78 @@ async fn windowsize_transfer_and_malformed_datagrams_on_loopback() {
     task.await.unwrap().unwrap();
     assert!(counters.tftp_reads.load(std::sync::atomic::Ordering::Relaxed) >= 5);
 }
+
+/// Resident memory of this process, from /proc.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Files above the cache size are streamed, not read whole: four clients that request a 200 MiB file and never
+/// ACK move memory by far less than the file (before: 200 MiB each, kept while they lingered); a client cannot
+/// open more than its share of transfers; and a streamed file arrives intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_files_stream_and_lingering_clients_cost_no_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = std::fs::File::create(dir.path().join("huge.img")).unwrap();
+    huge.set_len(200 << 20).unwrap();
+    let mid: Vec<u8> = (0..(9u32 << 20) + 77)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(dir.path().join("mid.bin"), &mid).unwrap();
+    let cancel = CancellationToken::new();
+    let counters = Arc::new(PxeCounters::default());
+    let (addr, fut) = kiln_pxe::tftp::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().to_owned(),
+        counters.clone(),
+        None,
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let task = tokio::spawn(fut);
+    let before = rss_bytes();
+    let mut lingering = Vec::new();
+    for _ in 0..4 {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(&rrq("huge.img", &[("blksize", "1428")]), addr).unwrap();
+        lingering.push(s); // never ACKs
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "4 lingering transfers of a 200 MiB file grew RSS by {} MiB",
+        grown >> 20
+    );
+    let got = tokio::task::spawn_blocking(move || fetch_windowed(addr, "mid.bin", 1428, 16))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, mid, "a streamed file arrives intact");
+    // One address may hold only a few transfers at once: the ninth request from this host is refused.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(&rrq("huge.img", &[]), addr).unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused_before = counters.tftp_refused.load(std::sync::atomic::Ordering::Relaxed);
+    let extra = UdpSocket::bind("127.0.0.1:0").unwrap();
+    extra.send_to(&rrq("huge.img", &[]), addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = extra.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..2], &[0, 5], "an ERROR packet, got {:?}", &buf[..n.min(8)]);
+    assert!(counters.tftp_refused.load(std::sync::atomic::Ordering::Relaxed) > refused_before);
+    drop((lingering, held));
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
