@@ -46,6 +46,31 @@ pub fn request(ifindex: u32, ip: Ipv4Addr, mac: MacAddr, seq: u32) -> Vec<u8> {
     m
 }
 
+/// Refuses an interface that is not ARP-capable Ethernet: on a loopback, point-to-point or `NOARP` interface a
+/// neighbour entry for a client's address would shadow a real route (on loopback it stopped kiln's own API from
+/// answering); replies there are broadcast instead.
+fn arp_capable(iface: &str) -> io::Result<()> {
+    const ARPHRD_ETHER: u32 = 1;
+    const IFF_NOARP: u32 = 0x80;
+    let read = |what: &str| -> io::Result<u32> {
+        let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/{what}"))?;
+        let text = text.trim();
+        let value = match text.strip_prefix("0x") {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => text.parse(),
+        };
+        value.map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{iface}: bad {what} {text:?}")))
+    };
+    let (kind, flags) = (read("type")?, read("flags")?);
+    if kind != ARPHRD_ETHER || flags & IFF_NOARP != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{iface} is not an ARP-capable Ethernet interface (type {kind}, flags {flags:#x})"),
+        ));
+    }
+    Ok(())
+}
+
 /// A netlink route socket for neighbour updates.
 #[derive(Debug)]
 pub struct Neighbours {
@@ -60,6 +85,7 @@ impl Neighbours {
     /// # Errors
     /// Socket creation, or an unknown interface.
     pub fn open(iface: &str) -> io::Result<Self> {
+        arp_capable(iface)?;
         let ifindex = nix::net::if_::if_nametoindex(iface).map_err(io::Error::from)?;
         let sock = Socket::new(Domain::from(AF_NETLINK), Type::RAW, Some(Protocol::from(NETLINK_ROUTE)))?;
         sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))?;
@@ -98,6 +124,12 @@ impl Neighbours {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_gets_no_neighbour_entries() {
+        let e = Neighbours::open("lo").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+    }
 
     #[test]
     fn request_layout() {

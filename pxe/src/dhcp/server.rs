@@ -124,7 +124,8 @@ pub struct DhcpServer {
     sock: UdpSocket,
     sock_4011: Option<UdpSocket>,
     clients: Arc<ClientMap>,
-    neigh: Option<crate::dhcp::arp::Neighbours>,
+    /// Neighbour-table updates (blocking netlink calls, made off the async threads).
+    neigh: Option<std::sync::Arc<std::sync::Mutex<crate::dhcp::arp::Neighbours>>>,
 }
 
 impl DhcpServer {
@@ -162,7 +163,13 @@ impl DhcpServer {
             sock,
             sock_4011,
             clients,
-            neigh: crate::dhcp::arp::Neighbours::open(&iface).ok(),
+            neigh: match crate::dhcp::arp::Neighbours::open(&iface) {
+                Ok(n) => Some(std::sync::Arc::new(std::sync::Mutex::new(n))),
+                Err(e) => {
+                    tracing::info!(interface = %iface, reason = %e, "no neighbour entries: unicast replies are broadcast");
+                    None
+                }
+            },
         })
     }
 
@@ -252,8 +259,15 @@ impl DhcpServer {
                 };
                 let mut to = *to;
                 if decide::needs_arp(&msg, reply, &to) {
-                    let res = match self.neigh.as_mut() {
-                        Some(n) => n.insert(*to.ip(), mac),
+                    let res = match self.neigh.clone() {
+                        Some(n) => {
+                            let ip = *to.ip();
+                            tokio::task::spawn_blocking(move || {
+                                n.lock().unwrap_or_else(|e| e.into_inner()).insert(ip, mac)
+                            })
+                            .await
+                            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                        }
                         None => Err(std::io::ErrorKind::Unsupported.into()),
                     };
                     if let Err(e) = res {
