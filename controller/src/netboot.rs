@@ -60,12 +60,50 @@ pub enum Handout {
     Take,
 }
 
+/// Records at most one event of a kind per host every [`EventThrottle::EVERY`]: netboot requests are unauthenticated,
+/// and a flood of them (or a firmware in a boot loop) must not flood a host's events and the store.
+#[derive(Debug, Default)]
+pub struct EventThrottle {
+    last: std::sync::Mutex<std::collections::HashMap<(String, &'static str), std::time::Instant>>,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl EventThrottle {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Whether an event `kind` of `host` may be recorded now.
+    pub fn allow(&self, host: &str, kind: &'static str) -> bool {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.len() > 10_000 {
+            last.retain(|_, t| now.duration_since(*t) < Self::EVERY);
+        }
+        match last.get(&(host.to_owned(), kind)) {
+            Some(t) if now.duration_since(*t) < Self::EVERY => {
+                self.suppressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+            _ => {
+                last.insert((host.to_owned(), kind), now);
+                true
+            }
+        }
+    }
+
+    /// Events not recorded so far.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Looks hosts up in the store by boot MAC.
 #[derive(Clone)]
 pub struct StoreLookup {
     pub store: Arc<dyn Store>,
     /// Base URL the agent reaches kiln at (`http://10.0.0.1:8080`).
     pub api_url: String,
+    /// Netboot events recorded per host and kind at most every few seconds.
+    pub events: Arc<EventThrottle>,
 }
 
 impl StoreLookup {
@@ -100,7 +138,9 @@ impl StoreLookup {
                                  none. Inspect or provision the host again to boot it with a new one",
                                 j.boot
                             );
-                            self.store.add_event(&host, now, "token_already_issued", &msg).await?;
+                            if self.events.allow(&host, "token_already_issued") {
+                                self.store.add_event(&host, now, "token_already_issued", &msg).await?;
+                            }
                             None
                         }
                     },

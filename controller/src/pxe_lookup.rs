@@ -85,6 +85,9 @@ impl HostLookup for PxeLookup {
                 BootEvent::TftpFileServed { .. } => "tftp_file_served",
                 BootEvent::IpxeScriptFetched { .. } => "ipxe_script_fetched",
             };
+            if !self.lookup.events.allow(h.name.as_str(), kind) {
+                return;
+            }
             let detail = serde_json::to_string(&event).unwrap_or_default();
             if let Err(e) = self
                 .lookup
@@ -125,6 +128,7 @@ mod tests {
             lookup: crate::netboot::StoreLookup {
                 store: store.clone(),
                 api_url: "http://10.0.0.1:8080".into(),
+                events: Default::default(),
             },
             kernel_url: "http://10.0.0.1:8080/boot/vmlinuz".parse().unwrap(),
             initrd_url: "http://10.0.0.1:8080/boot/initramfs".parse().unwrap(),
@@ -182,6 +186,16 @@ mod tests {
         assert!(!cmdline_of(p.script_host(m).await).contains("kiln.token="));
         let ev = store.events(Some("node-11"), 10).await.unwrap();
         assert!(ev.iter().any(|e| e.kind == "token_already_issued"), "{ev:?}");
+        // A flood of unauthenticated script fetches and netboot reports adds a bounded number of events.
+        let before = store.events(Some("node-11"), 10_000).await.unwrap().len();
+        for _ in 0..1000 {
+            assert!(!cmdline_of(p.script_host(m).await).contains("kiln.token="));
+            p.record(m, BootEvent::IpxeScriptFetched { action: "agent".into() })
+                .await;
+        }
+        let after = store.events(Some("node-11"), 10_000).await.unwrap().len();
+        assert!(after - before <= 2, "1000 fetches added {} events", after - before);
+        assert!(p.lookup.events.suppressed() >= 1998);
         assert_eq!(kernel_url.path(), "/boot/vmlinuz");
         assert!(
             cmdline.contains("kiln.api=http://10.0.0.1:8080") && cmdline.ends_with("console=ttyS0"),

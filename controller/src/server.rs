@@ -210,6 +210,7 @@ impl Appliance {
         StoreLookup {
             store: self.store.clone(),
             api_url: self.config.api_url.clone().unwrap_or_else(|| api_url.to_owned()),
+            events: Default::default(),
         }
     }
 }
