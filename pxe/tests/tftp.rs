@@ -205,22 +205,34 @@ fn fetch_windowed(server: SocketAddr, name: &str, blksize: usize, window: u16) -
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn windowsize_transfer_and_malformed_datagrams_on_loopback() {
-    let dir = tempfile::tempdir().unwrap();
-    let big = make_root(dir.path());
+/// kiln's TFTP server on a loopback port, serving `root` until the token is cancelled.
+async fn serve_on_loopback(
+    root: &Path,
+) -> (
+    SocketAddr,
+    Arc<PxeCounters>,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), kiln_pxe::PxeError>>,
+) {
     let cancel = CancellationToken::new();
     let counters = Arc::new(PxeCounters::default());
     let (addr, fut) = kiln_pxe::tftp::bind(
         "127.0.0.1:0".parse().unwrap(),
-        dir.path().to_owned(),
+        root.to_owned(),
         counters.clone(),
         None,
         cancel.clone(),
     )
     .await
     .unwrap();
-    let task = tokio::spawn(fut);
+    (addr, counters, cancel, tokio::spawn(fut))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windowsize_transfer_and_malformed_datagrams_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = make_root(dir.path());
+    let (addr, counters, cancel, task) = serve_on_loopback(dir.path()).await;
 
     // Garbage and truncated requests first: they must be dropped without harm.
     let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -290,18 +302,7 @@ async fn big_files_stream_and_lingering_clients_cost_no_memory() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
         .collect();
     std::fs::write(dir.path().join("mid.bin"), &mid).unwrap();
-    let cancel = CancellationToken::new();
-    let counters = Arc::new(PxeCounters::default());
-    let (addr, fut) = kiln_pxe::tftp::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().to_owned(),
-        counters.clone(),
-        None,
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
-    let task = tokio::spawn(fut);
+    let (addr, counters, cancel, task) = serve_on_loopback(dir.path()).await;
     let before = rss_bytes();
     let mut lingering = Vec::new();
     for _ in 0..4 {
