@@ -309,9 +309,19 @@ impl HostRow {
         self.boot_mode = to_json(&spec.boot_mode).trim_matches('"').to_owned();
         self.root_device_hints = to_json(&spec.root_device_hints);
         self.image = spec.image.as_ref().map(to_json);
-        self.user_data = spec.user_data.clone();
-        self.network_data = spec.network_data.as_ref().map(to_json);
-        self.meta_data = spec.meta_data.as_ref().map(to_json);
+        // What cloud-init gets (bootstrap tokens, keys, addresses) is sealed like the BMC password.
+        let seal = |t: &str, what: &str| seal_text(key, t, &format!("{what}:{}", self.name));
+        self.user_data = spec.user_data.as_deref().map(|t| seal(t, "user-data")).transpose()?;
+        self.network_data = spec
+            .network_data
+            .as_ref()
+            .map(|v| seal(&to_json(v), "network-data"))
+            .transpose()?;
+        self.meta_data = spec
+            .meta_data
+            .as_ref()
+            .map(|v| seal(&to_json(v), "meta-data"))
+            .transpose()?;
         self.options = to_json(&spec.options);
         Ok(())
     }
@@ -365,9 +375,20 @@ impl HostRow {
             boot_mode,
             root_device_hints: from_json(&self.root_device_hints, "root device hints")?,
             image: self.image.map(|s| from_json(&s, "image")).transpose()?,
-            user_data: self.user_data,
-            network_data: self.network_data.map(|s| from_json(&s, "network data")).transpose()?,
-            meta_data: self.meta_data.map(|s| from_json(&s, "meta data")).transpose()?,
+            user_data: self
+                .user_data
+                .map(|s| open_text(key, &s, &format!("user-data:{name}")))
+                .transpose()?,
+            network_data: self
+                .network_data
+                .map(|s| {
+                    open_text(key, &s, &format!("network-data:{name}")).and_then(|t| from_json(&t, "network data"))
+                })
+                .transpose()?,
+            meta_data: self
+                .meta_data
+                .map(|s| open_text(key, &s, &format!("meta-data:{name}")).and_then(|t| from_json(&t, "meta data")))
+                .transpose()?,
             options: from_json(&self.options, "options")?,
         };
         let power = self
@@ -406,6 +427,30 @@ pub(crate) fn command_from_parts(
         })?,
         result: result.map(|r| from_json(&r, "command result")).transpose()?,
     })
+}
+
+/// Seals `text` with the data directory's key, bound to `context` (`sealed:` + the key's `v1:` format).
+pub(crate) fn seal_text(key: &SecretKey, text: &str, context: &str) -> Result<String, StoreError> {
+    key.seal(&Secret::new(text), context)
+        .map(|s| format!("sealed:{s}"))
+        .map_err(|source| StoreError::Crypto {
+            host: context.to_owned(),
+            source,
+        })
+}
+
+/// The text [`seal_text`] sealed; a value stored before sealing (no `sealed:` prefix) is read as it is.
+pub(crate) fn open_text(key: &SecretKey, stored: &str, context: &str) -> Result<String, StoreError> {
+    match stored.strip_prefix("sealed:") {
+        Some(sealed) => key
+            .open(sealed, context)
+            .map(|s| s.expose().to_owned())
+            .map_err(|source| StoreError::Crypto {
+                host: context.to_owned(),
+                source,
+            }),
+        None => Ok(stored.to_owned()),
+    }
 }
 
 pub(crate) fn json_text<T: Serialize>(v: &T) -> String {

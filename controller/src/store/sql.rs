@@ -14,7 +14,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use super::{
     AgentBoot, AgentCommand, CommandStatus, Event, HostRow, PhaseRecord, Store, StoreError, TokenHandout, TokenRecord,
-    command_from_parts, json_text, json_value,
+    command_from_parts, json_text, json_value, open_text, seal_text,
 };
 use crate::crypto::SecretKey;
 use crate::machine::State;
@@ -422,11 +422,13 @@ macro_rules! sql_store {
             }
 
             async fn enqueue_command(&self, host_id: i64, boot: u64, id: u64, command: &CommandKind, now: Ts) -> Result<(), StoreError> {
+                // Sealed: a write_image command carries the host's user data (bootstrap secrets).
+                let sealed = seal_text(&self.key, &json_text(command), &format!("agent-command:{host_id}:{id}"))?;
                 sqlx::query(
                     "INSERT INTO agent_commands (host_id, id, boot, command, status, created_ms, updated_ms) VALUES ($1, $2, $3, $4, 'queued', $5, $5) \
                      ON CONFLICT (host_id, id) DO NOTHING",
                 )
-                .bind(host_id).bind(id as i64).bind(boot as i64).bind(json_text(command)).bind(now.0)
+                .bind(host_id).bind(id as i64).bind(boot as i64).bind(sealed).bind(now.0)
                 .execute(&self.pool).await.map_err(db("queue agent command"))?;
                 Ok(())
             }
@@ -434,7 +436,7 @@ macro_rules! sql_store {
             async fn command(&self, host_id: i64, id: u64) -> Result<Option<AgentCommand>, StoreError> {
                 let r = sqlx::query("SELECT id, boot, command, status, result FROM agent_commands WHERE host_id = $1 AND id = $2")
                     .bind(host_id).bind(id as i64).fetch_optional(&self.pool).await.map_err(db("read agent command"))?;
-                r.map(|r| Self::command_row(&r)).transpose()
+                r.map(|r| self.command_row(host_id, &r)).transpose()
             }
 
             async fn pending_command(&self, host_id: i64, boot: u64) -> Result<Option<AgentCommand>, StoreError> {
@@ -442,7 +444,7 @@ macro_rules! sql_store {
                     "SELECT id, boot, command, status, result FROM agent_commands WHERE host_id = $1 AND boot = $2 AND status IN ('queued', 'sent') ORDER BY id LIMIT 1",
                 )
                 .bind(host_id).bind(boot as i64).fetch_optional(&self.pool).await.map_err(db("read agent command"))?;
-                r.map(|r| Self::command_row(&r)).transpose()
+                r.map(|r| self.command_row(host_id, &r)).transpose()
             }
 
             async fn set_command_status(&self, host_id: i64, id: u64, status: CommandStatus, result: Option<&Outcome>, now: Ts) -> Result<bool, StoreError> {
@@ -454,11 +456,12 @@ macro_rules! sql_store {
         }
 
         impl $store {
-            fn command_row(r: &<$db as sqlx::Database>::Row) -> Result<AgentCommand, StoreError> {
+            fn command_row(&self, host_id: i64, r: &<$db as sqlx::Database>::Row) -> Result<AgentCommand, StoreError> {
                 let f = || -> Result<_, sqlx::Error> {
                     Ok((r.try_get::<i64, _>("id")?, r.try_get::<i64, _>("boot")?, r.try_get::<String, _>("command")?, r.try_get::<String, _>("status")?, r.try_get::<Option<String>, _>("result")?))
                 };
                 let (id, boot, command, status, result) = f().map_err(db("read agent command"))?;
+                let command = open_text(&self.key, &command, &format!("agent-command:{host_id}:{id}"))?;
                 command_from_parts(id, boot, &command, &status, result)
             }
         }

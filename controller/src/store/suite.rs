@@ -30,7 +30,7 @@ fn spec(mac: &str) -> HostSpec {
         }),
         boot_mac: Some(mac.parse().unwrap()),
         labels: [("rack".to_string(), "r1".to_string())].into(),
-        user_data: Some("#cloud-config\n".into()),
+        user_data: Some("#cloud-config\n# kubeadm-join-token-abcdef\n".into()),
         ..Default::default()
     }
 }
@@ -294,15 +294,40 @@ async fn sqlite_store_suite() {
     suite(s).await;
     // Migrations are idempotent, passwords are not in the file, and another key cannot read them.
     let s = connect(None, dir.path(), key()).await.unwrap();
-    s.create_host(&"node-9".parse().unwrap(), &spec("52:54:00:00:00:99"), Ts(0))
+    let h9 = s
+        .create_host(&"node-9".parse().unwrap(), &spec("52:54:00:00:00:99"), Ts(0))
         .await
         .unwrap();
+    let write = CommandKind::WriteImage {
+        image: kiln_images::protocol::ImageSpec {
+            url: "http://x/i".into(),
+            checksum: "0".repeat(64),
+            checksum_type: Default::default(),
+            format: None,
+        },
+        root_device_hints: Default::default(),
+        config_drive: Some(kiln_images::protocol::ConfigDrive {
+            meta_data: serde_json::json!({}),
+            user_data: Some("# kubeadm-join-token-abcdef\n".into()),
+            network_data: None,
+        }),
+    };
+    s.enqueue_command(h9.id, 1, 1, &write, Ts(0)).await.unwrap();
+    assert_eq!(
+        s.command(h9.id, 1).await.unwrap().unwrap().command,
+        write,
+        "sealed and opened"
+    );
     drop(s);
     for f in ["kiln.db", "kiln.db-wal"] {
         if let Ok(bytes) = std::fs::read(dir.path().join(f)) {
             assert!(
                 !bytes.windows(14).any(|w| w == b"hunter2-sekret"),
                 "plaintext password in {f}"
+            );
+            assert!(
+                !bytes.windows(26).any(|w| w == b"kubeadm-join-token-abcdef\n"),
+                "plaintext user data in {f}"
             );
         }
     }
