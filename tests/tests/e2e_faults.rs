@@ -336,11 +336,26 @@ fn one_job_slot_queues_the_second_host_and_a_host_without_netboot_times_out() ->
     );
     let list = cli.run(&["host", "list"])?;
     assert!(list.contains("delayed"), "host list shows the delayed host:\n{list}");
-    let h = cli.host(&first.name)?;
+    // The slot holder commits its new state only after its BMC actions (boot device, power on) are done, so it
+    // may still read `registering` for a moment after the other host was refused the slot: wait for it, briefly.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = cli.host(&first.name)?;
+        if (state(&h), h["host"]["operational_status"].as_str()) == ("inspecting", Some("ok")) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} never took the slot {} was refused: {h}",
+            first.name,
+            second.name
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let h = cli.host(&second.name)?;
     assert_eq!(
-        (state(&h), h["host"]["operational_status"].as_str()),
-        ("inspecting", Some("ok")),
-        "{h}"
+        h["host"]["operational_status"], "delayed",
+        "the second host waits while the first inspects: {h}"
     );
     clock.lap("second host delayed while the first inspects");
     cli.wait_state(&first.name, "available", Duration::from_secs(600))?;
