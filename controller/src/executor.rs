@@ -22,7 +22,7 @@ use crate::machine::{
 };
 use crate::metrics::Metrics;
 use crate::model::{Host, StatusUpdate};
-use crate::store::{CommandStatus, Store, StoreError};
+use crate::store::{CommandStatus, Journal, PhaseRecord, Store, StoreError};
 use crate::types::{HostName, Ts};
 
 /// Wall-clock now, the executor's only clock read.
@@ -583,20 +583,22 @@ impl Executor {
         if recovered {
             st.counters.bmc_attempts = 0;
         }
-        if !self.store.save_status(h.id, h.generation, &st, now).await? {
+        let mut journal = Journal::default();
+        if recovered {
+            journal
+                .events
+                .push(("bmc_recovered".into(), "the BMC answered again".into()));
+        }
+        change_journal(&mut journal, h, &d.next, &d.reason);
+        let Some(ended) = self.store.commit_status(h.id, h.generation, &st, &journal, now).await? else {
             // The operator changed the host meanwhile; the actions are idempotent, so look again at once.
             self.poke();
             return Ok(None);
-        }
-        if recovered {
-            self.store
-                .add_event(h.name.as_str(), now, "bmc_recovered", "the BMC answered again")
-                .await?;
-        }
+        };
+        self.recorded_change(h, &d.next, &d.reason, &ended, now);
         if h.state != d.next || h.power != power {
             let _ = self.changes.send(h.name.clone());
         }
-        self.record_change(h, &d.next, &d.reason, now).await?;
         Ok(Some(d.next))
     }
 
@@ -650,12 +652,18 @@ impl Executor {
                 warn!(attempt = attempts, transient = e.failure.transient, "{message}");
                 let mut st = self.status(h, view, &h.state, h.requests.clone(), calls, wake);
                 st.counters.bmc_attempts = attempts;
-                if !self.store.save_status(h.id, h.generation, &st, now).await? {
+                let journal = Journal {
+                    events: vec![("bmc_error".into(), message)],
+                    ..Journal::default()
+                };
+                if self
+                    .store
+                    .commit_status(h.id, h.generation, &st, &journal, now)
+                    .await?
+                    .is_none()
+                {
                     return Ok(None);
                 }
-                self.store
-                    .add_event(h.name.as_str(), now, "bmc_error", &message)
-                    .await?;
                 Ok(Some(h.state.clone()))
             }
             AfterActionFailure::GiveUp(next) => {
@@ -669,60 +677,64 @@ impl Executor {
                 }
                 let mut st = self.status(h, view, &next.next, requests, calls, next.wake);
                 st.counters.bmc_attempts = 0;
-                if !self.store.save_status(h.id, h.generation, &st, now).await? {
+                let mut journal = Journal {
+                    events: vec![("bmc_error".into(), message)],
+                    ..Journal::default()
+                };
+                change_journal(&mut journal, h, &next.next, &next.reason);
+                let Some(ended) = self.store.commit_status(h.id, h.generation, &st, &journal, now).await? else {
                     return Ok(None);
-                }
-                self.store
-                    .add_event(h.name.as_str(), now, "bmc_error", &message)
-                    .await?;
+                };
+                self.recorded_change(h, &next.next, &next.reason, &ended, now);
                 let _ = self.changes.send(h.name.clone());
-                self.record_change(h, &next.next, &next.reason, now).await?;
                 Ok(Some(next.next))
             }
         }
     }
 
-    /// Events, timing records, metrics and the one log line of a state change.
-    async fn record_change(&self, h: &Host, next: &State, reason: &str, now: Ts) -> Result<(), StoreError> {
-        let outcome = if matches!(next, State::Error(_)) { "error" } else { "ok" };
-        let (old_sub, new_sub) = (h.state.sub_phase(), next.sub_phase());
-        if old_sub != new_sub
-            && let Some(o) = &old_sub
-        {
-            self.end_phase(h.id, o, now, outcome).await?;
+    /// The metrics and the one log line of a state change that was committed with `ended` records.
+    fn recorded_change(&self, h: &Host, next: &State, reason: &str, ended: &[PhaseRecord], now: Ts) {
+        for r in ended {
+            let secs = now.since(r.started) as f64 / 1000.0;
+            let base = r.phase.split('.').next().unwrap_or(&r.phase).to_owned();
+            let sub = r.phase.split('.').nth(1).unwrap_or("").to_owned();
+            let outcome = r.outcome.clone().unwrap_or_default();
+            self.metrics.observe(
+                "kiln_phase_duration_seconds",
+                vec![("state", base), ("phase", sub), ("outcome", outcome)],
+                secs,
+            );
         }
         if next.name() != h.state.name() {
-            self.end_phase(h.id, h.state.name(), now, outcome).await?;
-            self.store.start_phase(h.id, next.name(), now).await?;
-            let msg = format!("{} -> {}: {reason}", h.state.name(), next.name());
-            self.store.add_event(h.name.as_str(), now, "state", &msg).await?;
             self.metrics
                 .inc("kiln_state_transitions_total", vec![("to", next.name().into())]);
             info!(from = h.state.name(), to = next.name(), reason, "state change");
         }
-        if old_sub != new_sub
-            && let Some(n) = &new_sub
-        {
-            self.store.start_phase(h.id, n, now).await?;
-            self.store
-                .add_event(h.name.as_str(), now, "phase", &format!("{n}: {reason}"))
-                .await?;
-        }
-        Ok(())
     }
+}
 
-    async fn end_phase(&self, host: i64, phase: &str, now: Ts, outcome: &str) -> Result<(), StoreError> {
-        if let Some(r) = self.store.end_phase(host, phase, now, outcome).await? {
-            let secs = now.since(r.started) as f64 / 1000.0;
-            let base = phase.split('.').next().unwrap_or(phase).to_owned();
-            let sub = phase.split('.').nth(1).unwrap_or("").to_owned();
-            self.metrics.observe(
-                "kiln_phase_duration_seconds",
-                vec![("state", base), ("phase", sub), ("outcome", outcome.into())],
-                secs,
-            );
-        }
-        Ok(())
+/// The timing records and events of moving `h` to `next`, added to `journal`: committed with the new state.
+fn change_journal(journal: &mut Journal, h: &Host, next: &State, reason: &str) {
+    let outcome = if matches!(next, State::Error(_)) { "error" } else { "ok" };
+    let (old_sub, new_sub) = (h.state.sub_phase(), next.sub_phase());
+    if old_sub != new_sub
+        && let Some(o) = &old_sub
+    {
+        journal.ended.push((o.clone(), outcome.into()));
+    }
+    if next.name() != h.state.name() {
+        journal.ended.push((h.state.name().into(), outcome.into()));
+        journal.started.push(next.name().into());
+        journal.events.push((
+            "state".into(),
+            format!("{} -> {}: {reason}", h.state.name(), next.name()),
+        ));
+    }
+    if old_sub != new_sub
+        && let Some(n) = &new_sub
+    {
+        journal.started.push(n.clone());
+        journal.events.push(("phase".into(), format!("{n}: {reason}")));
     }
 }
 

@@ -163,6 +163,21 @@ pub struct AgentBoot {
     pub progress: Option<serde_json::Value>,
 }
 
+/// What a status write records with it: timing records ended (phase, outcome) then started, and events (kind,
+/// message), in this order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Journal {
+    pub ended: Vec<(String, String)>,
+    pub started: Vec<String>,
+    pub events: Vec<(String, String)>,
+}
+
+impl Journal {
+    pub fn is_empty(&self) -> bool {
+        self.ended.is_empty() && self.started.is_empty() && self.events.is_empty()
+    }
+}
+
 /// Persistent state of the appliance. Every method is one short transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -176,7 +191,22 @@ pub trait Store: Send + Sync + 'static {
     /// The operator's write: spec and requests, unconditionally; bumps the generation.
     async fn update_spec(&self, id: i64, spec: &HostSpec, requests: &Requests, now: Ts) -> Result<Host, StoreError>;
     /// The executor's write, only if the host is still at `generation`; returns whether it was written.
-    async fn save_status(&self, id: i64, generation: i64, st: &StatusUpdate, now: Ts) -> Result<bool, StoreError>;
+    async fn save_status(&self, id: i64, generation: i64, st: &StatusUpdate, now: Ts) -> Result<bool, StoreError> {
+        Ok(self
+            .commit_status(id, generation, st, &Journal::default(), now)
+            .await?
+            .is_some())
+    }
+    /// [`Store::save_status`] with the timing records and events of the change in the same transaction, so no reader
+    /// sees a new state without its records; returns the records it ended (`None`: not written, the host moved on).
+    async fn commit_status(
+        &self,
+        id: i64,
+        generation: i64,
+        st: &StatusUpdate,
+        journal: &Journal,
+        now: Ts,
+    ) -> Result<Option<Vec<PhaseRecord>>, StoreError>;
     async fn delete_host(&self, id: i64) -> Result<(), StoreError>;
 
     async fn put_inspection(&self, host_id: i64, data: &serde_json::Value, now: Ts) -> Result<(), StoreError>;

@@ -13,8 +13,8 @@ use sqlx::Row;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use super::{
-    AgentBoot, AgentCommand, CommandStatus, Event, HostRow, PhaseRecord, Store, StoreError, TokenHandout, TokenRecord,
-    command_from_parts, json_text, json_value, open_text, seal_text,
+    AgentBoot, AgentCommand, CommandStatus, Event, HostRow, Journal, PhaseRecord, Store, StoreError, TokenHandout,
+    TokenRecord, command_from_parts, json_text, json_value, open_text, seal_text,
 };
 use crate::crypto::SecretKey;
 use crate::machine::State;
@@ -210,19 +210,59 @@ macro_rules! sql_store {
                 self.host_by_id(id).await?.ok_or(StoreError::HostNotFound { host: id.to_string() })
             }
 
-            async fn save_status(&self, id: i64, generation: i64, st: &StatusUpdate, now: Ts) -> Result<bool, StoreError> {
+            async fn commit_status(
+                &self,
+                id: i64,
+                generation: i64,
+                st: &StatusUpdate,
+                journal: &Journal,
+                now: Ts,
+            ) -> Result<Option<Vec<PhaseRecord>>, StoreError> {
                 let mut row = HostRow::default();
                 row.set_status(st);
+                let mut tx = self.pool.begin().await.map_err(db("save host status"))?;
                 let r = sqlx::query(
                     "UPDATE hosts SET state_name = $1, state = $2, error_kind = $3, error_message = $4, requests = $5, power = $6, \
-                     counters = $7, next_wake_ms = $8, generation = generation + 1, updated_ms = $9 WHERE id = $10 AND generation = $11",
+                     counters = $7, next_wake_ms = $8, generation = generation + 1, updated_ms = $9 WHERE id = $10 AND generation = $11 \
+                     RETURNING name",
                 )
                 .bind(&row.state_name).bind(&row.state).bind(&row.error_kind).bind(&row.error_message).bind(&row.requests)
                 .bind(&row.power).bind(&row.counters).bind(row.next_wake_ms).bind(now.0).bind(id).bind(generation)
-                .execute(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(db("save host status"))?;
-                Ok(r.rows_affected() == 1)
+                let Some(r) = r else {
+                    return Ok(None);
+                };
+                let name: String = r.try_get("name").map_err(db("save host status"))?;
+                let mut ended = Vec::new();
+                for (phase, outcome) in &journal.ended {
+                    let rows = sqlx::query(
+                        "UPDATE phases SET ended_ms = $1, outcome = $2 WHERE host_id = $3 AND phase = $4 AND ended_ms IS NULL RETURNING started_ms",
+                    )
+                    .bind(now.0).bind(outcome.clone()).bind(id).bind(phase.clone())
+                    .fetch_all(&mut *tx).await.map_err(db("end phase"))?;
+                    if let Some(r) = rows.first() {
+                        ended.push(PhaseRecord {
+                            phase: phase.clone(),
+                            started: Ts(r.try_get("started_ms").map_err(db("end phase"))?),
+                            ended: Some(now),
+                            outcome: Some(outcome.clone()),
+                        });
+                    }
+                }
+                for phase in &journal.started {
+                    sqlx::query("INSERT INTO phases (host_id, phase, started_ms) VALUES ($1, $2, $3)")
+                        .bind(id).bind(phase.clone()).bind(now.0)
+                        .execute(&mut *tx).await.map_err(db("start phase"))?;
+                }
+                for (kind, message) in &journal.events {
+                    sqlx::query("INSERT INTO events (host_name, at_ms, kind, message) VALUES ($1, $2, $3, $4)")
+                        .bind(name.clone()).bind(now.0).bind(kind.clone()).bind(message.clone())
+                        .execute(&mut *tx).await.map_err(db("add event"))?;
+                }
+                tx.commit().await.map_err(db("save host status"))?;
+                Ok(Some(ended))
             }
 
             async fn delete_host(&self, id: i64) -> Result<(), StoreError> {

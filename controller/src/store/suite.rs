@@ -173,6 +173,52 @@ async fn suite(s: Arc<dyn Store>) {
         ("provisioning.booting", Some(t.plus_ms(250)))
     );
     assert_eq!(ph[0].ended, None);
+
+    // A status write and its records are one transaction: a stale write records nothing, a current one ends and
+    // starts its phases and adds its events together with the state.
+    let journal = Journal {
+        ended: vec![("provisioning".into(), "error".into())],
+        started: vec!["deprovisioning".into()],
+        events: vec![("state".into(), "provisioning -> deprovisioning".into())],
+    };
+    let at = t.plus_ms(400);
+    let gen_now = s.host(&n1).await.unwrap().unwrap().generation;
+    assert!(
+        s.commit_status(h.id, gen_now - 1, &st, &journal, at)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.phases(h.id).await.unwrap().len(), 2, "a stale write starts no phase");
+    assert!(
+        s.events(Some("node-1"), 100).await.unwrap().is_empty(),
+        "a stale write adds no event"
+    );
+    let ended = s
+        .commit_status(h.id, gen_now, &st, &journal, at)
+        .await
+        .unwrap()
+        .expect("current generation writes");
+    assert_eq!(
+        ended
+            .iter()
+            .map(|r| (r.phase.as_str(), r.started, r.ended))
+            .collect::<Vec<_>>(),
+        [("provisioning", t, Some(at))]
+    );
+    let ph = s.phases(h.id).await.unwrap();
+    assert_eq!(
+        (ph.len(), ph[2].phase.as_str(), ph[2].started, ph[2].ended),
+        (3, "deprovisioning", at, None)
+    );
+    let ev = s.events(Some("node-1"), 100).await.unwrap();
+    assert_eq!(
+        ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+        ["provisioning -> deprovisioning"]
+    );
+    assert_eq!(s.host(&n1).await.unwrap().unwrap().generation, gen_now + 1);
+    s.prune_events(at.plus_ms(1), 1000).await.unwrap();
+
     for i in 0..5 {
         s.add_event("node-1", t.plus_ms(i), "state", &format!("e{i}"))
             .await
