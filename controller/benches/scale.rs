@@ -7,15 +7,11 @@
 //! ratios against a reference measured in the same run: the time of D concurrent deploys against one deploy alone, and
 //! the RSS and BMC call rate against their budgets.
 
-#[path = "../tests/support/lab.rs"]
-#[allow(dead_code)]
-mod lab;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lab::{Lab, mac_of};
+use kiln_tests::inproc::{self as lab, Lab, mac_of};
 use serde_json::{Value, json};
 
 fn env(name: &str, default: usize) -> usize {

@@ -4,13 +4,11 @@
 //! controller runs. All three accept the same forms and refuse the others with the same message, which names the
 //! address and what to use instead.
 
-mod support;
-
 use kiln::kube::bmh::{AutomatedCleaningMode, BootMode};
 use kiln::kube::engine::store::kiln_spec;
 use kiln::kube::engine::{BmcAccess, HostKey, HostSpec, SecretBytes};
+use kiln_tests::inproc::Lab;
 use serde_json::json;
-use support::lab::Lab;
 
 /// (address, accepted, a phrase the refusal must contain). `{n}` is replaced by a per-row number so that accepted
 /// rows name distinct machines.

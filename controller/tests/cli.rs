@@ -2,14 +2,12 @@
 //! token file), the `kiln host` CLI against it, a host on a real Redfish peer (sushy-emulator), `kill -9` and a
 //! restart on the same data directory, and a graceful SIGTERM.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use kiln_tests::sushy_loopback::Sushy;
 use serde_json::Value;
-use support::Sushy;
 
 /// A `kiln serve` process, killed by PID on drop.
 struct Serve(Child);
@@ -187,7 +185,7 @@ fn operator_enrolls_with_the_cli_and_kiln_survives_kill_9() {
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: node-7-bmc\nstringData:\n  username: admin\n  password: cli-Redfish-pw\n---\n\
              apiVersion: metal3.io/v1alpha1\nkind: BareMetalHost\nmetadata:\n  name: node-7\n  labels:\n    rack: r7\nspec:\n  online: true\n  \
              bootMACAddress: 52:54:00:aa:00:07\n  externallyProvisioned: true\n  bmc:\n    address: {addr7}\n    credentialsName: node-7-bmc\n",
-            addr7 = sushy.address_of(support::UUID2)
+            addr7 = sushy.address_of(kiln_tests::sushy_loopback::UUID2)
         ),
     )
     .unwrap();

@@ -3,14 +3,12 @@
 //! agent API with the tokens the netboot lookup mints. Also: the appliance killed mid-provisioning and restarted
 //! on the same data directory converges without writing the host twice.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kiln_tests::inproc::{Lab, PASSWORD, mac_of};
 use serde_json::{Value, json};
-use support::lab::{Lab, PASSWORD, mac_of};
 
 // ---------------------------------------------------------------- tests
 

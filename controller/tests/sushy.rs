@@ -2,15 +2,13 @@
 //! drivers by the executor. Registration reads power over Redfish, a power request reaches the emulator, and wrong
 //! credentials end in an actionable registration error without the password leaking.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use kiln::machine::Policy;
 use kiln::server::{Appliance, Config};
+use kiln_tests::sushy_loopback::Sushy;
 use serde_json::{Value, json};
-use support::Sushy;
 
 async fn api(
     c: &reqwest::Client,
@@ -90,7 +88,7 @@ async fn executor_registers_and_powers_a_redfish_host_and_reports_bad_credential
         &token,
         reqwest::Method::POST,
         "/api/v1/hosts",
-        Some(enroll("node-0", support::UUID, "s3cret-redfish")),
+        Some(enroll("node-0", kiln_tests::sushy_loopback::UUID, "s3cret-redfish")),
     )
     .await;
     assert_eq!(s, 201, "{b}");
@@ -100,7 +98,7 @@ async fn executor_registers_and_powers_a_redfish_host_and_reports_bad_credential
         &token,
         reqwest::Method::POST,
         "/api/v1/hosts",
-        Some(enroll("node-bad", support::UUID2, "wrong-password")),
+        Some(enroll("node-bad", kiln_tests::sushy_loopback::UUID2, "wrong-password")),
     )
     .await;
     assert_eq!(s, 201);
@@ -195,14 +193,14 @@ async fn per_host_tls_verification_reaches_the_redfish_driver() {
     let c = reqwest::Client::new();
     let post = |body: Value| api(&c, &base, &token, reqwest::Method::POST, "/api/v1/hosts", Some(body));
     let (s, b) = post(
-        json!({ "name": "insecure", "bmc": { "address": sushy.address_of(support::UUID), "username": "admin",
+        json!({ "name": "insecure", "bmc": { "address": sushy.address_of(kiln_tests::sushy_loopback::UUID), "username": "admin",
         "password": "tls-redfish-pw", "disable_certificate_verification": true }, "options": { "inspect": false } }),
     )
     .await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["bmc"]["tls"]["disable_certificate_verification"], true, "{b}");
     let (s, b) = post(
-        json!({ "name": "verifying", "bmc": { "address": sushy.address_of(support::UUID2), "username": "admin",
+        json!({ "name": "verifying", "bmc": { "address": sushy.address_of(kiln_tests::sushy_loopback::UUID2), "username": "admin",
         "password": "tls-redfish-pw" }, "options": { "inspect": false } }),
     )
     .await;

@@ -3,11 +3,9 @@
 //! and opens a host with its hardware, per-phase timing and events. Without a token it asks for one and shows no
 //! data; the page's CSP allows only kiln's own script.
 
-mod support;
-
 use std::process::Command;
 
-use support::lab::Lab;
+use kiln_tests::inproc::Lab;
 
 /// The DOM after the page's scripts ran (Chromium `--dump-dom`; virtual time lets its timers fire).
 fn dump_dom(url: &str) -> String {
@@ -65,7 +63,10 @@ async fn the_web_page_shows_hosts_states_and_timings_in_a_browser() {
         "the login form is shown while logged in"
     );
     assert!(!dom.contains(&lab.admin), "the token must not end up in the page");
-    assert!(!dom.contains(support::lab::PASSWORD), "no BMC password in the page");
+    assert!(
+        !dom.contains(kiln_tests::inproc::PASSWORD),
+        "no BMC password in the page"
+    );
 
     // Without a token: the login form, no data.
     let base = lab.base.clone();

@@ -6,6 +6,7 @@
 //! The lab never touches the machine's real networks: addresses live only inside namespaces it created.
 
 pub mod cmd;
+pub mod inproc;
 pub mod ipmi;
 pub mod kube;
 pub mod lab;
@@ -18,6 +19,7 @@ pub mod qemu;
 pub mod ramdisk;
 pub mod state;
 pub mod sushy;
+pub mod sushy_loopback;
 
 use std::path::PathBuf;
 

@@ -1,6 +1,6 @@
 //! The real Cluster API (core + kubeadm bootstrap managers, v1.14.2, built from Go modules) with kiln as the
 //! infrastructure provider, against a real kube-apiserver. kiln runs in-process with its store-backed engine, fake
-//! BMCs and simulated agents (controller/tests/support/lab.rs); the test plays kubelet by registering a Node with
+//! BMCs and simulated agents (`kiln_tests::inproc`); the test plays kubelet by registering a Node with
 //! the machine's providerID once kiln has provisioned a host (the "workload cluster" is the same API server, reached
 //! through the kubeconfig Secret Cluster API generates from the cluster CA).
 //!
@@ -11,9 +11,7 @@
 //! 3. Scale back to 1: Cluster API deletes a Machine, kiln deprovisions (the agent erases) and releases its host,
 //!    which is available again.
 
-#[path = "../../controller/tests/support/lab.rs"]
-#[allow(dead_code)]
-mod lab;
+use kiln_tests::inproc as lab;
 
 use std::time::Duration;
 

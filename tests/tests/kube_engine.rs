@@ -1,5 +1,5 @@
 //! `kiln serve --kube` on its real engine, against a real kube-apiserver: the appliance (store on SQLite, executor,
-//! agent API) runs in-process with fake BMCs and simulated agents (controller/tests/support/lab.rs), and its
+//! agent API) runs in-process with fake BMCs and simulated agents (`kiln_tests::inproc`), and its
 //! Kubernetes controllers run inside it under a leader Lease. What a Metal3 / Cluster API user sees:
 //! 1. BareMetalHosts + credential Secrets applied → registering → inspecting → available, with `status.hardware`
 //!    from the agent's inventory, and the same hosts visible through kiln's REST API.
@@ -11,9 +11,7 @@
 //! 5. Deleting a KilnMachine deprovisions (the agent erases) and releases its host, which is available again.
 //! 6. A standby replica does nothing until the leader dies, then takes over the Lease.
 
-#[path = "../../controller/tests/support/lab.rs"]
-#[allow(dead_code)]
-mod lab;
+use kiln_tests::inproc as lab;
 
 use std::sync::Arc;
 use std::time::Duration;

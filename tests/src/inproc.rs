@@ -1,4 +1,4 @@
-//! The in-process lab of kiln's executor tests: a fake BMC (implementing `kiln_bmc::Bmc`) per host that "boots"
+//! The in-process lab of kiln's executor tests (no VMs, no namespaces): a fake BMC (implementing `kiln_bmc::Bmc`) per host that "boots"
 //! hosts when powered on, simulated firmware that asks kiln's netboot lookup what to boot, and simulated agents
 //! that speak HTTP to the agent API with the tokens kiln minted.
 

@@ -1,12 +1,10 @@
-//! Test peers shared by kiln's component tests: sushy-emulator (Redfish, fake driver) on loopback with basic auth,
-//! stopped by PID on drop.
-#![allow(dead_code)]
+//! sushy-emulator (Redfish, fake driver) on loopback with basic auth, for kiln's component tests that need a real
+//! Redfish service but no lab: two Systems, stopped by PID on drop.
 
-pub mod lab;
-
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::venv_bin;
 
 pub const UUID: &str = "27946b59-9e44-4fa7-8e91-f3527a1ef094";
 /// A second System on the same emulator, for a second host (two hosts never share one machine).
@@ -24,16 +22,6 @@ impl Drop for Sushy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn venv_bin(name: &str) -> PathBuf {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join(".cache/venv/bin")
-        .join(name);
-    assert!(bin.exists(), "{} is missing: run tests/setup.sh first", bin.display());
-    bin
 }
 
 impl Sushy {
