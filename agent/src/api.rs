@@ -7,7 +7,7 @@ use kiln_images::protocol::{CommandResult, HardwareInventory, Heartbeat, Heartbe
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cmdline::{ApiBase, Token};
+use crate::cmdline::{ApiBase, CaPin, Token};
 use crate::error::AgentError;
 
 /// Backoff policy: `base * 2^attempt`, capped, with up to 25 % random jitter either way.
@@ -48,12 +48,32 @@ impl ApiClient {
     /// # Errors
     /// [`AgentError::Client`] when the TLS stack cannot be set up.
     pub fn new(base: ApiBase, token: Token, backoff: Backoff) -> Result<Self, AgentError> {
+        Self::with_ca(base, token, backoff, None)
+    }
+
+    /// A client that trusts the appliance through the pinned CA `ca` (`kiln.ca=`), or the system's roots if `None`.
+    ///
+    /// # Errors
+    /// [`AgentError::Client`] when the TLS stack cannot be set up.
+    pub fn with_ca(base: ApiBase, token: Token, backoff: Backoff, ca: Option<CaPin>) -> Result<Self, AgentError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let builder = || {
             reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
                 .timeout(Duration::from_secs(60))
         };
+        if let Some(pin) = ca {
+            let http = builder()
+                .tls_backend_preconfigured(crate::pin::client_config(pin))
+                .build()
+                .map_err(|source| AgentError::Client { source })?;
+            return Ok(ApiClient {
+                http,
+                base,
+                token,
+                backoff,
+            });
+        }
         // The platform verifier refuses to start without system CA certificates (a bare ramdisk); plain-HTTP
         // appliances must still work, so fall back to an empty trust store (HTTPS then fails verification).
         let http = builder().build().or_else(|e| {

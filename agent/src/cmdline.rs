@@ -1,5 +1,5 @@
-//! The kernel command line: what the appliance tells the agent at boot (`kiln.api`, `kiln.token`, `kiln.mac`,
-//! `kiln.debug`). Pure parsing only; reading `/proc/cmdline` happens in `main`.
+//! The kernel command line: what the appliance tells the agent at boot (`kiln.api`, `kiln.ca`, `kiln.token`,
+//! `kiln.mac`, `kiln.debug`). Pure parsing only; reading `/proc/cmdline` happens in `main`.
 
 use std::fmt;
 
@@ -67,10 +67,29 @@ impl fmt::Display for ApiBase {
 /// A MAC address in canonical lower-case colon form (the protocol's shared type).
 pub use kiln_images::protocol::MacAddr as Mac;
 
+/// The SHA-256 of the appliance's CA certificate (DER), given as `kiln.ca=sha256:<hex>`: the agent trusts
+/// `kiln.api` only if its certificate chain carries that CA and the server certificate verifies against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaPin(pub [u8; 32]);
+
+impl CaPin {
+    /// Parses `sha256:<64 hex digits>`.
+    pub fn parse(s: &str) -> Result<Self, AgentError> {
+        let bad = || AgentError::Cmdline {
+            reason: format!("kiln.ca must be sha256:<64 hex digits>, got {s:?}"),
+        };
+        let hex = s.strip_prefix("sha256:").ok_or_else(bad)?;
+        let bytes = hex::decode(hex).map_err(|_| bad())?;
+        Ok(CaPin(bytes.try_into().map_err(|_| bad())?))
+    }
+}
+
 /// Everything the agent takes from the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootConfig {
     pub api: ApiBase,
+    /// The appliance's CA, for an `https://` API; `None` trusts the ramdisk's system roots.
+    pub ca: Option<CaPin>,
     pub token: Token,
     /// The NIC the host booted from (PXE `BOOTIF`-like); `None` means any.
     pub mac: Option<Mac>,
@@ -86,6 +105,7 @@ pub struct BootConfig {
 pub fn parse_cmdline(text: &str) -> Result<BootConfig, AgentError> {
     let mut api = None;
     let mut token = None;
+    let mut ca = None;
     let mut mac = None;
     let mut debug = false;
     for word in text.split_whitespace() {
@@ -96,6 +116,7 @@ pub fn parse_cmdline(text: &str) -> Result<BootConfig, AgentError> {
         match key {
             "kiln.api" => api = Some(value.to_string()),
             "kiln.token" => token = Some(value.to_string()),
+            "kiln.ca" => ca = Some(value.to_string()),
             "kiln.mac" => mac = Some(value.to_string()),
             // `kiln.debug` alone or `kiln.debug=1|true|yes`
             "kiln.debug" => debug = matches!(value, "" | "1" | "true" | "yes" | "on"),
@@ -110,6 +131,7 @@ pub fn parse_cmdline(text: &str) -> Result<BootConfig, AgentError> {
     })?;
     Ok(BootConfig {
         api: ApiBase::parse(&api)?,
+        ca: ca.as_deref().map(CaPin::parse).transpose()?,
         token: Token(token),
         mac: mac
             .map(|m| {
@@ -141,6 +163,16 @@ mod tests {
     }
 
     #[test]
+    fn ca_pin_is_parsed() {
+        let pin = "ab".repeat(32);
+        let c = parse_cmdline(&format!(
+            "kiln.api=https://10.0.0.1:8443 kiln.ca=sha256:{pin} kiln.token=t"
+        ))
+        .unwrap();
+        assert_eq!(c.ca, Some(CaPin([0xab; 32])));
+    }
+
+    #[test]
     fn token_never_prints() {
         let c = parse_cmdline("kiln.api=https://kiln kiln.token=hunter2").unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
@@ -166,6 +198,9 @@ mod tests {
             "kiln.api=http:// kiln.token=t",
             "kiln.api=http://a kiln.token=t kiln.mac=52:54:00:ab:cd",
             "kiln.api=http://a kiln.token=t kiln.mac=52:54:00:ab:cd:zz",
+            "kiln.api=https://a kiln.token=t kiln.ca=00ff",
+            "kiln.api=https://a kiln.token=t kiln.ca=sha256:00ff",
+            "kiln.api=https://a kiln.token=t kiln.ca=md5:d41d8cd98f00b204e9800998ecf8427e",
         ] {
             assert!(parse_cmdline(bad).is_err(), "{bad}");
         }

@@ -11,6 +11,7 @@ pub mod erase;
 pub mod error;
 pub mod exec;
 pub mod inspect;
+pub mod pin;
 pub mod power;
 pub mod write;
 

@@ -39,7 +39,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = rt.block_on(async {
-        let api = ApiClient::new(cfg.api.clone(), cfg.token.clone(), Backoff::default())?;
+        let api = ApiClient::with_ca(cfg.api.clone(), cfg.token.clone(), Backoff::default(), cfg.ca)?;
         let agent = Arc::new(Agent {
             api,
             root: PathBuf::from("/"),

@@ -32,6 +32,15 @@ pub const IPMI_DEFAULT_PORT: u16 = 623;
 pub enum BmcAddress {
     Redfish(RedfishAddress),
     Ipmi(IpmiAddress),
+    /// `fake://<name>`: a simulated BMC ([`crate::FakeBmc`]), driven only by a kiln started in simulator mode (like
+    /// Ironic's `fake-hardware`); nothing real is powered or booted.
+    Fake(FakeAddress),
+}
+
+/// The name of a simulated BMC: letters, digits, `.`, `_` and `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FakeAddress {
+    pub name: String,
 }
 
 /// Which Metal3 Redfish scheme an address used; all of them are driven by the same Redfish driver.
@@ -199,14 +208,16 @@ impl BmcAddress {
         match self {
             BmcAddress::Redfish(a) => a.endpoint(),
             BmcAddress::Ipmi(a) => a.endpoint(),
+            BmcAddress::Fake(a) => a.name.clone(),
         }
     }
 
-    /// `"redfish"` or `"ipmi"`.
+    /// `"redfish"`, `"ipmi"` or `"fake"`.
     pub fn protocol(&self) -> &'static str {
         match self {
             BmcAddress::Redfish(_) => "redfish",
             BmcAddress::Ipmi(_) => "ipmi",
+            BmcAddress::Fake(_) => "fake",
         }
     }
 
@@ -214,7 +225,7 @@ impl BmcAddress {
     pub fn boot_method(&self) -> BootMethod {
         match self {
             BmcAddress::Redfish(a) => a.flavor.boot_method(),
-            BmcAddress::Ipmi(_) => BootMethod::Pxe,
+            BmcAddress::Ipmi(_) | BmcAddress::Fake(_) => BootMethod::Pxe,
         }
     }
 
@@ -228,6 +239,7 @@ impl BmcAddress {
                 a.system_path.as_deref().unwrap_or("")
             ),
             BmcAddress::Ipmi(a) => format!("ipmi|{}", a.endpoint().to_ascii_lowercase()),
+            BmcAddress::Fake(a) => format!("fake|{}", a.name.to_ascii_lowercase()),
         }
     }
 }
@@ -397,6 +409,24 @@ impl FromStr for BmcAddress {
                 &format!("kiln does not support the scheme {scheme:?}: {hint}"),
             ));
         }
+        if base == "fake" && transport.is_none() {
+            if !(path.is_empty() && query.is_none()) {
+                return Err(err(AddressPart::Path, "a fake:// address is only a name"));
+            }
+            if authority.is_empty()
+                || !authority
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err(err(
+                    AddressPart::Host,
+                    "a fake:// name is letters, digits, '.', '_' and '-'",
+                ));
+            }
+            return Ok(BmcAddress::Fake(FakeAddress {
+                name: authority.to_string(),
+            }));
+        }
         let (host, port) = split_host_port(authority).map_err(|(part, reason)| err(part, &reason))?;
         if base == "ipmi" && transport.is_none() {
             if !(path.is_empty() || path == "/") {
@@ -535,6 +565,7 @@ impl fmt::Display for BmcAddress {
                     Some(IpmiPrivilege::Administrator) => f.write_str("?privilegelevel=ADMINISTRATOR"),
                 }
             }
+            BmcAddress::Fake(a) => write!(f, "fake://{}", a.name),
         }
     }
 }
@@ -568,6 +599,29 @@ mod tests {
         match parse(s) {
             BmcAddress::Redfish(a) => a,
             other => panic!("{s} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fake_addresses_are_a_name_only() {
+        let a: BmcAddress = "fake://sim-0042".parse().unwrap();
+        assert_eq!(
+            a,
+            BmcAddress::Fake(FakeAddress {
+                name: "sim-0042".into()
+            })
+        );
+        assert_eq!(a.to_string(), "fake://sim-0042");
+        assert_eq!((a.protocol(), a.boot_method()), ("fake", BootMethod::Pxe));
+        for bad in [
+            "fake://",
+            "fake://a/b",
+            "fake://a?x=1",
+            "fake://a:1",
+            "fake+http://a",
+            "fake://a b",
+        ] {
+            assert!(bad.parse::<BmcAddress>().is_err(), "{bad}");
         }
     }
 

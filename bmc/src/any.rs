@@ -28,6 +28,13 @@ pub async fn connect(address: &BmcAddress, creds: Credentials, opts: BmcOptions)
         match address {
             BmcAddress::Redfish(a) => Ok(AnyBmc::Redfish(RedfishBmc::connect(a, creds, opts).await?)),
             BmcAddress::Ipmi(a) => Ok(AnyBmc::Ipmi(IpmiBmc::connect(a, creds, opts).await?)),
+            BmcAddress::Fake(a) => Err(BmcError::Unsupported {
+                bmc: address.to_string(),
+                operation: format!(
+                    "connecting to the simulated BMC {:?}: only a kiln started in simulator mode drives fake://                      addresses",
+                    a.name
+                ),
+            }),
         }
     }
     .instrument(span)

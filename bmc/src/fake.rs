@@ -53,6 +53,17 @@ struct State {
     failure: Failure,
     unresponsive: bool,
     timeout: Duration,
+    on_boot: Option<BootHook>,
+}
+
+/// Told of every boot as it happens (a simulator starts the booted host's firmware from it).
+#[derive(Clone)]
+struct BootHook(Arc<dyn Fn(BootTarget) + Send + Sync>);
+
+impl std::fmt::Debug for BootHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BootHook")
+    }
 }
 
 /// Makes the error of an injected failure.
@@ -111,6 +122,7 @@ impl FakeBmc {
                 })),
                 unresponsive: false,
                 timeout: Duration::from_secs(30),
+                on_boot: None,
             })),
             name,
         }
@@ -119,6 +131,15 @@ impl FakeBmc {
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut state)
+    }
+
+    /// Calls `hook` with the boot target each time the host boots (power on from off, cycle, reset), when the
+    /// transition lands. In [`PowerMode::Auto`] transitions then land on their own at their due time (a task on the
+    /// current Tokio runtime), not only when the next call looks. `hook` runs under the fake's lock: keep it short
+    /// (send on a channel).
+    pub fn on_boot(self, hook: impl Fn(BootTarget) + Send + Sync + 'static) -> Self {
+        self.with(|s| s.on_boot = Some(BootHook(Arc::new(hook))));
+        self
     }
 
     pub fn with_power(self, power: PowerState) -> Self {
@@ -292,6 +313,9 @@ fn record_boot(s: &mut State) {
         None => BootTarget::Disk { mode: BootMode::Uefi },
     };
     s.boots.push(target);
+    if let Some(hook) = &s.on_boot {
+        (hook.0)(target);
+    }
 }
 
 impl Bmc for FakeBmc {
@@ -310,7 +334,10 @@ impl Bmc for FakeBmc {
                 Some((Transition::Reboot, _)) => PowerState::On,
                 None => s.power,
             };
+            // Off then On before the Off landed: a real host still goes down and comes up again, so it boots.
+            let off_pending = matches!(s.pending, Some((Transition::To(PowerState::Off), _)));
             let transition = match action {
+                PowerAction::On if off_pending && s.power == PowerState::On => Transition::Reboot,
                 PowerAction::On if target == PowerState::On => return,
                 PowerAction::Off | PowerAction::ForceOff if target == PowerState::Off => return,
                 PowerAction::On => Transition::To(PowerState::On),
@@ -323,6 +350,19 @@ impl Bmc for FakeBmc {
                 PowerMode::Explicit => Instant::now(),
             };
             s.pending = Some((transition, due));
+            // A host with a boot hook is simulated: its transitions land at their time, whether or not anyone asks.
+            if matches!(s.mode, PowerMode::Auto { .. })
+                && s.on_boot.is_some()
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                let state = Arc::downgrade(&self.state);
+                rt.spawn(async move {
+                    tokio::time::sleep_until(due).await;
+                    if let Some(state) = state.upgrade() {
+                        settle(&mut state.lock().unwrap_or_else(|e| e.into_inner()));
+                    }
+                });
+            }
         });
         Ok(())
     }
@@ -403,6 +443,40 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(bmc.boots().len(), 2);
         assert_eq!(bmc.boots()[1], BootTarget::Disk { mode: BootMode::Uefi });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_boot_hook_hears_each_boot_when_it_lands() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let bmc = FakeBmc::new("n5")
+            .with_mode(PowerMode::Auto {
+                delay: Duration::from_secs(3),
+            })
+            .on_boot(move |t| {
+                let _ = tx.send(t);
+            });
+        bmc.set_boot(BootTarget::Pxe { mode: BootMode::Uefi }, BootPersistence::Once)
+            .await
+            .unwrap();
+        bmc.set_power(PowerAction::On).await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_err(), "not before the delay");
+        // Nobody calls the BMC: the boot still happens at its time.
+        let t = Instant::now();
+        assert_eq!(rx.recv().await, Some(BootTarget::Pxe { mode: BootMode::Uefi }));
+        assert_eq!(Instant::now() - t, Duration::from_secs(3));
+        bmc.set_power(PowerAction::Reset).await.unwrap();
+        assert_eq!(rx.recv().await, Some(BootTarget::Disk { mode: BootMode::Uefi }));
+        bmc.set_power(PowerAction::Off).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(rx.try_recv().is_err(), "powering off is no boot");
+        // On, then Off and On again before the Off landed: the host still goes down and boots again.
+        bmc.set_power(PowerAction::On).await.unwrap();
+        assert!(rx.recv().await.is_some());
+        bmc.set_power(PowerAction::Off).await.unwrap();
+        bmc.set_power(PowerAction::On).await.unwrap();
+        assert_eq!(rx.recv().await, Some(BootTarget::Disk { mode: BootMode::Uefi }));
+        assert_eq!(bmc.power(), PowerState::On);
     }
 
     #[tokio::test]

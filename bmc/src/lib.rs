@@ -25,8 +25,8 @@ mod throttle;
 pub mod types;
 
 pub use address::{
-    AddressError, AddressPart, BmcAddress, BootMethod, IpmiAddress, RedfishAddress, RedfishFlavor, SUPPORTED_SCHEMES,
-    Transport,
+    AddressError, AddressPart, BmcAddress, BootMethod, FakeAddress, IpmiAddress, RedfishAddress, RedfishFlavor,
+    SUPPORTED_SCHEMES, Transport,
 };
 pub use any::{AnyBmc, connect};
 pub use config::{BmcOptions, Credentials, IpmiPrivilege};

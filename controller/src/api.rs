@@ -488,6 +488,11 @@ async fn create_host(
 ) -> Result<(StatusCode, Json<HostOut>), ApiError> {
     let c: HostCreate = parse_body(&body)?;
     let (name, spec) = spec_from(&c)?;
+    if let Some(b) = &spec.bmc {
+        app.executor
+            .accepts(&b.address)
+            .map_err(|m| unprocessable("bmc.address", m))?;
+    }
     if q.dry_run {
         check_free(&app, &name, &spec).await?;
         let t = now();

@@ -78,6 +78,21 @@ pub trait BmcConnector: Send + Sync {
     /// # Errors
     /// A [`BmcFailure`] when the BMC cannot be used (unsupported scheme, unreachable, bad credentials).
     async fn connect(&self, host: &HostName, bmc: &BmcInfo) -> Result<Arc<dyn DynBmc>, BmcFailure>;
+
+    /// Whether hosts with this address may be enrolled (checked by every front end before a host is stored).
+    /// `fake://` is accepted only by the simulator ([`crate::sim::SimConnector`]).
+    ///
+    /// # Errors
+    /// Why not, for the user.
+    fn accepts(&self, address: &kiln_bmc::BmcAddress) -> Result<(), String> {
+        match address {
+            kiln_bmc::BmcAddress::Fake(_) => Err(format!(
+                "{address} is kiln's simulated BMC: it is accepted only by a kiln started in simulator mode \
+                 (kiln serve --simulate), which drives no real hardware"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A connector that refuses every host: what `kiln serve` uses until real drivers are wired in.

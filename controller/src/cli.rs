@@ -39,6 +39,8 @@ pub enum CliError {
     },
     #[error("cannot parse {what}: {message}")]
     Parse { what: String, message: String },
+    #[error("{0}")]
+    Tls(String),
     #[error("{file}: {message}")]
     Import { file: String, message: String },
     #[error("host {host} ended in state {state}: {message}")]
@@ -62,8 +64,12 @@ pub enum Output {
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Base URL of `kiln serve`.
-    #[arg(long, global = true, env = "KILN_SERVER", default_value = "http://127.0.0.1:8080")]
+    #[arg(long, global = true, env = "KILN_SERVER", default_value = "https://127.0.0.1:8443")]
     pub server: String,
+    /// PEM CA certificate to verify the server with; default: `tls/ca.pem` next to the token file (kiln's own CA),
+    /// if it exists, else the system's roots.
+    #[arg(long, global = true, env = "KILN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// File holding the admin token (written by `kiln serve` on first start).
     #[arg(
         long,
@@ -178,20 +184,42 @@ impl Client {
                 source,
             })?,
         };
-        Ok(Self::with_token(&args.server, token.trim()))
+        let ca_file = args.ca_file.clone().or_else(|| {
+            let own = args.token_file.parent()?.join("tls/ca.pem");
+            own.exists().then_some(own)
+        });
+        let ca = match &ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| CliError::Io {
+                path: path.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        Self::build(&args.server, token.trim(), ca.as_deref())
     }
 
-    pub fn with_token(base: &str, token: &str) -> Self {
+    /// A client of `base` trusting the PEM CA certificate(s) `ca_pem` (the system's roots if `None`).
+    ///
+    /// # Errors
+    /// [`CliError::Tls`] when `ca_pem` holds no certificate.
+    pub fn build(base: &str, token: &str, ca_pem: Option<&[u8]>) -> Result<Self, CliError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| CliError::Tls("the CA file holds no PEM certificate".into()))?;
+            b = b.tls_certs_only(certs);
+        }
+        let http = b
             .build()
-            .expect("reqwest client");
-        Self {
+            .map_err(|e| CliError::Tls(format!("cannot set up HTTPS: {e}")))?;
+        Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             http,
-        }
+        })
     }
 
     async fn send<T: DeserializeOwned>(
@@ -629,8 +657,11 @@ pub async fn import(args: &ClientArgs, file: &PathBuf, dry_run: bool) -> Result<
     // 1. Validate everything; collect every refusal, not just the first.
     let mut refusals = Vec::new();
     for h in &hosts {
-        if let Err(e) = c.post::<HostOut>("/api/v1/hosts?dry_run=true", &h.enroll).await {
-            refusals.push(format!("{}: {e}", h.doc));
+        match c.post::<HostOut>("/api/v1/hosts?dry_run=true", &h.enroll).await {
+            Ok(_) => {}
+            // kiln could not be asked (unreachable, TLS not trusted): not a refusal of this document.
+            Err(e @ CliError::Http { .. }) => return Err(e),
+            Err(e) => refusals.push(format!("{}: {e}", h.doc)),
         }
         if let Some(p) = &h.provision
             && let Err(e) = crate::api::image_from(&p.image)

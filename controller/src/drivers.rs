@@ -28,7 +28,8 @@ impl Drivers {
     }
 }
 
-fn classify(e: &kiln_bmc::BmcError) -> (bool, bool) {
+/// Whether a kiln-bmc error is transient, and whether it is about credentials.
+pub fn classify(e: &kiln_bmc::BmcError) -> (bool, bool) {
     (e.is_transient(), e.kind() == BmcErrorKind::Auth)
 }
 

@@ -124,6 +124,14 @@ impl Executor {
     }
 
     /// Wakes the executor now (the API calls this after every change).
+    /// Whether hosts with this BMC address may be enrolled here (see [`BmcConnector::accepts`]).
+    ///
+    /// # Errors
+    /// Why not, for the user.
+    pub fn accepts(&self, address: &kiln_bmc::BmcAddress) -> Result<(), String> {
+        self.connector.accepts(address)
+    }
+
     pub fn poke(&self) {
         self.notify.notify_one();
     }

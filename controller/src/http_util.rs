@@ -25,6 +25,9 @@ pub struct AppState {
     pub heartbeat_secs: u32,
     /// Counters of the netboot services (all zero when they do not run).
     pub pxe_counters: Arc<kiln_pxe::PxeCounters>,
+    /// Whether `fake://` hosts are simulated (reported by `/healthz`, so that nobody mistakes a simulator for a
+    /// real appliance).
+    pub simulate: bool,
 }
 
 /// A JSON error: `{"error": "...", "field": "..."}`.

@@ -23,7 +23,9 @@ pub mod openapi;
 pub mod policy;
 pub mod pxe_lookup;
 pub mod server;
+pub mod sim;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;
+pub mod tls;
 pub mod types;

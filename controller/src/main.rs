@@ -19,9 +19,12 @@ struct Cli {
 enum Command {
     /// Run the appliance (store, executor, REST API, agent API).
     Serve {
-        /// Address of the HTTP listener.
-        #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:8080")]
+        /// Address of the HTTPS listener (REST API, web page, agent API, metrics).
+        #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
+        /// Address of the plain-HTTP netboot listener (`/boot`, with `[pxe]`; default: `[pxe] http_base`'s).
+        #[arg(long, env = "KILN_BOOT_LISTEN")]
+        boot_listen: Option<SocketAddr>,
         /// TOML config file.
         #[arg(long, env = "KILN_CONFIG")]
         config: Option<PathBuf>,
@@ -31,9 +34,13 @@ enum Command {
         /// postgres://... or sqlite:PATH (default: <data-dir>/kiln.db).
         #[arg(long, env = "KILN_DATABASE_URL")]
         database_url: Option<String>,
-        /// URL agents reach kiln at (default: http://<listen>).
+        /// URL agents reach kiln at (default: https://<listen>).
         #[arg(long, env = "KILN_API_URL")]
         api_url: Option<String>,
+        /// Simulator mode: hosts with `fake://<name>` BMC addresses are simulated (fake BMC, firmware and agent);
+        /// nothing real is powered or written. For trying kiln without hardware and for benchmarks.
+        #[arg(long)]
+        simulate: bool,
         /// Agent jobs running at once; more hosts wait as `delayed`.
         #[arg(long)]
         max_concurrent_jobs: Option<usize>,
@@ -130,11 +137,13 @@ async fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             listen,
+            boot_listen,
             config,
             data_dir,
             database_url,
             api_url,
             max_concurrent_jobs,
+            simulate,
             kube,
             kubeconfig,
             log_json: _,
@@ -152,6 +161,12 @@ async fn run() -> anyhow::Result<()> {
             if api_url.is_some() {
                 cfg.api_url = api_url;
             }
+            if simulate {
+                cfg.simulate = true;
+            }
+            if boot_listen.is_some() {
+                cfg.boot_listen = boot_listen;
+            }
             if let Some(n) = max_concurrent_jobs {
                 cfg.max_concurrent_jobs = n;
             }
@@ -166,7 +181,16 @@ async fn run() -> anyhow::Result<()> {
             // Bound after the data directory is ready, so a client that can connect finds the token file.
             let listener = tokio::net::TcpListener::bind(listen).await?;
             let addr = listener.local_addr()?;
-            tracing::info!(%addr, store = app.store.backend(), "kiln serving");
+            match &app.ca_pin {
+                Some(pin) => tracing::info!(
+                    %addr,
+                    store = app.store.backend(),
+                    ca = %kiln::tls::ca_path(&app.config.data_dir).display(),
+                    %pin,
+                    "kiln serving HTTPS with its own CA"
+                ),
+                None => tracing::info!(%addr, store = app.store.backend(), "kiln serving HTTPS"),
+            }
             kiln::server::run(app, listener, shutdown_signal()).await?;
             tracing::info!("kiln stopped");
         }

@@ -22,6 +22,9 @@ pub enum BootInstructions {
         boot: u64,
         token: Option<Secret>,
         api_url: String,
+        /// `sha256:<hex>` of kiln's CA, which the agent pins for `api_url` (`kiln.ca=`); `None` with a site
+        /// certificate (the agent then trusts its system roots).
+        ca_pin: Option<String>,
     },
     /// Boot from the local disk.
     LocalDisk { host: String },
@@ -38,14 +41,19 @@ impl BootInstructions {
                 mac,
                 token,
                 api_url,
+                ca_pin,
                 ..
-            } => Some(match token {
-                Some(token) => format!(
-                    "kiln.api={api_url} kiln.token={} kiln.mac={mac} kiln.host={host}",
-                    token.expose()
-                ),
-                None => format!("kiln.api={api_url} kiln.mac={mac} kiln.host={host}"),
-            }),
+            } => {
+                let mut args = format!("kiln.api={api_url}");
+                if let Some(pin) = ca_pin {
+                    args.push_str(&format!(" kiln.ca={pin}"));
+                }
+                if let Some(token) = token {
+                    args.push_str(&format!(" kiln.token={}", token.expose()));
+                }
+                args.push_str(&format!(" kiln.mac={mac} kiln.host={host}"));
+                Some(args)
+            }
             BootInstructions::LocalDisk { .. } | BootInstructions::Nothing { .. } => None,
         }
     }
@@ -100,8 +108,10 @@ impl EventThrottle {
 #[derive(Clone)]
 pub struct StoreLookup {
     pub store: Arc<dyn Store>,
-    /// Base URL the agent reaches kiln at (`http://10.0.0.1:8080`).
+    /// Base URL the agent reaches kiln at (`https://10.0.0.1:8443`).
     pub api_url: String,
+    /// The pin of kiln's CA the agent checks `api_url`'s certificate chain against (`None`: a site certificate).
+    pub ca_pin: Option<String>,
     /// Netboot events recorded per host and kind at most every few seconds.
     pub events: Arc<EventThrottle>,
 }
@@ -151,6 +161,7 @@ impl StoreLookup {
                     boot: j.boot,
                     token,
                     api_url: self.api_url.clone(),
+                    ca_pin: self.ca_pin.clone(),
                 }))
             }
             State::Provisioned { .. } | State::ExternallyProvisioned { .. } => {

@@ -127,7 +127,8 @@ mod tests {
         let p = PxeLookup {
             lookup: crate::netboot::StoreLookup {
                 store: store.clone(),
-                api_url: "http://10.0.0.1:8080".into(),
+                api_url: "https://10.0.0.1:8443".into(),
+                ca_pin: Some("sha256:00ff".into()),
                 events: Default::default(),
             },
             kernel_url: "http://10.0.0.1:8080/boot/vmlinuz".parse().unwrap(),
@@ -198,7 +199,8 @@ mod tests {
         assert!(p.lookup.events.suppressed() >= 1998);
         assert_eq!(kernel_url.path(), "/boot/vmlinuz");
         assert!(
-            cmdline.contains("kiln.api=http://10.0.0.1:8080") && cmdline.ends_with("console=ttyS0"),
+            cmdline.contains("kiln.api=https://10.0.0.1:8443 kiln.ca=sha256:00ff")
+                && cmdline.ends_with("console=ttyS0"),
             "{cmdline}"
         );
         let token = cmdline

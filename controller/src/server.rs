@@ -45,6 +45,8 @@ pub enum ServeError {
     Key(#[source] CryptoError),
     #[error("cannot open the store")]
     Store(#[source] StoreError),
+    #[error("cannot set up TLS")]
+    Tls(#[source] crate::tls::TlsError),
     #[error("cannot read config file {path}")]
     Config {
         path: String,
@@ -77,8 +79,15 @@ pub struct Config {
     pub event_retention_days: u32,
     /// Each host keeps at most this many of its newest events.
     pub events_per_host: u32,
-    /// Limits of kiln's HTTP listener.
+    /// Limits of kiln's HTTP listeners.
     pub http: HttpLimits,
+    /// TLS of the API listener (kiln's own CA by default).
+    pub tls: crate::tls::TlsConfig,
+    /// Simulator mode: hosts with `fake://` BMC addresses are simulated ([`crate::sim`]); off unless asked for.
+    pub simulate: bool,
+    /// Where the plain-HTTP netboot routes (`/boot`) listen when `[pxe]` is configured; default: the host and port
+    /// of `[pxe] http_base`.
+    pub boot_listen: Option<std::net::SocketAddr>,
 }
 
 /// What one client may hold of kiln's HTTP listener (a firmware's or an attacker's half-sent request must not keep a
@@ -129,6 +138,9 @@ impl Default for Config {
             event_retention_days: 30,
             events_per_host: 2000,
             http: HttpLimits::default(),
+            tls: Default::default(),
+            simulate: false,
+            boot_listen: None,
         }
     }
 }
@@ -154,6 +166,10 @@ pub struct Appliance {
     pub executor: Arc<Executor>,
     pub store: Arc<dyn Store>,
     pub config: Config,
+    /// The pin of kiln's CA that agents check (`None` with a site certificate).
+    pub ca_pin: Option<String>,
+    /// The simulated hosts, in simulator mode.
+    pub sim: Option<Arc<crate::sim::Simulator>>,
 }
 
 /// Path of the admin token file in a data directory.
@@ -178,6 +194,7 @@ impl Appliance {
             path: tpath.display().to_string(),
             source,
         })?;
+        let ca_pin = crate::tls::ensure_ca(dir, &config.tls).map_err(ServeError::Tls)?;
         let store = crate::store::connect(config.database_url.as_deref(), dir, key)
             .await
             .map_err(ServeError::Store)?;
@@ -188,6 +205,21 @@ impl Appliance {
             bmc_calls_per_minute: config.bmc_calls_per_minute,
             ..ExecutorConfig::default()
         };
+        let sim = config
+            .simulate
+            .then(|| crate::sim::Simulator::new(crate::sim::SimConfig::default()));
+        let connector: Arc<dyn BmcConnector> = match &sim {
+            Some(sim) => {
+                tracing::warn!(
+                    "SIMULATOR MODE: hosts with fake:// BMC addresses are simulated; nothing they report is real"
+                );
+                Arc::new(crate::sim::SimConnector {
+                    sim: sim.clone(),
+                    real: connector,
+                })
+            }
+            None => connector,
+        };
         let executor = Executor::new(store.clone(), connector, metrics.clone(), exec_cfg);
         let state = AppState {
             store: store.clone(),
@@ -196,12 +228,15 @@ impl Appliance {
             admin_token: Arc::new(Secret::new(token)),
             heartbeat_secs: config.heartbeat_secs,
             pxe_counters: Arc::default(),
+            simulate: config.simulate,
         };
         Ok(Self {
             state,
             executor,
             store,
             config,
+            ca_pin,
+            sim,
         })
     }
 
@@ -210,6 +245,7 @@ impl Appliance {
         StoreLookup {
             store: self.store.clone(),
             api_url: self.config.api_url.clone().unwrap_or_else(|| api_url.to_owned()),
+            ca_pin: self.ca_pin.clone(),
             events: Default::default(),
         }
     }
@@ -250,7 +286,7 @@ async fn healthz(AxState(app): AxState<AppState>) -> impl IntoResponse {
     (
         code,
         Json(
-            json!({ "status": if store_ok { "ok" } else { "store unavailable" }, "version": env!("CARGO_PKG_VERSION"), "store": app.store.backend() }),
+            json!({ "status": if store_ok { "ok" } else { "store unavailable" }, "version": env!("CARGO_PKG_VERSION"), "store": app.store.backend(), "simulate": app.simulate }),
         ),
     )
 }
@@ -300,6 +336,7 @@ async fn serve_http(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -337,14 +374,43 @@ async fn serve_http(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+        match &tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                    }
+                    drop(slot);
+                });
             }
-            drop(slot);
-        });
+            Some(acceptor) => {
+                // The handshake gets the same time as a request's headers: a client that opens a connection and
+                // sends nothing (or half a ClientHello) must not hold its slot.
+                let (acceptor, builder, app) = (acceptor.clone(), builder.clone(), app.clone());
+                let handshake = std::time::Duration::from_secs(limits.header_read_timeout_secs.max(1));
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
+                    }
+                    drop(slot);
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown())
@@ -367,14 +433,30 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let cancel = CancellationToken::new();
-    let mut http = router(app.state.clone());
-    // Netboot: DHCP/TFTP services and the /boot routes (per-host iPXE scripts, ramdisk and image files).
+    let http = router(app.state.clone());
+    let local = listener.local_addr()?;
+    let tls = crate::tls::ServerTls::load_or_create(
+        &app.config.data_dir,
+        &app.config.tls,
+        crate::tls::server_names(local.ip(), app.config.api_url.as_deref(), &app.config.tls.names),
+    )
+    .map_err(|e| std::io::Error::other(crate::bmcs::chain(&e)))?;
+    let api_url = format!("https://{local}");
+    // Netboot: DHCP/TFTP services and the /boot routes (per-host iPXE scripts, ramdisk and image files), in plain
+    // HTTP on a listener of their own: firmware cannot verify kiln's certificate.
     let mut pxe = None;
+    let mut boot_server = None;
     if let Some(pxe_cfg) = app.config.pxe.clone() {
         let boot = app.config.agent_boot.clone().ok_or_else(|| {
             std::io::Error::other("[pxe] is configured but [agent_boot] (the agent kernel and initramfs URLs) is not")
         })?;
-        let api_url = format!("http://{}", listener.local_addr()?);
+        let boot_addr = match app.config.boot_listen {
+            Some(a) => a,
+            None => boot_listen_of(&pxe_cfg.boot.http_base)?,
+        };
+        let boot_listener = TcpListener::bind(boot_addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("binding the netboot listener {boot_addr}: {e}")))?;
         let lookup: Arc<dyn kiln_pxe::HostLookup> = Arc::new(crate::pxe_lookup::PxeLookup {
             lookup: app.lookup(&api_url),
             kernel_url: boot.kernel_url,
@@ -385,8 +467,19 @@ pub async fn run(
         let services = kiln_pxe::spawn(pxe_cfg.clone(), lookup.clone(), counters.clone(), cancel.clone())
             .await
             .map_err(|e| std::io::Error::other(crate::bmcs::chain(&e)))?;
-        http = http.merge(kiln_pxe::http::router(lookup, pxe_cfg.files_dir(), counters));
-        tracing::info!(mode = ?pxe_cfg.dhcp.mode, interface = %pxe_cfg.dhcp.interface, "netboot services started");
+        let boot_http = Router::new()
+            .route("/healthz", get(healthz))
+            .with_state(app.state.clone())
+            .merge(kiln_pxe::http::router(lookup, pxe_cfg.files_dir(), counters));
+        let (c, limits) = (cancel.clone(), app.config.http);
+        boot_server = Some(tokio::spawn(serve_http(
+            boot_listener,
+            boot_http,
+            limits,
+            None,
+            async move { c.cancelled().await },
+        )));
+        tracing::info!(mode = ?pxe_cfg.dhcp.mode, interface = %pxe_cfg.dhcp.interface, boot = %boot_addr, "netboot services started");
         pxe = Some(services);
     }
     // The Kubernetes controllers, on kiln's own engine, while this replica leads; losing the lease stops kiln.
@@ -425,6 +518,19 @@ pub async fn run(
             }
         });
     }
+    // Simulator mode: the simulated hosts' firmware and agents, reaching kiln over HTTPS like real agents.
+    if let Some(sim) = app.sim.clone() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let Some(path) = &tls.ca_file {
+            let pem = std::fs::read(path)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(std::io::Error::other)?;
+            http = http.tls_certs_only(certs);
+        }
+        let http = http.build().map_err(std::io::Error::other)?;
+        let (lookup, store, c) = (app.lookup(&api_url), app.store.clone(), cancel.clone());
+        tasks.spawn(async move { sim.run(lookup, store, http, c).await });
+    }
     // Retention: events are pruned hourly (and at start), so neither time nor a chatty host grows the store forever.
     {
         let (store, c) = (app.store.clone(), cancel.clone());
@@ -445,7 +551,8 @@ pub async fn run(
         });
     }
     let c = cancel.clone();
-    let served = serve_http(listener, http, app.config.http, async move {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let served = serve_http(listener, http, app.config.http, Some(acceptor), async move {
         tokio::select! {
             _ = shutdown => {}
             _ = c.cancelled() => {}
@@ -453,6 +560,11 @@ pub async fn run(
     })
     .await;
     cancel.cancel();
+    if let Some(b) = boot_server
+        && let Ok(Err(e)) = b.await
+    {
+        tracing::warn!(error = %e, "the netboot listener stopped with an error");
+    }
     while tasks.join_next().await.is_some() {}
     if executor_died.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(std::io::Error::other("the executor stopped unexpectedly; see the log"));
@@ -476,6 +588,23 @@ pub async fn run(
     served
 }
 
+/// The address the netboot listener binds when `boot_listen` is not set: the host and port of `[pxe] http_base`.
+fn boot_listen_of(base: &url::Url) -> std::io::Result<std::net::SocketAddr> {
+    let bad = |why: &str| std::io::Error::other(format!("[pxe] http_base {base}: {why}; set boot_listen"));
+    if base.scheme() != "http" {
+        return Err(bad("firmware fetches the netboot routes over plain http://"));
+    }
+    let host = base.host_str().ok_or_else(|| bad("no host"))?;
+    let ip: std::net::IpAddr = host
+        .trim_matches(['[', ']'])
+        .parse()
+        .map_err(|_| bad("the host is a name, not an address to listen on"))?;
+    Ok(std::net::SocketAddr::new(
+        ip,
+        base.port_or_known_default().unwrap_or(80),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,15 +623,21 @@ mod tests {
         let server = tokio::spawn(run(app, listener, async {
             let _ = rx.await;
         }));
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        // HTTPS with kiln's own CA, made on first start, and a certificate naming the loopback address.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = std::fs::read(crate::tls::ca_path(&dir.path().join("data"))).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).unwrap())
+            .build()
+            .unwrap();
+        let body = client
+            .get(format!("https://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
             .await
             .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await.unwrap();
-        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
         assert!(body.contains("\"status\":\"ok\""), "{body}");
         tx.send(()).unwrap();
         server.await.unwrap().unwrap();

@@ -200,6 +200,8 @@ async fn every_metal3_address_form_gets_the_same_answer_from_every_front_end() {
             .arg("--dry-run")
             .args(["--server", &lab.base, "--token-file"])
             .arg(&token)
+            .arg("--ca-file")
+            .arg(kiln::tls::ca_path(lab.dir.path()))
             .env("RUST_BACKTRACE", "0")
             .output()
             .await
@@ -258,6 +260,8 @@ async fn import_is_all_or_none() {
         .arg(&manifest)
         .args(["--server", &lab.base, "--token-file"])
         .arg(&token)
+        .arg("--ca-file")
+        .arg(kiln::tls::ca_path(lab.dir.path()))
         .env("RUST_BACKTRACE", "0")
         .output()
         .await

@@ -54,7 +54,7 @@ fn serve(data: &Path, port: u16) -> Serve {
 fn kiln(data: &Path, port: u16, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(args)
-        .args(["--server", &format!("http://127.0.0.1:{port}"), "--token-file"])
+        .args(["--server", &format!("https://127.0.0.1:{port}"), "--token-file"])
         .arg(data.join("admin.token"))
         .output()
         .unwrap()

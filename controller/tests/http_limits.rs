@@ -1,15 +1,17 @@
-//! kiln's HTTP listener bounds what a client can hold: a half-sent request and an idle connection are closed after
-//! the header-read timeout, and connections beyond the cap are closed at once, while normal requests are served.
+//! kiln's HTTPS listener bounds what a client can hold: a connection that never completes its TLS handshake, a
+//! half-sent request and an idle connection are closed after the header-read timeout, and connections beyond the cap
+//! are closed at once, while normal requests are served. Plain HTTP to it gets no answer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln::server::{Appliance, Config, HttpLimits};
+use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Reads until the server closes the connection (or `limit` passes); returns when it closed, if it did.
-async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+async fn closed_within(stream: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) -> Option<Duration> {
     let t = Instant::now();
     let mut buf = [0u8; 4096];
     loop {
@@ -40,11 +42,31 @@ async fn slow_and_idle_connections_are_closed_and_the_connection_count_is_capped
     let server = tokio::spawn(kiln::server::run(app, listener, async {
         let _ = stop_rx.await;
     }));
-    let health = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+    let https = kiln_tests::inproc::https_client(dir.path());
+    let health = https.get(format!("https://{addr}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+    assert!(
+        reqwest::get(format!("http://{addr}/healthz")).await.is_err(),
+        "plain HTTP is not served on the API listener"
+    );
+    let ca = std::fs::read(kiln::tls::ca_path(dir.path())).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ));
+    let tls = async || {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        connector.connect(name, tcp).await.unwrap()
+    };
 
     // A request whose headers never end is closed after the header-read timeout.
-    let mut half = TcpStream::connect(addr).await.unwrap();
+    let mut half = tls().await;
     half.write_all(b"GET /healthz HTTP/1.1\r\nHost: kiln\r\nX-Slow: ")
         .await
         .unwrap();
@@ -61,7 +83,7 @@ async fn slow_and_idle_connections_are_closed_and_the_connection_count_is_capped
         t.is_some_and(|t| t < Duration::from_secs(5)),
         "silent connection kept open: {t:?}"
     );
-    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let mut idle = tls().await;
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: kiln\r\n\r\n")
         .await
         .unwrap();
@@ -89,7 +111,7 @@ async fn slow_and_idle_connections_are_closed_and_the_connection_count_is_capped
     // Once the held ones time out, kiln serves again.
     drop(held);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let health = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+    let health = https.get(format!("https://{addr}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 
     let _ = stop_tx.send(());

@@ -54,7 +54,7 @@ async fn appliance(attempts: u32) -> RunningAppliance {
         .unwrap();
     let token = app.state.admin_token.expose().to_owned();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let base = format!("https://{}", listener.local_addr().unwrap());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(kiln::server::run(app, listener, async {
         let _ = stop_rx.await;
@@ -79,7 +79,7 @@ async fn executor_registers_and_powers_a_redfish_host_and_reports_bad_credential
         stop_tx,
         server,
     } = appliance(1 + Policy::default().max_retries).await;
-    let c = reqwest::Client::new();
+    let c = kiln_tests::inproc::https_client(_dir.path());
 
     let enroll = |name: &str, system: &str, password: &str| json!({ "name": name, "bmc": { "address": sushy.address_of(system), "username": "admin", "password": password }, "options": { "inspect": false } });
     let (s, b) = api(
@@ -190,7 +190,7 @@ async fn per_host_tls_verification_reaches_the_redfish_driver() {
         stop_tx,
         server,
     } = appliance(1).await;
-    let c = reqwest::Client::new();
+    let c = kiln_tests::inproc::https_client(_dir.path());
     let post = |body: Value| api(&c, &base, &token, reqwest::Method::POST, "/api/v1/hosts", Some(body));
     let (s, b) = post(
         json!({ "name": "insecure", "bmc": { "address": sushy.address_of(kiln_tests::sushy_loopback::UUID), "username": "admin",

@@ -7,8 +7,29 @@ use std::process::Command;
 
 use kiln_tests::inproc::Lab;
 
+/// The base64 SHA-256 of the public key of kiln's server certificate, which Chromium is told to trust (as an admin
+/// trusts kiln's CA in their browser).
+fn server_spki(data_dir: &std::path::Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "openssl x509 -in \"$1\" -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary \
+             | base64",
+        )
+        .arg("sh")
+        .arg(data_dir.join("tls/server.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// The DOM after the page's scripts ran (Chromium `--dump-dom`; virtual time lets its timers fire).
-fn dump_dom(url: &str) -> String {
+fn dump_dom(url: &str, spki: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new("chromium")
         .args([
@@ -19,6 +40,7 @@ fn dump_dom(url: &str) -> String {
             "--virtual-time-budget=10000",
             "--dump-dom",
         ])
+        .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(url)
         .output()
@@ -40,14 +62,16 @@ async fn the_web_page_shows_hosts_states_and_timings_in_a_browser() {
     lab.wait_state("node-2", "available").await;
 
     // Headers of the page itself.
-    let r = reqwest::get(format!("{}/ui", lab.base)).await.unwrap();
+    let r = lab.client.get(format!("{}/ui", lab.base)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
     assert!(csp.contains("script-src 'self'"), "{csp}");
 
     let base = lab.base.clone();
     let admin = lab.admin.clone();
-    let dom = tokio::task::spawn_blocking(move || dump_dom(&format!("{base}/ui#token={admin}&host=node-1")))
+    let spki = server_spki(lab.dir.path());
+    let spki2 = spki.clone();
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&format!("{base}/ui#token={admin}&host=node-1"), &spki2))
         .await
         .unwrap();
     // The host list.
@@ -70,7 +94,7 @@ async fn the_web_page_shows_hosts_states_and_timings_in_a_browser() {
 
     // Without a token: the login form, no data.
     let base = lab.base.clone();
-    let dom = tokio::task::spawn_blocking(move || dump_dom(&format!("{base}/ui")))
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&format!("{base}/ui"), &spki))
         .await
         .unwrap();
     assert!(dom.contains(r#"<form id="login">"#), "no login form:\n{dom}");

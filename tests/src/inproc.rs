@@ -231,10 +231,12 @@ impl Lab {
     pub async fn serve(&mut self) {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
         self.port = listener.local_addr().unwrap().port();
-        self.base = format!("http://127.0.0.1:{}", self.port);
+        self.base = format!("https://127.0.0.1:{}", self.port);
         let mut cfg = config(self.dir.path(), self.tweak);
         cfg.kube = self.kube.clone();
         let app = Appliance::open(cfg, self.connector()).await.unwrap();
+        // kiln's own CA exists once the appliance is open: trust it, as the CLI does.
+        self.client = https_client(self.dir.path());
         self.admin = std::fs::read_to_string(self.dir.path().join("admin.token"))
             .unwrap()
             .trim()
@@ -260,6 +262,7 @@ impl Lab {
             self.fakes.clone(),
         );
         let current = self.lookup.clone();
+        let data_dir = self.dir.path().to_path_buf();
         tokio::spawn(async move {
             let mut agents: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
             while let Some((host, kind)) = rx.recv().await {
@@ -302,9 +305,18 @@ impl Lab {
                             .or_default()
                             .push(token.clone());
                         let fake = fakes.lock().unwrap().get(&host).cloned().unwrap();
+                        let http = https_client(&data_dir);
                         agents.insert(
                             host.clone(),
-                            tokio::spawn(agent(host, api_url, token, commands.clone(), drives.clone(), fake)),
+                            tokio::spawn(agent(
+                                host,
+                                api_url,
+                                token,
+                                commands.clone(),
+                                drives.clone(),
+                                fake,
+                                http,
+                            )),
                         );
                     }
                 }
@@ -415,6 +427,15 @@ impl Lab {
     }
 }
 
+/// A client that trusts the CA of the appliance with data directory `data_dir` (and nothing else).
+pub fn https_client(data_dir: &std::path::Path) -> reqwest::Client {
+    let pem = std::fs::read(kiln::tls::ca_path(data_dir)).expect("kiln's CA certificate");
+    reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+        .build()
+        .unwrap()
+}
+
 /// The boot MAC of a simulated host: `sim-<n>` hosts (the scale bench) get `52:54:01:` + n in three bytes, others
 /// `52:54:00:00:00:` + the last byte of their name.
 pub fn mac_of(name: &str) -> String {
@@ -441,8 +462,8 @@ pub async fn agent(
     commands: Arc<Mutex<HashMap<String, Vec<String>>>>,
     drives: Arc<Mutex<HashMap<String, Value>>>,
     fake: Arc<Fake>,
+    c: reqwest::Client,
 ) {
-    let c = reqwest::Client::new();
     let post = |path: &str, body: Value| {
         c.post(format!("{api}/agent/v1/{path}"))
             .bearer_auth(&token)

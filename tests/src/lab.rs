@@ -127,15 +127,16 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Starts `kiln serve` inside the namespace on `10.99.0.1:8080` (data in the lab's state directory) and, if
+    /// Starts `kiln serve` inside the namespace, HTTPS on `10.99.0.1:8443` and its netboot routes on
+    /// `10.99.0.1:8080` (data in the lab's state directory) and, if
     /// `host_port` is given, forwards `127.0.0.1:host_port` on the host to it. Returns the kiln URL as seen from the
     /// host (or from the namespace if not forwarded).
     pub fn start_kiln(&mut self, extra_args: &[&str], host_port: Option<u16>) -> anyhow::Result<String> {
         self.kiln_args = extra_args.iter().map(|a| a.to_string()).collect();
         self.spawn_kiln()?;
-        let listen = format!("{SERVER_IP}:8080");
+        let listen = format!("{SERVER_IP}:8443");
         let Some(port) = host_port else {
-            return Ok(format!("http://{listen}"));
+            return Ok(format!("https://{listen}"));
         };
         let ns = self.ns.name().to_owned();
         let fwd = Command::new("socat")
@@ -151,11 +152,15 @@ impl Lab {
             .context("start socat (run tests/setup.sh)")?;
         self.record.add_pid(fwd.id());
         self.forwarder = Some(fwd);
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("https://127.0.0.1:{port}");
+        let ca = crate::lab_ca(&self.kiln_data());
         cmd::wait_for("the forwarded kiln port", std::time::Duration::from_secs(10), || {
-            cmd::output("curl", &["-sf", "-o", "/dev/null", &format!("{url}/healthz")])
-                .ok()
-                .filter(|o| o.status.success())
+            cmd::output(
+                "curl",
+                &["-sf", "--cacert", &ca, "-o", "/dev/null", &format!("{url}/healthz")],
+            )
+            .ok()
+            .filter(|o| o.status.success())
         })?;
         Ok(url)
     }
@@ -180,7 +185,7 @@ impl Lab {
             .create(true)
             .append(true)
             .open(self.logs.file("kiln.log"))?;
-        let listen = format!("{SERVER_IP}:8080");
+        let listen = format!("{SERVER_IP}:8443");
         let child = self
             .ns
             .command(&kiln.display().to_string())
@@ -195,14 +200,15 @@ impl Lab {
             .context("start kiln serve")?;
         self.record.add_pid(child.id());
         self.kiln = Some(child);
-        let health = format!("http://{listen}/healthz");
+        let health = format!("https://{listen}/healthz");
+        let ca = crate::lab_ca(&data);
         cmd::wait_for(
             "kiln serve to answer /healthz",
             std::time::Duration::from_secs(30),
             || {
                 self.ns
                     .command("curl")
-                    .args(["-sf", "-o", "/dev/null", &health])
+                    .args(["-sf", "--cacert", &ca, "-o", "/dev/null", &health])
                     .status()
                     .ok()
                     .filter(|s| s.success())

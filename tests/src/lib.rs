@@ -38,6 +38,11 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join(".cache"))
 }
 
+/// kiln's own CA certificate in a data directory, for `curl --cacert` and clients (kiln makes it at its first start).
+pub fn lab_ca(kiln_data: &std::path::Path) -> String {
+    kiln::tls::ca_path(kiln_data).display().to_string()
+}
+
 /// A binary of the BMC emulators' Python venv.
 pub fn venv_bin(name: &str) -> PathBuf {
     cache_dir().join("venv/bin").join(name)

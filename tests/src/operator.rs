@@ -33,7 +33,7 @@ impl Cli<'_> {
             .ns
             .command(&self.kiln.display().to_string())
             .args(args)
-            .env("KILN_SERVER", format!("http://{SERVER}:8080"))
+            .env("KILN_SERVER", format!("https://{SERVER}:8443"))
             .env("KILN_TOKEN_FILE", self.lab.kiln_data().join("admin.token"))
             .stdin(Stdio::null())
             .output()?;
@@ -56,7 +56,7 @@ impl Cli<'_> {
             .ns
             .command(&self.kiln.display().to_string())
             .args(["host", "show", name, "-o", "json"])
-            .env("KILN_SERVER", format!("http://{SERVER}:8080"))
+            .env("KILN_SERVER", format!("https://{SERVER}:8443"))
             .env("KILN_TOKEN_FILE", self.lab.kiln_data().join("admin.token"))
             .output()?;
         anyhow::ensure!(
@@ -85,8 +85,9 @@ impl Cli<'_> {
             .lab
             .ns
             .command("curl")
-            .args(["-sf", "-H", &format!("Authorization: Bearer {}", token.trim())])
-            .arg(format!("http://{SERVER}:8080/api/v1/{path}"))
+            .args(["-sf", "--cacert", &crate::lab_ca(&self.lab.kiln_data())])
+            .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+            .arg(format!("https://{SERVER}:8443/api/v1/{path}"))
             .output()?;
         anyhow::ensure!(out.status.success(), "GET /api/v1/{path} failed");
         Ok(serde_json::from_slice(&out.stdout)?)
@@ -192,7 +193,7 @@ pub fn kiln_config_with(lab: &Lab, files: &Path, extra: &str) -> anyhow::Result<
     let data = lab.kiln_data();
     let toml = format!(
         r#"data_dir = "{data}"
-api_url = "http://{SERVER}:8080"
+api_url = "https://{SERVER}:8443"
 heartbeat_secs = 2
 {extra}
 

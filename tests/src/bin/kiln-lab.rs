@@ -25,7 +25,7 @@ enum Cmd {
     /// Start the lab and `kiln serve`; stop and clean up on Ctrl-C.
     Demo {
         /// Host port the kiln API and web page are forwarded to.
-        #[arg(long, default_value_t = 8080)]
+        #[arg(long, default_value_t = 8443)]
         port: u16,
         /// Only start the lab and kiln; enroll and provision nothing.
         #[arg(long)]
@@ -94,6 +94,10 @@ fn demo(port: u16, no_provision: bool) -> anyhow::Result<()> {
     println!();
     println!("kiln is serving at {url}  (health: {url}/healthz, metrics: {url}/metrics)");
     println!(
+        "its own CA (trust it in your browser, or curl --cacert): {}",
+        kiln_tests::lab_ca(&lab.kiln_data())
+    );
+    println!(
         "web page: {url}/ui  (admin token: {})",
         lab.kiln_data().join("admin.token").display()
     );
@@ -118,7 +122,7 @@ fn demo(port: u16, no_provision: bool) -> anyhow::Result<()> {
     let token = lab.kiln_data().join("admin.token");
     println!("CLI (the BMCs are reachable inside the namespace, so run it there):");
     println!(
-        "  ip netns exec {} env KILN_SERVER=http://10.99.0.1:8080 KILN_TOKEN_FILE={} {} host list",
+        "  ip netns exec {} env KILN_SERVER=https://10.99.0.1:8443 KILN_TOKEN_FILE={} {} host list",
         lab.ns.name(),
         token.display(),
         target_bin("kiln")?.display()

@@ -441,6 +441,11 @@ fn power_request(h: &Host, online: bool) -> Option<PowerAction> {
 impl Engine for StoreEngine {
     async fn apply_host(&self, key: &HostKey, spec: &HostSpec) -> Result<HostState, EngineError> {
         let desired = kiln_spec(key, spec)?;
+        if let Some(b) = &desired.bmc {
+            self.executor
+                .accepts(&b.address)
+                .map_err(|m| rejected(key, format!("spec.bmc.address: {m}")))?;
+        }
         let host = match self.owned(key).await? {
             None => {
                 let name = Self::host_name(key)?;

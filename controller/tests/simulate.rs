@@ -1,0 +1,223 @@
+//! Simulator mode as a user tries kiln without hardware: the real `kiln serve --simulate` binary, driven only by the
+//! `kiln` CLI over HTTPS. Hosts enrolled with `fake://` BMCs are registered, inspected by simulated agents (through
+//! the real netboot lookup and agent API), provisioned and deprovisioned; `/healthz` and each inventory say it is a
+//! simulation. Without `--simulate`, the same enrollment is refused, naming the flag.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve(dir: &Path, port: u16, simulate: bool) -> Serve {
+    let config = dir.join("kiln.toml");
+    std::fs::write(
+        &config,
+        "heartbeat_secs = 1\nmax_concurrent_jobs = 50\nbmc_calls_per_minute = 60\n[policy]\nidle_poll_secs = 1\nbusy_poll_secs = 1\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.join("data"));
+    if simulate {
+        cmd.arg("--simulate");
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("kiln.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let s = Serve(child);
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "kiln serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s
+}
+
+fn kiln(dir: &Path, port: u16, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .args(["--server", &format!("https://127.0.0.1:{port}"), "--token-file"])
+        .arg(dir.join("data/admin.token"))
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "kiln failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn hosts(dir: &Path, port: u16) -> Vec<Value> {
+    serde_json::from_str::<Value>(&ok(kiln(dir, port, &["host", "list", "-o", "json"])))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn wait_all(dir: &Path, port: u16, state: &str, n: usize) -> Vec<Value> {
+    let t = Instant::now();
+    loop {
+        let hs = hosts(dir, port);
+        assert!(
+            hs.iter().all(|h| h["state"] != "error"),
+            "a simulated host failed: {hs:#?}"
+        );
+        if hs.len() == n && hs.iter().all(|h| h["state"] == state) {
+            return hs;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "not all {n} hosts reached {state}: {hs:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+const N: usize = 12;
+
+#[test]
+fn kiln_serve_simulate_provisions_fake_hosts_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = serve(tmp.path(), port, true);
+    let pw = tmp.path().join("pw");
+    std::fs::write(&pw, "simulated\n").unwrap();
+    for i in 0..N {
+        let name = format!("sim-{i}");
+        ok(kiln(
+            tmp.path(),
+            port,
+            &[
+                "host",
+                "enroll",
+                &name,
+                "--bmc",
+                &format!("fake://{name}"),
+                "--username",
+                "admin",
+                "--password-file",
+                pw.to_str().unwrap(),
+                "--boot-mac",
+                &format!("52:54:02:00:00:{i:02x}"),
+                "--label",
+                "pool=sim",
+            ],
+        ));
+    }
+    wait_all(tmp.path(), port, "available", N);
+    let shown: Value =
+        serde_json::from_str(&ok(kiln(tmp.path(), port, &["host", "show", "sim-3", "-o", "json"]))).unwrap();
+    assert_eq!(shown["host"]["power"], "off", "{shown}");
+    let inventory = Command::new("curl")
+        .args(["-sf", "--cacert"])
+        .arg(tmp.path().join("data/tls/ca.pem"))
+        .args(["-H"])
+        .arg(format!(
+            "Authorization: Bearer {}",
+            std::fs::read_to_string(tmp.path().join("data/admin.token"))
+                .unwrap()
+                .trim()
+        ))
+        .arg(format!("https://127.0.0.1:{port}/api/v1/hosts/sim-3/inspection"))
+        .output()
+        .unwrap();
+    let inventory = String::from_utf8_lossy(&inventory.stdout);
+    assert!(inventory.contains("kiln simulator"), "{inventory}");
+    let health = Command::new("curl")
+        .args(["-sf", "--cacert"])
+        .arg(tmp.path().join("data/tls/ca.pem"))
+        .arg(format!("https://127.0.0.1:{port}/healthz"))
+        .output()
+        .unwrap();
+    let health: Value = serde_json::from_slice(&health.stdout).unwrap();
+    assert_eq!(health["simulate"], true, "{health}");
+
+    let checksum = format!("sha256:{}", "ab".repeat(32));
+    for i in 0..N {
+        ok(kiln(
+            tmp.path(),
+            port,
+            &[
+                "host",
+                "provision",
+                &format!("sim-{i}"),
+                "--image",
+                "http://images.invalid/os.qcow2",
+                "--checksum",
+                &checksum,
+            ],
+        ));
+    }
+    let provisioned = wait_all(tmp.path(), port, "provisioned", N);
+    assert!(provisioned.iter().all(|h| h["power"] == "on"), "{provisioned:#?}");
+
+    ok(kiln(tmp.path(), port, &["host", "deprovision", "sim-0"]));
+    let t = Instant::now();
+    loop {
+        let h: Value =
+            serde_json::from_str(&ok(kiln(tmp.path(), port, &["host", "show", "sim-0", "-o", "json"]))).unwrap();
+        if h["host"]["state"] == "available" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "sim-0 not deprovisioned: {h}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn fake_bmcs_are_refused_without_simulate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = serve(tmp.path(), port, false);
+    let pw = tmp.path().join("pw");
+    std::fs::write(&pw, "x\n").unwrap();
+    let out = kiln(
+        tmp.path(),
+        port,
+        &[
+            "host",
+            "enroll",
+            "sim-0",
+            "--bmc",
+            "fake://sim-0",
+            "--username",
+            "admin",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "enrolled a fake BMC on a real appliance");
+    assert!(err.contains("--simulate") && err.contains("bmc.address"), "{err}");
+    assert!(hosts(tmp.path(), port).is_empty());
+}
