@@ -1,8 +1,10 @@
 //! The real Cluster API (core + kubeadm bootstrap managers, v1.14.2, built from Go modules) with kiln as the
 //! infrastructure provider, against a real kube-apiserver. kiln runs in-process with its store-backed engine, fake
-//! BMCs and simulated agents (`kiln_tests::inproc`); the test plays kubelet by registering a Node with
-//! the machine's providerID once kiln has provisioned a host (the "workload cluster" is the same API server, reached
-//! through the kubeconfig Secret Cluster API generates from the cluster CA).
+//! BMCs and simulated agents (`kiln_tests::inproc`); the test plays cloud-init and kubelet: it renders the bootstrap
+//! data kiln's agent wrote with the config drive's meta data and registers a Node with the `provider-id` kubelet
+//! argument found there, so Cluster API's nodeRef proves that the providerID reached the Node through the config
+//! drive (the "workload cluster" is the same API server, reached through the kubeconfig Secret Cluster API generates
+//! from the cluster CA).
 //!
 //! 1. A Cluster with a control-plane Machine (KubeadmConfig init) and a MachineDeployment (KubeadmConfigTemplate,
 //!    KilnMachineTemplate) of 1: the control plane gets kubeadm *init* data, and once its Node exists, the worker
@@ -13,6 +15,8 @@
 
 use kiln_tests::inproc as lab;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Secret};
@@ -118,26 +122,61 @@ fn machine_ar() -> ApiResource {
     gvk("cluster.x-k8s.io", "v1beta2", "Machine", "machines")
 }
 
-/// Plays kubelet: every KilnMachine with a providerID gets a Node carrying it.
-fn register_nodes(client: Client) -> tokio::task::JoinHandle<()> {
+/// The value of a kubelet argument in rendered kubeadm configuration: kubeadm v1beta4's list form (`- name: NAME` then
+/// `value: VALUE`) or v1beta3's map form (`NAME: VALUE`).
+fn kubelet_arg(text: &str, name: &str) -> Option<String> {
+    let unquote = |v: &str| v.trim().trim_matches(['"', '\'']).to_owned();
+    let mut lines = text.lines();
+    while let Some(l) = lines.next() {
+        let t = l.trim().trim_start_matches("- ");
+        if t == format!("name: {name}") {
+            let next = lines.next()?.trim().trim_start_matches("- ");
+            return next.strip_prefix("value:").map(unquote);
+        }
+        if let Some(v) = t.strip_prefix(&format!("{name}:")) {
+            return Some(unquote(v));
+        }
+    }
+    None
+}
+
+/// Plays cloud-init and the kubelet on each host kiln provisioned: renders the bootstrap data the agent wrote as
+/// cloud-init does (a `## template: jinja` document; `{{ ds.meta_data.providerid }}` from the config drive's meta
+/// data), and registers a Node with the `provider-id` kubelet argument it finds there. So the Node's providerID comes
+/// from the config drive, not from the KilnMachine: Cluster API sets a Machine's nodeRef only if the two agree.
+fn register_nodes(
+    client: Client,
+    drives: Arc<std::sync::Mutex<HashMap<String, Value>>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let kms: Api<KilnMachine> = Api::namespaced(client.clone(), NS);
         let nodes: Api<Node> = Api::all(client.clone());
         loop {
-            for k in kms.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
-                let (Some(pid), Some(host)) = (
-                    k.spec.provider_id.clone(),
-                    k.status
-                        .as_ref()
-                        .and_then(|s| s.host_ref.as_ref())
-                        .map(|h| h.name.clone()),
-                ) else {
+            let written: Vec<(String, Value)> = drives
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (kiln_host, drive) in written {
+                let host = kiln_host
+                    .strip_prefix(&format!("{NS}."))
+                    .unwrap_or(&kiln_host)
+                    .to_owned();
+                let user_data = drive["user_data"].as_str().unwrap_or_default();
+                if !user_data.starts_with("## template: jinja") {
+                    continue;
+                }
+                let Some(pid) = drive["meta_data"]["providerid"].as_str() else {
+                    continue;
+                };
+                let rendered = user_data.replace("{{ ds.meta_data.providerid }}", pid);
+                let Some(arg) = kubelet_arg(&rendered, "provider-id") else {
                     continue;
                 };
                 if nodes.get_opt(&host).await.ok().flatten().is_none() {
                     let node: Node = serde_json::from_value(json!({
                         "metadata": {"name": host},
-                        "spec": {"providerID": pid},
+                        "spec": {"providerID": arg},
                     }))
                     .unwrap();
                     let _ = nodes.create(&PostParams::default(), &node).await;
@@ -283,7 +322,8 @@ async fn cluster_api_machinedeployment_scales_on_kiln_hosts_with_real_bootstrap_
         &boot("KubeadmConfig", "kubeadmconfigs"),
         json!({"apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfig",
                "metadata": {"name": "c1-cp-0"},
-               "spec": {"initConfiguration": {"nodeRegistration": {"name": "{{ ds.meta_data.name }}"}}}}),
+               "spec": {"initConfiguration": {"nodeRegistration": {"name": "{{ ds.meta_data.name }}",
+                        "kubeletExtraArgs": [{"name": "provider-id", "value": "{{ ds.meta_data.providerid }}"}]}}}}),
     )
     .await;
     apply(
@@ -310,7 +350,8 @@ async fn cluster_api_machinedeployment_scales_on_kiln_hosts_with_real_bootstrap_
         &boot("KubeadmConfigTemplate", "kubeadmconfigtemplates"),
         json!({"apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfigTemplate",
                "metadata": {"name": "c1-md"},
-               "spec": {"template": {"spec": {"joinConfiguration": {"nodeRegistration": {"name": "{{ ds.meta_data.name }}"}}}}}}),
+               "spec": {"template": {"spec": {"joinConfiguration": {"nodeRegistration": {"name": "{{ ds.meta_data.name }}",
+                        "kubeletExtraArgs": [{"name": "provider-id", "value": "{{ ds.meta_data.providerid }}"}]}}}}}}),
     )
     .await;
     apply(
@@ -338,7 +379,7 @@ async fn cluster_api_machinedeployment_scales_on_kiln_hosts_with_real_bootstrap_
                                               "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "KilnMachineTemplate", "name": "c1-md"}}}}}),
     )
     .await;
-    let kubelet = register_nodes(client.clone());
+    let kubelet = register_nodes(client.clone(), lab.drives.clone());
 
     // 1. Control plane first (init data), then the worker (join data), both delivered by kiln.
     let machines: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &machine_ar());

@@ -174,7 +174,7 @@ pub struct MachineImage {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KilnMachineSpec {
-    /// `kiln://<namespace>/<host>`, set once the host is provisioned.
+    /// `kiln://<namespace>/<host>` ([`provider_id`]), set once the host is provisioned.
     #[serde(default, rename = "providerID", skip_serializing_if = "Option::is_none")]
     pub provider_id: Option<String>,
     /// The failure domain the machine is placed in (preferred when choosing a host).
@@ -332,4 +332,10 @@ pub struct RemediationTemplateResource {
 pub struct KilnRemediationTemplateSpec {
     /// The template.
     pub template: RemediationTemplateResource,
+}
+
+/// The providerID of a machine on BareMetalHost `<namespace>/<host>`: `kiln://<namespace>/<host>`. The KilnMachine
+/// gets it, and the host's config drive carries it (meta data key `providerid`) for the kubelet.
+pub fn provider_id(namespace: &str, host: &str) -> String {
+    format!("kiln://{namespace}/{host}")
 }

@@ -160,7 +160,7 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         ..m.status.clone().unwrap_or_default()
     };
     if provisioned && m.spec.provider_id.is_none() {
-        let id = format!("kiln://{ns}/{host_name}");
+        let id = crate::kube::capi::provider_id(&ns, &host_name);
         api.patch(
             &m.name_any(),
             &PatchParams::default(),

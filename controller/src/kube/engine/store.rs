@@ -122,6 +122,36 @@ fn structured(key: &HostKey, field: &str, b: &SecretBytes) -> Result<serde_json:
         })
 }
 
+/// The config drive's meta data of a BareMetalHost: the user's `metaData`, with `providerid`, the providerID a
+/// KilnMachine that claims this host gets, so that a bootstrap template can hand it to the kubelet
+/// (`kubeletExtraArgs: {provider-id: "{{ ds.meta_data.providerid }}"}`, as CAPM3's templates do) and the Node
+/// registers with the very ID Cluster API looks for.
+fn with_provider_id(key: &HostKey, meta: Option<serde_json::Value>) -> Result<serde_json::Value, EngineError> {
+    let id = crate::kube::capi::provider_id(&key.namespace, &key.name);
+    let mut map = match meta {
+        None => serde_json::Map::new(),
+        Some(serde_json::Value::Object(m)) => m,
+        Some(_) => return Err(rejected(key, "spec.metaData: the Secret's value must be a map of keys")),
+    };
+    match map.get(PROVIDER_ID_KEY) {
+        Some(v) if v.as_str() != Some(id.as_str()) => {
+            return Err(rejected(
+                key,
+                format!(
+                    "spec.metaData.{PROVIDER_ID_KEY}: kiln sets it to {id} (the KilnMachine's providerID); remove it"
+                ),
+            ));
+        }
+        _ => {
+            map.insert(PROVIDER_ID_KEY.into(), id.into());
+        }
+    }
+    Ok(serde_json::Value::Object(map))
+}
+
+/// The meta data key that carries the host's providerID.
+pub const PROVIDER_ID_KEY: &str = "providerid";
+
 /// Translates the resolved BareMetalHost spec into kiln's host spec (pure but for validation errors).
 ///
 /// # Errors
@@ -178,6 +208,7 @@ pub fn kiln_spec(key: &HostKey, spec: &HostSpec) -> Result<model::HostSpec, Engi
         .as_ref()
         .map(|b| structured(key, "metaData", b))
         .transpose()?;
+    let meta_data = Some(with_provider_id(key, meta_data)?);
     Ok(model::HostSpec {
         labels: [(BMH_LABEL.to_owned(), key.to_string())].into(),
         bmc: Some(bmc),
@@ -643,6 +674,27 @@ mod tests {
         assert_eq!(s.root_device_hints.min_size_gigabytes, Some(4));
         assert_eq!(s.options.erase, EraseMode::Disabled);
         assert_eq!(StoreEngine::host_name(&key()).unwrap().as_str(), "metal3.node-0");
+        // The config drive carries the providerID the KilnMachine will get, next to the user's meta data.
+        assert_eq!(
+            s.meta_data.unwrap(),
+            serde_json::json!({ "providerid": "kiln://metal3/node-0" })
+        );
+        let mut with_meta = spec();
+        with_meta.meta_data = Some(SecretBytes(
+            b"rack: r7
+"
+            .to_vec(),
+        ));
+        assert_eq!(
+            kiln_spec(&key(), &with_meta).unwrap().meta_data.unwrap(),
+            serde_json::json!({ "rack": "r7", "providerid": "kiln://metal3/node-0" })
+        );
+        with_meta.meta_data = Some(SecretBytes(b"providerid: metal3://x\n".to_vec()));
+        let e = kiln_spec(&key(), &with_meta).unwrap_err().to_string();
+        assert!(e.contains("spec.metaData.providerid"), "{e}");
+        with_meta.meta_data = Some(SecretBytes(b"[1, 2]".to_vec()));
+        let e = kiln_spec(&key(), &with_meta).unwrap_err().to_string();
+        assert!(e.contains("spec.metaData"), "{e}");
 
         let mut bad = spec();
         bad.boot_mac_address = Some("nope".into());
