@@ -654,6 +654,15 @@ fn start_job(host: &HostView, obs: &Observed, now: Ts, kind: JobKind, retries: u
             format!("{reason}; cleaning disabled: powered off, disks left as they are"),
         );
     }
+    if host.spec.boot_mac.is_none() {
+        // kiln tells a netbooting host by its MAC (DHCP, the iPXE script): without one, the agent could never be
+        // handed its token, and the job would only end in a boot timeout minutes later. Say so now.
+        let msg = format!(
+            "{reason}, but the host has no boot MAC address, and kiln recognises a network-booting host only by it: \
+             set bootMACAddress (kiln: --boot-mac) to the MAC of the NIC it PXE-boots from"
+        );
+        return error(host, now, kind.operation(), "no_boot_mac", msg, retries, obs.jitter);
+    }
     let boot = host.boots + 1;
     let job = Job {
         phase: JobPhase::Delayed,

@@ -397,6 +397,36 @@ fn registration_failures_are_actionable() {
 }
 
 #[test]
+fn a_host_without_a_boot_mac_fails_at_once_naming_the_field() {
+    let mut h = HostView::test().in_state(State::Registering { since: T0, attempt: 0 });
+    h.spec.boot_mac = None;
+    let d = step(&h, &read(PowerState::Off), T0);
+    let State::Error(e) = &d.next else {
+        panic!("{:?}", d.next)
+    };
+    assert_eq!((e.operation, e.kind.as_str()), (Operation::Inspecting, "no_boot_mac"));
+    assert!(e.message.contains("bootMACAddress"), "{}", e.message);
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::MintToken { .. } | Action::SetBoot { .. })),
+        "nothing is booted: {:?}",
+        d.actions
+    );
+    // Provisioning such a host (adopted, say) says the same.
+    let mut p = HostView::test()
+        .in_state(State::Available { since: T0 })
+        .with_image("http://x/os.img");
+    p.spec.boot_mac = None;
+    let d = step(&p, &read(PowerState::Off), T0);
+    assert!(
+        matches!(&d.next, State::Error(e) if e.kind == "no_boot_mac" && e.operation == Operation::Provisioning),
+        "{:?}",
+        d.next
+    );
+}
+
+#[test]
 fn boot_timeout_then_retry_with_backoff_then_give_up() {
     let p = Policy::default();
     let h = HostView::test()

@@ -174,7 +174,7 @@ pub struct MachineImage {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KilnMachineSpec {
-    /// `kiln://<namespace>/<host>` ([`provider_id`]), set once the host is provisioned.
+    /// `kiln://<namespace>/<host>`, set once the host is provisioned.
     #[serde(default, rename = "providerID", skip_serializing_if = "Option::is_none")]
     pub provider_id: Option<String>,
     /// The failure domain the machine is placed in (preferred when choosing a host).
