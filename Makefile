@@ -1,5 +1,5 @@
 # The two commands of the README. Both install what is missing first (tests/setup.sh, idempotent, cached).
-.PHONY: demo test setup build lint clean-lab
+.PHONY: demo test setup build lint clean-lab fuzz
 
 CARGO ?= cargo
 
@@ -23,3 +23,8 @@ test:
 # Tear down anything a killed lab left behind.
 clean-lab: build
 	$(CARGO) run -q -p kiln-tests --bin kiln-lab -- clean
+
+# Every fuzz target for FUZZ_SECONDS (default 30) seconds each, on nightly (not part of `make test`: CI replays the
+# corpora through the same checks in `cargo test` instead).
+fuzz:
+	@bash tests/fuzz.sh

@@ -19,6 +19,7 @@ mod any;
 pub mod config;
 pub mod error;
 pub mod fake;
+pub mod fuzzing;
 pub mod ipmi;
 pub mod redfish;
 mod throttle;

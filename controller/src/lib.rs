@@ -12,6 +12,7 @@ pub mod cli_image;
 pub mod crypto;
 pub mod drivers;
 pub mod executor;
+pub mod fuzzing;
 pub mod http_util;
 pub mod import;
 pub mod kube;

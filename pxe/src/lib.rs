@@ -8,6 +8,7 @@ pub mod config;
 pub mod counters;
 pub mod dhcp;
 pub mod error;
+pub mod fuzzing;
 pub mod http;
 pub mod ipxe;
 pub mod lookup;

@@ -5,6 +5,8 @@
 mod client;
 pub mod model;
 
+pub use self::client::path_on_origin;
+
 use reqwest::Method;
 use serde_json::json;
 use tokio::time::Instant;

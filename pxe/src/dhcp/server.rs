@@ -88,29 +88,48 @@ pub fn parse_request(buf: &[u8]) -> Option<(Message, MacAddr)> {
     Some((msg, mac))
 }
 
-/// Walks the options area (RFC 2132 §2, TLV after the 240-byte fixed header and magic cookie), summing lengths per
-/// code (RFC 3396 concatenation), and rejects lengths dhcproto's decoder asserts on: 80 (= 0), 81 (>= 3), 94 (= 3),
-/// 152-155 (= 4).
+/// Walks the options area (RFC 2132 §2, TLV after the 240-byte fixed header and magic cookie) and rejects lengths
+/// dhcproto's decoder asserts on: 80 (= 0), 81 (>= 3), 94 (= 3), 152-155 (= 4). Lengths are summed over a run of
+/// adjacent options of one code (RFC 3396 concatenation), as dhcproto joins them; it decodes a repeated code that is
+/// not adjacent (after a pad or another option) on its own, so such a run is checked on its own too.
 fn option_lengths_sane(buf: &[u8]) -> bool {
     let Some(mut rest) = buf.get(240..) else { return false };
-    let mut total = [None::<usize>; 256];
+    let ok = |(code, len): (u8, usize)| match code {
+        80 => len == 0,
+        81 => len >= 3,
+        94 => len == 3,
+        152..=155 => len == 4,
+        _ => true,
+    };
+    // The run being read: its code and summed length.
+    let mut run: Option<(u8, usize)> = None;
     while let Some((&code, tail)) = rest.split_first() {
-        match code {
-            0 => rest = tail,
-            255 => break,
-            _ => {
-                let Some((&len, tail)) = tail.split_first() else { break };
-                let Some(next) = tail.get(usize::from(len)..) else {
-                    break;
-                };
-                let t = &mut total[usize::from(code)];
-                *t = Some(t.unwrap_or(0) + usize::from(len));
-                rest = next;
+        if code == 0 || code == 255 {
+            if run.take().is_some_and(|r| !ok(r)) {
+                return false;
             }
+            if code == 255 {
+                break;
+            }
+            rest = tail;
+            continue;
         }
+        let Some((&len, tail)) = tail.split_first() else { break };
+        let Some(next) = tail.get(usize::from(len)..) else {
+            break;
+        };
+        run = match run {
+            Some((c, l)) if c == code => Some((c, l + usize::from(len))),
+            previous => {
+                if previous.is_some_and(|r| !ok(r)) {
+                    return false;
+                }
+                Some((code, usize::from(len)))
+            }
+        };
+        rest = next;
     }
-    let ok = |c: usize, good: fn(usize) -> bool| total[c].is_none_or(good);
-    ok(80, |l| l == 0) && ok(81, |l| l >= 3) && ok(94, |l| l == 3) && (152..=155).all(|c| ok(c, |l| l == 4))
+    run.is_none_or(ok)
 }
 
 /// The running DHCP service (state owned by its task).
@@ -347,6 +366,18 @@ mod tests {
             bytes.truncate(cut.min(bytes.len()));
             let _ = parse_request(&bytes);
         }
+    }
+
+    #[test]
+    fn option_lengths_are_checked_per_run_of_adjacent_options() {
+        let with = |opts: &[u8]| [vec![0u8; 236], vec![99, 130, 83, 99], opts.to_vec()].concat();
+        // Option 81 needs 3 bytes; adjacent pieces are joined (RFC 3396), a repeat after a pad or another option is
+        // decoded on its own (found by the dhcp_packet fuzz target: 22 bytes, then an empty 81 further on).
+        assert!(option_lengths_sane(&with(&[81, 2, 0, 0, 81, 1, 0, 255])));
+        assert!(!option_lengths_sane(&with(&[81, 3, 0, 0, 0, 12, 1, b'x', 81, 0, 255])));
+        assert!(!option_lengths_sane(&with(&[81, 3, 0, 0, 0, 0, 81, 0, 255])));
+        assert!(!option_lengths_sane(&with(&[94, 3, 1, 2, 1, 94, 3, 1, 2, 1])));
+        assert!(option_lengths_sane(&with(&[94, 3, 1, 2, 1, 255, 94, 0])));
     }
 
     #[test]
