@@ -3,52 +3,21 @@
 //! restart on the same data directory, and a graceful SIGTERM.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
+use kiln_tests::serve::KilnServe;
 use kiln_tests::sushy_loopback::Sushy;
 use serde_json::Value;
 
-/// A `kiln serve` process, killed by PID on drop.
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(data: &Path, port: u16) -> Serve {
-    let config = data.with_extension("toml");
-    std::fs::write(
-        &config,
+fn serve(data: &Path, port: u16) -> KilnServe {
+    KilnServe::start(
+        Path::new(env!("CARGO_BIN_EXE_kiln")),
+        data,
+        port,
         "heartbeat_secs = 1\n[policy]\nidle_poll_secs = 1\nbusy_poll_secs = 1\n",
+        &[],
     )
-    .unwrap();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data.with_extension("log"))
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(data)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let s = Serve(child);
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "kiln serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    s
 }
 
 fn kiln(data: &Path, port: u16, args: &[&str]) -> Output {

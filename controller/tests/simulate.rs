@@ -4,19 +4,11 @@
 //! simulation. Without `--simulate`, the same enrollment is refused, naming the flag.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use kiln_tests::serve::KilnServe;
 use serde_json::Value;
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -26,34 +18,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn serve(dir: &Path, port: u16, simulate: bool) -> Serve {
-    let config = dir.join("kiln.toml");
-    std::fs::write(
-        &config,
+fn serve(dir: &Path, port: u16, simulate: bool) -> KilnServe {
+    KilnServe::start(
+        Path::new(env!("CARGO_BIN_EXE_kiln")),
+        &dir.join("data"),
+        port,
         "heartbeat_secs = 1\nmax_concurrent_jobs = 50\nbmc_calls_per_minute = 60\n[policy]\nidle_poll_secs = 1\nbusy_poll_secs = 1\n",
+        if simulate { &["--simulate"] } else { &[] },
     )
-    .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.join("data"));
-    if simulate {
-        cmd.arg("--simulate");
-    }
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("kiln.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let s = Serve(child);
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "kiln serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    s
 }
 
 fn kiln(dir: &Path, port: u16, args: &[&str]) -> Output {

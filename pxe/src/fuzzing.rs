@@ -23,8 +23,9 @@ use crate::tftp::{RootHandler, check_path, resolve_in_root};
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const NOW: u64 = 1_700_000_000;
 
-/// The subnets of the check: our own interface's, and one behind a relay (matched on `giaddr`).
-fn dhcp_config(mode: DhcpMode, discovery: bool) -> DhcpConfig {
+/// The subnets of the check (and of the decision table tests): our own interface's, and one behind a relay (matched
+/// on `giaddr`).
+pub(crate) fn dhcp_config(mode: DhcpMode, discovery: bool) -> DhcpConfig {
     DhcpConfig {
         mode,
         interface: "kiln0".into(),

@@ -17,6 +17,7 @@ pub mod operator;
 pub mod osimage;
 pub mod qemu;
 pub mod ramdisk;
+pub mod serve;
 pub mod state;
 pub mod sushy;
 pub mod sushy_loopback;

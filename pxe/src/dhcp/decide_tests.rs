@@ -8,33 +8,7 @@ use crate::config::DhcpMode;
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
 fn dhcp_cfg() -> DhcpConfig {
-    DhcpConfig {
-        mode: DhcpMode::Full,
-        interface: "br0".into(),
-        subnets: vec![
-            SubnetConfig {
-                network: Ipv4Addr::new(10, 0, 0, 0),
-                prefix_len: 24,
-                range_start: Ipv4Addr::new(10, 0, 0, 100),
-                range_end: Ipv4Addr::new(10, 0, 0, 199),
-                router: Some(SERVER),
-                dns: vec![SERVER],
-                domain: Some("lab.test".into()),
-                mtu: Some(1500),
-            },
-            SubnetConfig {
-                network: Ipv4Addr::new(10, 5, 0, 0),
-                prefix_len: 24,
-                range_start: Ipv4Addr::new(10, 5, 0, 10),
-                range_end: Ipv4Addr::new(10, 5, 0, 20),
-                router: None,
-                dns: vec![],
-                domain: None,
-                mtu: None,
-            },
-        ],
-        ..DhcpConfig::default()
-    }
+    crate::fuzzing::dhcp_config(DhcpMode::Full, DhcpConfig::default().discovery)
 }
 
 fn boot_cfg() -> BootConfig {
