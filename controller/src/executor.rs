@@ -83,6 +83,8 @@ pub struct Executor {
     woken: Mutex<HashSet<i64>>,
     /// Hosts whose reconcile task is running.
     inflight: Mutex<HashSet<i64>>,
+    /// When each host last got an event saying an action waits for its BMC budget (at most one a minute).
+    deferral_noted: Mutex<HashMap<i64, Instant>>,
     /// Hosts whose last reconcile panicked: not looked at again before the instant, and how many panics in a row.
     panicked: Mutex<HashMap<i64, (Instant, u32)>>,
     /// Power actions the BMC accepted but may not have carried out yet (many apply them seconds later): until the
@@ -117,6 +119,7 @@ impl Executor {
             slots: Mutex::default(),
             woken: Mutex::default(),
             inflight: Mutex::default(),
+            deferral_noted: Mutex::default(),
             panicked: Mutex::default(),
             settling: Mutex::default(),
             changes: tokio::sync::broadcast::channel(1024).0,
@@ -485,13 +488,33 @@ impl Executor {
             .filter(|a| matches!(a, Action::SetBoot { .. } | Action::Power(_)))
             .count();
         if bmc_calls > 0 && h.spec.bmc.is_some() && !self.budget(h.id, bmc_calls) {
-            // Over the per-host BMC budget: try again when the window has room.
+            // Over the per-host BMC budget: try again when the window has room, and say why the host waits (an
+            // operator otherwise sees a request accepted and nothing happen for up to a minute).
             let st = self.status(h, view, &h.state, h.requests.clone(), *calls, now.plus_secs(10));
+            let mut journal = Journal::default();
+            let note = {
+                let mut noted = self.deferral_noted.lock().expect("deferral lock");
+                let due = noted.get(&h.id).is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+                if due {
+                    noted.insert(h.id, Instant::now());
+                }
+                due
+            };
+            if note {
+                journal.events.push((
+                    "bmc_budget".into(),
+                    format!(
+                        "waiting for this host's BMC call budget ({} calls a minute, bmc_calls_per_minute) before: {}",
+                        self.config.bmc_calls_per_minute, d.reason
+                    ),
+                ));
+            }
+            self.metrics.inc("kiln_bmc_budget_deferrals_total", vec![]);
             return Ok(self
                 .store
-                .save_status(h.id, h.generation, &st, now)
+                .commit_status(h.id, h.generation, &st, &journal, now)
                 .await?
-                .then(|| h.state.clone()));
+                .map(|_| h.state.clone()));
         }
         let mut requests = h.requests.clone();
         let mut power = view.power;

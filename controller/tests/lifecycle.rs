@@ -359,6 +359,31 @@ async fn bmc_trouble_is_retried_within_a_per_host_call_budget_and_boot_timeouts_
             .any(|e| e["message"].as_str().unwrap().contains("registering -> available")),
         "{ev}"
     );
+    // A request over the budget waits, and the host's events say why.
+    let (s, b) = lab
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/hosts/node-3/power",
+            Some(json!({ "action": "on" })),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let mut said = false;
+    for _ in 0..100 {
+        let (_, ev) = lab.api(reqwest::Method::GET, "/api/v1/hosts/node-3/events", None).await;
+        if ev
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "bmc_budget" && e["message"].as_str().unwrap().contains("3 calls a minute"))
+        {
+            said = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(said, "no event says the power request waits for the BMC budget");
+    assert_eq!(f.calls.lock().unwrap().len(), 3, "the budget still holds");
 
     // A host that never network-boots fails inspection with a message naming what to check, then retries.
     let lab = Lab::start(|c| c.policy.boot_timeout_secs = 2).await;
