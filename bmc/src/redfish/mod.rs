@@ -416,18 +416,14 @@ impl Bmc for RedfishBmc {
             return Ok(());
         }
         let mut boot = json!({"BootSourceOverrideTarget": name, "BootSourceOverrideEnabled": enabled});
-        // The mode only when it must change: HPE iLO 5 and older iDRAC refuse any PATCH naming it (read-only there,
-        // 400 PropertyNotWritableOrUnknown / SYS410), even with the value it already has.
-        let wanted_mode = boot_mode_name(mode);
-        let send_mode = self.found.has_boot_mode && current.boot_source_override_mode.as_deref() != Some(wanted_mode);
-        if send_mode {
-            boot["BootSourceOverrideMode"] = json!(wanted_mode);
-        } else if !self.found.has_boot_mode {
+        if self.found.has_boot_mode {
+            boot["BootSourceOverrideMode"] = json!(boot_mode_name(mode));
+        } else {
             // Without BootSourceOverrideMode the firmware mode is not ours to choose; set the device only.
             tracing::debug!(bmc = %self.client.bmc, ?mode, "the System has no BootSourceOverrideMode: mode not set");
         }
         let body = json!({"Boot": boot});
-        let patched = match self
+        match self
             .client
             .request_with(Method::PATCH, &self.found.system, Some(&body), None)
             .await
@@ -449,31 +445,11 @@ impl Bmc for RedfishBmc {
                 })?;
                 self.client
                     .request_with(Method::PATCH, &self.found.system, Some(&body), Some(&etag))
-                    .await
-                    .map(|_| ())
+                    .await?;
+                Ok(())
             }
             Err(e) => Err(e),
-        };
-        patched.map_err(|e| match e {
-            BmcError::Http {
-                status: 400, message, ..
-            } if send_mode
-                && ["BootSourceOverrideMode", "NotWritable", "SYS410"]
-                    .iter()
-                    .any(|m| message.contains(m)) =>
-            {
-                BmcError::Unsupported {
-                    bmc: self.bmc(),
-                    operation: format!(
-                        "switching the boot mode to {wanted_mode} per boot (the BMC treats BootSourceOverrideMode as \
-                         read-only: {message}); the System boots in {} mode: set the host's boot mode to that, or \
-                         change the firmware's boot mode in its BIOS settings",
-                        current.boot_source_override_mode.as_deref().unwrap_or("another")
-                    ),
-                }
-            }
-            e => e,
-        })
+        }
     }
 
     async fn insert_media(&self, image_url: &str) -> Result<(), BmcError> {
