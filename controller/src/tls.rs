@@ -271,9 +271,9 @@ fn own_certificates(
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.use_authority_key_identifier_extension = true;
-    let now = time_now();
-    leaf.not_before = now - rcgen_days(1);
-    leaf.not_after = now + rcgen_days(397);
+    let now = time::OffsetDateTime::now_utc();
+    leaf.not_before = now - time::Duration::days(1);
+    leaf.not_after = now + time::Duration::days(397);
     let leaf_key = KeyPair::generate()?;
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
     write_private(&dir.join("server.pem"), leaf_cert.pem().as_bytes(), 0o644)?;
@@ -286,12 +286,4 @@ fn own_certificates(
         })?,
         pin,
     ))
-}
-
-fn time_now() -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc()
-}
-
-fn rcgen_days(n: i64) -> time::Duration {
-    time::Duration::days(n)
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use kiln_tests::serve::KilnServe;
+use kiln_tests::serve::{KilnServe, ok};
 use kiln_tests::sushy_loopback::Sushy;
 use serde_json::Value;
 
@@ -21,22 +21,7 @@ fn serve(data: &Path, port: u16) -> KilnServe {
 }
 
 fn kiln(data: &Path, port: u16, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .args(["--server", &format!("https://127.0.0.1:{port}"), "--token-file"])
-        .arg(data.join("admin.token"))
-        .output()
-        .unwrap()
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "kiln failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+    kiln_tests::serve::cli(Path::new(env!("CARGO_BIN_EXE_kiln")), data, port, args)
 }
 
 fn wait_available(data: &Path, port: u16) -> Value {

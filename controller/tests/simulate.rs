@@ -7,16 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use kiln_tests::serve::KilnServe;
+use kiln_tests::serve::{KilnServe, ok};
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn serve(dir: &Path, port: u16, simulate: bool) -> KilnServe {
     KilnServe::start(
@@ -29,23 +21,7 @@ fn serve(dir: &Path, port: u16, simulate: bool) -> KilnServe {
 }
 
 fn kiln(dir: &Path, port: u16, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .args(["--server", &format!("https://127.0.0.1:{port}"), "--token-file"])
-        .arg(dir.join("data/admin.token"))
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap()
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "kiln failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+    kiln_tests::serve::cli(Path::new(env!("CARGO_BIN_EXE_kiln")), &dir.join("data"), port, args)
 }
 
 fn hosts(dir: &Path, port: u16) -> Vec<Value> {
@@ -80,7 +56,7 @@ const N: usize = 12;
 #[test]
 fn kiln_serve_simulate_provisions_fake_hosts_from_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = kiln_tests::free_port();
     let _server = serve(tmp.path(), port, true);
     let pw = tmp.path().join("pw");
     std::fs::write(&pw, "simulated\n").unwrap();
@@ -169,7 +145,7 @@ fn kiln_serve_simulate_provisions_fake_hosts_from_the_cli() {
 #[test]
 fn fake_bmcs_are_refused_without_simulate() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = kiln_tests::free_port();
     let _server = serve(tmp.path(), port, false);
     let pw = tmp.path().join("pw");
     std::fs::write(&pw, "x\n").unwrap();

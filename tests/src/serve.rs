@@ -1,7 +1,7 @@
 //! `kiln serve` as a real process on a loopback port, for tests that drive the binary as an operator does.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A running `kiln serve`, killed by PID on drop.
@@ -46,4 +46,26 @@ impl KilnServe {
         }
         s
     }
+}
+
+/// Runs the `kiln` CLI `bin` with `args` against the `kiln serve` on `127.0.0.1:port` whose data directory is `data`
+/// (its admin token; the CLI finds the CA next to it).
+pub fn cli(bin: &Path, data: &Path, port: u16, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .args(["--server", &format!("https://127.0.0.1:{port}"), "--token-file"])
+        .arg(data.join("admin.token"))
+        .output()
+        .unwrap()
+}
+
+/// The stdout of a CLI run that must have succeeded (else fails with both outputs).
+pub fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "kiln failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
 }
