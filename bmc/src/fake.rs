@@ -1,5 +1,6 @@
-//! An in-process BMC for other crates' tests: records every call, can fail the next N calls or stop answering,
-//! and moves power on its own after a delay (`Auto`) or only when poked (`Explicit`), like omicron's sp-sim.
+//! An in-process BMC for other crates' tests and kiln's simulator: records every call, can fail the next N calls
+//! (or only the next N actions), stop answering, answer slowly or panic like a driver bug, and moves power on its own
+//! after a delay (`Auto`) or only when poked (`Explicit`), like omicron's sp-sim.
 //! Time is `tokio::time`, so tests with a paused clock control it. It does no I/O.
 
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,9 @@ struct State {
     calls: Vec<FakeCall>,
     boots: Vec<BootTarget>,
     fail_next: u32,
+    fail_actions: u32,
+    panic_next: u32,
+    latency: Duration,
     failure: Failure,
     unresponsive: bool,
     timeout: Duration,
@@ -114,6 +118,9 @@ impl FakeBmc {
                 calls: Vec::new(),
                 boots: Vec::new(),
                 fail_next: 0,
+                fail_actions: 0,
+                panic_next: 0,
+                latency: Duration::ZERO,
                 failure: Failure(Arc::new(move || BmcError::Http {
                     bmc: failure_name.clone(),
                     operation: "fake".into(),
@@ -179,6 +186,21 @@ impl FakeBmc {
             s.fail_next = n;
             s.failure = Failure(Arc::new(make));
         });
+    }
+
+    /// The next `n` actions (power, boot device, media) fail with the injected failure; reads still answer.
+    pub fn fail_actions(&self, n: u32) {
+        self.with(|s| s.fail_actions = n);
+    }
+
+    /// The next `n` calls panic, as a driver bug would.
+    pub fn panic_next(&self, n: u32) {
+        self.with(|s| s.panic_next = n);
+    }
+
+    /// Every call takes `latency` before it is answered (a BMC slow to answer).
+    pub fn set_latency(&self, latency: Duration) {
+        self.with(|s| s.latency = latency);
     }
 
     /// While unresponsive, every call waits for the timeout and fails with `BmcError::Timeout`.
@@ -251,17 +273,29 @@ impl FakeBmc {
 
     /// Records the call, then fails it if told to.
     async fn enter(&self, call: FakeCall) -> Result<(), BmcError> {
-        let (unresponsive, timeout, failure) = self.with(|s| {
+        let (unresponsive, timeout, failure, latency, panic) = self.with(|s| {
             s.calls.push(call.clone());
             settle(s);
-            let failure = if s.fail_next > 0 {
+            let action = !matches!(call, FakeCall::PowerState | FakeCall::Inventory);
+            let failure = if action && s.fail_actions > 0 {
+                s.fail_actions -= 1;
+                Some((s.failure.0)())
+            } else if s.fail_next > 0 {
                 s.fail_next -= 1;
                 Some((s.failure.0)())
             } else {
                 None
             };
-            (s.unresponsive, s.timeout, failure)
+            let panic = s.panic_next > 0;
+            s.panic_next = s.panic_next.saturating_sub(1);
+            (s.unresponsive, s.timeout, failure, s.latency, panic)
         });
+        if panic {
+            panic!("fake BMC driver bug in {call:?} ({})", self.name);
+        }
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         if unresponsive {
             tokio::time::sleep(timeout).await;
             return Err(BmcError::Timeout {

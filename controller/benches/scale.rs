@@ -93,7 +93,7 @@ fn main() {
             c.max_concurrent_jobs = 1_000;
             c.bmc_calls_per_minute = 6;
             c.heartbeat_secs = 1;
-            c.policy = kiln::machine::Policy::default(); // idle hosts looked at once a minute
+            c.policy = kiln_engine::machine::Policy::default(); // idle hosts looked at once a minute
         })
         .await;
         // The lab's HTTP client keeps one idle connection per request burst; allow the concurrency we use.
@@ -128,7 +128,7 @@ fn main() {
         let rss_hosts = rss_mib();
 
         // 2. At rest: CPU and BMC calls per host per minute over a window.
-        let calls = |lab: &Lab| -> usize { lab.fakes.lock().unwrap().values().map(|f| f.calls.lock().unwrap().len()).sum() };
+        let calls = |lab: &Lab| -> usize { lab.fakes.lock().unwrap().values().map(|f| f.calls().len()).sum() };
         let (c0, cpu0, w) = (calls(&lab), cpu_secs(), Instant::now());
         tokio::time::sleep(Duration::from_secs(60)).await;
         let window = w.elapsed().as_secs_f64();
@@ -144,7 +144,7 @@ fn main() {
         provision(&lab, &batch).await;
         let concurrent = wait_all(&lab, &batch, "provisioned", Duration::from_secs(1800)).await.max(t.elapsed());
         let rss_peak = rss_mib();
-        let max_calls_one_host = lab.fakes.lock().unwrap().values().map(|f| f.calls.lock().unwrap().len()).max().unwrap_or(0);
+        let max_calls_one_host = lab.fakes.lock().unwrap().values().map(|f| f.calls().len()).max().unwrap_or(0);
 
         println!("kiln control-plane scale (SQLite, in-process simulated BMCs and agents)");
         println!("  hosts enrolled:                 {hosts} in {:.1} s ({:.0}/s through the REST API)", enroll.as_secs_f64(), hosts as f64 / enroll.as_secs_f64());

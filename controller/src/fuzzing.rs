@@ -11,10 +11,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::{HostCreate, ProvisionIn};
-use crate::http_util::parse_body;
 use crate::import::translate;
-use crate::kube::bmh::BareMetalHost;
+use kiln_engine::wire::{HostCreate, ProvisionIn};
+use kiln_http::http_util::parse_body;
+use kiln_kube::bmh::BareMetalHost;
 
 /// `body` as the agent API reads it into `T`: bad JSON is a 400, JSON of the wrong shape a 422, and what is accepted
 /// is stored as JSON that reads back to the same value.

@@ -7,8 +7,8 @@ use kiln_bmc::Secret;
 use kiln_images::protocol::{ImageFormat, RootDeviceHints};
 use serde_json::{Value, json};
 
-use crate::api::{BmcIn, HostCreate, ImageIn, ProvisionIn};
-use crate::model::{EraseMode, HostOptions};
+use kiln_engine::model::{EraseMode, HostOptions};
+use kiln_engine::wire::{BmcIn, HostCreate, ImageIn, ProvisionIn};
 
 /// One host to enroll (REST body of `POST /api/v1/hosts`) and, if the manifest sets an image, its provision body:
 /// the API's own request types, validated by the server exactly as any other enrollment.

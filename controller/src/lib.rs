@@ -1,32 +1,8 @@
-//! kiln: the appliance library. `main.rs` only parses arguments and calls into [`server`] or [`cli`].
-//!
-//! Start reading at [`machine`] (the pure host state machine), then [`executor`] (which performs its decisions),
-//! [`store`] (SQLite/PostgreSQL), [`api`] and [`agent_api`] (HTTP), and [`server`] (how `kiln serve` runs them).
+//! kiln: the appliance binary's library. `main.rs` parses arguments and calls into [`server`] (which composes the
+//! engine, the HTTP and Kubernetes front-ends and the netboot services into `kiln serve`) or the CLI commands
+//! ([`cli`], one module per command group, and [`import`], the Metal3 manifest translation).
 
-pub mod agent_api;
-pub mod api;
-pub mod bmcs;
 pub mod cli;
-pub mod cli_bmc;
-pub mod cli_image;
-pub mod crypto;
-pub mod drivers;
-pub mod executor;
 pub mod fuzzing;
-pub mod http_util;
 pub mod import;
-pub mod kube;
-pub mod machine;
-pub mod metrics;
-pub mod model;
-pub mod netboot;
-pub mod openapi;
-pub mod policy;
-pub mod pxe_lookup;
 pub mod server;
-pub mod sim;
-pub mod store;
-#[doc(hidden)]
-pub mod testing;
-pub mod tls;
-pub mod types;

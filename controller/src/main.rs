@@ -74,9 +74,9 @@ enum Command {
         dry_run: bool,
     },
     /// Talk to one BMC directly (debugging).
-    Bmc(kiln::cli_bmc::BmcArgs),
+    Bmc(kiln::cli::bmc::BmcArgs),
     /// Work with OS images exactly as the agent would: write, inspect, build a config drive.
-    Image(kiln::cli_image::ImageArgs),
+    Image(kiln::cli::image::ImageArgs),
     /// Build the agent ramdisk (kernel + initramfs with kiln-agent).
     #[command(subcommand)]
     Ramdisk(RamdiskCmd),
@@ -177,7 +177,7 @@ async fn run() -> anyhow::Result<()> {
                 }
             }
             // Real BMC drivers; the netboot services start inside run() when the config has a [pxe] section.
-            let app = Appliance::open(cfg, Arc::new(kiln::drivers::Drivers::default())).await?;
+            let app = Appliance::open(cfg, Arc::new(kiln_engine::drivers::Drivers::default())).await?;
             // Bound after the data directory is ready, so a client that can connect finds the token file.
             let listener = tokio::net::TcpListener::bind(listen).await?;
             let addr = listener.local_addr()?;
@@ -185,7 +185,7 @@ async fn run() -> anyhow::Result<()> {
                 Some(pin) => tracing::info!(
                     %addr,
                     store = app.store.backend(),
-                    ca = %kiln::tls::ca_path(&app.config.data_dir).display(),
+                    ca = %kiln_http::tls::ca_path(&app.config.data_dir).display(),
                     %pin,
                     "kiln serving HTTPS with its own CA"
                 ),
@@ -196,7 +196,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Host { client, cmd } => kiln::cli::host(&client, cmd).await?,
         Command::Import { client, file, dry_run } => kiln::cli::import(&client, &file, dry_run).await?,
-        Command::Image(args) => kiln::cli_image::run(args).await?,
+        Command::Image(args) => kiln::cli::image::run(args).await?,
         Command::Ramdisk(RamdiskCmd::Build {
             agent_binary,
             out,
@@ -213,15 +213,15 @@ async fn run() -> anyhow::Result<()> {
                 if r.cached { " (unchanged inputs: reused)" } else { "" }
             );
         }
-        Command::Openapi => print!("{}", kiln::openapi::document_text()),
+        Command::Openapi => print!("{}", kiln_http::openapi::document_text()),
         Command::Crds { out_dir } => match out_dir {
-            Some(dir) => kiln::kube::crds::write_crds(&dir)?,
-            None => print!("{}", kiln::kube::crds::crds_yaml()),
+            Some(dir) => kiln_kube::crds::write_crds(&dir)?,
+            None => print!("{}", kiln_kube::crds::crds_yaml()),
         },
         Command::Bmc(args) => {
-            if let Err(e) = kiln::cli_bmc::run(args).await {
+            if let Err(e) = kiln::cli::bmc::run(args).await {
                 eprintln!("error: {e:#}");
-                std::process::exit(kiln::cli_bmc::exit_code(&e));
+                std::process::exit(kiln::cli::bmc::exit_code(&e));
             }
         }
     }

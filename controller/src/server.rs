@@ -2,29 +2,25 @@
 //! agent API, `/healthz`, `/metrics`, OpenAPI) and runs it with the executor until shutdown. It owns start-up and
 //! graceful shutdown, not the handlers' logic.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::State as AxState;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::{Json, Router, routing::get};
+use axum::{Router, routing::get};
 use kiln_bmc::Secret;
 use serde::Deserialize;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::bmcs::BmcConnector;
-use crate::crypto::{CryptoError, SecretKey, random_hex, read_or_create_0600};
-use crate::executor::{Executor, ExecutorConfig};
-use crate::http_util::{ApiError, AppState};
-use crate::machine::Policy;
-use crate::metrics::Metrics;
-use crate::netboot::StoreLookup;
-use crate::store::{Store, StoreError};
+use kiln_engine::bmcs::BmcConnector;
+use kiln_engine::crypto::{CryptoError, SecretKey, random_hex, read_or_create_0600};
+use kiln_engine::executor::{Executor, ExecutorConfig};
+use kiln_engine::machine::Policy;
+use kiln_engine::metrics::Metrics;
+use kiln_engine::netboot::StoreLookup;
+use kiln_engine::store::{Store, StoreError};
+use kiln_http::http_util::AppState;
+pub use kiln_http::listener::HttpLimits;
 
 /// Errors of starting the appliance.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +42,7 @@ pub enum ServeError {
     #[error("cannot open the store")]
     Store(#[source] StoreError),
     #[error("cannot set up TLS")]
-    Tls(#[source] crate::tls::TlsError),
+    Tls(#[source] kiln_http::tls::TlsError),
     #[error("cannot read config file {path}")]
     Config {
         path: String,
@@ -74,7 +70,7 @@ pub struct Config {
     /// The agent ramdisk the per-host iPXE script boots.
     pub agent_boot: Option<AgentBootConfig>,
     /// The Kubernetes front-end (BareMetalHost and Cluster API controllers); `None` runs without it.
-    pub kube: Option<crate::kube::runner::KubeSettings>,
+    pub kube: Option<kiln_kube::runner::KubeSettings>,
     /// Events older than this many days are deleted (hourly).
     pub event_retention_days: u32,
     /// Each host keeps at most this many of its newest events.
@@ -82,32 +78,12 @@ pub struct Config {
     /// Limits of kiln's HTTP listeners.
     pub http: HttpLimits,
     /// TLS of the API listener (kiln's own CA by default).
-    pub tls: crate::tls::TlsConfig,
-    /// Simulator mode: hosts with `fake://` BMC addresses are simulated ([`crate::sim`]); off unless asked for.
+    pub tls: kiln_http::tls::TlsConfig,
+    /// Simulator mode: hosts with `fake://` BMC addresses are simulated ([`kiln_engine::sim`]); off unless asked for.
     pub simulate: bool,
     /// Where the plain-HTTP netboot routes (`/boot`) listen when `[pxe]` is configured; default: the host and port
     /// of `[pxe] http_base`.
     pub boot_listen: Option<std::net::SocketAddr>,
-}
-
-/// What one client may hold of kiln's HTTP listener (a firmware's or an attacker's half-sent request must not keep a
-/// connection open for good).
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpLimits {
-    /// Seconds a client has to send a request's headers, and that an idle keep-alive connection stays open.
-    pub header_read_timeout_secs: u64,
-    /// Connections open at once; more are closed at once (and counted).
-    pub max_connections: usize,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        Self {
-            header_read_timeout_secs: 30,
-            max_connections: 1024,
-        }
-    }
 }
 
 /// Kernel and initramfs of the kiln-agent ramdisk.
@@ -169,7 +145,7 @@ pub struct Appliance {
     /// The pin of kiln's CA that agents check (`None` with a site certificate).
     pub ca_pin: Option<String>,
     /// The simulated hosts, in simulator mode.
-    pub sim: Option<Arc<crate::sim::Simulator>>,
+    pub sim: Option<Arc<kiln_engine::sim::Simulator>>,
 }
 
 /// Path of the admin token file in a data directory.
@@ -184,7 +160,7 @@ impl Appliance {
     /// [`ServeError`] naming what could not be opened.
     pub async fn open(config: Config, connector: Arc<dyn BmcConnector>) -> Result<Self, ServeError> {
         let dir = &config.data_dir;
-        crate::crypto::private_dir(dir).map_err(|source| ServeError::DataDir {
+        kiln_engine::crypto::private_dir(dir).map_err(|source| ServeError::DataDir {
             path: dir.display().to_string(),
             source,
         })?;
@@ -194,8 +170,8 @@ impl Appliance {
             path: tpath.display().to_string(),
             source,
         })?;
-        let ca_pin = crate::tls::ensure_ca(dir, &config.tls).map_err(ServeError::Tls)?;
-        let store = crate::store::connect(config.database_url.as_deref(), dir, key)
+        let ca_pin = kiln_http::tls::ensure_ca(dir, &config.tls).map_err(ServeError::Tls)?;
+        let store = kiln_engine::store::connect(config.database_url.as_deref(), dir, key)
             .await
             .map_err(ServeError::Store)?;
         let metrics = Arc::new(Metrics::default());
@@ -207,13 +183,13 @@ impl Appliance {
         };
         let sim = config
             .simulate
-            .then(|| crate::sim::Simulator::new(crate::sim::SimConfig::default()));
+            .then(|| kiln_engine::sim::Simulator::new(kiln_engine::sim::SimConfig::default()));
         let connector: Arc<dyn BmcConnector> = match &sim {
             Some(sim) => {
                 tracing::warn!(
                     "SIMULATOR MODE: hosts with fake:// BMC addresses are simulated; nothing they report is real"
                 );
-                Arc::new(crate::sim::SimConnector {
+                Arc::new(kiln_engine::sim::SimConnector {
                     sim: sim.clone(),
                     real: connector,
                 })
@@ -251,177 +227,6 @@ impl Appliance {
     }
 }
 
-/// Builds the appliance's HTTP router.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
-        .route(
-            "/ui",
-            get(|| ui("text/html; charset=utf-8", include_str!("ui/index.html"))),
-        )
-        .route(
-            "/ui/app.js",
-            get(|| ui("text/javascript; charset=utf-8", include_str!("ui/app.js"))),
-        )
-        .route(
-            "/ui/style.css",
-            get(|| ui("text/css; charset=utf-8", include_str!("ui/style.css"))),
-        )
-        .merge(crate::api::router(state.clone()))
-        .merge(crate::agent_api::router())
-        .fallback(|| async { ApiError::not_found("route") })
-        .with_state(state)
-}
-
-async fn healthz(AxState(app): AxState<AppState>) -> impl IntoResponse {
-    let store_ok = app.store.events(None, 1).await.is_ok();
-    let code = if store_ok {
-        axum::http::StatusCode::OK
-    } else {
-        axum::http::StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        Json(
-            json!({ "status": if store_ok { "ok" } else { "store unavailable" }, "version": env!("CARGO_PKG_VERSION"), "store": app.store.backend(), "simulate": app.simulate }),
-        ),
-    )
-}
-
-async fn metrics(AxState(app): AxState<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let mut by_state: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for h in app.store.hosts().await? {
-        *by_state
-            .entry((h.state.name().to_owned(), h.state.operational_status().to_owned()))
-            .or_default() += 1;
-    }
-    let mut text = app.metrics.render(&by_state);
-    text.push_str("# HELP kiln_pxe_events_total DHCP, TFTP and HTTP boot counters.\n");
-    text.push_str("# TYPE kiln_pxe_events_total counter\n");
-    for (name, v) in app.pxe_counters.snapshot() {
-        text.push_str(&format!("kiln_pxe_events_total{{event=\"{name}\"}} {v}\n"));
-    }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
-}
-
-/// The web page's static files. The page is a client of the REST API with the admin token the user pastes (kept in
-/// the tab's sessionStorage), so serving it needs no auth; the CSP allows only kiln's own scripts and styles.
-async fn ui(content_type: &'static str, body: &'static str) -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'",
-            ),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
-        ],
-        body,
-    )
-}
-
-async fn openapi() -> impl IntoResponse {
-    static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(crate::openapi::document_text);
-    ([(header::CONTENT_TYPE, "application/json")], DOC.as_str())
-}
-
-/// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish (10 s at most). Unlike
-/// `axum::serve`, it bounds what a client can hold: request headers (and an idle keep-alive connection) time out,
-/// and connections beyond the cap are closed at once.
-async fn serve_http(
-    listener: TcpListener,
-    app: Router,
-    limits: HttpLimits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-    // HTTP/1.1 only: kiln's clients (the agent, firmware, the CLI, browsers on plain HTTP) speak it, and hyper's
-    // header-read timeout then covers a connection from its first byte (the auto builder waits for a version
-    // preface first, untimed).
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(limits.header_read_timeout_secs.max(1)));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    let mut refused: u64 = 0;
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a moment rather than spin.
-                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refused += 1;
-            if refused.is_power_of_two() {
-                tracing::warn!(%peer, refused, max = limits.max_connections, "HTTP connection limit reached; closing new ones");
-            }
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        match &tls {
-            None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-                    }
-                    drop(slot);
-                });
-            }
-            Some(acceptor) => {
-                // The handshake gets the same time as a request's headers: a client that opens a connection and
-                // sends nothing (or half a ClientHello) must not hold its slot.
-                let (acceptor, builder, app) = (acceptor.clone(), builder.clone(), app.clone());
-                let handshake = std::time::Duration::from_secs(limits.header_read_timeout_secs.max(1));
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
-                    }
-                    drop(slot);
-                });
-            }
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("open HTTP connections did not finish within 10 s of shutdown");
-    }
-    Ok(())
-}
-
 /// Serves the appliance on an already-bound listener, with the executor, until `shutdown` completes. The executor
 /// finishes its current pass (every action it started is persisted) before this returns.
 ///
@@ -433,14 +238,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let cancel = CancellationToken::new();
-    let http = router(app.state.clone());
+    let http = kiln_http::listener::router(app.state.clone());
     let local = listener.local_addr()?;
-    let tls = crate::tls::ServerTls::load_or_create(
+    let tls = kiln_http::tls::ServerTls::load_or_create(
         &app.config.data_dir,
         &app.config.tls,
-        crate::tls::server_names(local.ip(), app.config.api_url.as_deref(), &app.config.tls.names),
+        kiln_http::tls::server_names(local.ip(), app.config.api_url.as_deref(), &app.config.tls.names),
     )
-    .map_err(|e| std::io::Error::other(crate::bmcs::chain(&e)))?;
+    .map_err(|e| std::io::Error::other(kiln_engine::bmcs::chain(&e)))?;
     let api_url = format!("https://{local}");
     // Netboot: DHCP/TFTP services and the /boot routes (per-host iPXE scripts, ramdisk and image files), in plain
     // HTTP on a listener of their own: firmware cannot verify kiln's certificate.
@@ -457,7 +262,7 @@ pub async fn run(
         let boot_listener = TcpListener::bind(boot_addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("binding the netboot listener {boot_addr}: {e}")))?;
-        let lookup: Arc<dyn kiln_pxe::HostLookup> = Arc::new(crate::pxe_lookup::PxeLookup {
+        let lookup: Arc<dyn kiln_pxe::HostLookup> = Arc::new(kiln_engine::pxe_lookup::PxeLookup {
             lookup: app.lookup(&api_url),
             kernel_url: boot.kernel_url,
             initrd_url: boot.initrd_url,
@@ -466,13 +271,13 @@ pub async fn run(
         let counters = app.state.pxe_counters.clone();
         let services = kiln_pxe::spawn(pxe_cfg.clone(), lookup.clone(), counters.clone(), cancel.clone())
             .await
-            .map_err(|e| std::io::Error::other(crate::bmcs::chain(&e)))?;
+            .map_err(|e| std::io::Error::other(kiln_engine::bmcs::chain(&e)))?;
         let boot_http = Router::new()
-            .route("/healthz", get(healthz))
+            .route("/healthz", get(kiln_http::listener::healthz))
             .with_state(app.state.clone())
             .merge(kiln_pxe::http::router(lookup, pxe_cfg.files_dir(), counters));
         let (c, limits) = (cancel.clone(), app.config.http);
-        boot_server = Some(tokio::spawn(serve_http(
+        boot_server = Some(tokio::spawn(kiln_http::listener::serve(
             boot_listener,
             boot_http,
             limits,
@@ -486,16 +291,16 @@ pub async fn run(
     // A JoinSet, not a detached task: if this future is dropped (the process ends), the controllers end with it.
     let mut kube = tokio::task::JoinSet::new();
     if let Some(settings) = app.config.kube.clone() {
-        let client = crate::kube::runner::client(&settings)
+        let client = kiln_kube::runner::client(&settings)
             .await
-            .map_err(|e| std::io::Error::other(crate::bmcs::chain(&e)))?;
-        let engine = Arc::new(crate::kube::engine::store::StoreEngine::new(
+            .map_err(|e| std::io::Error::other(kiln_engine::bmcs::chain(&e)))?;
+        let engine = Arc::new(kiln_kube::engine::store::StoreEngine::new(
             app.store.clone(),
             app.executor.clone(),
         ));
         let c = cancel.clone();
         kube.spawn(async move {
-            let r = crate::kube::runner::run(client, engine, settings, c.clone()).await;
+            let r = kiln_kube::runner::run(client, engine, settings, c.clone()).await;
             if r.is_err() {
                 c.cancel();
             }
@@ -537,11 +342,11 @@ pub async fn run(
         let (days, per_host) = (app.config.event_retention_days, app.config.events_per_host);
         tasks.spawn(async move {
             loop {
-                let before = crate::executor::now().plus_ms(-(i64::from(days) * 86_400_000));
+                let before = kiln_engine::executor::now().plus_ms(-(i64::from(days) * 86_400_000));
                 match store.prune_events(before, i64::from(per_host.max(1))).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, days, per_host, "old events pruned"),
-                    Err(e) => tracing::warn!(error = %crate::bmcs::chain(&e), "pruning events failed"),
+                    Err(e) => tracing::warn!(error = %kiln_engine::bmcs::chain(&e), "pruning events failed"),
                 }
                 tokio::select! {
                     _ = c.cancelled() => break,
@@ -552,7 +357,7 @@ pub async fn run(
     }
     let c = cancel.clone();
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-    let served = serve_http(listener, http, app.config.http, Some(acceptor), async move {
+    let served = kiln_http::listener::serve(listener, http, app.config.http, Some(acceptor), async move {
         tokio::select! {
             _ = shutdown => {}
             _ = c.cancelled() => {}
@@ -572,11 +377,11 @@ pub async fn run(
     if let Some(services) = pxe
         && let Err(e) = services.wait().await
     {
-        tracing::warn!(error = %crate::bmcs::chain(&e), "netboot services stopped with an error");
+        tracing::warn!(error = %kiln_engine::bmcs::chain(&e), "netboot services stopped with an error");
     }
     while let Some(k) = kube.join_next().await {
         match k {
-            Ok(Err(e)) => return Err(std::io::Error::other(crate::bmcs::chain(&e))),
+            Ok(Err(e)) => return Err(std::io::Error::other(kiln_engine::bmcs::chain(&e))),
             Err(e) => {
                 return Err(std::io::Error::other(format!(
                     "the Kubernetes controllers panicked: {e}"
@@ -616,7 +421,9 @@ mod tests {
             data_dir: dir.path().join("data"),
             ..Config::default()
         };
-        let app = Appliance::open(cfg, Arc::new(crate::bmcs::NoDrivers)).await.unwrap();
+        let app = Appliance::open(cfg, Arc::new(kiln_engine::bmcs::NoDrivers))
+            .await
+            .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -625,7 +432,7 @@ mod tests {
         }));
         // HTTPS with kiln's own CA, made on first start, and a certificate naming the loopback address.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca = std::fs::read(crate::tls::ca_path(&dir.path().join("data"))).unwrap();
+        let ca = std::fs::read(kiln_http::tls::ca_path(&dir.path().join("data"))).unwrap();
         let client = reqwest::Client::builder()
             .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).unwrap())
             .build()

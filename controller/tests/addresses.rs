@@ -4,9 +4,9 @@
 //! controller runs. All three accept the same forms and refuse the others with the same message, which names the
 //! address and what to use instead.
 
-use kiln::kube::bmh::{AutomatedCleaningMode, BootMode};
-use kiln::kube::engine::store::kiln_spec;
-use kiln::kube::engine::{BmcAccess, HostKey, HostSpec, SecretBytes};
+use kiln_kube::bmh::{AutomatedCleaningMode, BootMode};
+use kiln_kube::engine::store::kiln_spec;
+use kiln_kube::engine::{BmcAccess, HostKey, HostSpec, SecretBytes};
 use kiln_tests::inproc::Lab;
 use serde_json::json;
 
@@ -201,7 +201,7 @@ async fn every_metal3_address_form_gets_the_same_answer_from_every_front_end() {
             .args(["--server", &lab.base, "--token-file"])
             .arg(&token)
             .arg("--ca-file")
-            .arg(kiln::tls::ca_path(lab.dir.path()))
+            .arg(kiln_http::tls::ca_path(lab.dir.path()))
             .env("RUST_BACKTRACE", "0")
             .output()
             .await
@@ -261,7 +261,7 @@ async fn import_is_all_or_none() {
         .args(["--server", &lab.base, "--token-file"])
         .arg(&token)
         .arg("--ca-file")
-        .arg(kiln::tls::ca_path(lab.dir.path()))
+        .arg(kiln_http::tls::ca_path(lab.dir.path()))
         .env("RUST_BACKTRACE", "0")
         .output()
         .await

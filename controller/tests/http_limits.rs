@@ -35,7 +35,9 @@ async fn slow_and_idle_connections_are_closed_and_the_connection_count_is_capped
         },
         ..Config::default()
     };
-    let app = Appliance::open(cfg, Arc::new(kiln::bmcs::NoDrivers)).await.unwrap();
+    let app = Appliance::open(cfg, Arc::new(kiln_engine::bmcs::NoDrivers))
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -49,7 +51,7 @@ async fn slow_and_idle_connections_are_closed_and_the_connection_count_is_capped
         reqwest::get(format!("http://{addr}/healthz")).await.is_err(),
         "plain HTTP is not served on the API listener"
     );
-    let ca = std::fs::read(kiln::tls::ca_path(dir.path())).unwrap();
+    let ca = std::fs::read(kiln_http::tls::ca_path(dir.path())).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
         roots.add(c.unwrap()).unwrap();

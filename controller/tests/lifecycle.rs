@@ -3,10 +3,11 @@
 //! agent API with the tokens the netboot lookup mints. Also: the appliance killed mid-provisioning and restarted
 //! on the same data directory converges without writing the host twice.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kiln_bmc::fake::FakeCall;
+use kiln_bmc::{BootPersistence, BootTarget};
 use kiln_tests::inproc::{Lab, PASSWORD, mac_of};
 use serde_json::{Value, json};
 
@@ -89,11 +90,12 @@ async fn hosts_go_from_enroll_to_provisioned_and_back_with_a_concurrency_limit()
         .filter(|c| *c == "write_image")
         .count();
     assert_eq!(writes, 1, "the image was written exactly once across the restart");
-    let calls = lab.fakes.lock().unwrap()["node-1"].calls.lock().unwrap().clone();
+    let calls = lab.fakes.lock().unwrap()["node-1"].calls();
     assert!(
-        calls
-            .iter()
-            .any(|c| c.starts_with("set_boot Disk") && c.ends_with("Persistent")),
+        calls.iter().any(|c| matches!(
+            c,
+            FakeCall::SetBoot(BootTarget::Disk { .. }, BootPersistence::Persistent)
+        )),
         "{calls:?}"
     );
     assert!(
@@ -313,8 +315,8 @@ async fn bad_input_and_bad_tokens_are_refused_with_the_field_named() {
         lookup
             .boot_instructions(
                 &"52:54:00:00:00:99".parse().unwrap(),
-                kiln::executor::now(),
-                kiln::netboot::Handout::Take
+                kiln_engine::executor::now(),
+                kiln_engine::netboot::Handout::Take
             )
             .await
             .unwrap()
@@ -344,12 +346,12 @@ async fn bmc_trouble_is_retried_within_a_per_host_call_budget_and_boot_timeouts_
     .await;
     // Two transient BMC failures during registration, then success: retried with backoff, no error state.
     let f = lab.add_fake("node-3");
-    f.fail_next.store(2, Ordering::SeqCst);
+    f.fail_next(2);
     lab.enroll_fake("node-3", json!({ "inspect": false })).await;
     lab.wait_state("node-3", "available").await;
     // Idle power sync keeps polling every second, but never beyond 3 BMC calls per host per minute.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let calls = f.calls.lock().unwrap().clone();
+    let calls = f.calls();
     assert_eq!(calls.len(), 3, "{calls:?}");
     let (_, ev) = lab.api(reqwest::Method::GET, "/api/v1/hosts/node-3/events", None).await;
     assert!(
@@ -383,12 +385,12 @@ async fn bmc_trouble_is_retried_within_a_per_host_call_budget_and_boot_timeouts_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(said, "no event says the power request waits for the BMC budget");
-    assert_eq!(f.calls.lock().unwrap().len(), 3, "the budget still holds");
+    assert_eq!(f.calls().len(), 3, "the budget still holds");
 
     // A host that never network-boots fails inspection with a message naming what to check, then retries.
     let lab = Lab::start(|c| c.policy.boot_timeout_secs = 2).await;
-    let dead = lab.add_fake("node-4");
-    dead.dead_nic.store(true, Ordering::SeqCst);
+    lab.add_fake("node-4");
+    lab.dead_nics.lock().unwrap().insert("node-4".into());
     lab.enroll_fake("node-4", json!({})).await;
     let mut err = Value::Null;
     for _ in 0..200 {
@@ -420,7 +422,7 @@ static PG_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 #[tokio::test]
 async fn the_whole_lifecycle_runs_on_postgresql_too() {
-    let pg = kiln::testing::PgCluster::start().expect("private PostgreSQL 15 cluster (run tests/setup.sh)");
+    let pg = kiln_tests::pg::PgCluster::start().expect("private PostgreSQL 15 cluster (run tests/setup.sh)");
     PG_URL.set(pg.create_database("kiln_lab").unwrap()).unwrap();
     let lab = Lab::start(|c| c.database_url = PG_URL.get().cloned()).await;
     let (_, h) = lab.req(reqwest::Method::GET, "/healthz", None, None).await;
@@ -455,7 +457,7 @@ async fn the_whole_lifecycle_runs_on_postgresql_too() {
 async fn a_slow_bmc_delays_only_its_own_host() {
     let lab = Lab::start(|_| {}).await;
     let slow = lab.add_fake("node-5");
-    slow.slow_ms.store(30_000, std::sync::atomic::Ordering::SeqCst);
+    slow.set_latency(Duration::from_secs(30));
     lab.enroll_fake("node-5", json!({})).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let t = std::time::Instant::now();
@@ -478,7 +480,7 @@ async fn a_bmc_action_being_retried_is_visible_on_the_host() {
     let f = lab.add_fake("node-8");
     lab.enroll_fake("node-8", json!({ "inspect": false })).await;
     lab.wait_state("node-8", "available").await;
-    f.fail_next.store(2, Ordering::SeqCst);
+    f.fail_next(2);
     let (code, body) = lab
         .api(
             reqwest::Method::POST,
@@ -535,7 +537,7 @@ async fn a_bmc_retry_count_survives_a_restart() {
     let f = lab.add_fake("node-r");
     lab.enroll_fake("node-r", json!({ "inspect": false })).await;
     lab.wait_state("node-r", "available").await;
-    f.fail_actions.store(2, Ordering::SeqCst);
+    f.fail_actions(2);
     let (code, body) = lab
         .api(
             reqwest::Method::POST,
@@ -587,7 +589,7 @@ async fn a_bmc_retry_count_survives_a_restart() {
 async fn a_panicking_reconcile_is_contained_to_its_host() {
     let lab = Lab::start(|_| {}).await;
     let bad = lab.add_fake("node-p");
-    bad.panic_next.store(2, Ordering::SeqCst);
+    bad.panic_next(2);
     lab.enroll_fake("node-p", json!({ "inspect": false })).await;
     lab.enroll_with("node-q", json!({ "inspect": false })).await;
     lab.wait_state("node-q", "available").await;

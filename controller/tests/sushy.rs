@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln::machine::Policy;
 use kiln::server::{Appliance, Config};
+use kiln_engine::machine::Policy;
 use kiln_tests::sushy_loopback::Sushy;
 use serde_json::{Value, json};
 
@@ -49,7 +49,7 @@ async fn appliance(attempts: u32) -> RunningAppliance {
         },
         ..Config::default()
     };
-    let app = Appliance::open(cfg, Arc::new(kiln::drivers::Drivers::default()))
+    let app = Appliance::open(cfg, Arc::new(kiln_engine::drivers::Drivers::default()))
         .await
         .unwrap();
     let token = app.state.admin_token.expose().to_owned();

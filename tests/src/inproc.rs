@@ -1,133 +1,29 @@
-//! The in-process lab of kiln's executor tests (no VMs, no namespaces): a fake BMC (implementing `kiln_bmc::Bmc`) per host that "boots"
-//! hosts when powered on, simulated firmware that asks kiln's netboot lookup what to boot, and simulated agents
+//! The in-process lab of kiln's executor tests (no VMs, no namespaces): kiln-bmc's one fake BMC
+//! ([`kiln_bmc::FakeBmc`], with its fault injection) per host, whose boot hook "boots" hosts when they power on, simulated firmware that asks kiln's netboot lookup what to boot, and simulated agents
 //! that speak HTTP to the agent API with the tokens kiln minted.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln::bmcs::{BmcAdapter, BmcConnector, DynBmc, FnConnector};
-use kiln::machine::{BmcFailure, Policy};
-use kiln::model::BmcInfo;
-use kiln::netboot::{BootInstructions, Handout, StoreLookup};
 use kiln::server::{Appliance, Config};
-use kiln::types::{HostName, MacAddr};
-use kiln_bmc::{Bmc, BootPersistence, BootTarget, Capabilities, Inventory, PowerAction, PowerState};
+use kiln_bmc::{BootTarget, FakeBmc, PowerState};
+use kiln_engine::bmcs::{BmcAdapter, BmcConnector, DynBmc, FnConnector};
+use kiln_engine::machine::{BmcFailure, Policy};
+use kiln_engine::model::BmcInfo;
+use kiln_engine::netboot::{BootInstructions, Handout, StoreLookup};
+use kiln_engine::types::{HostName, MacAddr};
+use kiln_kube::engine::store::StoreEngine;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-// ---------------------------------------------------------------- fake BMC
+// ---------------------------------------------------------------- fake BMCs
 
-#[derive(Debug, thiserror::Error)]
-#[error("fake BMC unavailable")]
-pub struct FakeError;
-
+/// What a simulated host booted from, as its firmware sees it.
 pub enum BootKind {
     Network,
     Disk,
-}
-
-pub struct Fake {
-    pub name: String,
-    pub power: Mutex<PowerState>,
-    pub once: Mutex<Option<BootTarget>>,
-    pub persistent: Mutex<Option<BootTarget>>,
-    pub calls: Mutex<Vec<String>>,
-    pub fail_next: AtomicU32,
-    /// Fail this many power and boot-device actions (reads still answer).
-    pub fail_actions: AtomicU32,
-    /// Panic in this many calls (a driver bug).
-    pub panic_next: AtomicU32,
-    /// The host never network-boots (a bad cable, a wrong boot MAC).
-    pub dead_nic: std::sync::atomic::AtomicBool,
-    /// Every BMC call takes this long (a BMC that is slow to answer).
-    pub slow_ms: std::sync::atomic::AtomicU64,
-    pub boots: mpsc::UnboundedSender<(String, BootKind)>,
-}
-
-pub struct FakeBmc(pub Arc<Fake>);
-
-impl Fake {
-    pub fn call(&self, c: String) -> Result<(), FakeError> {
-        if self.panic_next.load(Ordering::SeqCst) > 0 {
-            self.panic_next.fetch_sub(1, Ordering::SeqCst);
-            panic!("fake BMC driver bug in {c}");
-        }
-        if c.starts_with("set_") && self.fail_actions.load(Ordering::SeqCst) > 0 {
-            self.fail_actions.fetch_sub(1, Ordering::SeqCst);
-            self.calls.lock().unwrap().push(format!("{c} (failed)"));
-            return Err(FakeError);
-        }
-        self.calls.lock().unwrap().push(c);
-        if self.fail_next.load(Ordering::SeqCst) > 0 {
-            self.fail_next.fetch_sub(1, Ordering::SeqCst);
-            return Err(FakeError);
-        }
-        Ok(())
-    }
-    pub fn boot(&self) {
-        let target = self.once.lock().unwrap().take().or(*self.persistent.lock().unwrap());
-        let kind = match target {
-            Some(BootTarget::Pxe { .. }) | Some(BootTarget::UefiHttp) if self.dead_nic.load(Ordering::SeqCst) => return,
-            Some(BootTarget::Pxe { .. }) | Some(BootTarget::UefiHttp) => BootKind::Network,
-            _ => BootKind::Disk,
-        };
-        let _ = self.boots.send((self.name.clone(), kind));
-    }
-}
-
-impl FakeBmc {
-    async fn slow(&self) {
-        let ms = self.0.slow_ms.load(Ordering::SeqCst);
-        if ms > 0 {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
-    }
-}
-
-impl Bmc for FakeBmc {
-    type Error = FakeError;
-    async fn power_state(&self) -> Result<PowerState, FakeError> {
-        self.slow().await;
-        self.0.call("power_state".into())?;
-        Ok(*self.0.power.lock().unwrap())
-    }
-    async fn set_power(&self, action: PowerAction) -> Result<(), FakeError> {
-        self.slow().await;
-        self.0.call(format!("set_power {action:?}"))?;
-        let was = *self.0.power.lock().unwrap();
-        match action {
-            PowerAction::On if was == PowerState::On => {}
-            PowerAction::On | PowerAction::Cycle | PowerAction::Reset => {
-                *self.0.power.lock().unwrap() = PowerState::On;
-                self.0.boot();
-            }
-            PowerAction::Off | PowerAction::ForceOff => *self.0.power.lock().unwrap() = PowerState::Off,
-        }
-        Ok(())
-    }
-    async fn set_boot(&self, target: BootTarget, persistence: BootPersistence) -> Result<(), FakeError> {
-        self.slow().await;
-        self.0.call(format!("set_boot {target:?} {persistence:?}"))?;
-        match persistence {
-            BootPersistence::Once => *self.0.once.lock().unwrap() = Some(target),
-            BootPersistence::Persistent => *self.0.persistent.lock().unwrap() = Some(target),
-        }
-        Ok(())
-    }
-    async fn insert_media(&self, _: &str) -> Result<(), FakeError> {
-        Ok(())
-    }
-    async fn eject_media(&self) -> Result<(), FakeError> {
-        Ok(())
-    }
-    async fn inventory(&self) -> Result<Inventory, FakeError> {
-        Ok(Inventory::default())
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
-    }
 }
 
 // ---------------------------------------------------------------- the lab
@@ -135,7 +31,9 @@ impl Bmc for FakeBmc {
 pub const PASSWORD: &str = "bmc-pass-Zq81";
 
 pub struct Lab {
-    pub fakes: Arc<Mutex<HashMap<String, Arc<Fake>>>>,
+    pub fakes: Arc<Mutex<HashMap<String, FakeBmc>>>,
+    /// Hosts whose network boot never reaches kiln (a bad cable, a wrong boot MAC).
+    pub dead_nics: Arc<Mutex<std::collections::HashSet<String>>>,
     pub boots_tx: mpsc::UnboundedSender<(String, BootKind)>,
     /// Every token handed to an agent, per host, in order.
     pub tokens: Arc<Mutex<HashMap<String, Vec<String>>>>,
@@ -157,7 +55,14 @@ pub struct Lab {
     pub lookup: Arc<Mutex<Option<StoreLookup>>>,
     pub tweak: fn(&mut Config),
     /// The Kubernetes front-end settings, when the appliance runs its controllers (`kiln serve --kube`).
-    pub kube: Option<kiln::kube::runner::KubeSettings>,
+    pub kube: Option<kiln_kube::runner::KubeSettings>,
+    /// The running appliance's store and executor as the Kubernetes controllers' engine, for tests that run a
+    /// controller on its own against kiln's real engine.
+    pub engine: Option<Arc<StoreEngine>>,
+    /// The BMC user name and password each host's connection was made with, by host name.
+    pub credentials: Arc<Mutex<HashMap<String, (String, String)>>>,
+    /// Stops the running appliance gracefully (see [`Lab::stop`]).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub fn config(dir: &std::path::Path, tweak: fn(&mut Config)) -> Config {
@@ -185,12 +90,13 @@ impl Lab {
     }
 
     /// Like [`Lab::start`], with the Kubernetes controllers running inside the appliance.
-    pub async fn start_with(tweak: fn(&mut Config), kube: Option<kiln::kube::runner::KubeSettings>) -> Lab {
+    pub async fn start_with(tweak: fn(&mut Config), kube: Option<kiln_kube::runner::KubeSettings>) -> Lab {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (boots_tx, boots_rx) = mpsc::unbounded_channel();
         let dir = tempfile::tempdir().unwrap();
         let mut lab = Lab {
             fakes: Arc::default(),
+            dead_nics: Arc::default(),
             boots_tx,
             tokens: Arc::default(),
             commands: Arc::default(),
@@ -206,6 +112,9 @@ impl Lab {
             lookup: Arc::default(),
             tweak,
             kube,
+            engine: None,
+            credentials: Arc::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         };
         lab.serve().await;
         lab.spawn_firmware(boots_rx);
@@ -213,16 +122,20 @@ impl Lab {
     }
 
     pub fn connector(&self) -> Arc<dyn BmcConnector> {
-        let fakes = self.fakes.clone();
+        let (fakes, credentials) = (self.fakes.clone(), self.credentials.clone());
         Arc::new(FnConnector(
-            move |host: &HostName, _b: &BmcInfo| -> Result<Arc<dyn DynBmc>, BmcFailure> {
+            move |host: &HostName, b: &BmcInfo| -> Result<Arc<dyn DynBmc>, BmcFailure> {
+                credentials.lock().unwrap().insert(
+                    host.as_str().to_owned(),
+                    (b.username.clone(), b.password.expose().to_owned()),
+                );
                 let f = fakes.lock().unwrap().get(host.as_str()).cloned();
                 let f = f.ok_or(BmcFailure {
                     message: "no such fake".into(),
                     transient: false,
                     auth: false,
                 })?;
-                Ok(Arc::new(BmcAdapter::new(FakeBmc(f), |_| (true, false))))
+                Ok(Arc::new(BmcAdapter::new(f, kiln_engine::drivers::classify)))
             },
         ))
     }
@@ -242,7 +155,34 @@ impl Lab {
             .trim()
             .to_owned();
         *self.lookup.lock().unwrap() = Some(app.lookup(&self.base));
-        self.server = Some(tokio::spawn(kiln::server::run(app, listener, std::future::pending())));
+        self.engine = Some(Arc::new(StoreEngine::new(
+            app.state.store.clone(),
+            app.state.executor.clone(),
+        )));
+        self.shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = self.shutdown.clone();
+        self.server = Some(tokio::spawn(kiln::server::run(app, listener, async move {
+            stop.cancelled().await
+        })));
+    }
+
+    /// The engine of the running appliance (its store and executor), as `kiln serve --kube` hands it to the
+    /// Kubernetes controllers.
+    pub fn engine(&self) -> Arc<StoreEngine> {
+        self.engine.clone().expect("the appliance runs")
+    }
+
+    /// Stops the appliance as SIGTERM does: the executor finishes its pass, the Kubernetes controllers release their
+    /// Lease.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(s) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(30), s)
+                .await
+                .expect("the appliance stops within 30 s")
+                .expect("the appliance task")
+                .expect("a clean stop");
+        }
     }
 
     /// Kills the appliance abruptly (like kill -9: no graceful shutdown).
@@ -278,7 +218,7 @@ impl Lab {
                         for _ in 0..50 {
                             let lookup = current.lock().unwrap().clone().unwrap();
                             match lookup
-                                .boot_instructions(&mac, kiln::executor::now(), Handout::Take)
+                                .boot_instructions(&mac, kiln_engine::executor::now(), Handout::Take)
                                 .await
                                 .unwrap()
                             {
@@ -324,20 +264,19 @@ impl Lab {
         });
     }
 
-    pub fn add_fake(&self, name: &str) -> Arc<Fake> {
-        let f = Arc::new(Fake {
-            name: name.into(),
-            power: Mutex::new(PowerState::Off),
-            once: Mutex::default(),
-            persistent: Mutex::default(),
-            calls: Mutex::default(),
-            fail_next: AtomicU32::new(0),
-            fail_actions: AtomicU32::new(0),
-            panic_next: AtomicU32::new(0),
-            dead_nic: Default::default(),
-            slow_ms: Default::default(),
-            boots: self.boots_tx.clone(),
-        });
+    /// A powered-off host behind a fake BMC whose power actions land at once; its boots reach the lab's firmware.
+    pub fn add_fake(&self, name: &str) -> FakeBmc {
+        let (tx, dead, host) = (self.boots_tx.clone(), self.dead_nics.clone(), name.to_owned());
+        let f = FakeBmc::new(name)
+            .with_mode(kiln_bmc::fake::PowerMode::Auto { delay: Duration::ZERO })
+            .on_boot(move |target| {
+                let kind = match target {
+                    BootTarget::Pxe { .. } | BootTarget::UefiHttp if dead.lock().unwrap().contains(&host) => return,
+                    BootTarget::Pxe { .. } | BootTarget::UefiHttp => BootKind::Network,
+                    _ => BootKind::Disk,
+                };
+                let _ = tx.send((host.clone(), kind));
+            });
         self.fakes.lock().unwrap().insert(name.into(), f.clone());
         f
     }
@@ -367,11 +306,22 @@ impl Lab {
         self.req(method, path, Some(&self.admin.clone()), body).await
     }
 
+    /// The names of the hosts in the appliance's store, through its REST API.
+    pub async fn host_names(&self) -> Vec<String> {
+        let (code, body) = self.api(reqwest::Method::GET, "/api/v1/hosts", None).await;
+        assert_eq!(code, 200, "{body}");
+        body.as_array()
+            .expect("a list of hosts")
+            .iter()
+            .map(|h| h["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub async fn enroll(&self, name: &str) {
         self.enroll_with(name, json!({})).await;
     }
 
-    pub async fn enroll_with(&self, name: &str, options: Value) -> Arc<Fake> {
+    pub async fn enroll_with(&self, name: &str, options: Value) -> FakeBmc {
         let fake = self.add_fake(name);
         self.enroll_fake(name, options).await;
         fake
@@ -429,7 +379,7 @@ impl Lab {
 
 /// A client that trusts the CA of the appliance with data directory `data_dir` (and nothing else).
 pub fn https_client(data_dir: &std::path::Path) -> reqwest::Client {
-    let pem = std::fs::read(kiln::tls::ca_path(data_dir)).expect("kiln's CA certificate");
+    let pem = std::fs::read(kiln_http::tls::ca_path(data_dir)).expect("kiln's CA certificate");
     reqwest::Client::builder()
         .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
         .build()
@@ -438,6 +388,13 @@ pub fn https_client(data_dir: &std::path::Path) -> reqwest::Client {
 
 /// The boot MAC of a simulated host: `sim-<n>` hosts (the scale bench) get `52:54:01:` + n in three bytes, others
 /// `52:54:00:00:00:` + the last byte of their name.
+/// The address a simulated host's NIC got (from the documentation range), as its agent reports it.
+pub fn ip_of(name: &str) -> String {
+    let mac = mac_of(name);
+    let last = u8::from_str_radix(mac.rsplit(':').next().unwrap_or("0"), 16).unwrap_or(0);
+    format!("192.0.2.{last}")
+}
+
 pub fn mac_of(name: &str) -> String {
     if let Some(n) = name.strip_prefix("sim-").and_then(|n| n.parse::<u32>().ok()) {
         return format!(
@@ -461,7 +418,7 @@ pub async fn agent(
     token: String,
     commands: Arc<Mutex<HashMap<String, Vec<String>>>>,
     drives: Arc<Mutex<HashMap<String, Value>>>,
-    fake: Arc<Fake>,
+    fake: FakeBmc,
     c: reqwest::Client,
 ) {
     let post = |path: &str, body: Value| {
@@ -495,7 +452,7 @@ pub async fn agent(
                         "cpu": { "model": "vcpu", "count": 2, "architecture": "x86_64" },
                         "memory_mib": 2048,
                         "disks": [{ "name": "/dev/vda", "size_bytes": 10737418240u64, "rotational": false, "removable": false }],
-                        "nics": [{ "name": "eth0", "mac": mac_of(&host), "link_up": true }],
+                        "nics": [{ "name": "eth0", "mac": mac_of(&host), "link_up": true, "ipv4": [format!("{}/24", ip_of(&host))] }],
                         "boot_mode": "uefi",
                     });
                     assert_eq!(post("inventory", inv).await.unwrap().status(), 204);
@@ -513,7 +470,7 @@ pub async fn agent(
                 _ => {}
             }
             // While the agent works the host must stay powered on.
-            assert_eq!(*fake.power.lock().unwrap(), PowerState::On);
+            assert_eq!(fake.power(), PowerState::On);
             let res = json!({ "command_id": id, "outcome": "succeeded", "detail": { "disk": "/dev/vda" } });
             loop {
                 match post("result", res.clone()).await {

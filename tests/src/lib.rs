@@ -15,6 +15,7 @@ pub mod logs;
 pub mod netns;
 pub mod operator;
 pub mod osimage;
+pub mod pg;
 pub mod qemu;
 pub mod ramdisk;
 pub mod serve;
@@ -41,7 +42,7 @@ pub fn cache_dir() -> PathBuf {
 
 /// kiln's own CA certificate in a data directory, for `curl --cacert` and clients (kiln makes it at its first start).
 pub fn lab_ca(kiln_data: &std::path::Path) -> String {
-    kiln::tls::ca_path(kiln_data).display().to_string()
+    kiln_http::tls::ca_path(kiln_data).display().to_string()
 }
 
 /// A binary of the BMC emulators' Python venv.

@@ -11,9 +11,9 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use kiln::kube::bmh::{BareMetalHost, ProvisioningState as S};
-use kiln::kube::capi::KilnMachine;
-use kiln::kube::machine_controller::machine_resource;
+use kiln_kube::bmh::{BareMetalHost, ProvisioningState as S};
+use kiln_kube::capi::KilnMachine;
+use kiln_kube::machine_controller::machine_resource;
 use kiln_tests::{
     ipmi,
     kube::{KubeApiServer, capi_crds, install_crds, parse_crds},
@@ -44,7 +44,7 @@ async fn metal3_host_and_capi_machine_on_a_qemu_vm() -> anyhow::Result<()> {
     let os = OsImage::get()?;
     let server = KubeApiServer::start().await?;
     let client = server.client().await?;
-    let mut crds = parse_crds(&kiln::kube::crds::crds_yaml())?;
+    let mut crds = parse_crds(&kiln_kube::crds::crds_yaml())?;
     crds.extend(capi_crds()?);
     install_crds(&client, &crds).await?;
 

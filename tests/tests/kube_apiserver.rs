@@ -2,7 +2,7 @@
 //! pinned Cluster API CRDs, and stores a Metal3 `BareMetalHost` manifest unchanged.
 
 use k8s_openapi::api::core::v1::Namespace;
-use kiln::kube::bmh::{BareMetalHost, BootMode, ChecksumType};
+use kiln_kube::bmh::{BareMetalHost, BootMode, ChecksumType};
 use kiln_tests::kube::{KubeApiServer, capi_crd_dir, install_crds, parse_crds, read_crd_dir};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
@@ -50,7 +50,7 @@ async fn apiserver_serves_kiln_and_capi_crds() {
         v.rsplit_once('.').unwrap().0.to_owned()
     });
 
-    let mut crds = parse_crds(&kiln::kube::crds::crds_yaml()).unwrap();
+    let mut crds = parse_crds(&kiln_kube::crds::crds_yaml()).unwrap();
     let capi = read_crd_dir(&capi_crd_dir()).unwrap();
     assert!(
         capi.iter()
@@ -118,7 +118,7 @@ async fn apiserver_serves_kiln_and_capi_crds() {
 async fn cluster_template_is_valid_against_the_real_crds() {
     let server = KubeApiServer::start().await.expect("start etcd + kube-apiserver");
     let client = server.client().await.unwrap();
-    let mut crds = parse_crds(&kiln::kube::crds::crds_yaml()).unwrap();
+    let mut crds = parse_crds(&kiln_kube::crds::crds_yaml()).unwrap();
     crds.extend(read_crd_dir(&capi_crd_dir()).unwrap());
     crds.extend(kiln_tests::kube::caprke2_crds().expect("RKE2 provider CRDs (run tests/capi/build.sh)"));
     install_crds(&client, &crds).await.unwrap();

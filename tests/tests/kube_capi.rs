@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Secret};
-use kiln::kube::bmh::{BareMetalHost, ProvisioningState as S};
-use kiln::kube::capi::KilnMachine;
-use kiln::kube::runner::KubeSettings;
+use kiln_kube::bmh::{BareMetalHost, ProvisioningState as S};
+use kiln_kube::capi::KilnMachine;
+use kiln_kube::runner::KubeSettings;
 use kiln_tests::kube::{CapiManagers, KubeApiServer, capi_crds, install_crds, parse_crds};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -229,7 +229,7 @@ async fn cluster_api_machinedeployment_scales_on_kiln_hosts_with_real_bootstrap_
         .try_init();
     let server = KubeApiServer::start().await.expect("start etcd + kube-apiserver");
     let client = server.client().await.unwrap();
-    let mut crds = parse_crds(&kiln::kube::crds::crds_yaml()).unwrap();
+    let mut crds = parse_crds(&kiln_kube::crds::crds_yaml()).unwrap();
     crds.extend(capi_crds().unwrap());
     install_crds(&client, &crds).await.unwrap();
     let capi = CapiManagers::start(&server).expect("start the Cluster API managers");

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use kiln::kube::bmh::{BareMetalHost, BareMetalHostStatus, ProvisionStatus, ProvisioningState};
-use kiln::kube::capi::{HostSelector, KilnMachine, KilnMachineSpec};
-use kiln::kube::claim::{Claim, claim_host, consumed_by, consumer_ref, release_host};
+use kiln_kube::bmh::{BareMetalHost, BareMetalHostStatus, ProvisionStatus, ProvisioningState};
+use kiln_kube::capi::{HostSelector, KilnMachine, KilnMachineSpec};
+use kiln_kube::claim::{Claim, claim_host, consumed_by, consumer_ref, release_host};
 use kiln_tests::kube::{KubeApiServer, install_crds, parse_crds};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -63,7 +63,7 @@ fn claim() -> Claim {
 async fn racing_claims_never_share_a_host() {
     let server = KubeApiServer::start().await.expect("start etcd + kube-apiserver");
     let client = server.client().await.unwrap();
-    install_crds(&client, &parse_crds(&kiln::kube::crds::crds_yaml()).unwrap())
+    install_crds(&client, &parse_crds(&kiln_kube::crds::crds_yaml()).unwrap())
         .await
         .unwrap();
     let hosts: Api<BareMetalHost> = Api::namespaced(client.clone(), "default");

@@ -1,21 +1,25 @@
 //! KilnCluster and KilnRemediation controllers against a real kube-apiserver with the real Cluster API CRDs: a
 //! KilnCluster with an endpoint becomes provisioned with its failure domains; a KilnRemediation reboots the Machine's
-//! host through the engine up to the retry limit and then marks the Machine for deletion.
+//! host through kiln's real engine (an in-process appliance with fake BMCs and simulated agents,
+//! `kiln_tests::inproc`), power-cycling it through its BMC, up to the retry limit and then marks the Machine for
+//! deletion.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use kiln::kube::bmh::BootMode;
-use kiln::kube::capi::{KilnCluster, KilnMachine, KilnRemediation};
-use kiln::kube::cluster_controller::{self, DELETE_MACHINE_ANNOTATION};
-use kiln::kube::engine::{BmcAccess, Engine, HostKey, HostSpec, SecretBytes, memory::MemoryEngine};
-use kiln::kube::machine_controller::machine_resource;
+use kiln_bmc::PowerAction;
+use kiln_bmc::fake::FakeCall;
+use kiln_kube::bmh::BootMode;
+use kiln_kube::capi::{KilnCluster, KilnMachine, KilnRemediation};
+use kiln_kube::cluster_controller::{self, DELETE_MACHINE_ANNOTATION};
+use kiln_kube::engine::{BmcAccess, Engine, HostKey, HostSpec, SecretBytes};
+use kiln_kube::machine_controller::machine_resource;
+use kiln_tests::inproc::{Lab, mac_of};
 use kiln_tests::kube::{KubeApiServer, capi_crd_dir, install_crds, parse_crds, read_crd_dir};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 async fn wait<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(v) = f().await {
             return v;
@@ -29,11 +33,14 @@ async fn wait<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
 async fn cluster_becomes_provisioned_and_remediation_reboots_then_gives_up() {
     let server = KubeApiServer::start().await.expect("start etcd + kube-apiserver");
     let client = server.client().await.unwrap();
-    let mut crds = parse_crds(&kiln::kube::crds::crds_yaml()).unwrap();
+    let mut crds = parse_crds(&kiln_kube::crds::crds_yaml()).unwrap();
     crds.extend(read_crd_dir(&capi_crd_dir()).unwrap());
     install_crds(&client, &crds).await.unwrap();
 
-    let engine = Arc::new(MemoryEngine::new());
+    // kiln's appliance in-process, with hardware (a fake BMC, simulated firmware and agent) for the host default/h0.
+    let mut lab = Lab::start(|_| {}).await;
+    let fake = lab.add_fake("default.h0");
+    let engine = lab.engine();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -77,12 +84,12 @@ async fn cluster_becomes_provisioned_and_remediation_reboots_then_gives_up() {
     };
     let spec = HostSpec {
         bmc: BmcAccess {
-            address: "ipmi://192.0.2.1".into(),
+            address: "redfish+http://127.0.0.1:9/redfish/v1/Systems/h0".into(),
             username: "u".into(),
             password: SecretBytes(b"p".to_vec()),
             disable_certificate_verification: false,
         },
-        boot_mac_address: None,
+        boot_mac_address: Some(mac_of("default.h0")),
         boot_mode: BootMode::Uefi,
         online: true,
         consumer: None,
@@ -91,11 +98,25 @@ async fn cluster_becomes_provisioned_and_remediation_reboots_then_gives_up() {
         network_data: None,
         meta_data: None,
         root_device_hints: None,
-        automated_cleaning_mode: kiln::kube::bmh::AutomatedCleaningMode::Disabled,
+        automated_cleaning_mode: kiln_kube::bmh::AutomatedCleaningMode::Disabled,
         externally_provisioned: false,
         architecture: None,
     };
     engine.apply_host(&key, &spec).await.unwrap();
+    // kiln registers and inspects it (through the simulated agent); a host is rebooted only once kiln is done with it.
+    wait("h0 available", async || {
+        let (code, h) = lab.api(reqwest::Method::GET, "/api/v1/hosts/default.h0", None).await;
+        assert_ne!(h["state"], "error", "{h}");
+        (code == 200 && h["state"] == "available").then_some(())
+    })
+    .await;
+    let cycles = || {
+        fake.calls()
+            .iter()
+            .filter(|c| **c == FakeCall::SetPower(PowerAction::Cycle))
+            .count()
+    };
+    let before = cycles();
     let machines: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &machine_resource());
     let m: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine", "metadata": {"name": "m0"},
@@ -136,10 +157,16 @@ async fn cluster_becomes_provisioned_and_remediation_reboots_then_gives_up() {
     })
     .await;
     assert_eq!(st.retry_count, 2);
+    // The last reboot request may still be on its way to the BMC when the remediation gives up.
+    wait("the second power cycle", async || {
+        (cycles() >= before + 2).then_some(())
+    })
+    .await;
     assert_eq!(
-        engine.reboots(&key),
+        cycles() - before,
         2,
-        "the host was rebooted exactly retryLimit times"
+        "the host was rebooted exactly retryLimit times: {:?}",
+        fake.calls()
     );
     let m = machines.get("m0").await.unwrap();
     assert_eq!(
@@ -158,5 +185,6 @@ async fn cluster_becomes_provisioned_and_remediation_reboots_then_gives_up() {
             .expect("controller stops")
             .unwrap();
     }
+    lab.stop().await;
     drop(server);
 }

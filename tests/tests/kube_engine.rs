@@ -9,20 +9,22 @@
 //!    replica with another identity takes the Lease once it expires: the claim completes, no host is claimed twice.
 //! 4. Two KilnMachines race for one available host: exactly one wins, the other waits.
 //! 5. Deleting a KilnMachine deprovisions (the agent erases) and releases its host, which is available again.
-//! 6. A standby replica does nothing until the leader dies, then takes over the Lease.
+//! 6. A standby replica (its own appliance and store) does nothing until the leader dies, then takes over the Lease
+//!    and mirrors the BareMetalHosts into its store; a clean stop releases the Lease.
+//! 7. The real binary leads and is killed with SIGKILL: a standby takes over only once the Lease has expired.
 
 use kiln_tests::inproc as lab;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
-use kiln::kube::bmh::{BareMetalHost, ProvisioningState as S};
-use kiln::kube::capi::{KilnMachine, KilnRemediation};
-use kiln::kube::engine::memory::MemoryEngine;
-use kiln::kube::machine_controller;
-use kiln::kube::runner::{self, KubeSettings};
+use kiln_bmc::PowerAction;
+use kiln_bmc::fake::FakeCall;
+use kiln_kube::bmh::{BareMetalHost, ProvisioningState as S};
+use kiln_kube::capi::{KilnMachine, KilnRemediation};
+use kiln_kube::machine_controller;
+use kiln_kube::runner::KubeSettings;
 use kiln_tests::kube::{KubeApiServer, capi_crds, create, install_crds, parse_crds};
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
@@ -165,7 +167,7 @@ async fn kiln_serve_kube_drives_real_hosts_through_its_own_engine() {
     let server = KubeApiServer::start().await.expect("start etcd + kube-apiserver");
     let client = server.client().await.unwrap();
     let _ = CLIENT.set(client.clone());
-    let mut crds = parse_crds(&kiln::kube::crds::crds_yaml()).unwrap();
+    let mut crds = parse_crds(&kiln_kube::crds::crds_yaml()).unwrap();
     crds.extend(capi_crds().unwrap());
     install_crds(&client, &crds).await.unwrap();
 
@@ -273,11 +275,9 @@ async fn kiln_serve_kube_drives_real_hosts_through_its_own_engine() {
     let fake0 = lab.fakes.lock().unwrap()[&format!("default.{host0}")].clone();
     let cycles = || {
         fake0
-            .calls
-            .lock()
-            .unwrap()
+            .calls()
             .iter()
-            .filter(|c| c.as_str() == "set_power Cycle")
+            .filter(|c| **c == FakeCall::SetPower(PowerAction::Cycle))
             .count()
     };
     let before = cycles(); // provisioning itself power-cycles into the written OS
@@ -363,37 +363,35 @@ async fn kiln_serve_kube_drives_real_hosts_through_its_own_engine() {
     assert_claims_unique(&hosts).await;
     println!("{winner} won the race, {loser} waits");
 
-    // 6. A standby replica stays idle while kiln-b leads, and takes over when it stops.
-    let standby_engine = Arc::new(MemoryEngine::new());
-    let stop_standby = tokio_util::sync::CancellationToken::new();
-    let standby = tokio::spawn(runner::run(
-        client.clone(),
-        standby_engine.clone(),
-        settings(&server, "standby"),
-        stop_standby.clone(),
-    ));
+    // 6. A standby replica (a second appliance, with its own data directory and store) stays idle while kiln-b leads,
+    //    and takes over when it dies.
+    let mut standby = Lab::start_with(|_| {}, Some(settings(&server, "standby"))).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(holder(&client).await.as_deref(), Some("kiln-b"));
-    assert!(standby_engine.keys().is_empty(), "a standby must not reconcile");
+    let idle = standby.host_names().await;
+    assert!(idle.is_empty(), "a standby must not reconcile: {idle:?}");
     lab.kill().await;
     let t = tokio::time::Instant::now();
     wait("the standby leads", 30, async || {
         (holder(&client).await.as_deref() == Some("standby")).then_some(())
     })
     .await;
-    wait("the standby reconciles", 30, async || {
-        (!standby_engine.keys().is_empty()).then_some(())
-    })
+    wait(
+        "the standby reconciles the BareMetalHosts into its store",
+        30,
+        async || {
+            let names = standby.host_names().await;
+            ["default.node-1", "default.node-2"]
+                .iter()
+                .all(|n| names.iter().any(|m| m == n))
+                .then_some(())
+        },
+    )
     .await;
     println!("standby took over {:?} after the leader stopped", t.elapsed());
-    stop_standby.cancel();
     let t = tokio::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(30), standby)
-        .await
-        .expect("standby stops")
-        .unwrap()
-        .expect("a clean stop");
-    println!("standby stopped {:?} after cancel", t.elapsed());
+    standby.stop().await; // a clean stop, within 30 s
+    println!("standby stopped {:?} after it was asked to", t.elapsed());
     let released = holder(&client).await;
     assert!(
         released.as_deref().is_none_or(str::is_empty),
@@ -426,16 +424,11 @@ async fn kiln_serve_kube_drives_real_hosts_through_its_own_engine() {
         (holder(&client).await.as_deref() == Some("kiln-proc")).then_some(())
     })
     .await;
+    // The standby appliance starts before the kill, so that its start-up time does not eat into the Lease's 4 s.
+    let mut standby = Lab::start_with(|_| {}, Some(settings(&server, "standby-2"))).await;
     proc.0.kill().unwrap();
     proc.0.wait().unwrap();
     let killed = tokio::time::Instant::now();
-    let stop_standby = tokio_util::sync::CancellationToken::new();
-    let standby = tokio::spawn(runner::run(
-        client.clone(),
-        Arc::new(MemoryEngine::new()),
-        settings(&server, "standby-2"),
-        stop_standby.clone(),
-    ));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         holder(&client).await.as_deref(),
@@ -452,8 +445,7 @@ async fn kiln_serve_kube_drives_real_hosts_through_its_own_engine() {
         took >= Duration::from_secs(3),
         "took over before the Lease expired: {took:?}"
     );
-    stop_standby.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(20), standby).await;
+    standby.stop().await;
     drop(server);
 }
 

@@ -1,17 +1,17 @@
 //! A KilnMachine owned by a real Cluster API `Machine` (the pinned v1.14.2 CRDs) against a real kube-apiserver, with
-//! kiln's BareMetalHost and KilnMachine controllers and the in-memory engine: the machine waits for the Machine's
-//! bootstrap data Secret, claims the matching host, the bootstrap data is what reaches the engine as user data,
+//! kiln's BareMetalHost and KilnMachine controllers and kiln's real engine (store, executor and agent API of an
+//! in-process appliance with fake BMCs and simulated agents, `kiln_tests::inproc`): the machine waits for the Machine's
+//! bootstrap data Secret, claims the matching host, the bootstrap data is what reaches the agent as user data,
 //! providerID/addresses/ready are set once the host is provisioned, and deleting the machine releases the host, which
 //! is deprovisioned back to `available`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kiln::kube::bmh::{BareMetalHost, ProvisioningState as S};
-use kiln::kube::capi::KilnMachine;
-use kiln::kube::engine::{HostKey, memory::MemoryEngine};
-use kiln::kube::{host_controller, machine_controller};
+use kiln_kube::bmh::{BareMetalHost, ProvisioningState as S};
+use kiln_kube::capi::KilnMachine;
+use kiln_kube::{host_controller, machine_controller};
+use kiln_tests::inproc::{Lab, mac_of};
 use kiln_tests::kube::{
     KubeApiServer, apply_manifest_dir, capi_crd_dir, create, install_crds, parse_crds, read_crd_dir,
 };
@@ -19,7 +19,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use serde_json::json;
 
 async fn wait<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(v) = f().await {
             return v;
@@ -33,7 +33,7 @@ async fn wait<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
 async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
     let server = KubeApiServer::start().await.expect("start etcd + kube-apiserver");
     let client = server.client().await.unwrap();
-    let mut crds = parse_crds(&kiln::kube::crds::crds_yaml()).unwrap();
+    let mut crds = parse_crds(&kiln_kube::crds::crds_yaml()).unwrap();
     crds.extend(read_crd_dir(&capi_crd_dir()).unwrap());
     install_crds(&client, &crds).await.unwrap();
 
@@ -68,7 +68,9 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
         "the ServiceAccount must not list ConfigMaps"
     );
 
-    let engine = Arc::new(MemoryEngine::new());
+    // kiln's appliance in-process, with hardware (a fake BMC, simulated firmware and agent) for the host default/h0.
+    let mut lab = Lab::start(|_| {}).await;
+    lab.add_fake("default.h0");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -85,7 +87,7 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
     };
     let t1 = tokio::spawn(host_controller::run(
         sa.clone(),
-        engine.clone(),
+        lab.engine(),
         hc,
         stopped(stop_rx.clone()),
     ));
@@ -104,13 +106,23 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
         json!({
             "apiVersion": "metal3.io/v1alpha1", "kind": "BareMetalHost",
             "metadata": {"name": "h0", "labels": {"role": "worker"}},
-            "spec": {"online": false, "bootMACAddress": "52:54:00:00:00:10",
-                     "bmc": {"address": "redfish+http://192.0.2.1/redfish/v1/Systems/1", "credentialsName": "bmc"}}
+            "spec": {"online": false, "bootMACAddress": mac_of("default.h0"),
+                     "bmc": {"address": "redfish+http://127.0.0.1:9/redfish/v1/Systems/h0", "credentialsName": "bmc"}}
         }),
     )
     .await;
     wait("h0 available", async || {
         (hosts.get("h0").await.ok()?.state() == S::Available).then_some(())
+    })
+    .await;
+    // The agent's inventory carries the address h0's NIC got; it reaches the BareMetalHost's status.
+    let h0_ip = kiln_tests::inproc::ip_of("default.h0");
+    wait("h0's NIC address in its status", async || {
+        let hw = hosts.get("h0").await.ok()?.status?.hardware?;
+        hw.nics
+            .iter()
+            .any(|n| n.ip.as_deref() == Some(h0_ip.as_str()))
+            .then_some(())
     })
     .await;
 
@@ -133,7 +145,7 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
         "metadata": {"name": "km0", "ownerReferences": [{"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
             "name": "m0", "uid": machine.metadata.uid, "controller": true}]},
         "spec": {"hostSelector": {"matchLabels": {"role": "worker"}},
-                 "image": {"url": "http://192.0.2.2/node.qcow2", "checksum": "abc", "checksumType": "sha256", "format": "qcow2"}}
+                 "image": {"url": "http://192.0.2.2/node.qcow2", "checksum": "ab".repeat(32), "checksumType": "sha256", "format": "qcow2"}}
     }))
     .await;
 
@@ -168,7 +180,9 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
     let st = km.status.unwrap();
     assert_eq!(st.initialization.map(|i| i.provisioned), Some(true));
     assert!(
-        st.addresses.iter().any(|a| a.type_ == "InternalIP"),
+        st.addresses
+            .iter()
+            .any(|a| a.type_ == "InternalIP" && a.address == h0_ip),
         "{:?}",
         st.addresses
     );
@@ -178,15 +192,10 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
         Some("km0")
     );
     assert_eq!(h0.status.unwrap().provisioning.image.url, "http://192.0.2.2/node.qcow2");
-    let spec = engine
-        .spec(&HostKey {
-            namespace: "default".into(),
-            name: "h0".into(),
-        })
-        .unwrap();
+    let drive = lab.drives.lock().unwrap().get("default.h0").cloned();
+    let drive = drive.expect("the agent wrote an image with a config drive");
     assert_eq!(
-        spec.user_data.unwrap().0,
-        bootstrap.as_bytes(),
+        drive["user_data"], bootstrap,
         "the bootstrap data is the host's user data"
     );
     assert!(secrets.get("m0-bootstrap").await.is_ok());
@@ -202,16 +211,10 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
         (h.spec.consumer_ref.is_none() && h.state() == S::Available && h.spec.image.is_none()).then_some(())
     })
     .await;
-    assert!(
-        engine
-            .spec(&HostKey {
-                namespace: "default".into(),
-                name: "h0".into()
-            })
-            .unwrap()
-            .image
-            .is_none()
-    );
+    let (code, kiln_h0) = lab.api(reqwest::Method::GET, "/api/v1/hosts/default.h0", None).await;
+    assert_eq!(code, 200, "{kiln_h0}");
+    assert_eq!(kiln_h0["state"], "available", "{kiln_h0}");
+    assert!(kiln_h0["image"].is_null(), "the engine's host has no image: {kiln_h0}");
     assert!(
         hosts
             .get("h0")
@@ -232,5 +235,6 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
             .expect("controller stops")
             .unwrap();
     }
+    lab.stop().await;
     drop(server);
 }

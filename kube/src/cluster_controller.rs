@@ -19,9 +19,9 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use super::capi::{Initialization, KilnCluster, KilnClusterStatus, KilnMachine, KilnRemediation, PAUSED_ANNOTATION};
-use super::engine::{Engine, EngineError, HostKey};
-use super::machine_controller::machine_resource;
+use crate::capi::{Initialization, KilnCluster, KilnClusterStatus, KilnMachine, KilnRemediation, PAUSED_ANNOTATION};
+use crate::engine::{Engine, EngineError, HostKey};
+use crate::machine_controller::machine_resource;
 
 /// Annotation that makes CAPI prefer a Machine when scaling down / delete it.
 pub const DELETE_MACHINE_ANNOTATION: &str = "cluster.x-k8s.io/delete-machine";
@@ -165,7 +165,7 @@ async fn reconcile_remediation<E: Engine>(r: Arc<KilnRemediation>, ctx: Arc<RemC
 async fn write_remediation(
     api: &Api<KilnRemediation>,
     r: &KilnRemediation,
-    status: &super::capi::KilnRemediationStatus,
+    status: &crate::capi::KilnRemediationStatus,
 ) -> Result<(), kube::Error> {
     api.patch_status(
         &r.name_any(),

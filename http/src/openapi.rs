@@ -1,14 +1,14 @@
 //! The OpenAPI document of kiln's HTTP API, generated from the very request and response types the handlers parse
 //! and return (their `JsonSchema` derives), plus one table of routes. `kiln openapi` prints it, `GET
-//! /api/v1/openapi.json` serves it, and `controller/src/openapi.json` is a checked-in copy that a test keeps equal
+//! /api/v1/openapi.json` serves it, and `http/src/openapi.json` is a checked-in copy that a test keeps equal
 //! to the generated document (as `deploy/crds` is kept equal to the CRD types).
 
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
-use crate::api::{BmcOut, DeprovisionIn, HostCreate, HostOut, InspectionOut, PowerIn, ProvisionIn, TimingOut};
-use crate::store::Event;
+use kiln_engine::store::Event;
+use kiln_engine::wire::{BmcOut, DeprovisionIn, HostCreate, HostOut, InspectionOut, PowerIn, ProvisionIn, TimingOut};
 
 /// The error body every route answers with on failure.
 #[derive(Debug, serde::Serialize, JsonSchema)]
@@ -316,14 +316,14 @@ pub fn document_text() -> String {
 
 #[cfg(test)]
 mod tests {
-    /// The checked-in copy is the generated document: regenerate with `kiln openapi > controller/src/openapi.json`.
+    /// The checked-in copy is the generated document: regenerate with `kiln openapi > http/src/openapi.json`.
     #[test]
     fn checked_in_openapi_matches_the_types() {
         let generated = super::document_text();
         let checked_in = include_str!("openapi.json");
         assert!(
             generated == checked_in,
-            "controller/src/openapi.json is stale: run `kiln openapi > controller/src/openapi.json`"
+            "http/src/openapi.json is stale: run `kiln openapi > http/src/openapi.json`"
         );
     }
 

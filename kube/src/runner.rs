@@ -16,8 +16,8 @@ use kube_lease_manager::LeaseManagerBuilder;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::engine::Engine;
 use super::{cluster_controller, host_controller, machine_controller};
+use crate::engine::Engine;
 
 /// How long stopping waits for running reconciles, and then for the Lease release.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);

@@ -35,6 +35,8 @@ pub enum StoreError {
     BmcInUse { address: String, other: String },
     #[error("host {host} not found")]
     HostNotFound { host: String },
+    #[error("host {host} changed since it was read (kiln or another client wrote it); read it again and retry")]
+    Changed { host: String },
     #[error("stored record {what} is corrupt")]
     Corrupt { what: String },
     #[error("cannot unseal the BMC password of host {host}")]
@@ -62,6 +64,7 @@ impl StoreError {
                     .as_database_error()
                     .is_some_and(|e| e.message().contains("locked"))
             }
+            StoreError::Changed { .. } => true,
             StoreError::Migrate(_)
             | StoreError::HostExists { .. }
             | StoreError::MacInUse { .. }
@@ -188,8 +191,17 @@ pub trait Store: Send + Sync + 'static {
     async fn host_by_id(&self, id: i64) -> Result<Option<Host>, StoreError>;
     async fn host_by_mac(&self, mac: &MacAddr) -> Result<Option<Host>, StoreError>;
     async fn hosts(&self) -> Result<Vec<Host>, StoreError>;
-    /// The operator's write: spec and requests, unconditionally; bumps the generation.
-    async fn update_spec(&self, id: i64, spec: &HostSpec, requests: &Requests, now: Ts) -> Result<Host, StoreError>;
+    /// The operator's write: spec and requests, only if the host is still at `generation` (the one the writer read;
+    /// [`StoreError::Changed`] otherwise, so that a request is never lost to, or revived by, a write made in
+    /// between); bumps the generation.
+    async fn update_spec(
+        &self,
+        id: i64,
+        generation: i64,
+        spec: &HostSpec,
+        requests: &Requests,
+        now: Ts,
+    ) -> Result<Host, StoreError>;
     /// The executor's write, only if the host is still at `generation`; returns whether it was written.
     async fn save_status(&self, id: i64, generation: i64, st: &StatusUpdate, now: Ts) -> Result<bool, StoreError> {
         Ok(self
@@ -490,6 +502,3 @@ pub(crate) fn json_text<T: Serialize>(v: &T) -> String {
 pub(crate) fn json_value(s: &str, what: &str) -> Result<serde_json::Value, StoreError> {
     from_json(s, what)
 }
-
-#[cfg(test)]
-mod suite;

@@ -9,9 +9,9 @@ use kiln_bmc::Secret;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::executor::Executor;
-use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use kiln_engine::executor::Executor;
+use kiln_engine::metrics::Metrics;
+use kiln_engine::store::{Store, StoreError};
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -76,6 +76,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<kiln_engine::wire::Invalid> for ApiError {
+    fn from(e: kiln_engine::wire::Invalid) -> Self {
+        ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, &e.field, e.message)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
@@ -83,12 +89,13 @@ impl From<StoreError> for ApiError {
             StoreError::MacInUse { .. } => ApiError::field(StatusCode::CONFLICT, "boot_mac", e.to_string()),
             StoreError::BmcInUse { .. } => ApiError::field(StatusCode::CONFLICT, "bmc.address", e.to_string()),
             StoreError::HostNotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            StoreError::Changed { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             StoreError::Db { .. }
             | StoreError::Migrate(_)
             | StoreError::Corrupt { .. }
             | StoreError::Crypto { .. }
             | StoreError::BadUrl { .. } => {
-                tracing::error!(error = %crate::bmcs::chain(&e), "store failure");
+                tracing::error!(error = %kiln_engine::bmcs::chain(&e), "store failure");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store unavailable; see the appliance log",

@@ -3,7 +3,7 @@
 //! A `BareMetalHost` `<namespace>/<name>` is the kiln host `<namespace>.<name>` (a namespace is a DNS label, so the
 //! first dot splits them), labelled [`BMH_LABEL`] = `<namespace>/<name>` so that a host enrolled through the CLI or
 //! the REST API is never taken over by a custom resource of the same name. [`Engine::apply_host`] translates the
-//! resolved spec into kiln's [`model::HostSpec`](crate::model::HostSpec), writes it only when it changed, pokes the
+//! resolved spec into kiln's [`model::HostSpec`](kiln_engine::model::HostSpec), writes it only when it changed, pokes the
 //! executor, and reads the host back as a [`HostState`]; the executor does all BMC and agent work as for any host.
 
 use std::sync::Arc;
@@ -12,16 +12,16 @@ use kiln_bmc::{PowerAction, PowerState, Secret};
 use kiln_images::protocol::{self, HardwareInventory, ImageFormat, ImageSpec};
 
 use super::{Engine, EngineError, HostKey, HostSpec, HostState, Release, SecretBytes};
-use crate::api::{BmcIn, ImageIn, bmc_from, image_from};
-use crate::executor::{Executor, now};
-use crate::kube::bmh::{
+use crate::bmh::{
     AutomatedCleaningMode, BootMode, ChecksumType, Cpu, DiskFormat, ErrorType, HardwareDetails, HardwareSystemVendor,
     Image, Nic, OperationHistory, OperationMetric, ProvisioningState as P, RootDeviceHints, Storage,
 };
-use crate::machine::{JobPhase, Operation, State};
-use crate::model::{self, EraseMode, Host, Requests};
-use crate::store::{PhaseRecord, Store, StoreError};
-use crate::types::{HostName, MacAddr};
+use kiln_engine::executor::{Executor, now};
+use kiln_engine::machine::{JobPhase, Operation, State};
+use kiln_engine::model::{self, EraseMode, Host, Requests};
+use kiln_engine::store::{PhaseRecord, Store, StoreError};
+use kiln_engine::types::{HostName, MacAddr};
+use kiln_engine::wire::{BmcIn, ImageIn, bmc_from, image_from};
 
 /// Label on kiln hosts that mirror a BareMetalHost; its value is `<namespace>/<name>`.
 pub const BMH_LABEL: &str = "kiln.dev/baremetalhost";
@@ -44,7 +44,7 @@ impl StoreEngine {
     pub fn host_name(key: &HostKey) -> Result<HostName, EngineError> {
         format!("{}.{}", key.namespace, key.name)
             .parse()
-            .map_err(|e: crate::types::ParseError| rejected(key, format!("cannot name the kiln host: {}", e.0)))
+            .map_err(|e: kiln_engine::types::ParseError| rejected(key, format!("cannot name the kiln host: {}", e.0)))
     }
 
     /// The host mirroring `key`, if kiln has it and it belongs to that BareMetalHost.
@@ -60,24 +60,69 @@ impl StoreEngine {
         }
     }
 
-    /// Writes a host's spec and requests, records `event` (kind, message) if given, and wakes the executor.
+    /// Writes a host's spec and requests if nobody wrote it since `h` was read, records `event` (kind, message) if
+    /// given, and wakes the executor. `None`: the host changed in between; the caller reads it again and decides anew.
     async fn write(
         &self,
         h: &Host,
         spec: &model::HostSpec,
         requests: &Requests,
         event: Option<(&str, String)>,
-    ) -> Result<Host, EngineError> {
-        let written = self
-            .store
-            .update_spec(h.id, spec, requests, now())
-            .await
-            .map_err(store_err)?;
+    ) -> Result<Option<Host>, EngineError> {
+        let written = match self.store.update_spec(h.id, h.generation, spec, requests, now()).await {
+            Ok(w) => w,
+            Err(StoreError::Changed { .. }) => return Ok(None),
+            Err(e) => return Err(store_err(e)),
+        };
         if let Some((kind, message)) = event {
             let _ = self.store.add_event(h.name.as_str(), now(), kind, &message).await;
         }
         self.executor.poke();
-        Ok(written)
+        Ok(Some(written))
+    }
+
+    /// One attempt of [`Engine::release_host`]; `None` when the host changed while it was being written.
+    async fn release_once(&self, key: &HostKey, deprovision: bool) -> Result<Option<Release>, EngineError> {
+        let Some(h) = self.owned(key).await? else {
+            return Ok(Some(Release::Done));
+        };
+        if !deprovision {
+            // Detached: forget the host without touching it (Metal3's detached annotation).
+            self.store.delete_host(h.id).await.map_err(store_err)?;
+            let _ = self
+                .store
+                .add_event(
+                    h.name.as_str(),
+                    now(),
+                    "forgotten",
+                    &format!("BareMetalHost {key} deleted while detached"),
+                )
+                .await;
+            return Ok(Some(Release::Done));
+        }
+        if h.spec.image.is_some() && !h.requests.delete {
+            let mut spec = h.spec.clone();
+            spec.image = None;
+            let event = ("deprovision", format!("BareMetalHost {key} deleted"));
+            return Ok(self
+                .write(&h, &spec, &h.requests, Some(event))
+                .await?
+                .map(|_| Release::InProgress(P::Deprovisioning)));
+        }
+        if matches!(
+            h.state,
+            State::Provisioning(_) | State::Provisioned { .. } | State::Deprovisioning(_)
+        ) {
+            return Ok(Some(Release::InProgress(P::Deprovisioning)));
+        }
+        if !h.requests.delete {
+            let mut requests = h.requests.clone();
+            requests.delete = true;
+            if self.write(&h, &h.spec, &requests, None).await?.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(Release::InProgress(P::Deleting)))
     }
 
     async fn observe(&self, h: &Host) -> Result<HostState, EngineError> {
@@ -99,13 +144,22 @@ fn rejected(key: &HostKey, reason: impl Into<String>) -> EngineError {
     }
 }
 
+/// How often one engine call re-reads and re-decides when the host changed under its write.
+const WRITE_ATTEMPTS: u32 = 16;
+
+fn changed(key: &HostKey) -> EngineError {
+    EngineError::Unavailable(format!(
+        "host {key} kept changing while it was being written; retrying later"
+    ))
+}
+
 fn store_err(e: StoreError) -> EngineError {
     if e.is_transient() {
-        EngineError::Unavailable(crate::bmcs::chain(&e))
+        EngineError::Unavailable(kiln_engine::bmcs::chain(&e))
     } else {
         EngineError::Rejected {
             host: String::new(),
-            reason: crate::bmcs::chain(&e),
+            reason: kiln_engine::bmcs::chain(&e),
         }
     }
 }
@@ -127,7 +181,7 @@ fn structured(key: &HostKey, field: &str, b: &SecretBytes) -> Result<serde_json:
 /// (`kubeletExtraArgs: {provider-id: "{{ ds.meta_data.providerid }}"}`, as CAPM3's templates do) and the Node
 /// registers with the very ID Cluster API looks for.
 fn with_provider_id(key: &HostKey, meta: Option<serde_json::Value>) -> Result<serde_json::Value, EngineError> {
-    let id = crate::kube::capi::provider_id(&key.namespace, &key.name);
+    let id = crate::capi::provider_id(&key.namespace, &key.name);
     let mut map = match meta {
         None => serde_json::Map::new(),
         Some(serde_json::Value::Object(m)) => m,
@@ -175,10 +229,7 @@ pub fn kiln_spec(key: &HostKey, spec: &HostSpec) -> Result<model::HostSpec, Engi
         disable_certificate_verification: spec.bmc.disable_certificate_verification,
         ca_cert: None,
     })
-    .map_err(|e| match e.field {
-        Some(f) => rejected(key, format!("spec.{}: {}", metal3_field(&f), e.error)),
-        None => rejected(key, e.error),
-    })?;
+    .map_err(|e| rejected(key, format!("spec.{}: {}", metal3_field(&e.field), e.message)))?;
     let boot_mac = spec
         .boot_mac_address
         .as_deref()
@@ -263,10 +314,7 @@ fn image_spec(i: &Image) -> Result<ImageSpec, String> {
         checksum_type,
         format,
     })
-    .map_err(|e| match e.field {
-        Some(f) => format!("spec.{f}: {}", e.error),
-        None => e.error,
-    })
+    .map_err(|e| format!("spec.{}: {}", e.field, e.message))
 }
 
 fn hints_in(h: &RootDeviceHints) -> protocol::RootDeviceHints {
@@ -432,7 +480,7 @@ pub fn state_of(h: &Host, inventory: Option<HardwareInventory>) -> HostState {
 
 /// Metal3's `operationHistory` from kiln's phase timings: the latest record of each operation.
 pub fn history(phases: &[PhaseRecord]) -> OperationHistory {
-    let time = |ts: crate::types::Ts| {
+    let time = |ts: kiln_engine::types::Ts| {
         k8s_openapi::jiff::Timestamp::from_millisecond(ts.0)
             .ok()
             .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
@@ -477,50 +525,60 @@ impl Engine for StoreEngine {
                 .accepts(&b.address)
                 .map_err(|m| rejected(key, format!("spec.bmc.address: {m}")))?;
         }
-        let host = match self.owned(key).await? {
-            None => {
-                let name = Self::host_name(key)?;
-                let h = match self.store.create_host(&name, &desired, now()).await {
-                    Ok(h) => h,
-                    Err(StoreError::MacInUse { mac }) => {
-                        return Err(rejected(
-                            key,
-                            format!("spec.bootMACAddress: {mac} is already used by another kiln host"),
-                        ));
-                    }
-                    Err(e @ StoreError::BmcInUse { .. }) => {
-                        return Err(rejected(key, format!("spec.bmc.address: {e}")));
-                    }
-                    Err(e) => return Err(store_err(e)),
-                };
-                let _ = self
-                    .store
-                    .add_event(name.as_str(), now(), "enrolled", &format!("from BareMetalHost {key}"))
-                    .await;
-                self.executor.poke();
-                h
+        let mut attempts = 0;
+        let host = loop {
+            attempts += 1;
+            if attempts > WRITE_ATTEMPTS {
+                return Err(changed(key));
             }
-            Some(h) if h.requests.delete => return Err(rejected(key, "being released")),
-            Some(h) => {
-                let mut requests = h.requests.clone();
-                if let Some(a) = power_request(&h, spec.online) {
-                    requests.power = Some(a);
-                }
-                // The password is compared by value: `Secret` hides it from Debug, not from equality.
-                if desired != h.spec || requests != h.requests {
-                    let event = (desired.image != h.spec.image).then(|| {
-                        let what = if desired.image.is_some() {
-                            "image set"
-                        } else {
-                            "image removed"
-                        };
-                        ("provision", format!("{what} by BareMetalHost {key}"))
-                    });
-                    self.write(&h, &desired, &requests, event).await?
-                } else {
+            break match self.owned(key).await? {
+                None => {
+                    let name = Self::host_name(key)?;
+                    let h = match self.store.create_host(&name, &desired, now()).await {
+                        Ok(h) => h,
+                        Err(StoreError::MacInUse { mac }) => {
+                            return Err(rejected(
+                                key,
+                                format!("spec.bootMACAddress: {mac} is already used by another kiln host"),
+                            ));
+                        }
+                        Err(e @ StoreError::BmcInUse { .. }) => {
+                            return Err(rejected(key, format!("spec.bmc.address: {e}")));
+                        }
+                        Err(e) => return Err(store_err(e)),
+                    };
+                    let _ = self
+                        .store
+                        .add_event(name.as_str(), now(), "enrolled", &format!("from BareMetalHost {key}"))
+                        .await;
+                    self.executor.poke();
                     h
                 }
-            }
+                Some(h) if h.requests.delete => return Err(rejected(key, "being released")),
+                Some(h) => {
+                    let mut requests = h.requests.clone();
+                    if let Some(a) = power_request(&h, spec.online) {
+                        requests.power = Some(a);
+                    }
+                    // The password is compared by value: `Secret` hides it from Debug, not from equality.
+                    if desired != h.spec || requests != h.requests {
+                        let event = (desired.image != h.spec.image).then(|| {
+                            let what = if desired.image.is_some() {
+                                "image set"
+                            } else {
+                                "image removed"
+                            };
+                            ("provision", format!("{what} by BareMetalHost {key}"))
+                        });
+                        match self.write(&h, &desired, &requests, event).await? {
+                            Some(w) => w,
+                            None => continue,
+                        }
+                    } else {
+                        h
+                    }
+                }
+            };
         };
         self.observe(&host).await
     }
@@ -533,42 +591,12 @@ impl Engine for StoreEngine {
     }
 
     async fn release_host(&self, key: &HostKey, deprovision: bool) -> Result<Release, EngineError> {
-        let Some(h) = self.owned(key).await? else {
-            return Ok(Release::Done);
-        };
-        if !deprovision {
-            // Detached: forget the host without touching it (Metal3's detached annotation).
-            self.store.delete_host(h.id).await.map_err(store_err)?;
-            let _ = self
-                .store
-                .add_event(
-                    h.name.as_str(),
-                    now(),
-                    "forgotten",
-                    &format!("BareMetalHost {key} deleted while detached"),
-                )
-                .await;
-            return Ok(Release::Done);
+        for _ in 0..WRITE_ATTEMPTS {
+            if let Some(r) = self.release_once(key, deprovision).await? {
+                return Ok(r);
+            }
         }
-        if h.spec.image.is_some() && !h.requests.delete {
-            let mut spec = h.spec.clone();
-            spec.image = None;
-            let event = ("deprovision", format!("BareMetalHost {key} deleted"));
-            self.write(&h, &spec, &h.requests, Some(event)).await?;
-            return Ok(Release::InProgress(P::Deprovisioning));
-        }
-        if matches!(
-            h.state,
-            State::Provisioning(_) | State::Provisioned { .. } | State::Deprovisioning(_)
-        ) {
-            return Ok(Release::InProgress(P::Deprovisioning));
-        }
-        if !h.requests.delete {
-            let mut requests = h.requests.clone();
-            requests.delete = true;
-            self.write(&h, &h.spec, &requests, None).await?;
-        }
-        Ok(Release::InProgress(P::Deleting))
+        Err(changed(key))
     }
 
     fn changes(&self) -> Option<futures::stream::BoxStream<'static, HostKey>> {
@@ -597,30 +625,34 @@ impl Engine for StoreEngine {
     }
 
     async fn reboot_host(&self, key: &HostKey) -> Result<(), EngineError> {
-        let Some(h) = self.owned(key).await? else {
-            return Err(rejected(key, "unknown host"));
-        };
-        if h.state.job().is_some() {
-            return Err(rejected(
-                key,
-                format!(
-                    "host is {}; kiln does not reboot a host while it drives it",
-                    h.state.name()
-                ),
-            ));
+        for _ in 0..WRITE_ATTEMPTS {
+            let Some(h) = self.owned(key).await? else {
+                return Err(rejected(key, "unknown host"));
+            };
+            if h.state.job().is_some() {
+                return Err(rejected(
+                    key,
+                    format!(
+                        "host is {}; kiln does not reboot a host while it drives it",
+                        h.state.name()
+                    ),
+                ));
+            }
+            let mut requests = h.requests.clone();
+            requests.power = Some(PowerAction::Cycle);
+            let event = ("reboot", format!("remediation of BareMetalHost {key}"));
+            if self.write(&h, &h.spec, &requests, Some(event)).await?.is_some() {
+                return Ok(());
+            }
         }
-        let mut requests = h.requests.clone();
-        requests.power = Some(PowerAction::Cycle);
-        let event = ("reboot", format!("remediation of BareMetalHost {key}"));
-        self.write(&h, &h.spec, &requests, Some(event)).await?;
-        Ok(())
+        Err(changed(key))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube::engine::BmcAccess;
+    use crate::engine::BmcAccess;
 
     fn key() -> HostKey {
         HostKey {

@@ -8,8 +8,8 @@ use std::path::Path;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use super::bmh::BareMetalHost;
-use super::capi::{
+use crate::bmh::BareMetalHost;
+use crate::capi::{
     KilnCluster, KilnClusterTemplate, KilnMachine, KilnMachineTemplate, KilnRemediation, KilnRemediationTemplate,
 };
 

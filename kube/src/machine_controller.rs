@@ -1,5 +1,5 @@
 //! The KilnMachine controller (Cluster API InfraMachine contract): waits for the owning Machine's bootstrap data
-//! Secret, claims a matching available BareMetalHost ([`super::claim`]) and points it at the image and the bootstrap
+//! Secret, claims a matching available BareMetalHost ([`crate::claim`]) and points it at the image and the bootstrap
 //! data; once the host is provisioned it sets `spec.providerID` (`kiln://<namespace>/<host>`), the addresses found by
 //! inspection, and `status.ready` / `status.initialization.provisioned`. Deleting the KilnMachine releases the host
 //! (the BareMetalHost controller then deprovisions it back to `available`) before the finalizer is removed.
@@ -16,11 +16,11 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use super::bmh::{BareMetalHost, Image, ProvisioningState};
-use super::capi::{
+use crate::bmh::{BareMetalHost, Image, ProvisioningState};
+use crate::capi::{
     HostRef, Initialization, KilnMachine, KilnMachineStatus, MACHINE_FINALIZER, MachineAddress, PAUSED_ANNOTATION,
 };
-use super::claim::{Claim, claim_host, release_host};
+use crate::claim::{Claim, claim_host, release_host};
 
 /// Errors of one reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +160,7 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         ..m.status.clone().unwrap_or_default()
     };
     if provisioned && m.spec.provider_id.is_none() {
-        let id = crate::kube::capi::provider_id(&ns, &host_name);
+        let id = crate::capi::provider_id(&ns, &host_name);
         api.patch(
             &m.name_any(),
             &PatchParams::default(),

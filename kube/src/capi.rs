@@ -151,10 +151,10 @@ pub struct MachineImage {
     pub checksum: Option<String>,
     /// `md5`, `sha256`, `sha512` or `auto`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checksum_type: Option<super::bmh::ChecksumType>,
+    pub checksum_type: Option<crate::bmh::ChecksumType>,
     /// `raw`, `qcow2`, `vdi`, `vmdk` or `live-iso`.
     #[serde(default, rename = "format", skip_serializing_if = "Option::is_none")]
-    pub disk_format: Option<super::bmh::DiskFormat>,
+    pub disk_format: Option<crate::bmh::DiskFormat>,
 }
 
 /// Desired state of a kiln machine.

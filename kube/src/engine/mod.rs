@@ -3,16 +3,15 @@
 //! The BareMetalHost controller turns a host's spec plus the Secrets it names into a [`HostSpec`] and hands it to
 //! [`Engine::apply_host`]; the engine answers with the host's observed [`HostState`], which the controller writes back to
 //! the status subresource. The engine owns the truth about hosts; the custom resource is only its declarative
-//! front-end. [`memory::MemoryEngine`] is a deterministic in-memory engine for tests of the Kubernetes side.
+//! front-end. [`store::StoreEngine`] is the one implementation: kiln's store and executor.
 
 use std::future::Future;
 
-use super::bmh::{
+use crate::bmh::{
     AutomatedCleaningMode, BootMode, ErrorType, HardwareDetails, Image, OperationHistory, ProvisioningState,
     RootDeviceHints,
 };
 
-pub mod memory;
 pub mod store;
 
 /// Identifies a host in the engine: `<namespace>/<name>` of its BareMetalHost.

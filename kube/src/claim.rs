@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::{ObjectReference, SecretReference};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 
-use super::bmh::{BareMetalHost, Image, ProvisioningState};
-use super::capi::{HostSelector, KilnMachine};
+use crate::bmh::{BareMetalHost, Image, ProvisioningState};
+use crate::capi::{HostSelector, KilnMachine};
 
 /// Label that puts a host into a failure domain.
 pub const FAILURE_DOMAIN_LABEL: &str = "kiln.dev/failure-domain";
@@ -205,8 +205,8 @@ mod tests {
         let mut h = BareMetalHost::new(name, Default::default());
         h.metadata.namespace = Some("ns".into());
         h.metadata.labels = Some(labels(l));
-        h.status = Some(super::super::bmh::BareMetalHostStatus {
-            provisioning: super::super::bmh::ProvisionStatus {
+        h.status = Some(crate::bmh::BareMetalHostStatus {
+            provisioning: crate::bmh::ProvisionStatus {
                 state,
                 ..Default::default()
             },

@@ -9,11 +9,11 @@ use axum::routing::post;
 use axum::{Json, Router};
 use kiln_images::protocol::{Command, CommandResult, HardwareInventory, Heartbeat, HeartbeatReply, Progress};
 
-use crate::crypto::hash_token;
-use crate::executor::{now, outcome_label};
 use crate::http_util::{ApiError, AppState, bearer, parse_body};
-use crate::model::Host;
-use crate::store::CommandStatus;
+use kiln_engine::crypto::hash_token;
+use kiln_engine::executor::{now, outcome_label};
+use kiln_engine::model::Host;
+use kiln_engine::store::CommandStatus;
 
 /// The routes under `/agent/v1`.
 pub fn router() -> Router<AppState> {

@@ -1,50 +1,26 @@
-//! The REST API under `/api/v1`: hosts CRUD, provision/deprovision/power/inspect actions, events, per-phase timing,
-//! inspection data. It validates input at the edge (errors name the field) and writes operator intent to the store;
-//! it must not perform BMC calls or change host states (the executor does).
+//! The request and response vocabulary of kiln's REST API, spoken by every front-end: the HTTP handlers serve it, the
+//! CLI and `kiln import` send and read it, and the BareMetalHost controller builds it from a Metal3 manifest. The
+//! validation into the model ([`spec_from`], [`bmc_from`], [`image_from`]) lives here once, so all of them accept and
+//! refuse the same input with the same message naming the same field. The OpenAPI document is generated from these
+//! types (`kiln_http::openapi`).
 
 use std::collections::BTreeMap;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State as AxState};
-use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use kiln_bmc::{BootMode, PowerAction, Secret};
+use kiln_bmc::{BootMode, Secret};
 use kiln_images::protocol::{ChecksumType, ImageFormat, ImageSpec, Progress, RootDeviceHints};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::crypto::ct_eq;
-use crate::executor::now;
-use crate::http_util::{ApiError, AppState, bearer, parse_body};
 use crate::machine::State;
 use crate::model::{BmcAddress, BmcInfo, BmcTls, Counters, EraseMode, Host, HostOptions, HostSpec};
-use crate::store::{Event, PhaseRecord};
 use crate::types::{HostName, MacAddr};
 
-/// The authenticated routes under `/api/v1`.
-pub fn router(app: AppState) -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/hosts", get(list_hosts).post(create_host))
-        .route("/api/v1/hosts/{name}", get(get_host).delete(delete_host))
-        .route("/api/v1/hosts/{name}/provision", post(provision))
-        .route("/api/v1/hosts/{name}/deprovision", post(deprovision))
-        .route("/api/v1/hosts/{name}/power", post(power))
-        .route("/api/v1/hosts/{name}/inspect", post(inspect))
-        .route("/api/v1/hosts/{name}/events", get(host_events))
-        .route("/api/v1/hosts/{name}/timings", get(timings))
-        .route("/api/v1/hosts/{name}/inspection", get(inspection))
-        .route("/api/v1/events", get(all_events))
-        .layer(axum::middleware::from_fn_with_state(app, require_admin))
-}
-
-async fn require_admin(AxState(app): AxState<AppState>, req: Request, next: Next) -> Response {
-    match bearer(req.headers()) {
-        Some(t) if ct_eq(t, app.admin_token.expose()) => next.run(req).await,
-        _ => ApiError::unauthorized().into_response(),
-    }
+/// Input that does not validate: the field (as the client named it, dotted) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
 }
 
 /// Body of `POST /api/v1/hosts`: what the REST API, the CLI and `kiln import` all send, validated by one function
@@ -205,7 +181,7 @@ fn pxe() -> kiln_bmc::BootMethod {
     kiln_bmc::BootMethod::Pxe
 }
 
-fn host_out(h: &Host, progress: Option<Value>) -> HostOut {
+pub fn host_out(h: &Host, progress: Option<Value>) -> HostOut {
     let error = match &h.state {
         State::Error(e) => Some(HostErrorOut {
             error_type: e.operation.error_type().into(),
@@ -250,24 +226,14 @@ fn host_out(h: &Host, progress: Option<Value>) -> HostOut {
     }
 }
 
-fn unprocessable(field: &str, msg: impl Into<String>) -> ApiError {
-    ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, msg)
+fn unprocessable(field: &str, msg: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.to_owned(),
+        message: msg.into(),
+    }
 }
 
-fn parse_name(name: &str) -> Result<HostName, ApiError> {
-    name.parse()
-        .map_err(|e: crate::types::ParseError| ApiError::field(StatusCode::BAD_REQUEST, "name", e.0))
-}
-
-async fn load(app: &AppState, name: &str) -> Result<Host, ApiError> {
-    let n = parse_name(name)?;
-    app.store
-        .host(&n)
-        .await?
-        .ok_or_else(|| ApiError::not_found(&format!("host {name}")))
-}
-
-fn parse_boot_mode(s: &str) -> Result<BootMode, ApiError> {
+fn parse_boot_mode(s: &str) -> Result<BootMode, Invalid> {
     match s {
         "uefi" | "UEFI" => Ok(BootMode::Uefi),
         "legacy" | "bios" => Ok(BootMode::Legacy),
@@ -280,7 +246,7 @@ fn parse_boot_mode(s: &str) -> Result<BootMode, ApiError> {
 
 /// Validates BMC access: one address parser (kiln-bmc's), a boot method kiln can carry out, non-empty credentials,
 /// and TLS settings that parse. REST, `kiln import` and the BareMetalHost controller all come through here.
-pub fn bmc_from(b: &BmcIn) -> Result<BmcInfo, ApiError> {
+pub fn bmc_from(b: &BmcIn) -> Result<BmcInfo, Invalid> {
     let address: BmcAddress = b
         .address
         .parse()
@@ -328,7 +294,7 @@ pub fn bmc_from(b: &BmcIn) -> Result<BmcInfo, ApiError> {
 }
 
 /// Builds a host spec from an enroll request, naming the first bad field.
-pub fn spec_from(c: &HostCreate) -> Result<(HostName, HostSpec), ApiError> {
+pub fn spec_from(c: &HostCreate) -> Result<(HostName, HostSpec), Invalid> {
     let name: HostName = c
         .name
         .parse()
@@ -368,7 +334,7 @@ pub fn spec_from(c: &HostCreate) -> Result<(HostName, HostSpec), ApiError> {
 
 /// Validates an image request: an http(s) URL and a checksum given as `sha256:HEX`, `sha512:HEX`, bare hex or a
 /// checksum-file URL.
-pub fn image_from(i: &ImageIn) -> Result<ImageSpec, ApiError> {
+pub fn image_from(i: &ImageIn) -> Result<ImageSpec, Invalid> {
     let u =
         url::Url::parse(&i.url).map_err(|e| unprocessable("image.url", format!("{:?} is not a URL: {e}", i.url)))?;
     if !matches!(u.scheme(), "http" | "https") {
@@ -414,300 +380,6 @@ pub fn image_from(i: &ImageIn) -> Result<ImageSpec, ApiError> {
     })
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    #[serde(default)]
-    selector: Option<String>,
-}
-
-async fn list_hosts(
-    AxState(app): AxState<AppState>,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Vec<HostOut>>, ApiError> {
-    let mut want = Vec::new();
-    if let Some(sel) = q.selector.as_deref().filter(|s| !s.is_empty()) {
-        for part in sel.split(',') {
-            let (k, v) = part.split_once('=').ok_or_else(|| {
-                ApiError::field(
-                    StatusCode::BAD_REQUEST,
-                    "selector",
-                    format!("selector term {part:?} is not key=value"),
-                )
-            })?;
-            want.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
-    }
-    let hosts = app.store.hosts().await?;
-    Ok(Json(
-        hosts
-            .iter()
-            .filter(|h| want.iter().all(|(k, v)| h.spec.labels.get(k) == Some(v)))
-            .map(|h| host_out(h, None))
-            .collect(),
-    ))
-}
-
-/// `?dry_run=true`: validate and check for conflicts, write nothing (as `kubectl apply --dry-run=server`).
-#[derive(Debug, Deserialize, Default)]
-struct DryRun {
-    #[serde(default)]
-    dry_run: bool,
-}
-
-/// Refuses a new host whose name, boot MAC or BMC another host already has (what the store's unique keys would
-/// refuse), for a dry run that writes nothing.
-async fn check_free(app: &AppState, name: &HostName, spec: &HostSpec) -> Result<(), ApiError> {
-    let identity = spec.bmc.as_ref().map(|b| b.address.identity());
-    for h in app.store.hosts().await? {
-        if h.name == *name {
-            return Err(crate::store::StoreError::HostExists { host: name.to_string() }.into());
-        }
-        if spec.boot_mac.is_some() && h.spec.boot_mac == spec.boot_mac {
-            return Err(crate::store::StoreError::MacInUse {
-                mac: spec.boot_mac.map(|m| m.to_string()).unwrap_or_default(),
-            }
-            .into());
-        }
-        if let (Some(id), Some(b)) = (&identity, &h.spec.bmc)
-            && b.address.identity() == *id
-        {
-            return Err(crate::store::StoreError::BmcInUse {
-                address: b.address.to_string(),
-                other: h.name.to_string(),
-            }
-            .into());
-        }
-    }
-    Ok(())
-}
-
-async fn create_host(
-    AxState(app): AxState<AppState>,
-    Query(q): Query<DryRun>,
-    body: Bytes,
-) -> Result<(StatusCode, Json<HostOut>), ApiError> {
-    let c: HostCreate = parse_body(&body)?;
-    let (name, spec) = spec_from(&c)?;
-    if let Some(b) = &spec.bmc {
-        app.executor
-            .accepts(&b.address)
-            .map_err(|m| unprocessable("bmc.address", m))?;
-    }
-    if q.dry_run {
-        check_free(&app, &name, &spec).await?;
-        let t = now();
-        let preview = Host {
-            id: 0,
-            name,
-            spec,
-            requests: Default::default(),
-            state: State::Unmanaged,
-            power: None,
-            counters: Counters::default(),
-            generation: 0,
-            next_wake: None,
-            created: t,
-            updated: t,
-        };
-        return Ok((StatusCode::OK, Json(host_out(&preview, None))));
-    }
-    let h = app.store.create_host(&name, &spec, now()).await?;
-    app.store
-        .add_event(name.as_str(), now(), "enrolled", "host enrolled")
-        .await?;
-    app.executor.poke();
-    Ok((StatusCode::CREATED, Json(host_out(&h, None))))
-}
-
-async fn get_host(AxState(app): AxState<AppState>, Path(name): Path<String>) -> Result<Json<HostOut>, ApiError> {
-    let h = load(&app, &name).await?;
-    let progress = match h.state.job() {
-        Some(j) => app.store.agent_boot(h.id, j.boot).await?.and_then(|b| b.progress),
-        None => None,
-    };
-    let mut out = host_out(&h, progress);
-    // The newest of a failed BMC call, a recovery or a state change tells whether kiln is retrying a BMC right now.
-    let events = app.store.events(Some(h.name.as_str()), 50).await?;
-    if let Some(e) = events
-        .iter()
-        .filter(|e| matches!(e.kind.as_str(), "bmc_error" | "bmc_recovered" | "state"))
-        .max_by_key(|e| e.id)
-        .filter(|e| e.kind == "bmc_error" && !matches!(h.state, State::Error(_)))
-    {
-        out.bmc_trouble = Some(BmcTroubleOut {
-            at: e.at.rfc3339(),
-            message: e.message.clone(),
-        });
-    }
-    Ok(Json(out))
-}
-
-async fn delete_host(
-    AxState(app): AxState<AppState>,
-    Path(name): Path<String>,
-) -> Result<(StatusCode, Json<HostOut>), ApiError> {
-    let h = load(&app, &name).await?;
-    let mut req = h.requests.clone();
-    req.delete = true;
-    let h = app.store.update_spec(h.id, &h.spec, &req, now()).await?;
-    app.executor.poke();
-    Ok((StatusCode::ACCEPTED, Json(host_out(&h, None))))
-}
-
-async fn provision(
-    AxState(app): AxState<AppState>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Result<(StatusCode, Json<HostOut>), ApiError> {
-    let h = load(&app, &name).await?;
-    let p: ProvisionIn = parse_body(&body)?;
-    let image = image_from(&p.image)?;
-    if h.spec.options.externally_provisioned {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "host is externally provisioned; kiln never writes it",
-        ));
-    }
-    if h.spec.boot_mac.is_none() {
-        return Err(unprocessable(
-            "boot_mac",
-            "host has no boot MAC; kiln cannot network-boot it",
-        ));
-    }
-    let mut spec = h.spec.clone();
-    spec.image = Some(image);
-    spec.user_data = p.user_data;
-    spec.network_data = p.network_data;
-    spec.meta_data = p.meta_data;
-    let mut req = h.requests.clone();
-    // Provisioning a host whose provision failed retries it now, with this image (Ironic's re-deploy).
-    req.retry = matches!(&h.state, State::Error(e) if e.operation == crate::machine::Operation::Provisioning);
-    let h = app.store.update_spec(h.id, &spec, &req, now()).await?;
-    app.store
-        .add_event(h.name.as_str(), now(), "provision", "image set")
-        .await?;
-    app.executor.poke();
-    Ok((StatusCode::ACCEPTED, Json(host_out(&h, None))))
-}
-
-async fn deprovision(
-    AxState(app): AxState<AppState>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Result<(StatusCode, Json<HostOut>), ApiError> {
-    let h = load(&app, &name).await?;
-    let d: DeprovisionIn = if body.is_empty() {
-        DeprovisionIn::default()
-    } else {
-        parse_body(&body)?
-    };
-    let mut spec = h.spec.clone();
-    spec.image = None;
-    if let Some(e) = d.erase {
-        spec.options.erase = e;
-    }
-    let h = app.store.update_spec(h.id, &spec, &h.requests, now()).await?;
-    app.store
-        .add_event(h.name.as_str(), now(), "deprovision", "image removed")
-        .await?;
-    app.executor.poke();
-    Ok((StatusCode::ACCEPTED, Json(host_out(&h, None))))
-}
-
-async fn power(
-    AxState(app): AxState<AppState>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Result<(StatusCode, Json<HostOut>), ApiError> {
-    let h = load(&app, &name).await?;
-    let p: PowerIn = parse_body(&body)?;
-    let action = match p.action.as_str() {
-        "on" => PowerAction::On,
-        "off" => PowerAction::Off,
-        "force-off" => PowerAction::ForceOff,
-        "cycle" => PowerAction::Cycle,
-        "reset" => PowerAction::Reset,
-        other => {
-            return Err(unprocessable(
-                "action",
-                format!("power action must be on, off, force-off, cycle or reset, got {other:?}"),
-            ));
-        }
-    };
-    if h.spec.bmc.is_none() {
-        return Err(unprocessable("bmc", "host has no BMC"));
-    }
-    if h.state.job().is_some() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "host is {}; power requests are refused while kiln drives it",
-                h.state.name()
-            ),
-        ));
-    }
-    let mut req = h.requests.clone();
-    req.power = Some(action);
-    // A host that keeps a power setting (`online`) keeps the one the operator asked for last.
-    let mut spec = h.spec.clone();
-    if spec.options.online.is_some() {
-        match action {
-            PowerAction::On => spec.options.online = Some(true),
-            PowerAction::Off | PowerAction::ForceOff => spec.options.online = Some(false),
-            PowerAction::Cycle | PowerAction::Reset => {}
-        }
-    }
-    let h = app.store.update_spec(h.id, &spec, &req, now()).await?;
-    app.executor.poke();
-    Ok((StatusCode::ACCEPTED, Json(host_out(&h, None))))
-}
-
-async fn inspect(
-    AxState(app): AxState<AppState>,
-    Path(name): Path<String>,
-) -> Result<(StatusCode, Json<HostOut>), ApiError> {
-    let h = load(&app, &name).await?;
-    if !matches!(h.state, State::Available { .. } | State::Error(_)) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("host is {}; inspection needs an available host", h.state.name()),
-        ));
-    }
-    let mut req = h.requests.clone();
-    req.inspect = true;
-    let h = app.store.update_spec(h.id, &h.spec, &req, now()).await?;
-    app.executor.poke();
-    Ok((StatusCode::ACCEPTED, Json(host_out(&h, None))))
-}
-
-#[derive(Deserialize)]
-struct EventQuery {
-    #[serde(default)]
-    limit: Option<i64>,
-}
-
-async fn host_events(
-    AxState(app): AxState<AppState>,
-    Path(name): Path<String>,
-    Query(q): Query<EventQuery>,
-) -> Result<Json<Vec<Event>>, ApiError> {
-    let n = parse_name(&name)?;
-    Ok(Json(
-        app.store
-            .events(Some(n.as_str()), q.limit.unwrap_or(100).clamp(1, 10_000))
-            .await?,
-    ))
-}
-
-async fn all_events(
-    AxState(app): AxState<AppState>,
-    Query(q): Query<EventQuery>,
-) -> Result<Json<Vec<Event>>, ApiError> {
-    Ok(Json(
-        app.store.events(None, q.limit.unwrap_or(100).clamp(1, 10_000)).await?,
-    ))
-}
-
 /// A timing row as the API shows it.
 #[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TimingOut {
@@ -718,22 +390,6 @@ pub struct TimingOut {
     pub outcome: Option<String>,
 }
 
-async fn timings(AxState(app): AxState<AppState>, Path(name): Path<String>) -> Result<Json<Vec<TimingOut>>, ApiError> {
-    let h = load(&app, &name).await?;
-    let rows: Vec<PhaseRecord> = app.store.phases(h.id).await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|r| TimingOut {
-                phase: r.phase,
-                started: r.started.rfc3339(),
-                ended: r.ended.map(|e| e.rfc3339()),
-                duration_ms: r.ended.map(|e| e.since(r.started)),
-                outcome: r.outcome,
-            })
-            .collect(),
-    ))
-}
-
 /// A host's inspected hardware (`GET /api/v1/hosts/{name}/inspection`).
 #[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InspectionOut {
@@ -741,18 +397,4 @@ pub struct InspectionOut {
     pub at: String,
     /// The agent's hardware inventory.
     pub inventory: Value,
-}
-
-async fn inspection(
-    AxState(app): AxState<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<InspectionOut>, ApiError> {
-    let h = load(&app, &name).await?;
-    match app.store.inspection(h.id).await? {
-        Some((inventory, at)) => Ok(Json(InspectionOut {
-            at: at.rfc3339(),
-            inventory,
-        })),
-        None => Err(ApiError::not_found("inspection data")),
-    }
 }

@@ -25,11 +25,11 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use super::bmh::{
+use crate::bmh::{
     AutomatedCleaningMode, BareMetalHost, BareMetalHostStatus, BootMode, DETACHED_ANNOTATION, ErrorType, FINALIZER,
     OperationalStatus, ProvisioningState,
 };
-use super::engine::{BmcAccess, Engine, EngineError, HostKey, HostSpec, HostState, Release, SecretBytes};
+use crate::engine::{BmcAccess, Engine, EngineError, HostKey, HostSpec, HostState, Release, SecretBytes};
 
 /// Errors of one reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -479,7 +479,7 @@ pub fn is_detached(host: &BareMetalHost) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube::bmh::BareMetalHostSpec;
+    use crate::bmh::BareMetalHostSpec;
 
     fn t(s: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap())

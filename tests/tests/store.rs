@@ -1,14 +1,17 @@
-//! The store test suite, run against SQLite (temp dir) and a private PostgreSQL cluster.
+//! kiln's store (`kiln_engine::store`) against SQLite (temp dir) and a private PostgreSQL cluster: the same suite on
+//! both backends.
 
 use std::sync::Arc;
 
 use kiln_bmc::{PowerAction, PowerState, Secret};
 use kiln_images::protocol::{CommandKind, Outcome};
 
-use super::*;
-use crate::machine::{HostError, Job, JobPhase, Operation, State};
-use crate::model::{BmcInfo, HostSpec, Requests, StatusUpdate};
-use crate::testing::PgCluster;
+use kiln_engine::crypto::SecretKey;
+use kiln_engine::machine::{HostError, Job, JobPhase, Operation, State};
+use kiln_engine::model::{BmcInfo, Counters, HostSpec, Requests, StatusUpdate};
+use kiln_engine::store::*;
+use kiln_engine::types::{HostName, Ts};
+use kiln_tests::pg::PgCluster;
 
 fn key() -> SecretKey {
     SecretKey::from_bytes(&[42u8; 32]).unwrap()
@@ -96,8 +99,22 @@ async fn suite(s: Arc<dyn Store>) {
         power: Some(PowerAction::On),
         ..Default::default()
     };
-    let h = s.update_spec(h.id, &sp, &req, t.plus_ms(1)).await.unwrap();
-    assert_eq!((h.generation, h.requests.clone()), (2, req));
+    let h = s
+        .update_spec(h.id, h.generation, &sp, &req, t.plus_ms(1))
+        .await
+        .unwrap();
+    assert_eq!((h.generation, h.requests.clone()), (2, req.clone()));
+    // A write from a stale read is refused and changes nothing: an operator's request is never revived or lost.
+    let stale = Requests {
+        power: Some(PowerAction::Off),
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.update_spec(h.id, 1, &sp, &stale, t.plus_ms(2)).await,
+        Err(StoreError::Changed { .. })
+    ));
+    let again = s.host_by_id(h.id).await.unwrap().unwrap();
+    assert_eq!((again.generation, again.requests.clone()), (2, req.clone()));
     let job = Job {
         phase: JobPhase::Running { command: 3 },
         boot: 3,
@@ -327,7 +344,7 @@ async fn suite(s: Arc<dyn Store>) {
     assert!(s.phases(h.id).await.unwrap().is_empty());
     assert_eq!(s.events(Some("node-1"), 10).await.unwrap().len(), 5);
     assert!(matches!(
-        s.update_spec(h.id, &sp, &Requests::default(), t).await,
+        s.update_spec(h.id, h.generation, &sp, &Requests::default(), t).await,
         Err(StoreError::HostNotFound { .. })
     ));
 }

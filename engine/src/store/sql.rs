@@ -182,22 +182,25 @@ macro_rules! sql_store {
                 rows.iter().map(|r| Self::row(r).map_err(db("decode host"))?.into_host(&self.key)).collect()
             }
 
-            async fn update_spec(&self, id: i64, spec: &HostSpec, requests: &Requests, now: Ts) -> Result<Host, StoreError> {
+            async fn update_spec(&self, id: i64, generation: i64, spec: &HostSpec, requests: &Requests, now: Ts) -> Result<Host, StoreError> {
                 let current = self.host_by_id(id).await?.ok_or(StoreError::HostNotFound { host: id.to_string() })?;
                 let mut row = HostRow { name: current.name.to_string(), ..Default::default() };
                 row.set_spec(spec, &self.key)?;
                 let r = sqlx::query(
                     "UPDATE hosts SET labels = $1, bmc_address = $2, bmc_username = $3, bmc_password = $4, boot_mac = $5, boot_mode = $6, \
                      root_device_hints = $7, image = $8, user_data = $9, network_data = $10, meta_data = $11, options = $12, requests = $13, \
-                     generation = generation + 1, next_wake_ms = $14, updated_ms = $14, bmc_tls = $16, bmc_identity = $17 WHERE id = $15",
+                     generation = generation + 1, next_wake_ms = $14, updated_ms = $14, bmc_tls = $16, bmc_identity = $17 WHERE id = $15 AND generation = $18",
                 )
                 .bind(&row.labels).bind(&row.bmc_address).bind(&row.bmc_username).bind(&row.bmc_password).bind(&row.boot_mac)
                 .bind(&row.boot_mode).bind(&row.root_device_hints).bind(&row.image).bind(&row.user_data).bind(&row.network_data)
                 .bind(&row.meta_data).bind(&row.options).bind(json_text(requests)).bind(now.0).bind(id)
-                .bind(&row.bmc_tls).bind(&row.bmc_identity)
+                .bind(&row.bmc_tls).bind(&row.bmc_identity).bind(generation)
                 .execute(&self.pool)
                 .await;
                 match r {
+                    Ok(done) if done.rows_affected() == 0 => {
+                        return Err(StoreError::Changed { host: current.name.to_string() });
+                    }
                     Ok(_) => {}
                     Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
                         if e.to_string().contains("bmc_identity") {

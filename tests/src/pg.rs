@@ -1,6 +1,6 @@
-//! Test support shared by kiln's unit and integration tests: a private PostgreSQL cluster started for the test run
+//! A private PostgreSQL cluster for the store tests
 //! (Debian's postgresql 15, `initdb` + `pg_ctl` as the `postgres` user into a temp dir on a free port), stopped and
-//! removed on drop. Not used by the appliance itself.
+//! removed on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

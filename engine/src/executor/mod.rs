@@ -1,0 +1,330 @@
+//! The executor: gathers observations (BMC power, agent heartbeats and results, concurrency slots), calls the pure
+//! [`step`](crate::machine::step), performs the actions through the BMC, the agent command queue and the store, and
+//! persists the result with its timing records and events. It owns rate limits, job slots and the containment of a
+//! panicking reconcile; it must not decide host transitions itself (retries included: the machine decides them from
+//! the attempt count stored with the host).
+//!
+//! This module runs the passes (which hosts are due, one task per host, job slots, panics); `observe` reads the BMC
+//! (under the per-host call budget) and the agent's results; `apply` reconciles one host: decide, act, commit.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use kiln_bmc::PowerState;
+use kiln_images::protocol::Outcome;
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+use crate::bmcs::{BmcConnector, DynBmc};
+use crate::machine::{BmcFailure, JobPhase, Policy, backoff_ms};
+use crate::metrics::Metrics;
+use crate::model::Host;
+use crate::store::{Store, StoreError};
+use crate::types::{HostName, Ts};
+
+mod apply;
+mod observe;
+
+/// Wall-clock now, the executor's only clock read.
+/// The later of `now()` and `at` (a reconcile that waited for a permit decides with the current time).
+fn now_or(at: Ts) -> Ts {
+    now().max(at)
+}
+
+pub fn now() -> Ts {
+    Ts(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
+}
+
+/// How long after a BMC accepted a power action a read of the old state is taken for "not applied yet" rather
+/// than the host's power (sushy-tools applies actions up to 11 s later; real BMCs take seconds too).
+const POWER_SETTLE: Duration = Duration::from_secs(20);
+
+/// Executor settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecutorConfig {
+    pub policy: Policy,
+    /// Agent jobs (inspect, prepare, provision, deprovision) running at once; more are queued as `delayed`.
+    pub max_concurrent_jobs: usize,
+    /// BMC calls allowed per host per minute (power sync is skipped, actions deferred, beyond it).
+    pub bmc_calls_per_minute: usize,
+    /// Hosts reconciled in parallel.
+    pub parallelism: usize,
+    /// Longest sleep between passes when nothing pokes the executor.
+    pub tick: Duration,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            max_concurrent_jobs: 20,
+            bmc_calls_per_minute: 12,
+            parallelism: 16,
+            tick: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Runs hosts through their lifecycle.
+pub struct Executor {
+    store: Arc<dyn Store>,
+    connector: Arc<dyn BmcConnector>,
+    metrics: Arc<Metrics>,
+    config: ExecutorConfig,
+    notify: Arc<Notify>,
+    calls: Mutex<HashMap<i64, VecDeque<Instant>>>,
+    bmcs: Mutex<HashMap<i64, CachedBmc>>,
+    /// Hosts holding one of the `max_concurrent_jobs` slots: those whose stored state runs an agent job, and those
+    /// whose reconcile in flight reserved one. Exactly these, so a slot is never held by a host that runs no job.
+    slots: Mutex<HashSet<i64>>,
+    woken: Mutex<HashSet<i64>>,
+    /// Hosts whose reconcile task is running.
+    inflight: Mutex<HashSet<i64>>,
+    /// When each host last got an event saying an action waits for its BMC budget (at most one a minute).
+    deferral_noted: Mutex<HashMap<i64, Instant>>,
+    /// Hosts whose last reconcile panicked: not looked at again before the instant, and how many panics in a row.
+    panicked: Mutex<HashMap<i64, (Instant, u32)>>,
+    /// Power actions the BMC accepted but may not have carried out yet (many apply them seconds later): until the
+    /// instant, a read of the old state is not shown as the host's power, so it does not flap on, off, on.
+    settling: Mutex<HashMap<i64, (PowerState, Instant)>>,
+    changes: tokio::sync::broadcast::Sender<HostName>,
+}
+
+/// A connected BMC and the address+username it was connected with.
+type CachedBmc = (String, Arc<dyn DynBmc>);
+
+struct ActionError {
+    failure: BmcFailure,
+    what: String,
+}
+
+impl Executor {
+    pub fn new(
+        store: Arc<dyn Store>,
+        connector: Arc<dyn BmcConnector>,
+        metrics: Arc<Metrics>,
+        config: ExecutorConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            connector,
+            metrics,
+            config,
+            notify: Arc::new(Notify::new()),
+            calls: Mutex::default(),
+            bmcs: Mutex::default(),
+            slots: Mutex::default(),
+            woken: Mutex::default(),
+            inflight: Mutex::default(),
+            deferral_noted: Mutex::default(),
+            panicked: Mutex::default(),
+            settling: Mutex::default(),
+            changes: tokio::sync::broadcast::channel(1024).0,
+        })
+    }
+
+    /// Wakes the executor now (the API calls this after every change).
+    /// Whether hosts with this BMC address may be enrolled here (see [`BmcConnector::accepts`]).
+    ///
+    /// # Errors
+    /// Why not, for the user.
+    pub fn accepts(&self, address: &kiln_bmc::BmcAddress) -> Result<(), String> {
+        self.connector.accepts(address)
+    }
+
+    pub fn poke(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Looks at one host on the next pass whatever its wake time (the agent API calls this on reports).
+    pub fn wake(&self, host_id: i64) {
+        self.woken.lock().expect("woken lock").insert(host_id);
+        self.notify.notify_one();
+    }
+
+    /// Names of hosts whose state or power changed, as the executor commits them (front-ends such as the
+    /// BareMetalHost controller subscribe to refresh their view at once instead of polling). A slow subscriber
+    /// sees `Lagged` and should refresh everything.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<HostName> {
+        self.changes.subscribe()
+    }
+
+    pub fn notifier(&self) -> Arc<Notify> {
+        self.notify.clone()
+    }
+
+    /// Reconciles due hosts until `cancel` fires. Each host's reconcile runs as its own task, so a slow BMC (a
+    /// graceful power-off, a hung connection waiting for its timeout) delays only its own host; later passes skip
+    /// hosts still in flight. On cancel every reconcile already started finishes, so no host is left between an
+    /// action and its persisted state.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.config.parallelism.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            if let Err(e) = self.pass(&mut tasks, &permits).await {
+                warn!(error = %crate::bmcs::chain(&e), "executor pass failed");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.notify.notified() => {}
+                _ = tokio::time::sleep(self.config.tick) => {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Starts a reconcile of every host that is due now and not already being reconciled; returns how many.
+    ///
+    /// # Errors
+    /// The store error that prevented listing hosts.
+    async fn pass(
+        self: &Arc<Self>,
+        tasks: &mut tokio::task::JoinSet<()>,
+        permits: &Arc<tokio::sync::Semaphore>,
+    ) -> Result<usize, StoreError> {
+        // The in-flight set is read before the hosts: a reconcile that ended before this line has saved its state,
+        // so no host is ever decided from a stale row while its previous decision is still being carried out.
+        let inflight = self.inflight.lock().expect("inflight lock").clone();
+        let hosts = self.store.hosts().await?;
+        {
+            // Hosts at rest hold a slot exactly when their stored state runs a job; an in-flight host keeps what its
+            // reconcile reserved or released (it updates the set before it leaves the in-flight set).
+            let mut slots = self.slots.lock().expect("slots lock");
+            slots.retain(|id| inflight.contains(id));
+            slots.extend(
+                hosts
+                    .iter()
+                    .filter(|h| !inflight.contains(&h.id) && h.state.holds_slot())
+                    .map(|h| h.id),
+            );
+        }
+        let now = now();
+        let mut woken = std::mem::take(&mut *self.woken.lock().expect("woken lock"));
+        let backing_off: HashSet<i64> = {
+            let mut p = self.panicked.lock().expect("panicked lock");
+            p.retain(|id, _| hosts.iter().any(|h| h.id == *id));
+            p.iter()
+                .filter(|(_, (until, _))| *until > Instant::now())
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let mut due: Vec<Host> = hosts
+            .into_iter()
+            .filter(|h| !inflight.contains(&h.id) && !backing_off.contains(&h.id))
+            .filter(|h| woken.remove(&h.id) || h.next_wake.is_none_or(|w| w <= now))
+            .collect();
+        // Wakes of hosts still in flight are kept for a later pass.
+        self.woken.lock().expect("woken lock").extend(woken);
+        // Queued hosts go first, oldest first, so the delayed queue is FIFO (the semaphore is fair).
+        due.sort_by_key(|h| {
+            (
+                h.state.job().is_none_or(|j| j.phase != JobPhase::Delayed),
+                h.state.job().map(|j| j.started),
+            )
+        });
+        let n = due.len();
+        for h in due {
+            self.inflight.lock().expect("inflight lock").insert(h.id);
+            let me = self.clone();
+            let permits = permits.clone();
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let (id, name, held) = (h.id, h.name.clone(), h.state.holds_slot());
+                let span = info_span!("reconcile", host = %h.name, state = h.state.name());
+                // A panic in one host's reconcile (a driver bug, a corrupt record) is contained: recorded, and the
+                // host looked at again after a backoff, while every other host goes on.
+                let r = std::panic::AssertUnwindSafe(me.reconcile(h, now_or(now)).instrument(span))
+                    .catch_unwind()
+                    .await;
+                match r {
+                    Ok(Ok(())) => {
+                        me.panicked.lock().expect("panicked lock").remove(&id);
+                    }
+                    Ok(Err(e)) => warn!(host = %name, error = %crate::bmcs::chain(&e), "reconcile failed"),
+                    Err(panic) => {
+                        let what = panic_message(panic.as_ref());
+                        me.contain_panic(id, &name, held, what).await;
+                    }
+                }
+                me.inflight.lock().expect("inflight lock").remove(&id);
+            });
+        }
+        Ok(n)
+    }
+
+    /// Reserves a job slot for `host` if one is free.
+    fn take_slot(&self, host: i64) -> bool {
+        let mut slots = self.slots.lock().expect("slots lock");
+        if slots.contains(&host) {
+            return true;
+        }
+        if slots.len() < self.config.max_concurrent_jobs {
+            slots.insert(host);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Records whether `host` holds a slot after its reconcile.
+    fn set_slot(&self, host: i64, holds: bool) {
+        let mut slots = self.slots.lock().expect("slots lock");
+        if holds {
+            slots.insert(host);
+        } else {
+            slots.remove(&host);
+        }
+    }
+
+    /// After a reconcile panicked: the host keeps the slot its stored state says it holds, an event says what
+    /// happened, and the host is looked at again after a backoff that grows with repeated panics.
+    async fn contain_panic(&self, id: i64, name: &HostName, held: bool, what: String) {
+        self.set_slot(id, held);
+        self.forget_bmc(id);
+        let count = {
+            let mut p = self.panicked.lock().expect("panicked lock");
+            let entry = p.entry(id).or_insert((Instant::now(), 0));
+            entry.1 += 1;
+            let p = &self.config.policy;
+            let wait = Duration::from_millis(backoff_ms(p, entry.1 - 1, rand::rng().random::<f64>()).max(0) as u64);
+            entry.0 = Instant::now() + wait;
+            entry.1
+        };
+        tracing::error!(host = %name, panic = %what, count, "reconcile panicked; retrying after a backoff");
+        self.metrics.inc("kiln_reconcile_panics_total", vec![]);
+        let msg = format!("kiln's reconcile of this host panicked ({what}); it is retried after a backoff");
+        if let Err(e) = self
+            .store
+            .add_event(name.as_str(), now(), "reconcile_panic", &msg)
+            .await
+        {
+            warn!(host = %name, error = %crate::bmcs::chain(&e), "could not record the panic");
+        }
+        self.poke();
+    }
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// Called by the agent API when a result arrives for a command, so the executor looks at the host at once.
+pub fn outcome_label(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Succeeded { .. } => "succeeded",
+        Outcome::Failed { .. } => "failed",
+    }
+}
