@@ -70,6 +70,10 @@ pub struct BmcOptions {
     pub graceful_off_timeout: Duration,
     /// How long a Redfish task (202 + Location) or a power cycle may take.
     pub task_timeout: Duration,
+    /// How long to keep retrying, with backoff, while a BMC says it is busy rather than no: a full session table
+    /// (iDRAC holds 8), or a power action refused because the previous one has not settled (iLO's
+    /// `InvalidOperationForSystemState`, iDRAC's `SYS518`). After it the error is `BmcError::Busy` (transient).
+    pub busy_timeout: Duration,
     /// IPMI: the privilege level to request.
     pub ipmi_privilege: IpmiPrivilege,
     /// IPMI: try only this cipher suite (3 or 17) instead of negotiating.
@@ -91,6 +95,7 @@ impl Default for BmcOptions {
             poll_interval: Duration::from_secs(2),
             graceful_off_timeout: Duration::from_secs(180),
             task_timeout: Duration::from_secs(600),
+            busy_timeout: Duration::from_secs(90),
             ipmi_privilege: IpmiPrivilege::Administrator,
             ipmi_cipher_suite: None,
             ipmi_cipher_query_timeout: Duration::from_millis(400),

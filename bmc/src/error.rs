@@ -65,6 +65,8 @@ pub enum BmcError {
     #[error("BMC {bmc} refused the IPMI session: {reason} (RMCP+ status {status:#04x})")]
     SessionRejected { bmc: String, status: u8, reason: String },
 
+    /// The BMC said "later" rather than "no" for longer than the driver waits (`BmcOptions::busy_timeout` for
+    /// Redfish): a full session table, a power action refused while the previous one settles. Transient.
     #[error("BMC {bmc} is busy: {reason}")]
     Busy { bmc: String, reason: String },
 

@@ -6,7 +6,8 @@
 //! - [`address`]: `BmcAddress`, parsed once from a Metal3-style URL (`redfish://`, `ipmi://`, ...).
 //! - [`Bmc`] (below) and [`types`]: the seven operations and their value types.
 //! - [`connect`] and [`AnyBmc`]: pick the driver from the address; what the controller calls.
-//! - [`redfish`]: DSP0266/DSP0268 on reqwest (sessions or basic auth, ETags, task monitors, retries).
+//! - [`redfish`]: DSP0266/DSP0268 on reqwest (sessions or basic auth, ETags, task monitors, retries), with what
+//!   real vendors' BMCs need (iDRAC, iLO 4/5, XCC, Supermicro, AMI) decided in one pure module, `redfish::quirks`.
 //! - [`ipmi`]: IPMI v2.0 RMCP+ on tokio UDP (RAKP, cipher suites 3 and 17, chassis commands).
 //! - [`fake`]: `FakeBmc`, an in-process BMC that misbehaves on request, for other crates' tests.
 //! - [`error`]: `BmcError`, with `is_transient()` for retry decisions and `kind()` for exit codes.

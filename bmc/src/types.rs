@@ -10,7 +10,13 @@ use serde::{Deserialize, Serialize};
 pub enum PowerState {
     On,
     Off,
-    /// Transitioning (Redfish `PoweringOn`/`PoweringOff`) or not reported.
+    /// Power was applied and the host is starting (Redfish `PoweringOn`): treat as on, do not act on it again.
+    #[serde(rename = "powering-on")]
+    PoweringOn,
+    /// The host is shutting down (Redfish `PoweringOff`): treat as going off, do not act on it again.
+    #[serde(rename = "powering-off")]
+    PoweringOff,
+    /// Not reported, or a state kiln does not know (Redfish `Paused`, a vendor's own value).
     Unknown,
 }
 
@@ -150,6 +156,20 @@ impl fmt::Display for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn power_state_names() {
+        for (state, name) in [
+            (PowerState::On, "\"on\""),
+            (PowerState::Off, "\"off\""),
+            (PowerState::PoweringOn, "\"powering-on\""),
+            (PowerState::PoweringOff, "\"powering-off\""),
+            (PowerState::Unknown, "\"unknown\""),
+        ] {
+            assert_eq!(serde_json::to_string(&state).unwrap(), name);
+            assert_eq!(serde_json::from_str::<PowerState>(name).unwrap(), state);
+        }
+    }
 
     #[test]
     fn secret_never_prints() {

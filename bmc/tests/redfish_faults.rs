@@ -127,6 +127,44 @@ async fn boot_override_sends_if_match_when_required() {
     bmc.close().await.unwrap();
 }
 
+/// HPE iLO 5 (and iDRAC before 4.x) treat `BootSourceOverrideMode` as read-only and refuse any PATCH that names it:
+/// kiln sends the mode only when it must change, and a needed change that is refused says what to do.
+#[tokio::test]
+async fn a_read_only_boot_mode_is_not_sent_and_a_needed_change_is_explained() {
+    let (addr, mock) = mock_redfish::start(Mock {
+        boot_mode: Some("UEFI"),
+        boot_mode_read_only: true,
+        ..Mock::default()
+    })
+    .await;
+    let bmc = connect(addr).await;
+    bmc.set_boot(BootTarget::Pxe { mode: BootMode::Uefi }, BootPersistence::Once)
+        .await
+        .expect("the mode already matches: not sent, and the boot override is set");
+    assert_eq!(mock.lock().unwrap().boot_target, "Pxe");
+    let e = bmc
+        .set_boot(BootTarget::Disk { mode: BootMode::Legacy }, BootPersistence::Once)
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(e, BmcError::Unsupported { .. }) && text.contains("UEFI mode") && text.contains("BIOS"),
+        "{text}"
+    );
+    // A BMC where the mode is writable gets it when it must change.
+    let (addr, mock) = mock_redfish::start(Mock {
+        boot_mode: Some("UEFI"),
+        ..Mock::default()
+    })
+    .await;
+    connect(addr)
+        .await
+        .set_boot(BootTarget::Pxe { mode: BootMode::Legacy }, BootPersistence::Once)
+        .await
+        .unwrap();
+    assert_eq!(mock.lock().unwrap().boot_mode, Some("Legacy"));
+}
+
 #[tokio::test]
 async fn graceful_off_falls_back_to_force_off() {
     let (addr, mock) = mock_redfish::start(Mock {

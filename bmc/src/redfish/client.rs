@@ -1,6 +1,7 @@
 //! The HTTP side of the Redfish driver (DMTF DSP0266): authentication (session or basic), pacing, retries with
 //! backoff, task monitors and error mapping. It knows nothing about Systems or power; `super` does.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use super::model::{ErrorBody, ServiceRoot, SessionService, Task};
+use super::quirks;
 use crate::address::RedfishAddress;
 use crate::config::{BmcOptions, Credentials};
 use crate::error::BmcError;
@@ -51,6 +53,9 @@ pub(crate) struct Client {
     throttle: Arc<Throttle>,
     auth: Mutex<Auth>,
     sessions_path: Mutex<Option<String>>,
+    /// Set once the service answered a PATCH without `If-Match` with 428 (Lenovo XCC): from then on every PATCH
+    /// carries the ETag read just before it.
+    if_match_required: AtomicBool,
 }
 
 impl std::fmt::Debug for Client {
@@ -125,6 +130,7 @@ impl Client {
             throttle,
             auth: Mutex::new(Auth::Anonymous),
             sessions_path: Mutex::new(None),
+            if_match_required: AtomicBool::new(false),
         })
     }
 
@@ -173,10 +179,54 @@ impl Client {
 
     async fn create_session(&self, sessions: &str) -> Result<(), BmcError> {
         let body = serde_json::json!({"UserName": self.creds.username, "Password": self.creds.password.expose()});
-        // Sent without authentication and never retried blindly: a BMC counts failed logins.
+        // Sent without authentication and never retried blindly: a BMC counts failed logins. The one refusal that is
+        // retried is a full session table (iDRAC holds 8 sessions, iLO a few more), which is no failed login: wait
+        // for one to end or expire, with backoff, for at most `busy_timeout`.
         let operation = format!("POST {sessions}");
-        let response = self.send_once(Method::POST, sessions, Some(&body), None, false).await;
-        let (status, headers, _final_path, bytes) = response?;
+        let started = Instant::now();
+        let mut attempt = 0;
+        let (status, headers, bytes) = loop {
+            let (status, headers, _final_path, bytes) =
+                self.send_once(Method::POST, sessions, Some(&body), None, false).await?;
+            if status.is_success() || !quirks::is_session_limit(status.as_u16(), &self.error_message(&bytes)) {
+                break (status, headers, bytes);
+            }
+            let waited = started.elapsed();
+            let message = self.error_message(&bytes);
+            if waited >= self.opts.busy_timeout {
+                tracing::warn!(bmc = %self.bmc, waited_ms = waited.as_millis() as u64, attempts = attempt + 1, %message,
+                    "the BMC's session table stayed full: giving up");
+                return Err(BmcError::Busy {
+                    bmc: self.bmc.clone(),
+                    reason: format!(
+                        "its session table is full (HTTP {}{}) and no session ended within {:?}; end other clients' \
+                         sessions or wait for them to expire",
+                        status.as_u16(),
+                        if message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {message}")
+                        },
+                        self.opts.busy_timeout
+                    ),
+                });
+            }
+            let delay = self.opts.backoff(attempt).min(self.opts.busy_timeout - waited);
+            attempt += 1;
+            // Said once at warn (the caller sees why connecting takes long), then at debug for each further try.
+            if attempt == 1 {
+                tracing::warn!(bmc = %self.bmc, %status, %message, busy_timeout_ms = self.opts.busy_timeout.as_millis() as u64,
+                    "the BMC's session table is full: waiting for a session to end");
+            } else {
+                tracing::debug!(bmc = %self.bmc, %status, waited_ms = waited.as_millis() as u64,
+                    delay_ms = delay.as_millis() as u64, attempt, "the BMC's session table is still full");
+            }
+            tokio::time::sleep(delay).await;
+        };
+        if attempt > 0 && status.is_success() {
+            tracing::info!(bmc = %self.bmc, waited_ms = started.elapsed().as_millis() as u64, attempts = attempt + 1,
+                "the BMC had a free session again: logged in");
+        }
         match status {
             s if s.is_success() => {
                 let token = headers
@@ -269,6 +319,98 @@ impl Client {
         Ok((value, etag))
     }
 
+    /// PATCH `path` under DSP0266 section 13.2.3's ETag rules as real BMCs apply them. `etag` is the ETag read
+    /// just before (from [`Self::get_with_etag`]).
+    ///
+    /// - The first PATCH carries no `If-Match` until the service has answered one with 428 (Lenovo XCC); from
+    ///   then on every PATCH carries the ETag, as it is (a weak `W/"..."` too: AMI and Gigabyte serve only weak
+    ///   ones, and most accept them back).
+    /// - 412 (Precondition Failed): the resource is read again; a changed ETag (someone changed it between our
+    ///   read and write) is sent once more; a weak ETag the BMC refuses is sent in its strong form, as sushy does.
+    pub(crate) async fn patch(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        etag: Option<&str>,
+    ) -> Result<Reply, BmcError> {
+        let required = self.if_match_required.load(Ordering::Relaxed);
+        let sent = if required { etag.map(str::to_string) } else { None };
+        let error = match self
+            .request_with(Method::PATCH, path, Some(body), sent.as_deref())
+            .await
+        {
+            Ok(reply) => return Ok(reply),
+            Err(e) => e,
+        };
+        match error {
+            BmcError::Http { status: 428, .. } => {
+                tracing::debug!(bmc = %self.bmc, path, "the BMC requires If-Match (428): sending ETags from now on");
+                self.if_match_required.store(true, Ordering::Relaxed);
+                let etag = match etag {
+                    Some(e) => e.to_string(),
+                    None => self.fresh_etag(path).await?,
+                };
+                match self.request_with(Method::PATCH, path, Some(body), Some(&etag)).await {
+                    Err(e @ BmcError::Http { status: 412, .. }) => {
+                        self.after_precondition_failed(path, body, &etag, e).await
+                    }
+                    other => other,
+                }
+            }
+            e @ BmcError::Http { status: 412, .. } => match sent {
+                Some(sent) => self.after_precondition_failed(path, body, &sent, e).await,
+                None => Err(e),
+            },
+            e => Err(e),
+        }
+    }
+
+    /// The PATCH with `If-Match: sent` failed with 412 (`failed`): re-read the ETag and try what may work.
+    async fn after_precondition_failed(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        sent: &str,
+        failed: BmcError,
+    ) -> Result<Reply, BmcError> {
+        let fresh = self.fresh_etag(path).await?;
+        let mut candidates = Vec::new();
+        if fresh != sent {
+            candidates.push((
+                fresh.clone(),
+                "the ETag changed between read and write (412): retrying once with the new one",
+            ));
+        }
+        if let Some(strong) = quirks::strong_etag(&fresh) {
+            candidates.push((
+                strong,
+                "the BMC refuses its own weak ETag in If-Match (412): sending its strong form",
+            ));
+        }
+        let mut last = failed;
+        for (candidate, why) in candidates {
+            tracing::info!(bmc = %self.bmc, path, "{why}");
+            match self
+                .request_with(Method::PATCH, path, Some(body), Some(&candidate))
+                .await
+            {
+                Ok(reply) => return Ok(reply),
+                Err(e @ BmcError::Http { status: 412, .. }) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    async fn fresh_etag(&self, path: &str) -> Result<String, BmcError> {
+        self.get_with_etag::<serde_json::Value>(path).await?.1.ok_or_else(|| {
+            self.protocol(
+                &format!("PATCH {path}"),
+                "the BMC requires If-Match but sends no ETag for the resource",
+            )
+        })
+    }
+
     /// A request with authentication, pacing, retries and error mapping; follows a task monitor to completion
     /// when the BMC answers 202 with a Location.
     pub(crate) async fn request(
@@ -312,8 +454,49 @@ impl Client {
         let idempotent = method != Method::POST;
         let mut attempt = 0;
         let mut relogged = false;
+        let mut not_ready_since: Option<Instant> = None;
+        let mut not_ready_attempt = 0;
         loop {
             let result = self.send_once(method.clone(), path, body, if_match, true).await;
+            // A change refused because the previous one has not settled (iLO's InvalidOperationForSystemState right
+            // after a reset, iDRAC's SYS518) was not performed: ask again with backoff, for at most busy_timeout, so
+            // that the "on" of a power cycle is not lost and the host left off.
+            if method != Method::GET
+                && let Ok((status, _, _, bytes)) = &result
+                && !status.is_success()
+            {
+                let message = self.error_message(bytes);
+                if quirks::is_not_ready(status.as_u16(), &message) {
+                    let since = *not_ready_since.get_or_insert_with(Instant::now);
+                    let waited = since.elapsed();
+                    if waited >= self.opts.busy_timeout {
+                        return Err(BmcError::Busy {
+                            bmc: self.bmc.clone(),
+                            reason: format!(
+                                "{operation} was still refused after {:?} of asking again while the BMC finished a \
+                                 previous operation (HTTP {}: {message})",
+                                self.opts.busy_timeout,
+                                status.as_u16()
+                            ),
+                        });
+                    }
+                    let delay = self
+                        .opts
+                        .backoff(not_ready_attempt)
+                        .min(self.opts.busy_timeout - waited);
+                    not_ready_attempt += 1;
+                    if not_ready_attempt == 1 {
+                        tracing::info!(bmc = %self.bmc, %operation, %status, %message,
+                            busy_timeout_ms = self.opts.busy_timeout.as_millis() as u64,
+                            "the BMC is not ready after a previous operation: asking again with backoff");
+                    } else {
+                        tracing::debug!(bmc = %self.bmc, %operation, delay_ms = delay.as_millis() as u64,
+                            attempt = not_ready_attempt, "the BMC is still not ready");
+                    }
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            }
             let retry = match &result {
                 Err(BmcError::Connect { .. }) => true,
                 Err(e) => idempotent && e.is_transient(),
@@ -464,9 +647,13 @@ impl Client {
     ///
     /// # Errors
     /// `Protocol` naming the URL and the operation.
+    ///
+    /// Runs of `/` inside the path are folded into one: a member id ending in `/` (HPE iLO) joined with a suffix
+    /// must not reach the BMC as `//Actions/...`, which some BMCs answer with 404.
     pub(crate) fn path_of(&self, operation: &str, location: &str) -> Result<String, BmcError> {
-        path_on_origin(&self.origin, location)
-            .map_err(|why| self.protocol(operation, &format!("refusing the BMC-supplied URL {location:?}: {why}")))
+        let path = path_on_origin(&self.origin, location)
+            .map_err(|why| self.protocol(operation, &format!("refusing the BMC-supplied URL {location:?}: {why}")))?;
+        Ok(fold_slashes(&path))
     }
 
     fn transport_error(&self, operation: &str, e: reqwest::Error) -> BmcError {
@@ -523,15 +710,21 @@ impl Client {
         }
     }
 
-    pub(crate) fn http_error(&self, operation: &str, status: StatusCode, body: &[u8]) -> BmcError {
-        let message = serde_json::from_slice::<ErrorBody>(body)
+    /// The one-line message of an error body: its Redfish messages with ids and arguments, else its first 200
+    /// characters.
+    fn error_message(&self, body: &[u8]) -> String {
+        serde_json::from_slice::<ErrorBody>(body)
             .ok()
             .and_then(|b| b.summary())
             .unwrap_or_else(|| {
                 let text = String::from_utf8_lossy(body);
                 let text = text.trim();
                 text.chars().take(200).collect()
-            });
+            })
+    }
+
+    pub(crate) fn http_error(&self, operation: &str, status: StatusCode, body: &[u8]) -> BmcError {
+        let message = self.error_message(body);
         match status {
             StatusCode::NOT_FOUND => BmcError::NotFound {
                 bmc: self.bmc.clone(),
@@ -563,6 +756,26 @@ impl Client {
     }
 }
 
+/// `path` with every run of `/` before the query folded into one.
+fn fold_slashes(path: &str) -> String {
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if c == '/' && out.ends_with('/') {
+            continue;
+        }
+        out.push(c);
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
 /// A URL a BMC supplied, as a path on the BMC's `origin` (`https://host:port`): what `Client::path_of` checks every
 /// request path with, public so that the fuzz harness can hold it to "never leaves the origin".
 ///
@@ -581,4 +794,19 @@ pub fn path_on_origin(origin: &str, location: &str) -> Result<String, String> {
         Some(q) => format!("{}?{q}", url.path()),
         None => url.path().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slashes_are_folded_before_the_query() {
+        assert_eq!(
+            fold_slashes("/redfish/v1/Systems/1//Actions/ComputerSystem.Reset/"),
+            "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset/"
+        );
+        assert_eq!(fold_slashes("/a///b?x=//y"), "/a/b?x=//y");
+        assert_eq!(fold_slashes("/"), "/");
+    }
 }

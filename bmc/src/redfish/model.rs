@@ -76,6 +76,8 @@ pub struct ComputerSystem {
     pub simple_storage: Option<OdataId>,
     pub processors: Option<OdataId>,
     pub links: Option<SystemLinks>,
+    /// Vendor extensions, read only for what older firmware puts there instead of standard properties.
+    pub oem: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -88,6 +90,11 @@ pub struct Boot {
     pub allowed_targets: Option<Vec<String>>,
     #[serde(rename = "BootSourceOverrideMode@Redfish.AllowableValues")]
     pub allowed_modes: Option<Vec<String>>,
+    #[serde(rename = "BootSourceOverrideEnabled@Redfish.AllowableValues")]
+    pub allowed_enabled: Option<Vec<String>>,
+    /// HPE iLO 4 (Redfish 1.0 era): the boot targets as a plain list instead of the `@Redfish.AllowableValues`
+    /// annotation.
+    pub boot_source_override_supported: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -158,6 +165,8 @@ pub struct VirtualMedia {
     pub media_types: Option<Vec<String>>,
     pub image: Option<String>,
     pub inserted: Option<bool>,
+    /// `URI`, `Applet` (a remote console has the drive), `NotConnected`, `Oem`.
+    pub connected_via: Option<String>,
     pub actions: Option<VirtualMediaActions>,
 }
 
@@ -247,15 +256,83 @@ pub struct Task {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct Message {
+    /// `MessageID` in HPE iLO 4's pre-1.0 error bodies.
+    #[serde(alias = "MessageID")]
     pub message_id: Option<String>,
     pub message: Option<String>,
+    /// The values the message is about (a list; anything else is ignored). HPE iLO sends only `MessageId` and
+    /// `MessageArgs` (no `Message`), so the property it refused is here and nowhere else.
+    pub message_args: Option<serde_json::Value>,
 }
 
-/// The error body of DSP0266 section 9.6 (`{"error": {"code", "message", "@Message.ExtendedInfo": [...]}}`).
+impl Message {
+    /// `"<id>: <message> [<args>]"`, each part only when present; `None` when the entry is empty. Arguments the
+    /// message already spells out are not repeated.
+    pub fn line(&self) -> Option<String> {
+        let args: Vec<String> = self
+            .message_args
+            .as_ref()
+            .and_then(|a| a.as_array())
+            .into_iter()
+            .flatten()
+            .map(|a| match a {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .filter(|a| !a.is_empty())
+            .collect();
+        let text = self.message.as_deref().map(str::trim).filter(|m| !m.is_empty());
+        let args = args
+            .into_iter()
+            .filter(|a| !text.is_some_and(|m| m.contains(a.as_str())))
+            .collect::<Vec<_>>();
+        let mut line = String::new();
+        if let Some(id) = self.message_id.as_deref().filter(|i| !i.is_empty()) {
+            line.push_str(id);
+        }
+        if let Some(text) = text {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(text);
+        }
+        if !args.is_empty() {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(&format!("[{}]", args.join(", ")));
+        }
+        (!line.is_empty()).then_some(line)
+    }
+}
+
+/// One message or a list of them: some BMCs send `@Message.ExtendedInfo` as a single object.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<Message>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<Message>),
+        One(Message),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        Some(OneOrMany::Many(v)) => Some(v),
+        Some(OneOrMany::One(m)) => Some(vec![m]),
+        Some(OneOrMany::Other(_)) | None => None,
+    })
+}
+
+/// The error body of DSP0266 section 9.6 (`{"error": {"code", "message", "@Message.ExtendedInfo": [...]}}`), and
+/// the variants seen in the field: `@Message.ExtendedInfo` at the top level, and HPE iLO 4's pre-1.0
+/// `{"Messages": [{"MessageID": ...}]}`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ErrorBody {
     pub error: Option<ErrorDetail>,
+    #[serde(rename = "@Message.ExtendedInfo", deserialize_with = "one_or_many")]
+    pub extended_info: Option<Vec<Message>>,
+    #[serde(rename = "Messages", deserialize_with = "one_or_many")]
+    pub messages: Option<Vec<Message>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -263,26 +340,37 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: Option<String>,
     pub message: Option<String>,
-    #[serde(rename = "@Message.ExtendedInfo")]
+    #[serde(rename = "@Message.ExtendedInfo", deserialize_with = "one_or_many")]
     pub extended_info: Option<Vec<Message>>,
 }
 
 impl ErrorBody {
-    /// One line: the message and every extended-info message with its id, e.g.
-    /// `"Invalid boot target; Base.1.8.PropertyValueNotInList: The value Floppy is not allowed"`.
+    fn infos(&self) -> impl Iterator<Item = &Message> {
+        let detail = self.error.as_ref().and_then(|d| d.extended_info.as_ref());
+        detail
+            .into_iter()
+            .chain(self.extended_info.as_ref())
+            .chain(self.messages.as_ref())
+            .flatten()
+    }
+
+    /// One line: the message and every extended-info message with its id and arguments, e.g.
+    /// `"Invalid boot target; Base.1.8.PropertyValueNotInList: The value Floppy is not allowed"` or (iLO)
+    /// `"iLO.2.15.PropertyNotWritableOrUnknown [BootSourceOverrideMode]"`. HPE's placeholder message ("See
+    /// @Message.ExtendedInfo for more information.") is left out when the extended info is there.
     pub fn summary(&self) -> Option<String> {
-        let detail = self.error.as_ref()?;
-        let mut parts: Vec<String> = detail.message.iter().cloned().collect();
-        for info in detail.extended_info.iter().flatten() {
-            match (&info.message_id, &info.message) {
-                (Some(id), Some(m)) => parts.push(format!("{id}: {m}")),
-                (None, Some(m)) => parts.push(m.clone()),
-                (Some(id), None) => parts.push(id.clone()),
-                (None, None) => {}
-            }
-        }
+        let lines: Vec<String> = self.infos().filter_map(Message::line).collect();
+        let message = self
+            .error
+            .as_ref()
+            .and_then(|d| d.message.as_deref())
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .filter(|m| lines.is_empty() || !m.starts_with("See @Message.ExtendedInfo"));
+        let mut parts: Vec<String> = message.map(str::to_string).into_iter().collect();
+        parts.extend(lines);
         if parts.is_empty() {
-            detail.code.clone()
+            self.error.as_ref().and_then(|d| d.code.clone())
         } else {
             Some(parts.join("; "))
         }
@@ -308,6 +396,47 @@ mod tests {
         assert_eq!(s.processor_summary.unwrap().count, Some(2));
         assert_eq!(s.actions.unwrap().reset.unwrap().allowed.unwrap(), ["On"]);
         assert_eq!(s.links.unwrap().managed_by.unwrap()[0].id, "/redfish/v1/Managers/BMC");
+    }
+
+    #[test]
+    fn error_summary_variants() {
+        let summary = |json: &str| serde_json::from_str::<ErrorBody>(json).unwrap().summary();
+        // HPE iLO 5: no Message, the refused property only in MessageArgs.
+        assert_eq!(
+            summary(
+                r#"{"error": {"code": "iLO.0.10.ExtendedInfo", "message": "See @Message.ExtendedInfo for more information.",
+                "@Message.ExtendedInfo": [{"MessageId": "iLO.2.15.PropertyNotWritableOrUnknown", "MessageArgs": ["BootSourceOverrideMode"]}]}}"#
+            )
+            .unwrap(),
+            "iLO.2.15.PropertyNotWritableOrUnknown [BootSourceOverrideMode]"
+        );
+        // Arguments the message already names are not repeated; numbers are printed as such.
+        assert_eq!(
+            summary(
+                r#"{"error": {"@Message.ExtendedInfo": {"MessageId": "Base.1.8.PropertyValueNotInList",
+                "Message": "The value Continuous for BootSourceOverrideEnabled is not allowed.", "MessageArgs": ["Continuous", "BootSourceOverrideEnabled", 3]}}}"#
+            )
+            .unwrap(),
+            "Base.1.8.PropertyValueNotInList: The value Continuous for BootSourceOverrideEnabled is not allowed. [3]"
+        );
+        // iLO 4's pre-1.0 shape and a top-level @Message.ExtendedInfo.
+        assert_eq!(
+            summary(r#"{"Messages": [{"MessageID": "iLO.0.10.InvalidOperationForSystemState"}], "Type": "ExtendedError.1.0.0"}"#)
+                .unwrap(),
+            "iLO.0.10.InvalidOperationForSystemState"
+        );
+        assert_eq!(
+            summary(
+                r#"{"@Message.ExtendedInfo": [{"MessageId": "IDRAC.2.8.SYS518", "Message": "iDRAC is not ready."}]}"#
+            )
+            .unwrap(),
+            "IDRAC.2.8.SYS518: iDRAC is not ready."
+        );
+        assert_eq!(
+            summary(r#"{"error": {"code": "Base.1.8.GeneralError"}}"#).unwrap(),
+            "Base.1.8.GeneralError"
+        );
+        assert_eq!(summary("{}"), None);
     }
 
     #[test]

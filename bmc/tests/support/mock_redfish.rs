@@ -42,6 +42,10 @@ pub struct Mock {
     pub redirect_system_to: Option<String>,
     /// Pad every System body with this many bytes.
     pub pad_system: usize,
+    /// `Boot.BootSourceOverrideMode`, if the System has one.
+    pub boot_mode: Option<&'static str>,
+    /// Refuse a PATCH naming `BootSourceOverrideMode`, as HPE iLO 5 does (read-only there).
+    pub boot_mode_read_only: bool,
 }
 
 impl Default for Mock {
@@ -67,6 +71,8 @@ impl Default for Mock {
             sessions_link: "/redfish/v1/SessionService/Sessions".into(),
             redirect_system_to: None,
             pad_system: 0,
+            boot_mode: None,
+            boot_mode_read_only: false,
         }
     }
 }
@@ -91,6 +97,14 @@ fn error(status: StatusCode, id: &str, message: &str) -> Response {
 }
 
 fn system_json(m: &Mock) -> Value {
+    let mut v = system_json_base(m);
+    if let Some(mode) = m.boot_mode {
+        v["Boot"]["BootSourceOverrideMode"] = json!(mode);
+    }
+    v
+}
+
+fn system_json_base(m: &Mock) -> Value {
     json!({
         "@odata.id": "/redfish/v1/Systems/1", "Id": "1", "Name": "mock", "UUID": "00000000-0000-0000-0000-000000000001",
         "Manufacturer": "Mock", "Model": "M1", "SerialNumber": "SN1", "PowerState": m.power,
@@ -224,6 +238,17 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
                 );
             }
             let patch: Value = serde_json::from_slice(&body).unwrap_or_default();
+            if let Some(mode) = patch["Boot"]["BootSourceOverrideMode"].as_str() {
+                if m.boot_mode_read_only {
+                    // iLO 5's answer, as recorded from real BMCs.
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "iLO.2.15.PropertyNotWritableOrUnknown",
+                        "The property BootSourceOverrideMode is not writable or is unknown.",
+                    );
+                }
+                m.boot_mode = Some(if mode == "Legacy" { "Legacy" } else { "UEFI" });
+            }
             let target = patch["Boot"]["BootSourceOverrideTarget"]
                 .as_str()
                 .unwrap_or_default()
