@@ -512,6 +512,37 @@ async fn a_bmc_action_being_retried_is_visible_on_the_host() {
     assert!(!trouble.to_string().contains(PASSWORD));
 }
 
+/// A host enrolled without a boot MAC (valid in Metal3): kiln reads its NICs from the BMC, netboots it by the MAC the
+/// BMC reported, and inspects it; the learned MAC is in its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_a_boot_mac_is_netbooted_by_the_macs_its_bmc_reports() {
+    let lab = Lab::start(|_| {}).await;
+    lab.add_fake("node-m");
+    let (s, b) = lab
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/hosts",
+            Some(json!({
+                "name": "node-m",
+                "bmc": { "address": "redfish+http://127.0.0.1:9/redfish/v1/Systems/node-m", "username": "admin", "password": PASSWORD },
+            })),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let h = lab.wait_state("node-m", "available").await;
+    assert!(h["boot_mac"].is_null(), "{h}");
+    let events = events_of(&lab, "node-m").await;
+    let mac = mac_of("node-m");
+    assert!(
+        events.iter().any(|e| e.starts_with("learned_macs") && e.contains(&mac)),
+        "{events:?}"
+    );
+    let (_, inv) = lab
+        .api(reqwest::Method::GET, "/api/v1/hosts/node-m/inspection", None)
+        .await;
+    assert_eq!(inv["inventory"]["nics"][0]["mac"], mac.as_str(), "{inv}");
+}
+
 async fn events_of(lab: &Lab, host: &str) -> Vec<String> {
     let (_, ev) = lab
         .api(reqwest::Method::GET, &format!("/api/v1/hosts/{host}/events"), None)

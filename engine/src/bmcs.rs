@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kiln_bmc::{Bmc, BootPersistence, BootTarget, PowerAction, PowerState};
+use kiln_bmc::{Bmc, BootPersistence, BootTarget, Inventory, PowerAction, PowerState};
 
 use crate::machine::BmcFailure;
 use crate::model::BmcInfo;
@@ -17,6 +17,8 @@ pub trait DynBmc: Send + Sync {
     async fn power_state(&self) -> Result<PowerState, BmcFailure>;
     async fn set_power(&self, action: PowerAction) -> Result<(), BmcFailure>;
     async fn set_boot(&self, target: BootTarget, persistence: BootPersistence) -> Result<(), BmcFailure>;
+    /// What the BMC knows of the hardware (NIC MACs for hosts enrolled without a boot MAC).
+    async fn inventory(&self) -> Result<Inventory, BmcFailure>;
 }
 
 /// How a driver error is classified: (transient, credentials refused).
@@ -68,6 +70,9 @@ impl<B: Bmc + 'static> DynBmc for BmcAdapter<B> {
     }
     async fn set_boot(&self, target: BootTarget, persistence: BootPersistence) -> Result<(), BmcFailure> {
         self.bmc.set_boot(target, persistence).await.map_err(|e| self.fail(e))
+    }
+    async fn inventory(&self) -> Result<Inventory, BmcFailure> {
+        self.bmc.inventory().await.map_err(|e| self.fail(e))
     }
 }
 

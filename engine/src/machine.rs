@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::policy::{Policy, backoff_ms};
 
-use crate::model::{EraseMode, HostSpec, Requests};
-use crate::types::{HostName, Ts};
+use crate::model::{BmcAddress, EraseMode, HostSpec, Requests};
+use crate::types::{HostName, MacAddr, Ts};
 
 /// An operation that can fail; names the Metal3 error type the host shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,15 +82,30 @@ pub struct Job {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum State {
     Unmanaged,
-    Registering { since: Ts, attempt: u32 },
+    Registering {
+        since: Ts,
+        attempt: u32,
+        /// The BMC was asked for the host's NIC MACs (a host enrolled without a boot MAC).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        macs_asked: bool,
+    },
     Inspecting(Job),
     Preparing(Job),
-    Available { since: Ts },
+    Available {
+        since: Ts,
+    },
     Provisioning(Job),
-    Provisioned { since: Ts, image_url: String },
+    Provisioned {
+        since: Ts,
+        image_url: String,
+    },
     Deprovisioning(Job),
-    ExternallyProvisioned { since: Ts },
-    Deleting { since: Ts },
+    ExternallyProvisioned {
+        since: Ts,
+    },
+    Deleting {
+        since: Ts,
+    },
     Error(HostError),
 }
 
@@ -197,6 +212,8 @@ pub struct Observed {
 pub struct HostView {
     pub name: HostName,
     pub spec: HostSpec,
+    /// NIC MACs learned from the BMC (hosts enrolled without a boot MAC); netboot finds the host by any of them.
+    pub learned_macs: Vec<MacAddr>,
     pub requests: Requests,
     pub state: State,
     /// Last known power state.
@@ -230,6 +247,9 @@ pub enum Action {
         boot: u64,
         phase: &'static str,
     },
+    /// Read the host's NIC MACs from its BMC's inventory and keep them as the MACs netboot knows the host by (a
+    /// failed read is an event, not an error: the job that needs a MAC says what is missing).
+    LearnMacs,
     ClearPowerRequest,
     ClearInspectRequest,
     ClearRetryRequest,
@@ -317,14 +337,22 @@ pub fn step(host: &HostView, obs: &Observed, now: Ts) -> Decision {
     match &host.state {
         State::Unmanaged => match host.spec.bmc {
             Some(_) => decide(
-                State::Registering { since: now, attempt: 0 },
+                State::Registering {
+                    since: now,
+                    attempt: 0,
+                    macs_asked: false,
+                },
                 vec![],
                 now,
                 "BMC credentials set",
             ),
             None => decide(State::Unmanaged, vec![], idle, "no BMC address yet"),
         },
-        State::Registering { since, attempt } => registering(host, obs, now, *since, *attempt),
+        State::Registering {
+            since,
+            attempt,
+            macs_asked,
+        } => registering(host, obs, now, *since, *attempt, *macs_asked),
         State::Inspecting(job) => run_job(host, obs, now, JobKind::Inspect, *job),
         State::Preparing(job) => run_job(host, obs, now, JobKind::Prepare, *job),
         State::Provisioning(job) => {
@@ -482,9 +510,32 @@ fn idle_with_power(host: &HostView, state: State, now: Ts, reason: &str) -> Deci
     }
 }
 
-fn registering(host: &HostView, obs: &Observed, now: Ts, since: Ts, attempt: u32) -> Decision {
+/// Whether kiln must learn the host's NIC MACs from its BMC before it can netboot it: no boot MAC was given (Metal3
+/// allows that), none was learned yet, and the BMC can tell (Redfish's EthernetInterfaces; IPMI cannot).
+fn needs_macs_from_bmc(host: &HostView) -> bool {
+    host.spec.boot_mac.is_none()
+        && host.learned_macs.is_empty()
+        && !host.spec.options.externally_provisioned
+        && host
+            .spec
+            .bmc
+            .as_ref()
+            .is_some_and(|b| matches!(b.address, BmcAddress::Redfish(_) | BmcAddress::Fake(_)))
+}
+
+fn registering(host: &HostView, obs: &Observed, now: Ts, since: Ts, attempt: u32, macs_asked: bool) -> Decision {
     let p = &host.policy;
     match &obs.bmc {
+        BmcObs::Power(_) if !macs_asked && needs_macs_from_bmc(host) => decide(
+            State::Registering {
+                since,
+                attempt,
+                macs_asked: true,
+            },
+            vec![Action::LearnMacs],
+            now,
+            "registered; no boot MAC given: asking the BMC for the host's NIC MACs",
+        ),
         BmcObs::Power(_) => {
             if host.spec.options.externally_provisioned {
                 decide(
@@ -510,6 +561,7 @@ fn registering(host: &HostView, obs: &Observed, now: Ts, since: Ts, attempt: u32
                 State::Registering {
                     since,
                     attempt: attempt + 1,
+                    macs_asked,
                 },
                 vec![],
                 wake,
@@ -532,7 +584,11 @@ fn registering(host: &HostView, obs: &Observed, now: Ts, since: Ts, attempt: u32
             error(host, now, Operation::Registering, kind, message, attempt, obs.jitter)
         }
         BmcObs::NotRead => decide(
-            State::Registering { since, attempt },
+            State::Registering {
+                since,
+                attempt,
+                macs_asked,
+            },
             vec![],
             now.plus_secs(p.busy_poll_secs),
             "waiting to read the BMC",
@@ -608,7 +664,11 @@ fn in_error(host: &HostView, obs: &Observed, now: Ts, err: &HostError) -> Decisi
     match err.retry_at {
         Some(at) if now >= at => match err.operation {
             Operation::Registering => decide(
-                State::Registering { since: now, attempt: 0 },
+                State::Registering {
+                    since: now,
+                    attempt: 0,
+                    macs_asked: false,
+                },
                 vec![],
                 now,
                 "retrying registration",
@@ -654,12 +714,16 @@ fn start_job(host: &HostView, obs: &Observed, now: Ts, kind: JobKind, retries: u
             format!("{reason}; cleaning disabled: powered off, disks left as they are"),
         );
     }
-    if host.spec.boot_mac.is_none() {
+    if host.spec.boot_mac.is_none() && host.learned_macs.is_empty() {
         // kiln tells a netbooting host by its MAC (DHCP, the iPXE script): without one, the agent could never be
         // handed its token, and the job would only end in a boot timeout minutes later. Say so now.
+        let bmc = match host.spec.bmc.as_ref().map(|b| &b.address) {
+            Some(BmcAddress::Ipmi(_)) => "an IPMI BMC cannot report the host's NICs",
+            _ => "its BMC reported no NIC MAC address either (Redfish EthernetInterfaces)",
+        };
         let msg = format!(
-            "{reason}, but the host has no boot MAC address, and kiln recognises a network-booting host only by it: \
-             set bootMACAddress (kiln: --boot-mac) to the MAC of the NIC it PXE-boots from"
+            "{reason}, but the host has no boot MAC address and {bmc}, and kiln recognises a network-booting host \
+             only by a MAC: set bootMACAddress (kiln: --boot-mac) to the MAC of the NIC it PXE-boots from"
         );
         return error(host, now, kind.operation(), "no_boot_mac", msg, retries, obs.jitter);
     }
@@ -684,7 +748,9 @@ fn start_job(host: &HostView, obs: &Observed, now: Ts, kind: JobKind, retries: u
 
 fn boot_job(host: &HostView, now: Ts, kind: JobKind, job: Job, reason: &str) -> Decision {
     let power = match host.power {
-        Some(PowerState::On) => PowerAction::Cycle,
+        // A host on or changing power state is cycled: the boot must start after the boot device was set (the
+        // driver lets a power-off under way finish first).
+        Some(PowerState::On | PowerState::PoweringOn | PowerState::PoweringOff) => PowerAction::Cycle,
         Some(PowerState::Off) | Some(PowerState::Unknown) | None => PowerAction::On,
     };
     let next = kind.state(Job {

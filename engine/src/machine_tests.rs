@@ -11,6 +11,7 @@ const T0: Ts = Ts(1_000_000);
 impl HostView {
     fn test() -> Self {
         HostView {
+            learned_macs: Vec::new(),
             name: "node-1".parse().unwrap(),
             spec: HostSpec {
                 bmc: Some(BmcInfo {
@@ -162,12 +163,20 @@ fn lifecycle_table() {
             "unmanaged with BMC registers",
             HostView::test(),
             obs(),
-            State::Registering { since: t, attempt: 0 },
+            State::Registering {
+                since: t,
+                attempt: 0,
+                macs_asked: false,
+            },
             vec![],
         ),
         (
             "registering reads power then inspects",
-            HostView::test().in_state(State::Registering { since: t, attempt: 0 }),
+            HostView::test().in_state(State::Registering {
+                since: t,
+                attempt: 0,
+                macs_asked: false,
+            }),
             read(PowerState::Off),
             State::Inspecting(at(booting(1), t)),
             pxe_boot(1, "inspecting", PowerAction::On),
@@ -175,7 +184,11 @@ fn lifecycle_table() {
         (
             "registering without inspection goes available",
             HostView::test()
-                .in_state(State::Registering { since: t, attempt: 0 })
+                .in_state(State::Registering {
+                    since: t,
+                    attempt: 0,
+                    macs_asked: false,
+                })
                 .opts(|o| o.inspect = false),
             read(PowerState::On),
             State::Available { since: t },
@@ -184,7 +197,11 @@ fn lifecycle_table() {
         (
             "registering externally provisioned is adopted",
             HostView::test()
-                .in_state(State::Registering { since: t, attempt: 0 })
+                .in_state(State::Registering {
+                    since: t,
+                    attempt: 0,
+                    macs_asked: false,
+                })
                 .opts(|o| o.externally_provisioned = true),
             read(PowerState::On),
             State::ExternallyProvisioned { since: t },
@@ -345,7 +362,11 @@ fn lifecycle_table() {
 
 #[test]
 fn registration_failures_are_actionable() {
-    let h = HostView::test().in_state(State::Registering { since: T0, attempt: 0 });
+    let h = HostView::test().in_state(State::Registering {
+        since: T0,
+        attempt: 0,
+        macs_asked: false,
+    });
     let auth = BmcFailure {
         message: "401 Unauthorized".into(),
         transient: false,
@@ -378,9 +399,20 @@ fn registration_failures_are_actionable() {
         },
         T0,
     );
-    assert_eq!(d.next, State::Registering { since: T0, attempt: 1 });
+    assert_eq!(
+        d.next,
+        State::Registering {
+            since: T0,
+            attempt: 1,
+            macs_asked: false
+        }
+    );
     assert!(d.wake > T0);
-    let last = h.clone().in_state(State::Registering { since: T0, attempt: 3 });
+    let last = h.clone().in_state(State::Registering {
+        since: T0,
+        attempt: 3,
+        macs_asked: false,
+    });
     let d = step(
         &last,
         &Observed {
@@ -397,15 +429,50 @@ fn registration_failures_are_actionable() {
 }
 
 #[test]
-fn a_host_without_a_boot_mac_fails_at_once_naming_the_field() {
-    let mut h = HostView::test().in_state(State::Registering { since: T0, attempt: 0 });
+fn a_host_without_a_boot_mac_learns_its_macs_from_the_bmc_or_fails_at_once_naming_the_field() {
+    // A Redfish host enrolled without a boot MAC (Metal3 allows it): the BMC is asked for its NICs first.
+    let mut h = HostView::test().in_state(State::Registering {
+        since: T0,
+        attempt: 0,
+        macs_asked: false,
+    });
     h.spec.boot_mac = None;
     let d = step(&h, &read(PowerState::Off), T0);
+    assert_eq!(
+        d.next,
+        State::Registering {
+            since: T0,
+            attempt: 0,
+            macs_asked: true
+        }
+    );
+    assert_eq!(d.actions, vec![Action::LearnMacs]);
+    // With the MACs its BMC reported, it is inspected like any host.
+    let mut learned = h.clone().in_state(d.next.clone());
+    learned.learned_macs = vec!["52:54:00:00:00:22".parse().unwrap()];
+    let d = step(&learned, &read(PowerState::Off), T0);
+    assert!(matches!(d.next, State::Inspecting(_)), "{:?}", d.next);
+    // The BMC reported none: the job fails at once, saying what to set.
+    let asked = h.clone().in_state(State::Registering {
+        since: T0,
+        attempt: 0,
+        macs_asked: true,
+    });
+    let d = step(&asked, &read(PowerState::Off), T0);
     let State::Error(e) = &d.next else {
         panic!("{:?}", d.next)
     };
     assert_eq!((e.operation, e.kind.as_str()), (Operation::Inspecting, "no_boot_mac"));
     assert!(e.message.contains("bootMACAddress"), "{}", e.message);
+    assert!(e.message.contains("EthernetInterfaces"), "{}", e.message);
+    // An IPMI BMC cannot tell: no question is asked, the error says why.
+    let mut ipmi = h.clone();
+    ipmi.spec.bmc.as_mut().unwrap().address = "ipmi://127.0.0.1:6230".parse().unwrap();
+    let d = step(&ipmi, &read(PowerState::Off), T0);
+    let State::Error(e) = &d.next else {
+        panic!("{:?}", d.next)
+    };
+    assert!(e.message.contains("IPMI"), "{}", e.message);
     assert!(
         !d.actions
             .iter()
@@ -571,7 +638,11 @@ fn arb_state() -> impl Strategy<Value = State> {
     });
     prop_oneof![
         Just(State::Unmanaged),
-        (0u32..5).prop_map(|a| State::Registering { since: T0, attempt: a }),
+        (0u32..5).prop_map(|a| State::Registering {
+            since: T0,
+            attempt: a,
+            macs_asked: false
+        }),
         job.clone().prop_map(State::Inspecting),
         job.clone().prop_map(State::Preparing),
         Just(State::Available { since: T0 }),

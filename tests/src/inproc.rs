@@ -269,6 +269,10 @@ impl Lab {
         let (tx, dead, host) = (self.boots_tx.clone(), self.dead_nics.clone(), name.to_owned());
         let f = FakeBmc::new(name)
             .with_mode(kiln_bmc::fake::PowerMode::Auto { delay: Duration::ZERO })
+            .with_inventory(kiln_bmc::Inventory {
+                nic_macs: vec![mac_of(name)],
+                ..Default::default()
+            })
             .on_boot(move |target| {
                 let kind = match target {
                     BootTarget::Pxe { .. } | BootTarget::UefiHttp if dead.lock().unwrap().contains(&host) => return,

@@ -10,7 +10,7 @@ use kiln_engine::crypto::SecretKey;
 use kiln_engine::machine::{HostError, Job, JobPhase, Operation, State};
 use kiln_engine::model::{BmcInfo, Counters, HostSpec, Requests, StatusUpdate};
 use kiln_engine::store::*;
-use kiln_engine::types::{HostName, Ts};
+use kiln_engine::types::{HostName, MacAddr, Ts};
 use kiln_tests::pg::PgCluster;
 
 fn key() -> SecretKey {
@@ -86,6 +86,42 @@ async fn suite(s: Arc<dyn Store>) {
             .is_none()
     );
     assert_eq!(s.hosts().await.unwrap().len(), 2);
+
+    // MACs learned from node-2's BMC find node-2; one that is node-1's boot MAC stays node-1's.
+    let mac = |m: &str| -> MacAddr { m.parse().unwrap() };
+    let kept = s
+        .set_learned_macs(
+            h2.id,
+            &[
+                mac("52:54:00:00:00:01"),
+                mac("52:54:00:00:00:22"),
+                mac("52:54:00:00:00:23"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept, vec![mac("52:54:00:00:00:22"), mac("52:54:00:00:00:23")]);
+    assert_eq!(s.learned_macs(h2.id).await.unwrap(), kept);
+    assert_eq!(
+        s.host_by_mac(&mac("52:54:00:00:00:23")).await.unwrap().unwrap().id,
+        h2.id
+    );
+    assert_eq!(
+        s.host_by_mac(&mac("52:54:00:00:00:01")).await.unwrap().unwrap().id,
+        h.id
+    );
+    // A MAC learned for node-2 is not node-1's to learn; learning again replaces the list.
+    assert!(
+        s.set_learned_macs(h.id, &[mac("52:54:00:00:00:22")])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.set_learned_macs(h2.id, &[mac("52:54:00:00:00:24")]).await.unwrap(),
+        vec![mac("52:54:00:00:00:24")]
+    );
+    assert!(s.host_by_mac(&mac("52:54:00:00:00:22")).await.unwrap().is_none());
 
     // Operator writes bump the generation; the executor's write loses against them.
     let mut sp = h.spec.clone();

@@ -210,6 +210,8 @@ fn power_name(state: PowerState) -> &'static str {
     match state {
         PowerState::On => "on",
         PowerState::Off => "off",
+        PowerState::PoweringOn => "powering-on",
+        PowerState::PoweringOff => "powering-off",
         PowerState::Unknown => "unknown",
     }
 }

@@ -12,16 +12,22 @@ use crate::machine::{
 };
 use crate::model::{Host, StatusUpdate};
 use crate::store::{Journal, PhaseRecord, StoreError};
-use crate::types::Ts;
+use crate::types::{MacAddr, Ts};
 
 impl Executor {
     pub(super) async fn reconcile(&self, h: Host, now: Ts) -> Result<(), StoreError> {
         let (mut obs, mut calls) = self.observe(&h, now).await?;
         let reserved = !h.state.holds_slot() && self.take_slot(h.id);
         obs.slot_free = reserved;
+        let learned_macs = if h.spec.boot_mac.is_none() {
+            self.store.learned_macs(h.id).await?
+        } else {
+            Vec::new()
+        };
         let view = HostView {
             name: h.name.clone(),
             spec: h.spec.clone(),
+            learned_macs,
             requests: h.requests.clone(),
             state: h.state.clone(),
             power: match &obs.bmc {
@@ -42,6 +48,42 @@ impl Executor {
         result.map(|_| ())
     }
 
+    /// Reads the host's NIC MACs from its BMC's inventory and keeps those no other host has; says what it learned
+    /// in the host's events. A failed read is only an event: the job that needs a MAC says what is missing.
+    async fn learn_macs(&self, h: &Host, now: Ts) -> Result<(), StoreError> {
+        let inventory = match self.bmc_for(h).await {
+            Ok(b) => self.timed("inventory", b.inventory()).await,
+            Err(f) => Err(f),
+        };
+        let message = match inventory {
+            Ok(inv) => {
+                let reported: Vec<MacAddr> = inv.nic_macs.iter().filter_map(|m| m.parse().ok()).collect();
+                let kept = self.store.set_learned_macs(h.id, &reported).await?;
+                let list = |macs: &[MacAddr]| macs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                match (kept.is_empty(), reported.len() == kept.len()) {
+                    (true, _) if reported.is_empty() => "the BMC reported no NIC MAC addresses".to_owned(),
+                    (true, _) => format!(
+                        "the BMC reported NICs {} but each is another host's MAC already",
+                        list(&reported)
+                    ),
+                    (false, true) => format!(
+                        "netboot recognises the host by the NICs its BMC reported: {}",
+                        list(&kept)
+                    ),
+                    (false, false) => format!(
+                        "netboot recognises the host by {} (of the NICs its BMC reported, the others are other hosts' MACs)",
+                        list(&kept)
+                    ),
+                }
+            }
+            Err(f) => format!("reading the host's NICs from its BMC failed: {}", f.message),
+        };
+        info!(host = %h.name, "{message}");
+        self.store
+            .add_event(h.name.as_str(), now, "learned_macs", &message)
+            .await
+    }
+
     /// Performs the decision's actions and persists; returns the state now stored (None if the write lost).
     pub(super) async fn apply(
         &self,
@@ -55,7 +97,7 @@ impl Executor {
         let bmc_calls = d
             .actions
             .iter()
-            .filter(|a| matches!(a, Action::SetBoot { .. } | Action::Power(_)))
+            .filter(|a| matches!(a, Action::SetBoot { .. } | Action::Power(_) | Action::LearnMacs))
             .count();
         if bmc_calls > 0 && h.spec.bmc.is_some() && !self.budget(h.id, bmc_calls) {
             // Over the per-host BMC budget: try again when the window has room, and say why the host waits (an
@@ -146,6 +188,11 @@ impl Executor {
                     self.store
                         .add_token(&hash, h.id, *boot, phase, Some(&token), now)
                         .await?;
+                    Ok(())
+                }
+                Action::LearnMacs => {
+                    *calls += 1;
+                    self.learn_macs(h, now).await?;
                     Ok(())
                 }
                 Action::ClearPowerRequest => {

@@ -189,7 +189,13 @@ pub trait Store: Send + Sync + 'static {
     async fn create_host(&self, name: &HostName, spec: &HostSpec, now: Ts) -> Result<Host, StoreError>;
     async fn host(&self, name: &HostName) -> Result<Option<Host>, StoreError>;
     async fn host_by_id(&self, id: i64) -> Result<Option<Host>, StoreError>;
+    /// The host that boots by `mac`: its boot MAC, or one its BMC reported ([`Store::set_learned_macs`]).
     async fn host_by_mac(&self, mac: &MacAddr) -> Result<Option<Host>, StoreError>;
+    /// The NIC MACs learned from a host's BMC, sorted.
+    async fn learned_macs(&self, id: i64) -> Result<Vec<MacAddr>, StoreError>;
+    /// Replaces the NIC MACs learned from a host's BMC; a MAC that is another host's (its boot MAC, or learned for
+    /// it) is left out. Returns the MACs kept.
+    async fn set_learned_macs(&self, id: i64, macs: &[MacAddr]) -> Result<Vec<MacAddr>, StoreError>;
     async fn hosts(&self) -> Result<Vec<Host>, StoreError>;
     /// The operator's write: spec and requests, only if the host is still at `generation` (the one the writer read;
     /// [`StoreError::Changed`] otherwise, so that a request is never lost to, or revived by, a write made in

@@ -43,6 +43,7 @@ fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
 /// `NULL`, which a unique index allows any number of times, until their spec is next written). Same SQL in both
 /// dialects.
 const MIGRATION_0002: &str = include_str!("../../migrations/0002_bmc_tls_identity.sql");
+const MIGRATION_0003: &str = include_str!("../../migrations/0003_host_macs.sql");
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Db { op, source }
@@ -171,7 +172,57 @@ macro_rules! sql_store {
             }
 
             async fn host_by_mac(&self, mac: &MacAddr) -> Result<Option<Host>, StoreError> {
-                self.one_host(sel_host!("boot_mac"), HostKey::Text(&mac.to_string())).await
+                if let Some(h) = self.one_host(sel_host!("boot_mac"), HostKey::Text(&mac.to_string())).await? {
+                    return Ok(Some(h));
+                }
+                let owner: Option<i64> = sqlx::query_scalar("SELECT host_id FROM host_macs WHERE mac = $1")
+                    .bind(mac.to_string())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db("look up a learned MAC"))?;
+                match owner {
+                    Some(id) => self.host_by_id(id).await,
+                    None => Ok(None),
+                }
+            }
+
+            async fn learned_macs(&self, id: i64) -> Result<Vec<MacAddr>, StoreError> {
+                let macs: Vec<String> = sqlx::query_scalar("SELECT mac FROM host_macs WHERE host_id = $1 ORDER BY mac")
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db("read learned MACs"))?;
+                macs.iter()
+                    .map(|m| m.parse().map_err(|_| StoreError::Corrupt { what: format!("learned MAC {m:?}") }))
+                    .collect()
+            }
+
+            async fn set_learned_macs(&self, id: i64, macs: &[MacAddr]) -> Result<Vec<MacAddr>, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db("learn MACs"))?;
+                sqlx::query("DELETE FROM host_macs WHERE host_id = $1").bind(id).execute(&mut *tx).await.map_err(db("learn MACs"))?;
+                let mut kept = Vec::new();
+                for mac in macs {
+                    let m = mac.to_string();
+                    // A MAC another host boots by, or learned for another host, stays theirs.
+                    let taken: Option<i64> = sqlx::query_scalar(
+                        "SELECT id FROM hosts WHERE boot_mac = $1 AND id <> $2 UNION SELECT host_id FROM host_macs WHERE mac = $1",
+                    )
+                    .bind(&m).bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db("learn MACs"))?;
+                    if taken.is_some() {
+                        continue;
+                    }
+                    sqlx::query("INSERT INTO host_macs (mac, host_id) VALUES ($1, $2)")
+                        .bind(&m).bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db("learn MACs"))?;
+                    kept.push(*mac);
+                }
+                tx.commit().await.map_err(db("learn MACs"))?;
+                Ok(kept)
             }
 
             async fn hosts(&self) -> Result<Vec<Host>, StoreError> {
@@ -269,6 +320,7 @@ macro_rules! sql_store {
             }
 
             async fn delete_host(&self, id: i64) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM host_macs WHERE host_id = $1").bind(id).execute(&self.pool).await.map_err(db("delete host"))?;
                 sqlx::query("DELETE FROM hosts WHERE id = $1").bind(id).execute(&self.pool).await.map_err(db("delete host"))?;
                 Ok(())
             }
@@ -578,6 +630,7 @@ impl SqliteStore {
         migrator(&[
             (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
             (2, "bmc tls and identity", MIGRATION_0002),
+            (3, "host macs", MIGRATION_0003),
         ])
         .run(&pool)
         .await
@@ -608,6 +661,7 @@ impl PgStore {
         migrator(&[
             (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
             (2, "bmc tls and identity", MIGRATION_0002),
+            (3, "host macs", MIGRATION_0003),
         ])
         .run(&pool)
         .await
