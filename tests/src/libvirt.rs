@@ -118,9 +118,15 @@ impl Libvirtd {
         // Unique per lab, so that cleaning up after one lab never touches another's domains.
         let name = format!("kiln-{}-{}", record.id(), spec.name);
         record.add_domain(&name);
-        let firmware = match spec.firmware {
-            Firmware::Bios => "bios",
-            Firmware::Uefi => "efi",
+        // UEFI without Secure Boot: libvirt's firmware autoselection would otherwise pick the Secure Boot build with
+        // Microsoft's keys enrolled, which refuses the unsigned kernels of the agent ramdisk and the test OS, as a
+        // datacenter host with Secure Boot off (the Metal3 default `UEFI`, not `UEFISecureBoot`) would not.
+        let (firmware, features) = match spec.firmware {
+            Firmware::Bios => ("bios", ""),
+            Firmware::Uefi => (
+                "efi",
+                "<firmware><feature enabled='no' name='secure-boot'/><feature enabled='no' name='enrolled-keys'/></firmware>",
+            ),
         };
         let console = logs.file(&format!("console-{}.log", spec.name));
         let mut disks = String::new();
@@ -140,7 +146,7 @@ impl Libvirtd {
   <name>{name}</name>
   <memory unit='MiB'>{mem}</memory>
   <vcpu>{cpus}</vcpu>
-  <os firmware='{firmware}'><type arch='x86_64' machine='q35'>hvm</type><boot dev='hd'/><bios useserial='yes'/></os>
+  <os firmware='{firmware}'><type arch='x86_64' machine='q35'>hvm</type>{features}<boot dev='hd'/><bios useserial='yes'/></os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
   <devices>
