@@ -100,6 +100,9 @@ pub struct Inventory {
     pub memory_mib: Option<u64>,
     pub disks: Vec<BmcDisk>,
     pub nic_macs: Vec<String>,
+    /// The mode the System boots in, where the BMC says (Redfish `Boot.BootSourceOverrideMode`; IPMI cannot tell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_mode: Option<BootMode>,
 }
 
 /// A disk the BMC reports.

@@ -4,7 +4,7 @@
 use super::RedfishBmc;
 use super::model::{Collection, Drive, EthernetInterface, Processor, SimpleStorage, Storage};
 use crate::error::{BmcError, BmcErrorKind};
-use crate::types::{BmcDisk, Inventory};
+use crate::types::{BmcDisk, BootMode, Inventory};
 
 impl RedfishBmc {
     pub(super) async fn read_inventory(&self) -> Result<Inventory, BmcError> {
@@ -23,6 +23,15 @@ impl RedfishBmc {
                 .map(|gib| (gib * 1024.0).round() as u64),
             disks: Vec::new(),
             nic_macs: Vec::new(),
+            boot_mode: sys
+                .boot
+                .as_ref()
+                .and_then(|b| b.boot_source_override_mode.as_deref())
+                .and_then(|m| match m {
+                    "UEFI" => Some(BootMode::Uefi),
+                    "Legacy" => Some(BootMode::Legacy),
+                    _ => None,
+                }),
         };
         // Collections a BMC may lack (sushy's fake driver answers 501 or 500) are skipped; the rest is kept.
         if inv.processor_model.is_none()

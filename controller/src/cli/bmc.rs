@@ -91,7 +91,8 @@ pub enum BmcCommand {
         /// Boot in legacy BIOS mode.
         #[arg(long, conflicts_with = "uefi")]
         legacy: bool,
-        /// Boot in UEFI mode (the default).
+        /// Boot in UEFI mode. Without --uefi or --legacy the host keeps the mode its BMC reports (UEFI where the
+        /// BMC cannot tell, as IPMI cannot).
         #[arg(long)]
         uefi: bool,
     },
@@ -282,9 +283,19 @@ pub async fn execute(
             device,
             persistent,
             legacy,
-            uefi: _,
+            uefi,
         } => {
-            let mode = if *legacy { BootMode::Legacy } else { BootMode::Uefi };
+            let mode = match (*legacy, *uefi) {
+                (true, _) => BootMode::Legacy,
+                (_, true) => BootMode::Uefi,
+                // Neither flag: keep the mode the System boots in (switching a Legacy-BIOS host to UEFI unasked
+                // makes it unbootable); HTTP boot is UEFI by nature.
+                _ if *device == BootDevice::Http => BootMode::Uefi,
+                _ => match bmc.inventory().await {
+                    Ok(inv) => inv.boot_mode.unwrap_or(BootMode::Uefi),
+                    Err(e) => return Err(e.into()),
+                },
+            };
             let target = match device {
                 BootDevice::Pxe => BootTarget::Pxe { mode },
                 BootDevice::Http => BootTarget::UefiHttp,
@@ -570,6 +581,16 @@ mod tests {
         assert_eq!(v["boot"]["device"], "pxe");
         assert_eq!(v["boot"]["mode"], "legacy");
         assert_eq!(v["persistence"], "once");
+        // Without --uefi or --legacy, a Legacy-BIOS host stays Legacy.
+        let legacy = FakeBmc::new("legacy").with_inventory(kiln_bmc::Inventory {
+            boot_mode: Some(BootMode::Legacy),
+            ..Default::default()
+        });
+        let out = run_fake(&AnyBmc::from(legacy), &["boot", "pxe", "-o", "json"])
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["boot"]["mode"], "legacy", "{v}");
         let table = run_fake(&bmc, &["inventory"]).await.unwrap();
         assert!(table.contains("FakeBmc") && table.contains("4096 MiB"), "{table}");
         let v: serde_json::Value =
