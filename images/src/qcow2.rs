@@ -288,10 +288,6 @@ impl Decoder {
         self.window_start + (self.window.len() - self.head) as u64
     }
 
-    fn live(&self) -> &[u8] {
-        &self.window[self.head..]
-    }
-
     /// Feeds the next bytes of the image.
     ///
     /// # Errors
@@ -403,8 +399,9 @@ impl Decoder {
         loop {
             let end = self.window_end();
             let Some((&at, &(len, want))) = self.wants.first_key_value().map(|(k, v)| (k, &v[0])) else {
-                let all = std::mem::take(&mut self.window);
-                self.unknown(self.window_start, &all[self.head..])?;
+                let n = self.window.len() - self.head;
+                self.with_live(n, |d, live| d.unknown(d.window_start, live))?;
+                self.window.clear();
                 self.head = 0;
                 self.window_start = end;
                 return Ok(());
@@ -413,8 +410,7 @@ impl Decoder {
                 let upto = at.min(end);
                 let n = (upto - self.window_start) as usize;
                 if self.tables_pending > 0 {
-                    let skipped = self.live()[..n].to_vec();
-                    self.unknown(self.window_start, &skipped)?;
+                    self.with_live(n, |d, live| d.unknown(d.window_start, live))?;
                 }
                 self.head += n;
                 self.window_start = upto;
@@ -430,13 +426,12 @@ impl Decoder {
                 }
             }
             let take = len.min(avail) as usize;
-            let bytes = self.live()[..take].to_vec();
             let list = self.wants.get_mut(&at).expect("first key exists");
             list.remove(0);
             if list.is_empty() {
                 self.wants.remove(&at);
             }
-            self.process(at, want, &bytes, out)?;
+            self.with_live(take, |d, bytes| d.process(at, want, bytes, out))?;
             // Drop what no pending read needs any more.
             let next = self.wants.keys().next().copied().unwrap_or(u64::MAX);
             let keep_from = next.min(at + take as u64).min(self.window_end());
@@ -445,6 +440,15 @@ impl Decoder {
                 self.window_start = keep_from;
             }
         }
+    }
+
+    /// Runs `f` on the first `n` live bytes without copying them: the window is lent out meanwhile (nothing `f`
+    /// calls — `process`, `unknown` — touches it).
+    fn with_live<T>(&mut self, n: usize, f: impl FnOnce(&mut Self, &[u8]) -> T) -> T {
+        let window = std::mem::take(&mut self.window);
+        let res = f(self, &window[self.head..self.head + n]);
+        self.window = window;
+        res
     }
 
     /// Bytes no pending read covers: either free space/refcount data, or data whose L2 table comes later.

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::error::ImageError;
@@ -25,7 +24,11 @@ const MAX_RETRIES: u32 = 5;
 pub const UNREACHABLE_BUDGET: Duration = Duration::from_secs(120);
 /// Time between connection attempts to an unreachable server.
 const UNREACHABLE_POLL: Duration = Duration::from_secs(2);
-const FILE_CHUNK: usize = 1 << 20;
+/// Size of the chunks a local file is read in: one write buffer, so that an uncompressed raw image goes from the
+/// page cache to the target without a copy in between.
+pub(crate) const FILE_CHUNK: usize = crate::target::BUF_SIZE;
+/// File chunks in memory at once (read ahead, queued for the hasher or the decoder, being written).
+const FILE_CHUNKS: usize = 6;
 
 /// Where an image comes from, parsed at the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,13 +103,23 @@ pub(crate) async fn pump(
     let mut emit = Emitter {
         tx,
         hash_tx,
-        progress,
+        progress: progress.clone(),
         sent: 0,
         closed: false,
         consumer_ok,
     };
     let res = match location {
-        SourceLocation::File(path) => pump_file(path, &mut emit).await,
+        SourceLocation::File(path) => {
+            let path = path.clone();
+            let (e, res) = tokio::task::spawn_blocking(move || {
+                let res = pump_file(&path, &mut emit);
+                (emit, res)
+            })
+            .await
+            .map_err(|e| ImageError::Internal(e.into()))?;
+            emit = e;
+            res
+        }
         SourceLocation::Http(url) => match client {
             Some(client) => pump_http(url, client, &mut emit).await,
             None => pump_http(url, &http_client()?, &mut emit).await,
@@ -119,10 +132,10 @@ pub(crate) async fn pump(
     res.map(|()| emit.sent)
 }
 
-struct Emitter<'a> {
+struct Emitter {
     tx: mpsc::Sender<std::io::Result<Bytes>>,
     hash_tx: Option<mpsc::Sender<Bytes>>,
-    progress: &'a Progress,
+    progress: Progress,
     sent: u64,
     closed: bool,
     /// Set by the consumer when it succeeded, before it drops its receiver. A closed channel without it means the
@@ -131,7 +144,7 @@ struct Emitter<'a> {
     consumer_ok: Arc<AtomicBool>,
 }
 
-impl Emitter<'_> {
+impl Emitter {
     fn consumer_failed(&self) -> bool {
         self.closed && !self.consumer_ok.load(Ordering::SeqCst)
     }
@@ -154,33 +167,65 @@ impl Emitter<'_> {
         }
         !self.consumer_failed()
     }
+
+    /// [`Emitter::emit`] for a blocking thread.
+    fn emit_blocking(&mut self, chunk: Bytes) -> bool {
+        if self.consumer_failed() {
+            return false;
+        }
+        if chunk.is_empty() {
+            return true;
+        }
+        self.sent += chunk.len() as u64;
+        self.progress.add_read(chunk.len() as u64);
+        if let Some(h) = &self.hash_tx {
+            let _ = h.blocking_send(chunk.clone());
+        }
+        if !self.closed && self.tx.blocking_send(Ok(chunk)).is_err() {
+            self.closed = true;
+        }
+        !self.consumer_failed()
+    }
 }
 
-async fn pump_file(path: &std::path::Path, emit: &mut Emitter<'_>) -> Result<(), ImageError> {
+/// Reads a local file on a blocking thread, in [`FILE_CHUNK`]s whose memory starts at a 4096-byte boundary (so
+/// the writer can hand them to O_DIRECT as they are).
+fn pump_file(path: &std::path::Path, emit: &mut Emitter) -> Result<(), ImageError> {
     let read_err = |source| ImageError::ReadSource {
         path: path.to_owned(),
         source,
     };
-    let mut f = tokio::fs::File::open(path).await.map_err(read_err)?;
-    if let Ok(m) = f.metadata().await
+    let mut f = std::fs::File::open(path).map_err(read_err)?;
+    if let Ok(m) = f.metadata()
         && m.is_file()
     {
         emit.progress.set_source_size(m.len());
     }
+    let mut pool = crate::target::BufPool::new(FILE_CHUNK, FILE_CHUNKS);
     loop {
-        let mut buf = bytes::BytesMut::with_capacity(FILE_CHUNK);
-        while buf.len() < FILE_CHUNK {
-            if f.read_buf(&mut buf).await.map_err(read_err)? == 0 {
-                break;
-            }
-        }
-        if buf.is_empty() {
+        let mut buf = pool.take();
+        let len = read_full(&mut f, buf.as_mut()).map_err(read_err)?;
+        if len == 0 {
             return Ok(());
         }
-        if !emit.emit(buf.freeze()).await {
+        if !emit.emit_blocking(pool.lend(buf, 0..len)) {
             return Ok(());
         }
     }
+}
+
+/// Reads until `buf` is full or `r` ends; returns the bytes read.
+pub(crate) fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut len = 0;
+    while len < buf.len() {
+        match r.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
 }
 
 fn content_range_start_total(v: &str) -> Option<(u64, Option<u64>)> {
@@ -191,7 +236,7 @@ fn content_range_start_total(v: &str) -> Option<(u64, Option<u64>)> {
     Some((start.parse().ok()?, total.parse().ok()))
 }
 
-async fn pump_http(url: &url::Url, client: &reqwest::Client, emit: &mut Emitter<'_>) -> Result<(), ImageError> {
+async fn pump_http(url: &url::Url, client: &reqwest::Client, emit: &mut Emitter) -> Result<(), ImageError> {
     let url_s = url.to_string();
     let mut offset = 0u64;
     let mut total: Option<u64> = None;

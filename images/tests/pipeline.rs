@@ -9,7 +9,7 @@ use common::*;
 use kiln_images::digest::ChecksumSource;
 use kiln_images::pipeline::{Compression, WriteOptions, run};
 use kiln_images::protocol::{ChecksumType, ImageFormat, ImageSpec};
-use kiln_images::{ImageError, Progress, write_image};
+use kiln_images::{DirectIo, ImageError, Progress, write_image};
 
 fn spec(url: &str, checksum: String) -> ImageSpec {
     ImageSpec {
@@ -284,6 +284,73 @@ async fn block_device_target_is_written_and_wiped_on_failure() {
     assert!(matches!(e, ImageError::ChecksumMismatch { .. }));
     drop(lo);
     assert!(has_no_partition_table(&backing));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_device_holds_exactly_the_image_whatever_its_alignment() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = make_raw(dir.path());
+    let raw_bytes = std::fs::read(&raw).unwrap();
+    // An odd size (the last block is partial) and zero runs both aligned and not.
+    let mut odd_bytes = raw_bytes.clone();
+    odd_bytes.extend_from_slice(&noise(3, 5000));
+    let odd = dir.path().join("odd.raw");
+    std::fs::write(&odd, &odd_bytes).unwrap();
+    // 512-byte clusters: runs start and end inside 4 KiB blocks, so O_DIRECT and page-cache writes interleave.
+    let tiny = qcow2(&raw, "tiny.qcow2", &["-o", "cluster_size=512"]);
+    let zst = compress(&odd, "zstd", "zst");
+    let backing = dir.path().join("blockdev");
+    std::fs::write(&backing, noise(9, 32 << 20)).unwrap();
+    let Some(lo) = LoopDev::attach(&backing) else { return };
+    let cases = [
+        (&odd, &odd_bytes, DirectIo::Auto),
+        (&tiny, &raw_bytes, DirectIo::Auto),
+        (&zst, &odd_bytes, DirectIo::Auto),
+        (&odd, &odd_bytes, DirectIo::Never),
+    ];
+    for (img, expect, direct) in cases {
+        // Garbage where the image has zeros: they must be written or zeroed, never assumed.
+        let mut dev = std::fs::OpenOptions::new().write(true).open(&lo.dev).unwrap();
+        std::io::Write::write_all(&mut dev, &noise(11, 32 << 20)).unwrap();
+        dev.sync_all().unwrap();
+        let sum = ChecksumSource::parse(&sha256_file(img), ChecksumType::Auto).unwrap();
+        let opts = WriteOptions { direct, client: None };
+        let r = run(
+            img.to_str().unwrap(),
+            Some(&sum),
+            None,
+            Some(&lo.dev),
+            &Progress::new(),
+            &opts,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e:?}", img.display()));
+        assert!(r.verified);
+        let on_disk = std::fs::read(&backing).unwrap();
+        assert!(
+            on_disk[..expect.len()] == expect[..],
+            "{} ({direct:?}): the device differs from the image",
+            img.display()
+        );
+    }
+    // The same odd image to a regular file with O_DIRECT: holes for the zero runs, the partial block buffered.
+    let file = dir.path().join("odd.out");
+    let sum = ChecksumSource::parse(&sha256_file(&odd), ChecksumType::Auto).unwrap();
+    let opts = WriteOptions {
+        direct: DirectIo::Always,
+        client: None,
+    };
+    run(
+        odd.to_str().unwrap(),
+        Some(&sum),
+        None,
+        Some(&file),
+        &Progress::new(),
+        &opts,
+    )
+    .await
+    .unwrap();
+    assert!(std::fs::read(&file).unwrap() == odd_bytes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
