@@ -52,6 +52,22 @@ pub fn router(state: AppState) -> Router {
             get(|| ui("text/javascript; charset=utf-8", include_str!("ui/app.js"))),
         )
         .route(
+            "/ui/charts.js",
+            get(|| ui("text/javascript; charset=utf-8", include_str!("ui/charts.js"))),
+        )
+        .route(
+            "/ui/fleet.js",
+            get(|| ui("text/javascript; charset=utf-8", include_str!("ui/fleet.js"))),
+        )
+        .route(
+            "/ui/host.js",
+            get(|| ui("text/javascript; charset=utf-8", include_str!("ui/host.js"))),
+        )
+        .route(
+            "/ui/enroll.js",
+            get(|| ui("text/javascript; charset=utf-8", include_str!("ui/enroll.js"))),
+        )
+        .route(
             "/ui/style.css",
             get(|| ui("text/css; charset=utf-8", include_str!("ui/style.css"))),
         )

@@ -8,7 +8,9 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
 use kiln_engine::store::Event;
-use kiln_engine::wire::{BmcOut, DeprovisionIn, HostCreate, HostOut, InspectionOut, PowerIn, ProvisionIn, TimingOut};
+use kiln_engine::wire::{
+    BmcOut, DeprovisionIn, HostCreate, HostOut, HostTimingOut, InspectionOut, PowerIn, ProvisionIn, TimingOut,
+};
 
 /// The error body every route answers with on failure.
 #[derive(Debug, serde::Serialize, JsonSchema)]
@@ -164,6 +166,26 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
             None,
             vec![Answer(200, "the inspected hardware", schema_of::<InspectionOut>(g))],
         ),
+        Route {
+            params: vec![
+                json!({ "name": "phase", "in": "query", "required": true, "schema": { "type": "string" },
+                        "description": "registering, inspecting, preparing, provisioning or deprovisioning, or a job's \
+                                        sub-phase (provisioning.running, inspecting.booting, ...)" }),
+                json!({ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 10000 },
+                        "description": "most recent records to return (default 200)" }),
+            ],
+            ..route(
+                "get",
+                "/api/v1/timings",
+                "Durations of one phase across the hosts",
+                None,
+                vec![Answer(
+                    200,
+                    "finished records of the phase, newest first",
+                    schema_of::<Vec<HostTimingOut>>(g),
+                )],
+            )
+        },
         Route {
             params: vec![limit],
             ..route(
