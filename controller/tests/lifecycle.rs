@@ -531,6 +531,7 @@ async fn a_host_without_a_boot_mac_is_netbooted_by_the_macs_its_bmc_reports() {
     assert_eq!(s, 201, "{b}");
     let h = lab.wait_state("node-m", "available").await;
     assert!(h["boot_mac"].is_null(), "{h}");
+    assert_eq!(h["learned_macs"], json!([mac_of("node-m")]), "{h}");
     let events = events_of(&lab, "node-m").await;
     let mac = mac_of("node-m");
     assert!(

@@ -133,6 +133,10 @@ pub struct HostOut {
     /// on `GET /api/v1/hosts/{name}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmc_trouble: Option<BmcTroubleOut>,
+    /// For a host enrolled without a boot MAC: the NIC MACs its BMC reported, by which netboot recognises it; only
+    /// on `GET /api/v1/hosts/{name}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learned_macs: Vec<String>,
     pub counters: Counters,
     pub created: String,
     pub updated: String,
@@ -220,6 +224,7 @@ pub fn host_out(h: &Host, progress: Option<Value>) -> HostOut {
         detail: serde_json::to_value(&h.state).unwrap_or(Value::Null),
         progress,
         bmc_trouble: None,
+        learned_macs: Vec::new(),
         counters: h.counters,
         created: h.created.rfc3339(),
         updated: h.updated.rfc3339(),
@@ -387,6 +392,20 @@ pub struct TimingOut {
     pub started: String,
     pub ended: Option<String>,
     pub duration_ms: Option<i64>,
+    pub outcome: Option<String>,
+}
+
+/// A finished phase of one host (`GET /api/v1/timings` lists one phase's, fleet-wide, newest first).
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HostTimingOut {
+    pub host: String,
+    pub phase: String,
+    /// RFC 3339.
+    pub started: String,
+    /// RFC 3339.
+    pub ended: String,
+    pub duration_ms: i64,
+    /// `ok` or `error`.
     pub outcome: Option<String>,
 }
 

@@ -1,6 +1,7 @@
-//! The REST API under `/api/v1`: hosts CRUD, provision/deprovision/power/inspect actions, events, per-phase timing,
-//! inspection data. It validates input at the edge (errors name the field) and writes operator intent to the store;
-//! it must not perform BMC calls or change host states (the executor does).
+//! The REST API under `/api/v1`: hosts CRUD, provision/deprovision/power/inspect actions, events, per-phase timing
+//! (per host, and one phase's durations across the fleet), inspection data. It validates input at the edge (errors
+//! name the field) and writes operator intent to the store; it must not perform BMC calls or change host states (the
+//! executor does).
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State as AxState};
@@ -20,8 +21,8 @@ use kiln_engine::model::{Counters, Host, HostSpec, Requests};
 use kiln_engine::store::{Event, PhaseRecord, StoreError};
 use kiln_engine::types::HostName;
 use kiln_engine::wire::{
-    BmcTroubleOut, DeprovisionIn, HostCreate, HostOut, InspectionOut, PowerIn, ProvisionIn, TimingOut, host_out,
-    image_from, spec_from,
+    BmcTroubleOut, DeprovisionIn, HostCreate, HostOut, HostTimingOut, InspectionOut, PowerIn, ProvisionIn, TimingOut,
+    host_out, image_from, spec_from,
 };
 
 /// The authenticated routes under `/api/v1`.
@@ -37,6 +38,7 @@ pub fn router(app: AppState) -> Router<AppState> {
         .route("/api/v1/hosts/{name}/timings", get(timings))
         .route("/api/v1/hosts/{name}/inspection", get(inspection))
         .route("/api/v1/events", get(all_events))
+        .route("/api/v1/timings", get(fleet_timings))
         .layer(axum::middleware::from_fn_with_state(app, require_admin))
 }
 
@@ -198,6 +200,15 @@ async fn get_host(AxState(app): AxState<AppState>, Path(name): Path<String>) -> 
         None => None,
     };
     let mut out = host_out(&h, progress);
+    if h.spec.boot_mac.is_none() {
+        out.learned_macs = app
+            .store
+            .learned_macs(h.id)
+            .await?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+    }
     // The newest of a failed BMC call, a recovery or a state change tells whether kiln is retrying a BMC right now.
     let events = app.store.events(Some(h.name.as_str()), 50).await?;
     if let Some(e) = events
@@ -240,12 +251,6 @@ async fn provision(
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "host is externally provisioned; kiln never writes it",
-            ));
-        }
-        if h.spec.boot_mac.is_none() {
-            return Err(unprocessable(
-                "boot_mac",
-                "host has no boot MAC; kiln cannot network-boot it",
             ));
         }
         let mut spec = h.spec.clone();
@@ -401,6 +406,75 @@ async fn timings(AxState(app): AxState<AppState>, Path(name): Path<String>) -> R
                 ended: r.ended.map(|e| e.rfc3339()),
                 duration_ms: r.ended.map(|e| e.since(r.started)),
                 outcome: r.outcome,
+            })
+            .collect(),
+    ))
+}
+
+/// The phases whose durations `GET /api/v1/timings` reports: the operations kiln times, and the sub-phases of the
+/// agent jobs (`provisioning.running`).
+const TIMED: [&str; 5] = [
+    "registering",
+    "inspecting",
+    "preparing",
+    "provisioning",
+    "deprovisioning",
+];
+const JOB_SUB_PHASES: [&str; 3] = ["delayed", "booting", "running"];
+
+#[derive(Deserialize)]
+struct FleetTimingQuery {
+    #[serde(default)]
+    phase: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+/// The latest finished records of one phase across the hosts, newest first: what the web page draws as the fleet's
+/// distribution of inspection and provisioning durations, in one request instead of one per host.
+async fn fleet_timings(
+    AxState(app): AxState<AppState>,
+    Query(q): Query<FleetTimingQuery>,
+) -> Result<Json<Vec<HostTimingOut>>, ApiError> {
+    let phase = q.phase.unwrap_or_default();
+    let known = match phase.split_once('.') {
+        Some((op, sub)) => TIMED[1..].contains(&op) && JOB_SUB_PHASES.contains(&sub),
+        None => TIMED.contains(&phase.as_str()),
+    };
+    if !known {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "phase",
+            format!(
+                "phase must be one of {} (or a job's sub-phase: inspecting.running, provisioning.booting, ...), \
+                 got {phase:?}",
+                TIMED.join(", ")
+            ),
+        ));
+    }
+    let limit = usize::try_from(q.limit.unwrap_or(200).clamp(1, 10_000)).unwrap_or(200);
+    let mut rows = Vec::new();
+    for h in app.store.hosts().await? {
+        for r in app.store.phases(h.id).await? {
+            if r.phase != phase {
+                continue;
+            }
+            if let Some(ended) = r.ended {
+                rows.push((h.name.to_string(), r.started, ended, r.outcome));
+            }
+        }
+    }
+    rows.sort_by_key(|(_, _, ended, _)| std::cmp::Reverse(*ended));
+    rows.truncate(limit);
+    Ok(Json(
+        rows.into_iter()
+            .map(|(host, started, ended, outcome)| HostTimingOut {
+                host,
+                phase: phase.clone(),
+                started: started.rfc3339(),
+                ended: ended.rfc3339(),
+                duration_ms: ended.since(started),
+                outcome,
             })
             .collect(),
     ))

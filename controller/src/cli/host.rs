@@ -306,6 +306,9 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
                 if let Some(t) = &h.bmc_trouble {
                     println!("BMC trouble since {}: {}", t.at, t.message);
                 }
+                if !h.learned_macs.is_empty() {
+                    println!("NIC MACs from the BMC (netboot): {}", h.learned_macs.join(", "));
+                }
                 println!("{}", timing_table(&timings));
             }
         }
