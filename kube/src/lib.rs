@@ -13,3 +13,4 @@ pub mod engine;
 pub mod host_controller;
 pub mod machine_controller;
 pub mod runner;
+pub mod workload;

@@ -3,12 +3,16 @@
 //! data; once the host is provisioned it sets `spec.providerID` (`kiln://<namespace>/<host>`), the addresses found by
 //! inspection, and `status.ready` / `status.initialization.provisioned`. Deleting the KilnMachine releases the host
 //! (the BareMetalHost controller then deprovisions it back to `available`) before the finalizer is removed.
+//! While the owning Machine has no nodeRef, it also makes sure the host's Node in the workload cluster carries the
+//! providerID ([`crate::workload`]), retrying with a capped, jittered backoff per machine until the Node appears.
 //! Objects carrying `cluster.x-k8s.io/paused` are left alone.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -21,6 +25,13 @@ use crate::capi::{
     HostRef, Initialization, KilnMachine, KilnMachineStatus, MACHINE_FINALIZER, MachineAddress, PAUSED_ANNOTATION,
 };
 use crate::claim::{Claim, claim_host, release_host};
+use crate::workload::{self, Decision, HostIdentity};
+
+/// The KilnMachine condition about the host's Node carrying the providerID.
+pub const NODE_PROVIDER_ID_CONDITION: &str = "NodeProviderID";
+
+/// How long one request to a workload cluster may take.
+const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of one reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +61,31 @@ impl Default for Config {
 struct Ctx {
     client: Client,
     config: Config,
+    /// Per KilnMachine (`namespace/name`): how many times its Node was looked for in vain, for the backoff.
+    node_attempts: Mutex<HashMap<String, u32>>,
+}
+
+impl Ctx {
+    /// The next delay before looking for a machine's Node again: `wait_requeue` doubling per attempt, capped at
+    /// `idle_requeue`, with ±20% jitter.
+    fn node_backoff(&self, key: &str) -> Duration {
+        let n = {
+            let mut attempts = self.node_attempts.lock().unwrap_or_else(|e| e.into_inner());
+            let n = attempts.entry(key.to_owned()).or_default();
+            *n = n.saturating_add(1);
+            *n
+        };
+        let base = self
+            .config
+            .wait_requeue
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(self.config.idle_requeue);
+        base.mul_f64(rand::random_range(0.8..1.2))
+    }
+
+    fn node_found(&self, key: &str) {
+        self.node_attempts.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
 }
 
 /// The CAPI `Machine` kind the owner references point at (v1beta2, as served by Cluster API v1.14).
@@ -68,7 +104,11 @@ pub async fn run(
 ) {
     let machines: Api<KilnMachine> = Api::all(client.clone());
     let hosts: Api<BareMetalHost> = Api::all(client.clone());
-    let ctx = Arc::new(Ctx { client, config });
+    let ctx = Arc::new(Ctx {
+        client,
+        config,
+        node_attempts: Mutex::default(),
+    });
     Controller::new(machines, watcher::Config::default())
         .watches(hosts, watcher::Config::default(), |h: BareMetalHost| {
             let c = h.spec.consumer_ref?;
@@ -98,7 +138,9 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let ns = m.namespace().unwrap_or_else(|| "default".into());
     let api: Api<KilnMachine> = Api::namespaced(ctx.client.clone(), &ns);
     let has_finalizer = m.finalizers().iter().any(|f| f == MACHINE_FINALIZER);
+    let key = format!("{ns}/{}", m.name_any());
     if m.metadata.deletion_timestamp.is_some() {
+        ctx.node_found(&key);
         if has_finalizer {
             release_host(&ctx.client, &m).await?;
             let f: Vec<&String> = m.finalizers().iter().filter(|f| *f != MACHINE_FINALIZER).collect();
@@ -150,7 +192,7 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let hosts: Api<BareMetalHost> = Api::namespaced(ctx.client.clone(), &ns);
     let host = hosts.get(&host_name).await?;
     let provisioned = host.state() == ProvisioningState::Provisioned;
-    let status = KilnMachineStatus {
+    let mut status = KilnMachineStatus {
         ready: provisioned,
         initialization: Some(Initialization { provisioned }),
         host_ref: Some(HostRef {
@@ -168,6 +210,65 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         )
         .await?;
     }
+    let mut next = if provisioned {
+        Action::requeue(ctx.config.idle_requeue)
+    } else {
+        wait
+    };
+    let node_ref = machine.data["status"]["nodeRef"]["name"].is_string();
+    match (&m.spec.provider_id, machine.data["spec"]["clusterName"].as_str()) {
+        (Some(id), Some(cluster)) if provisioned && !node_ref => {
+            let identity = HostIdentity::new(
+                &ns,
+                &host_name,
+                host.status
+                    .as_ref()
+                    .and_then(|s| s.hardware.as_ref())
+                    .and_then(|h| h.hostname.as_deref()),
+                &status
+                    .addresses
+                    .iter()
+                    .filter(|a| a.type_ == "InternalIP")
+                    .map(|a| a.address.clone())
+                    .collect::<Vec<_>>(),
+            );
+            let outcome = node_provider_id(&ctx.client, &ns, cluster, &identity, id).await;
+            tracing::debug!(machine = %key, host = %host_name, ?outcome, "workload node providerID");
+            let changed = node_condition(&outcome, id, &status.conditions);
+            if let Some(c) = &changed {
+                status.conditions.retain(|c| c.type_ != NODE_PROVIDER_ID_CONDITION);
+                status.conditions.push(c.clone());
+            }
+            match outcome {
+                NodeOutcome::Decided(Decision::Done { .. } | Decision::Set { .. }) => {
+                    // Cluster API sets the nodeRef from here on; the idle requeue checks it did.
+                    ctx.node_found(&key);
+                }
+                NodeOutcome::Decided(Decision::Conflict { node, existing }) => {
+                    if changed.is_some() {
+                        tracing::warn!(
+                            machine = %key, host = %host_name, node = %node, existing = %existing, wanted = %id,
+                            "the host's Node carries another providerID, which cannot change; Cluster API will not find it"
+                        );
+                    }
+                    next = Action::requeue(ctx.node_backoff(&key));
+                }
+                NodeOutcome::Decided(Decision::Ambiguous { nodes }) => {
+                    if changed.is_some() {
+                        tracing::warn!(
+                            machine = %key, host = %host_name, nodes = ?nodes,
+                            "several Nodes fit the host; kiln sets no providerID"
+                        );
+                    }
+                    next = Action::requeue(ctx.node_backoff(&key));
+                }
+                NodeOutcome::Decided(Decision::NoNode) | NodeOutcome::NoKubeconfig | NodeOutcome::Failed(_) => {
+                    next = Action::requeue(ctx.node_backoff(&key))
+                }
+            }
+        }
+        _ => ctx.node_found(&key),
+    }
     if m.status.as_ref() != Some(&status) {
         api.patch_status(
             &m.name_any(),
@@ -176,11 +277,92 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         )
         .await?;
     }
-    Ok(if provisioned {
-        Action::requeue(ctx.config.idle_requeue)
-    } else {
-        wait
+    Ok(next)
+}
+
+/// What came of looking for the host's Node in the workload cluster.
+#[derive(Debug)]
+enum NodeOutcome {
+    /// Cluster API has not written the workload kubeconfig yet.
+    NoKubeconfig,
+    /// The Node was looked for, and this was decided (and, for `Set`, done).
+    Decided(Decision),
+    /// The workload cluster could not be reached or the Node not patched; retried with backoff.
+    Failed(workload::Error),
+}
+
+async fn node_provider_id(
+    mgmt: &Client,
+    ns: &str,
+    cluster: &str,
+    host: &HostIdentity,
+    provider_id: &str,
+) -> NodeOutcome {
+    let client = match workload::client(mgmt, ns, cluster, WORKLOAD_TIMEOUT).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return NodeOutcome::NoKubeconfig,
+        Err(e) => return NodeOutcome::Failed(e),
+    };
+    match workload::ensure_provider_id(&client, cluster, host, provider_id, WORKLOAD_TIMEOUT).await {
+        Ok(d) => NodeOutcome::Decided(d),
+        Err(e) => NodeOutcome::Failed(e),
+    }
+}
+
+/// The [`NODE_PROVIDER_ID_CONDITION`] an outcome calls for, keeping the transition time when its status holds, or
+/// `None` to leave the condition as it is (pure).
+fn node_condition(outcome: &NodeOutcome, provider_id: &str, prev: &[Condition]) -> Option<Condition> {
+    let (status, reason, message) = match outcome {
+        NodeOutcome::Decided(Decision::Done { node }) => ("True", "NodeHasProviderID", format!("Node {node}")),
+        NodeOutcome::Decided(Decision::Set { node, .. }) => (
+            "True",
+            "ProviderIDSetByKiln",
+            format!("kiln set Node {node}'s providerID"),
+        ),
+        NodeOutcome::Decided(Decision::Conflict { node, existing }) => (
+            "False",
+            "ProviderIDConflict",
+            format!("Node {node} has providerID {existing}, not {provider_id}; a set providerID cannot change"),
+        ),
+        NodeOutcome::Decided(Decision::Ambiguous { nodes }) => (
+            "False",
+            "AmbiguousNode",
+            format!("several Nodes fit the host: {}", nodes.join(", ")),
+        ),
+        NodeOutcome::Decided(Decision::NoNode) => ("False", "WaitingForNode", String::new()),
+        NodeOutcome::NoKubeconfig => ("False", "WaitingForKubeconfig", String::new()),
+        NodeOutcome::Failed(e) => ("False", "WorkloadClusterError", error_chain(e)),
+    };
+    let old = prev.iter().find(|c| c.type_ == NODE_PROVIDER_ID_CONDITION);
+    let kept = |c: &Condition| {
+        (c.status == status && c.reason == reason && c.message == message)
+            // The Node kiln set now simply has the providerID: keep saying who set it.
+            || (c.status == "True" && matches!(outcome, NodeOutcome::Decided(Decision::Done { .. })))
+    };
+    if old.is_some_and(kept) {
+        return None;
+    }
+    let since = old
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone());
+    Some(Condition {
+        type_: NODE_PROVIDER_ID_CONDITION.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: None,
+        last_transition_time: since.unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now())),
     })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out += &format!(": {c}");
+        cause = c.source();
+    }
+    out
 }
 
 /// Machine addresses from the host's inspection data (pure): its hostname and NIC addresses.

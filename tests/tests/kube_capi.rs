@@ -4,12 +4,14 @@
 //! data kiln's agent wrote with the config drive's meta data and registers a Node with the `provider-id` kubelet
 //! argument found there, so Cluster API's nodeRef proves that the providerID reached the Node through the config
 //! drive (the "workload cluster" is the same API server, reached through the kubeconfig Secret Cluster API generates
-//! from the cluster CA).
+//! from the cluster CA). The workers' KubeadmConfigTemplate does not pass `provider-id`, so their kubelets register
+//! Nodes without one, and kiln sets it on the workload cluster's Node itself (path (b), [`kiln_kube::workload`]).
 //!
 //! 1. A Cluster with a control-plane Machine (KubeadmConfig init) and a MachineDeployment (KubeadmConfigTemplate,
 //!    KilnMachineTemplate) of 1: the control plane gets kubeadm *init* data, and once its Node exists, the worker
-//!    gets real kubeadm *join* data; each is exactly what kiln's agent wrote into that host's config drive.
-//! 2. Scale the MachineDeployment to 2: a second worker host is claimed and provisioned.
+//!    gets real kubeadm *join* data; each is exactly what kiln's agent wrote into that host's config drive. The
+//!    worker's Node gets its providerID from kiln, then Cluster API its Machine's nodeRef.
+//! 2. Scale the MachineDeployment to 2: a second worker host is claimed and provisioned, its Node found the same way.
 //! 3. Scale back to 1: Cluster API deletes a Machine, kiln deprovisions (the agent erases) and releases its host,
 //!    which is available again.
 
@@ -22,6 +24,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kiln_kube::bmh::{BareMetalHost, ProvisioningState as S};
 use kiln_kube::capi::KilnMachine;
+use kiln_kube::machine_controller::NODE_PROVIDER_ID_CONDITION;
 use kiln_kube::runner::KubeSettings;
 use kiln_tests::kube::{CapiManagers, KubeApiServer, capi_crds, install_crds, parse_crds};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
@@ -144,6 +147,7 @@ fn kubelet_arg(text: &str, name: &str) -> Option<String> {
 /// cloud-init does (a `## template: jinja` document; `{{ ds.meta_data.providerid }}` from the config drive's meta
 /// data), and registers a Node with the `provider-id` kubelet argument it finds there. So the Node's providerID comes
 /// from the config drive, not from the KilnMachine: Cluster API sets a Machine's nodeRef only if the two agree.
+/// Without that argument the Node is registered without a providerID, as a kubelet not given `--provider-id` does.
 fn register_nodes(
     client: Client,
     drives: Arc<std::sync::Mutex<HashMap<String, Value>>>,
@@ -170,13 +174,14 @@ fn register_nodes(
                     continue;
                 };
                 let rendered = user_data.replace("{{ ds.meta_data.providerid }}", pid);
-                let Some(arg) = kubelet_arg(&rendered, "provider-id") else {
-                    continue;
+                let spec = match kubelet_arg(&rendered, "provider-id") {
+                    Some(arg) => json!({"providerID": arg}),
+                    None => json!({}),
                 };
                 if nodes.get_opt(&host).await.ok().flatten().is_none() {
                     let node: Node = serde_json::from_value(json!({
                         "metadata": {"name": host},
-                        "spec": {"providerID": arg},
+                        "spec": spec,
                     }))
                     .unwrap();
                     let _ = nodes.create(&PostParams::default(), &node).await;
@@ -203,6 +208,34 @@ async fn delivered(lab: &Lab, client: &Client, machine: &str) -> (String, String
     let host = kms.get(infra).await.unwrap().status.unwrap().host_ref.unwrap().name;
     let drive = lab.drives.lock().unwrap()[&format!("{NS}.{host}")].clone();
     (drive["user_data"].as_str().unwrap_or_default().to_owned(), value)
+}
+
+/// A worker Machine's Node was registered without a providerID and kiln set it: the Node's providerID is the
+/// KilnMachine's, and the KilnMachine's condition says kiln set it.
+async fn assert_kiln_set_provider_id(client: &Client, machine: &str) {
+    let machines: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &machine_ar());
+    let m = machines.get(machine).await.unwrap();
+    let node = m.data["status"]["nodeRef"]["name"].as_str().unwrap();
+    let infra = m.data["spec"]["infrastructureRef"]["name"].as_str().unwrap();
+    let km = Api::<KilnMachine>::namespaced(client.clone(), NS)
+        .get(infra)
+        .await
+        .unwrap();
+    let n = Api::<Node>::all(client.clone()).get(node).await.unwrap();
+    let want = km.spec.provider_id.clone().unwrap();
+    assert_eq!(n.spec.unwrap().provider_id.as_ref(), Some(&want), "Node {node}");
+    let cond = km
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == NODE_PROVIDER_ID_CONDITION)
+        .unwrap_or_else(|| panic!("KilnMachine {infra} has no {NODE_PROVIDER_ID_CONDITION} condition"));
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("True", "ProviderIDSetByKiln"),
+        "{cond:?}"
+    );
 }
 
 /// Machines of the MachineDeployment that have a Node.
@@ -350,8 +383,8 @@ async fn cluster_api_machinedeployment_scales_on_kiln_hosts_with_real_bootstrap_
         &boot("KubeadmConfigTemplate", "kubeadmconfigtemplates"),
         json!({"apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfigTemplate",
                "metadata": {"name": "c1-md"},
-               "spec": {"template": {"spec": {"joinConfiguration": {"nodeRegistration": {"name": "{{ ds.meta_data.name }}",
-                        "kubeletExtraArgs": [{"name": "provider-id", "value": "{{ ds.meta_data.providerid }}"}]}}}}}}),
+               // No `provider-id` kubelet argument: kiln sets the Nodes' providerID (path (b)).
+               "spec": {"template": {"spec": {"joinConfiguration": {"nodeRegistration": {"name": "{{ ds.meta_data.name }}"}}}}}}),
     )
     .await;
     apply(
@@ -403,6 +436,11 @@ async fn cluster_api_machinedeployment_scales_on_kiln_hosts_with_real_bootstrap_
     let (written, bootstrap) = delivered(&lab, &client, &workers[0]).await;
     assert!(bootstrap.contains("kubeadm join"), "join data: {bootstrap}");
     assert_eq!(written, bootstrap, "the config drive carries the join data");
+    assert!(
+        kubelet_arg(&bootstrap, "provider-id").is_none(),
+        "the worker's kubelet gets no provider-id: {bootstrap}"
+    );
+    assert_kiln_set_provider_id(&client, &workers[0]).await;
 
     // 2. Scale to 2.
     let mds: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &md_ar);
@@ -424,6 +462,9 @@ async fn cluster_api_machinedeployment_scales_on_kiln_hosts_with_real_bootstrap_
         })
         .await;
     println!("scaled 1 -> 2 in {:?}", t.elapsed());
+    for w in &two {
+        assert_kiln_set_provider_id(&client, w).await;
+    }
     let consumers: Vec<String> = hosts
         .list(&Default::default())
         .await
