@@ -231,9 +231,11 @@ async fn assert_kiln_set_provider_id(client: &Client, machine: &str) {
         .into_iter()
         .find(|c| c.type_ == NODE_PROVIDER_ID_CONDITION)
         .unwrap_or_else(|| panic!("KilnMachine {infra} has no {NODE_PROVIDER_ID_CONDITION} condition"));
-    assert_eq!(
-        (cond.status.as_str(), cond.reason.as_str()),
-        ("True", "ProviderIDSetByKiln"),
+    // The test registered this Node without a providerID, so kiln set it. The condition says so, or, when the status
+    // write that followed kiln's patch lost a race and a later reconcile found the Node already done, that the Node
+    // has the providerID.
+    assert!(
+        cond.status == "True" && matches!(cond.reason.as_str(), "ProviderIDSetByKiln" | "NodeHasProviderID"),
         "{cond:?}"
     );
 }
