@@ -5,6 +5,7 @@
 //! one that was killed with SIGKILL ([`state::reap_stale`]). Everything is torn down on drop, including on panic.
 //! The lab never touches the machine's real networks: addresses live only inside namespaces it created.
 
+pub mod chromium;
 pub mod cmd;
 pub mod inproc;
 pub mod ipmi;

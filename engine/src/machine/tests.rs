@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::model::{BmcInfo, HostOptions};
-use kiln_bmc::Secret;
+use kiln_bmc::{BootMode, Secret};
 use kiln_images::protocol::ImageSpec;
 use proptest::prelude::*;
 

@@ -1,0 +1,252 @@
+//! Agent jobs (inspect, prepare, provision, deprovision): starting one on a fresh boot (or queueing it for a slot),
+//! booting the agent, the command it runs, following its heartbeats and results, and where the host goes when the
+//! job ends. Pure, like the rest of the machine.
+
+use kiln_bmc::{BootMode, BootTarget, PowerAction, PowerState};
+use kiln_images::protocol::{CommandKind, ConfigDrive, Outcome};
+
+use super::{Action, Decision, HostView, Job, JobKind, JobPhase, Observed, State, command_id, decide, error};
+use crate::model::{BmcAddress, EraseMode};
+use crate::types::Ts;
+
+fn pxe_target(mode: BootMode) -> BootTarget {
+    BootTarget::Pxe { mode }
+}
+
+/// Starts (or queues, when no slot is free) an agent job on a fresh boot.
+pub(super) fn start_job(
+    host: &HostView,
+    obs: &Observed,
+    now: Ts,
+    kind: JobKind,
+    retries: u32,
+    reason: &str,
+) -> Decision {
+    if kind == JobKind::Deprovision && host.spec.options.erase == EraseMode::Disabled {
+        // Metal3's `automatedCleaningMode: disabled`: the disks are the user's to keep. No agent boots (it would
+        // have nothing to do); the host is powered off and becomes available with its disks untouched.
+        return decide(
+            State::Available { since: now },
+            vec![Action::RevokeTokens, Action::Power(PowerAction::Off)],
+            now,
+            format!("{reason}; cleaning disabled: powered off, disks left as they are"),
+        );
+    }
+    if host.spec.boot_mac.is_none() && host.learned_macs.is_empty() {
+        // kiln tells a netbooting host by its MAC (DHCP, the iPXE script): without one, the agent could never be
+        // handed its token, and the job would only end in a boot timeout minutes later. Say so now.
+        let bmc = match host.spec.bmc.as_ref().map(|b| &b.address) {
+            Some(BmcAddress::Ipmi(_)) => "an IPMI BMC cannot report the host's NICs",
+            _ => "its BMC reported no NIC MAC address either (Redfish EthernetInterfaces)",
+        };
+        let msg = format!(
+            "{reason}, but the host has no boot MAC address and {bmc}, and kiln recognises a network-booting host \
+             only by a MAC: set bootMACAddress (kiln: --boot-mac) to the MAC of the NIC it PXE-boots from"
+        );
+        return error(host, now, kind.operation(), "no_boot_mac", msg, retries, obs.jitter);
+    }
+    let boot = host.boots + 1;
+    let job = Job {
+        phase: JobPhase::Delayed,
+        boot,
+        started: now,
+        phase_since: now,
+        retries,
+    };
+    if !obs.slot_free {
+        return decide(
+            kind.state(job),
+            vec![Action::RevokeTokens],
+            now.plus_secs(host.policy.busy_poll_secs),
+            format!("{reason}; delayed: concurrency limit reached"),
+        );
+    }
+    boot_job(host, now, kind, job, reason)
+}
+
+fn boot_job(host: &HostView, now: Ts, kind: JobKind, job: Job, reason: &str) -> Decision {
+    let power = match host.power {
+        // A host on or changing power state is cycled: the boot must start after the boot device was set (the
+        // driver lets a power-off under way finish first).
+        Some(PowerState::On | PowerState::PoweringOn | PowerState::PoweringOff) => PowerAction::Cycle,
+        Some(PowerState::Off) | Some(PowerState::Unknown) | None => PowerAction::On,
+    };
+    let next = kind.state(Job {
+        phase: JobPhase::Booting,
+        phase_since: now,
+        ..job
+    });
+    let actions = vec![
+        Action::RevokeTokens,
+        Action::MintToken {
+            boot: job.boot,
+            phase: next.name(),
+        },
+        Action::SetBoot {
+            target: pxe_target(host.spec.boot_mode),
+            once: true,
+        },
+        Action::Power(power),
+    ];
+    decide(
+        next,
+        actions,
+        now.plus_secs(host.policy.busy_poll_secs),
+        format!("{reason}; network-booting the agent"),
+    )
+}
+
+fn command_for(host: &HostView, kind: JobKind) -> CommandKind {
+    match kind {
+        JobKind::Inspect => CommandKind::Inspect,
+        JobKind::Prepare => CommandKind::EraseMetadata,
+        JobKind::Deprovision => match host.spec.options.erase {
+            EraseMode::Full => CommandKind::EraseDisks,
+            // `Disabled` never gets here: `start_job` and `run_job` deprovision such a host without the agent.
+            EraseMode::Metadata | EraseMode::Disabled => CommandKind::EraseMetadata,
+        },
+        JobKind::Provision => {
+            let mut meta = serde_json::json!({ "name": host.name.as_str(), "hostname": host.name.as_str(), "uuid": host.name.as_str() });
+            if let (Some(serde_json::Value::Object(extra)), Some(m)) = (&host.spec.meta_data, meta.as_object_mut()) {
+                m.extend(extra.clone());
+            }
+            CommandKind::WriteImage {
+                image: host.spec.image.clone().expect("provision job only runs with an image"),
+                root_device_hints: host.spec.root_device_hints.clone(),
+                config_drive: Some(ConfigDrive {
+                    meta_data: meta,
+                    user_data: host.spec.user_data.clone(),
+                    network_data: host.spec.network_data.clone(),
+                }),
+            }
+        }
+    }
+}
+
+pub(super) fn run_job(host: &HostView, obs: &Observed, now: Ts, kind: JobKind, job: Job) -> Decision {
+    if kind == JobKind::Deprovision && host.spec.options.erase == EraseMode::Disabled {
+        // Cleaning was disabled while the job was under way: no command is (or will be) sent to erase anything.
+        return decide(
+            State::Available { since: now },
+            vec![Action::RevokeTokens, Action::Power(PowerAction::Off)],
+            now,
+            "cleaning disabled: powered off, disks left as they are",
+        );
+    }
+    let p = &host.policy;
+    let busy = now.plus_secs(p.busy_poll_secs);
+    let op = kind.operation();
+    match job.phase {
+        JobPhase::Delayed => {
+            if obs.slot_free {
+                boot_job(host, now, kind, job, "slot free")
+            } else {
+                decide(kind.state(job), vec![], busy, "delayed: concurrency limit reached")
+            }
+        }
+        JobPhase::Booting => {
+            if obs.agent.last_heartbeat.is_some() {
+                let id = command_id(job.boot);
+                let next = kind.state(Job {
+                    phase: JobPhase::Running { command: id },
+                    phase_since: now,
+                    ..job
+                });
+                let actions = vec![Action::Enqueue {
+                    boot: job.boot,
+                    id,
+                    kind: command_for(host, kind),
+                }];
+                return decide(next, actions, busy, "agent heartbeat received; command queued");
+            }
+            let deadline = job.phase_since.plus_secs(p.boot_timeout_secs);
+            if now >= deadline {
+                let mac = host
+                    .spec
+                    .boot_mac
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "(none set)".into());
+                let msg = format!(
+                    "no heartbeat from kiln-agent within {}s of network boot: check that the host PXE-boots from MAC {mac}, that DHCP reaches kiln, and the host's console",
+                    p.boot_timeout_secs
+                );
+                return error(host, now, op, "boot_timeout", msg, job.retries, obs.jitter);
+            }
+            decide(
+                kind.state(job),
+                vec![],
+                busy.min(deadline),
+                "waiting for the agent to boot",
+            )
+        }
+        JobPhase::Running { command } => {
+            match &obs.agent.result {
+                Some(Outcome::Succeeded { .. }) => return finish_job(host, now, kind, job),
+                Some(Outcome::Failed { kind: fk, message }) => {
+                    let msg = format!("kiln-agent reported {fk} for command {command}: {message}");
+                    return error(host, now, op, fk, msg, job.retries, obs.jitter);
+                }
+                None => {}
+            }
+            if now >= job.phase_since.plus_secs(p.command_timeout_secs) {
+                let msg = format!(
+                    "the agent did not finish command {command} within {}s",
+                    p.command_timeout_secs
+                );
+                return error(host, now, op, "command_timeout", msg, job.retries, obs.jitter);
+            }
+            let last = obs.agent.last_heartbeat.unwrap_or(job.phase_since).max(job.phase_since);
+            if now >= last.plus_secs(p.heartbeat_timeout_secs) {
+                let msg = format!(
+                    "kiln-agent stopped heartbeating for {}s: the host may have rebooted or lost its network",
+                    p.heartbeat_timeout_secs
+                );
+                return error(host, now, op, "agent_lost", msg, job.retries, obs.jitter);
+            }
+            decide(kind.state(job), vec![], busy, "waiting for the agent's result")
+        }
+    }
+}
+
+fn finish_job(host: &HostView, now: Ts, kind: JobKind, _job: Job) -> Decision {
+    match kind {
+        JobKind::Inspect if host.spec.options.prepare => {
+            // Preparing uses its own boot; the slot is kept (we hold it now).
+            let job = Job {
+                phase: JobPhase::Delayed,
+                boot: host.boots + 1,
+                started: now,
+                phase_since: now,
+                retries: 0,
+            };
+            boot_job(host, now, JobKind::Prepare, job, "inspected; preparing")
+        }
+        JobKind::Inspect | JobKind::Prepare | JobKind::Deprovision => decide(
+            State::Available { since: now },
+            vec![Action::RevokeTokens, Action::Power(PowerAction::Off)],
+            now,
+            "agent work done; powered off",
+        ),
+        JobKind::Provision => {
+            let url = host.spec.image.as_ref().map(|i| i.url.clone()).unwrap_or_default();
+            decide(
+                State::Provisioned {
+                    since: now,
+                    image_url: url,
+                },
+                vec![
+                    Action::RevokeTokens,
+                    Action::SetBoot {
+                        target: BootTarget::Disk {
+                            mode: host.spec.boot_mode,
+                        },
+                        once: false,
+                    },
+                    Action::Power(PowerAction::Cycle),
+                ],
+                now,
+                "image written; booting from disk",
+            )
+        }
+    }
+}
