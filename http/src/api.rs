@@ -452,29 +452,22 @@ async fn fleet_timings(
             ),
         ));
     }
-    let limit = usize::try_from(q.limit.unwrap_or(200).clamp(1, 10_000)).unwrap_or(200);
-    let mut rows = Vec::new();
-    for h in app.store.hosts().await? {
-        for r in app.store.phases(h.id).await? {
-            if r.phase != phase {
-                continue;
-            }
-            if let Some(ended) = r.ended {
-                rows.push((h.name.to_string(), r.started, ended, r.outcome));
-            }
-        }
-    }
-    rows.sort_by_key(|(_, _, ended, _)| std::cmp::Reverse(*ended));
-    rows.truncate(limit);
+    let rows = app
+        .store
+        .finished_phases(&phase, q.limit.unwrap_or(200).clamp(1, 10_000))
+        .await?;
     Ok(Json(
         rows.into_iter()
-            .map(|(host, started, ended, outcome)| HostTimingOut {
-                host,
-                phase: phase.clone(),
-                started: started.rfc3339(),
-                ended: ended.rfc3339(),
-                duration_ms: ended.since(started),
-                outcome,
+            .filter_map(|(host, r)| {
+                let ended = r.ended?;
+                Some(HostTimingOut {
+                    host,
+                    phase: r.phase,
+                    started: r.started.rfc3339(),
+                    ended: ended.rfc3339(),
+                    duration_ms: ended.since(r.started),
+                    outcome: r.outcome,
+                })
             })
             .collect(),
     ))

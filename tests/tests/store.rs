@@ -226,6 +226,14 @@ async fn suite(s: Arc<dyn Store>) {
         ("provisioning.booting", Some(t.plus_ms(250)))
     );
     assert_eq!(ph[0].ended, None);
+    // Across hosts, only finished records of the phase asked for.
+    let fin = s.finished_phases("provisioning.booting", 10).await.unwrap();
+    assert_eq!(fin.len(), 1, "{fin:?}");
+    assert_eq!((fin[0].0.as_str(), fin[0].1.ended), ("node-1", Some(t.plus_ms(250))));
+    assert!(
+        s.finished_phases("provisioning", 10).await.unwrap().is_empty(),
+        "still running"
+    );
 
     // A status write and its records are one transaction: a stale write records nothing, a current one ends and
     // starts its phases and adds its events together with the state.

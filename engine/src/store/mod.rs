@@ -240,6 +240,8 @@ pub trait Store: Send + Sync + 'static {
         outcome: &str,
     ) -> Result<Option<PhaseRecord>, StoreError>;
     async fn phases(&self, host_id: i64) -> Result<Vec<PhaseRecord>, StoreError>;
+    /// The latest `limit` finished records of `phase` across all hosts, newest end first, with their host's name.
+    async fn finished_phases(&self, phase: &str, limit: i64) -> Result<Vec<(String, PhaseRecord)>, StoreError>;
 
     async fn add_event(&self, host: &str, now: Ts, kind: &str, message: &str) -> Result<(), StoreError>;
     /// The latest `limit` events (of one host if given), oldest first.

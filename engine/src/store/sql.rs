@@ -371,6 +371,28 @@ macro_rules! sql_store {
                 }
             }
 
+            async fn finished_phases(&self, phase: &str, limit: i64) -> Result<Vec<(String, PhaseRecord)>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT h.name, p.phase, p.started_ms, p.ended_ms, p.outcome FROM phases p JOIN hosts h ON h.id = p.host_id \
+                     WHERE p.phase = $1 AND p.ended_ms IS NOT NULL ORDER BY p.ended_ms DESC, p.id DESC LIMIT $2",
+                )
+                .bind(phase).bind(limit).fetch_all(&self.pool).await.map_err(db("list finished phases"))?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get("name")?,
+                            PhaseRecord {
+                                phase: r.try_get("phase")?,
+                                started: Ts(r.try_get("started_ms")?),
+                                ended: r.try_get::<Option<i64>, _>("ended_ms")?.map(Ts),
+                                outcome: r.try_get("outcome")?,
+                            },
+                        ))
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(db("decode finished phases"))
+            }
+
             async fn phases(&self, host_id: i64) -> Result<Vec<PhaseRecord>, StoreError> {
                 let rows = sqlx::query("SELECT phase, started_ms, ended_ms, outcome FROM phases WHERE host_id = $1 ORDER BY id")
                     .bind(host_id).fetch_all(&self.pool).await.map_err(db("list phases"))?;
