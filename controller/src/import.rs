@@ -36,6 +36,7 @@ fn refused_field(key: &str, value: &Value) -> Option<String> {
         "networkData",
         "metaData",
         "description",
+        "preprovisioningNetworkDataName",
     ];
     if acted_on.contains(&key) {
         return None;
@@ -56,9 +57,6 @@ fn refused_field(key: &str, value: &Value) -> Option<String> {
             format!("kiln does not configure {key} yet; remove it or configure the host out of band")
         }
         "customDeploy" => "kiln deploys images only; custom deploy steps are not supported".into(),
-        "preprovisioningNetworkDataName" => {
-            "kiln's agent gets its address by DHCP; static pre-provisioning network data is not supported yet".into()
-        }
         "disablePowerOff" => "kiln powers hosts off between operations; disablePowerOff is not supported yet".into(),
         "hardwareProfile" | "taints" | "networkInterfaces" | "consumerRef" | "hardwareData" => {
             format!("kiln does not act on {key}")
@@ -225,7 +223,26 @@ pub fn translate(docs: &[Value]) -> Result<Vec<ImportedHost>, ImportError> {
             options.inspect = mode != "disabled";
         }
         options.online = spec["online"].as_bool();
+        // Metal3's preprovisioningNetworkDataName: a Secret in the host's namespace whose `networkData` holds the
+        // ramdisk's network_data.json (JSON or YAML).
+        let preprovisioning_network_data = match spec["preprovisioningNetworkDataName"].as_str() {
+            None | Some("") => None,
+            Some(sname) => {
+                let field = "spec.preprovisioningNetworkDataName";
+                let s = secrets
+                    .get(&(ns.clone(), sname.to_owned()))
+                    .ok_or_else(|| err(field, format!("Secret {sname} is not in the file")))?;
+                let t = secret_value(s, "networkData")
+                    .ok_or_else(|| err(field, format!("Secret {sname} has no networkData")))?;
+                Some(
+                    serde_json::from_str(&t)
+                        .or_else(|_| serde_saphyr::from_str::<Value>(&t))
+                        .map_err(|_| err(field, format!("Secret {sname}'s networkData is neither JSON nor YAML")))?,
+                )
+            }
+        };
         let enroll = HostCreate {
+            preprovisioning_network_data,
             name: name.clone(),
             bmc,
             boot_mac: spec["bootMACAddress"].as_str().map(str::to_owned),
@@ -442,6 +459,26 @@ spec:
                   architecture: x86_64\n  description: rack 3\n  raid: {}\n";
         let docs: Vec<Value> = serde_saphyr::from_multiple(ok).unwrap();
         assert!(translate(&docs).is_ok());
+    }
+
+    #[test]
+    fn preprovisioning_network_data_comes_from_its_secret() {
+        // The shape of Metal3's docs: a Secret whose networkData is network_data.json in YAML, named by the host.
+        let yaml = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: vm-net\n  namespace: lab\nstringData:\n  \
+                    networkData: |\n    links:\n    - id: enp1s0\n      type: phy\n      \
+                    ethernet_mac_address: 52:54:00:aa:00:01\n    networks:\n    - id: p\n      link: enp1s0\n      \
+                    type: ipv4\n      ip_address: 192.168.111.20/24\n---\n\
+                    apiVersion: metal3.io/v1alpha1\nkind: BareMetalHost\nmetadata:\n  name: vm\n  namespace: lab\n\
+                    spec:\n  preprovisioningNetworkDataName: vm-net\n";
+        let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).unwrap();
+        let hosts = translate(&docs).unwrap();
+        let data = hosts[0].enroll.preprovisioning_network_data.as_ref().unwrap();
+        assert_eq!(data["networks"][0]["ip_address"], "192.168.111.20/24");
+        // A name without its Secret in the file is named.
+        let docs: Vec<Value> = serde_saphyr::from_multiple(yaml.split("---\n").nth(1).unwrap()).unwrap();
+        let e = translate(&docs).unwrap_err();
+        assert_eq!(e.field, "spec.preprovisioningNetworkDataName");
+        assert!(e.message.contains("vm-net"), "{e}");
     }
 
     #[test]

@@ -212,6 +212,14 @@ async fn run() -> anyhow::Result<()> {
                 r.bytes,
                 if r.cached { " (unchanged inputs: reused)" } else { "" }
             );
+            match &r.efi_loader {
+                Some(p) => println!("virtual-media loader {} ([virtual_media] efi_loader)", p.display()),
+                None => println!(
+                    "no virtual-media loader: GRUB's EFI modules are not installed in {} (Debian: grub-efi-amd64-bin); \
+                     netboot is not affected",
+                    kiln_images::ramdisk::GRUB_EFI_MODULES
+                ),
+            }
         }
         Command::Openapi => print!("{}", kiln_http::openapi::document_text()),
         Command::Crds { out_dir } => match out_dir {

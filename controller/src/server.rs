@@ -69,6 +69,8 @@ pub struct Config {
     pub pxe: Option<kiln_pxe::PxeConfig>,
     /// The agent ramdisk the per-host iPXE script boots.
     pub agent_boot: Option<AgentBootConfig>,
+    /// Booting the agent from the BMC's virtual CD (hosts with `*-virtualmedia://` BMC addresses).
+    pub virtual_media: Option<VirtualMediaConfig>,
     /// The Kubernetes front-end (BareMetalHost and Cluster API controllers); `None` runs without it.
     pub kube: Option<kiln_kube::runner::KubeSettings>,
     /// Events older than this many days are deleted (hourly).
@@ -97,6 +99,57 @@ pub struct AgentBootConfig {
     pub cmdline: String,
 }
 
+/// The files of `kiln ramdisk build` that kiln puts on each virtual-media boot's ISO.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualMediaConfig {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// GRUB for UEFI (`grubx64.efi` from `kiln ramdisk build`).
+    pub efi_loader: PathBuf,
+    /// Extra kernel arguments (`console=ttyS0`).
+    #[serde(default)]
+    pub cmdline: String,
+    /// kiln's HTTPS base URL as BMCs reach it (the ISO is at `<url>/boot/media/<name>.iso`); default `api_url`.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+impl VirtualMediaConfig {
+    /// Reads the loader and checks the ramdisk files, so a wrong path stops `kiln serve` at start instead of
+    /// failing each host's boot.
+    fn load(&self, api_url: &str, ca_pin: Option<String>) -> std::io::Result<kiln_engine::vmedia::VirtualMedia> {
+        let named = |p: &PathBuf, what: &str| {
+            let p = p.clone();
+            let what = what.to_owned();
+            move |e: std::io::Error| {
+                std::io::Error::new(e.kind(), format!("[virtual_media] {what} {}: {e}", p.display()))
+            }
+        };
+        for (p, what) in [(&self.kernel, "kernel"), (&self.initramfs, "initramfs")] {
+            std::fs::metadata(p).map_err(named(p, what))?;
+        }
+        let loader = std::fs::read(&self.efi_loader).map_err(named(&self.efi_loader, "efi_loader"))?;
+        let efi = kiln_images::iso::efi_boot_image(&loader).map_err(named(&self.efi_loader, "efi_loader"))?;
+        Ok(kiln_engine::vmedia::VirtualMedia::new(
+            kiln_engine::vmedia::AgentMediaConfig {
+                kernel: self.kernel.clone(),
+                initramfs: self.initramfs.clone(),
+                efi_image: efi.into(),
+                cmdline: self.cmdline.clone(),
+                api_url: api_url.to_owned(),
+                ca_pin,
+                media_url: self
+                    .url
+                    .clone()
+                    .unwrap_or_else(|| api_url.to_owned())
+                    .trim_end_matches('/')
+                    .to_owned(),
+            },
+        ))
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         let e = ExecutorConfig::default();
@@ -110,6 +163,7 @@ impl Default for Config {
             policy: Policy::default(),
             pxe: None,
             agent_boot: None,
+            virtual_media: None,
             kube: None,
             event_retention_days: 30,
             events_per_host: 2000,
@@ -247,6 +301,12 @@ pub async fn run(
     )
     .map_err(|e| std::io::Error::other(kiln_engine::bmcs::chain(&e)))?;
     let api_url = format!("https://{local}");
+    if let Some(vm) = &app.config.virtual_media {
+        let agent_url = app.config.api_url.clone().unwrap_or_else(|| api_url.clone());
+        let media = vm.load(&agent_url, app.ca_pin.clone())?;
+        tracing::info!(url = %media.config.media_url, "virtual-media boot ready");
+        app.executor.set_virtual_media(Arc::new(media));
+    }
     // Netboot: DHCP/TFTP services and the /boot routes (per-host iPXE scripts, ramdisk and image files), in plain
     // HTTP on a listener of their own: firmware cannot verify kiln's certificate.
     let mut pxe = None;

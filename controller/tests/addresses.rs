@@ -56,38 +56,31 @@ const FORMS: &[(&str, bool, &str)] = &[
     ),
     ("ilo5-redfish://192.168.{n}.1/redfish/v1/Systems/1", true, ""),
     ("ilo5-redfish+https://192.168.{n}.1/redfish/v1/Systems/1", true, ""),
-    // Schemes that ask for a boot method kiln does not do yet: refused, never PXE-booted silently.
-    (
-        "redfish-virtualmedia://192.168.{n}.1/redfish/v1/Systems/1",
-        false,
-        "virtual-media boot",
-    ),
+    // Virtual-media schemes: the agent boots from the BMC's virtual CD (boot_method virtual-media, never PXE).
+    ("redfish-virtualmedia://192.168.{n}.1/redfish/v1/Systems/1", true, ""),
     (
         "redfish-virtualmedia+http://192.168.{n}.1/redfish/v1/Systems/1",
-        false,
-        "virtual-media boot",
+        true,
+        "",
     ),
     (
         "redfish-virtualmedia+https://192.168.{n}.1/redfish/v1/Systems/1",
-        false,
-        "virtual-media boot",
+        true,
+        "",
     ),
     (
         "idrac-virtualmedia://192.168.{n}.1/redfish/v1/Systems/System.Embedded.1",
-        false,
-        "virtual-media boot",
+        true,
+        "",
     ),
     (
         "idrac-virtualmedia+https://192.168.{n}.1/redfish/v1/Systems/System.Embedded.1",
-        false,
-        "virtual-media boot",
+        true,
+        "",
     ),
+    ("ilo5-virtualmedia://192.168.{n}.1/redfish/v1/Systems/1", true, ""),
     (
-        "ilo5-virtualmedia://192.168.{n}.1/redfish/v1/Systems/1",
-        false,
-        "virtual-media boot",
-    ),
-    (
+        // UEFI HTTP boot through the BMC: refused, never PXE-booted silently.
         "redfish-uefihttp://192.168.{n}.1/redfish/v1/Systems/1",
         false,
         "uefi-http boot",
@@ -127,6 +120,7 @@ fn bmh(address: &str) -> HostSpec {
         user_data: None,
         network_data: None,
         meta_data: None,
+        preprovisioning_network_data: None,
         root_device_hints: None,
         automated_cleaning_mode: AutomatedCleaningMode::Metadata,
         externally_provisioned: false,
@@ -235,7 +229,12 @@ async fn every_metal3_address_form_gets_the_same_answer_from_every_front_end() {
                 )
                 .await;
             assert_eq!(code, 201, "{address}: {body}");
-            assert_eq!(body["bmc"]["boot_method"], "pxe", "{body}");
+            let method = if address.contains("virtualmedia") {
+                "virtual-media"
+            } else {
+                "pxe"
+            };
+            assert_eq!(body["bmc"]["boot_method"], method, "{body}");
         }
     }
 }

@@ -635,7 +635,7 @@ async fn the_web_page_shows_the_fleet_draws_time_and_enrolls_hosts() {
     b.eval(&tab, "location.hash = '#enroll'").await;
     b.wait_for(&tab, "the enroll form", "!document.getElementById('enroll').hidden")
         .await;
-    let bad = "redfish-virtualmedia://127.0.0.1:9/redfish/v1/Systems/node-5";
+    let bad = "redfish-uefihttp://127.0.0.1:9/redfish/v1/Systems/node-5";
     let good = "redfish+http://127.0.0.1:9/redfish/v1/Systems/node-5";
     for (field, value) in [
         ("name", "node-5"),

@@ -19,6 +19,10 @@ pub trait DynBmc: Send + Sync {
     async fn set_boot(&self, target: BootTarget, persistence: BootPersistence) -> Result<(), BmcFailure>;
     /// What the BMC knows of the hardware (NIC MACs for hosts enrolled without a boot MAC).
     async fn inventory(&self) -> Result<Inventory, BmcFailure>;
+    /// Inserts the ISO at `url` as the virtual CD (replacing what is inserted).
+    async fn insert_media(&self, url: &str) -> Result<(), BmcFailure>;
+    /// Ejects every virtual medium.
+    async fn eject_media(&self) -> Result<(), BmcFailure>;
 }
 
 /// How a driver error is classified: (transient, credentials refused).
@@ -73,6 +77,12 @@ impl<B: Bmc + 'static> DynBmc for BmcAdapter<B> {
     }
     async fn inventory(&self) -> Result<Inventory, BmcFailure> {
         self.bmc.inventory().await.map_err(|e| self.fail(e))
+    }
+    async fn insert_media(&self, url: &str) -> Result<(), BmcFailure> {
+        self.bmc.insert_media(url).await.map_err(|e| self.fail(e))
+    }
+    async fn eject_media(&self) -> Result<(), BmcFailure> {
+        self.bmc.eject_media().await.map_err(|e| self.fail(e))
     }
 }
 

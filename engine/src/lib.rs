@@ -19,4 +19,5 @@ pub mod pxe_lookup;
 pub mod sim;
 pub mod store;
 pub mod types;
+pub mod vmedia;
 pub mod wire;

@@ -77,6 +77,11 @@ pub struct HostSpec {
     pub network_data: Option<serde_json::Value>,
     #[serde(default)]
     pub meta_data: Option<serde_json::Value>,
+    /// The agent ramdisk's network configuration (OpenStack `network_data.json`, Metal3's
+    /// `preprovisioningNetworkDataName`): static addresses for a host booted by virtual media where no DHCP serves
+    /// it. Unset, the ramdisk asks DHCP.
+    #[serde(default)]
+    pub preprovisioning_network_data: Option<serde_json::Value>,
     #[serde(default)]
     pub options: HostOptions,
 }

@@ -42,6 +42,11 @@ pub struct HostCreate {
     pub root_device_hints: Option<RootDeviceHints>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<HostOptions>,
+    /// The agent ramdisk's network as OpenStack `network_data.json` (Metal3's `preprovisioningNetworkDataName`):
+    /// static addresses on one NIC, a default route and DNS servers, for hosts booted by virtual media where no
+    /// DHCP serves the ramdisk. Bonds, VLANs, DHCPv6 and other routes are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprovisioning_network_data: Option<Value>,
 }
 
 /// BMC credentials as sent by the client.
@@ -50,8 +55,10 @@ pub struct HostCreate {
 pub struct BmcIn {
     /// Any form Metal3 accepts for Redfish or IPMI: `redfish[+http|+https]://host[:port][/System path]`,
     /// `idrac-redfish://`, `ilo5-redfish://`, `ipmi://host[:port][?privilegelevel=OPERATOR]`, `ipmi:host` or a
-    /// bare `host[:port]` (IPMI). `*-virtualmedia://` and `redfish-uefihttp://` are refused (kiln boots its agent
-    /// by PXE only), as are schemes of protocols kiln does not speak. Two hosts may not share one BMC (409).
+    /// bare `host[:port]` (IPMI); `redfish-virtualmedia://`, `idrac-virtualmedia://` and `ilo5-virtualmedia://` boot
+    /// the agent from the BMC's virtual CD instead of the network. `redfish-uefihttp://` is refused (kiln does not
+    /// drive UEFI HTTP boot through the BMC), as are schemes of protocols kiln does not speak. Two hosts may not
+    /// share one BMC (409).
     pub address: String,
     pub username: String,
     /// Never shown back; must not be empty.
@@ -257,13 +264,12 @@ pub fn bmc_from(b: &BmcIn) -> Result<BmcInfo, Invalid> {
         .parse()
         .map_err(|e: kiln_bmc::AddressError| unprocessable("bmc.address", e.to_string()))?;
     let method = address.boot_method();
-    if method != kiln_bmc::BootMethod::Pxe {
+    if method == kiln_bmc::BootMethod::UefiHttp {
         return Err(unprocessable(
             "bmc.address",
             format!(
-                "{address} asks for {method} boot, which kiln cannot do yet: kiln boots its agent by PXE/iPXE only; \
-                 use the plain Redfish scheme of this BMC (redfish://, idrac-redfish:// or ilo5-redfish://) on a \
-                 network where kiln's DHCP or a relay reaches the host"
+                "{address} asks for {method} boot through the BMC, which kiln does not do: use redfish:// (PXE/iPXE \
+                 or UEFI HTTP boot from kiln's DHCP) or redfish-virtualmedia:// (the agent from the BMC's virtual CD)"
             ),
         ));
     }
@@ -325,7 +331,12 @@ pub fn spec_from(c: &HostCreate) -> Result<(HostName, HostSpec), Invalid> {
         }
     }
     let options = c.options.unwrap_or_default();
+    if let Some(data) = &c.preprovisioning_network_data {
+        crate::vmedia::agent_network(data, boot_mac.as_ref())
+            .map_err(|e| unprocessable("preprovisioning_network_data", e))?;
+    }
     let spec = HostSpec {
+        preprovisioning_network_data: c.preprovisioning_network_data.clone(),
         labels: c.labels.clone(),
         bmc,
         boot_mac,

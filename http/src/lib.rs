@@ -8,5 +8,6 @@ pub mod agent_api;
 pub mod api;
 pub mod http_util;
 pub mod listener;
+pub mod media;
 pub mod openapi;
 pub mod tls;

@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(crate::api::router(state.clone()))
         .merge(crate::agent_api::router())
+        .merge(crate::media::router())
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }

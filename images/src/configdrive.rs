@@ -85,7 +85,14 @@ pub fn build_config_drive(drive: &ConfigDrive) -> Result<Vec<u8>, ImageError> {
         .volume_id(volume_id);
     fatfs::format_volume(&mut disk, opts).map_err(err)?;
     {
-        let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new()).map_err(err)?;
+        // Fixed timestamps, like the volume id derived from the content: the same data gives the same image.
+        let fs = fatfs::FileSystem::new(
+            &mut disk,
+            fatfs::FsOptions::new()
+                .time_provider(&crate::iso::FIXED_TIME)
+                .update_accessed_date(false),
+        )
+        .map_err(err)?;
         let root = fs.root_dir();
         for (path, data) in &files {
             let (dir, name) = path.rsplit_once('/').expect("paths have a directory");

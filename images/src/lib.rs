@@ -7,6 +7,7 @@ pub mod configdrive;
 pub mod digest;
 pub mod error;
 pub mod fuzzing;
+pub mod iso;
 pub mod pipeline;
 pub mod progress;
 pub mod protocol;

@@ -119,6 +119,81 @@ pub struct Ramdisk {
     pub bytes: u64,
     /// `true` when an earlier build with the same inputs was reused.
     pub cached: bool,
+    /// GRUB for x86-64 UEFI (`grubx64.efi`) that boots the ramdisk from kiln's virtual-media ISO, when GRUB's EFI
+    /// modules are installed (Debian's `grub-efi-amd64-bin`); `None` otherwise (virtual-media boot is then
+    /// unavailable, netboot is not affected).
+    pub efi_loader: Option<PathBuf>,
+}
+
+/// Where GRUB's x86-64 UEFI modules are installed.
+pub const GRUB_EFI_MODULES: &str = "/usr/lib/grub/x86_64-efi";
+
+/// The configuration built into [`build_grub_efi`]'s GRUB: it finds kiln's ISO by the file only kiln's ISO carries
+/// and runs that file, which holds the kernel command line of the one boot.
+pub const GRUB_EARLY_CONFIG: &str = "search --no-floppy --set=root --file /KILN/GRUB.CFG
+configfile ($root)/KILN/GRUB.CFG
+";
+
+/// The GRUB modules built into the image: what reading the ISO and booting Linux on UEFI need.
+const GRUB_MODULES: &[&str] = &[
+    "iso9660",
+    "part_gpt",
+    "part_msdos",
+    "fat",
+    "search",
+    "search_fs_file",
+    "configfile",
+    "normal",
+    "echo",
+    "test",
+    "linux",
+    "gzio",
+    "all_video",
+    "efi_gop",
+    "serial",
+    "terminal",
+];
+
+/// Builds (or reuses) `out_dir/grubx64.efi` with `grub-mkimage` from the installed modules, with
+/// [`GRUB_EARLY_CONFIG`] built in. `Ok(None)` when GRUB's EFI modules are not installed.
+///
+/// # Errors
+/// The tool's failure or an I/O error.
+pub fn build_grub_efi(out_dir: &Path) -> Result<Option<PathBuf>, RamdiskError> {
+    let modules = Path::new(GRUB_EFI_MODULES);
+    if !modules.join("kernel.img").is_file() {
+        return Ok(None);
+    }
+    let mut key = 0xcbf2_9ce4_8422_2325u64;
+    fnv1a(&mut key, GRUB_EARLY_CONFIG.as_bytes());
+    for m in GRUB_MODULES {
+        fnv1a(&mut key, m.as_bytes());
+    }
+    fnv1a(
+        &mut key,
+        &fs::read(modules.join("kernel.img")).map_err(io_err(modules))?,
+    );
+    let key = format!("{key:016x}");
+    fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    let out = out_dir.join("grubx64.efi");
+    let key_file = out_dir.join("grubx64.key");
+    if out.is_file() && fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str()) {
+        return Ok(Some(out));
+    }
+    let early = out_dir.join("grub-early.cfg");
+    fs::write(&early, GRUB_EARLY_CONFIG).map_err(io_err(&early))?;
+    let tmp = out_dir.join("grubx64.efi.tmp");
+    run(Command::new("grub-mkimage")
+        .args(["-O", "x86_64-efi", "-p", "/EFI/BOOT", "-d"])
+        .arg(modules)
+        .arg("-c")
+        .arg(&early)
+        .arg("-o")
+        .arg(&tmp)
+        .args(GRUB_MODULES))?;
+    fs::rename(&tmp, &out).map_err(io_err(&out))?;
+    fs::write(&key_file, key).map_err(io_err(&key_file))?;
+    Ok(Some(out))
 }
 
 fn run(cmd: &mut Command) -> Result<Vec<u8>, RamdiskError> {
@@ -249,8 +324,10 @@ pub fn write_cpio_newc(out: &mut impl Write, entries: &BTreeMap<String, Entry>) 
     record(out, 0, 0, (0, 0), "TRAILER!!!", &[])
 }
 
-/// The `/init` script: mounts, modules, DHCP on the boot NIC (`kiln.mac=`, else the first NIC that gets a lease),
-/// then kiln-agent; when the agent exits the machine powers off (there is no shell to fall into).
+/// The `/init` script: mounts, modules, the network on the boot NIC (`kiln.mac=`, else the first NIC): static
+/// addresses when the command line has them (`kiln.ip=<addr>/<prefix>[,...]`, `kiln.gw=`, `kiln.gw6=`, `kiln.dns=`,
+/// `kiln.mtu=`, from the host's preprovisioning network data), else DHCP (the first NIC that gets a lease); then
+/// kiln-agent; when the agent exits the machine powers off (there is no shell to fall into).
 pub const INIT_SCRIPT: &str = r#"#!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
@@ -269,12 +346,32 @@ ip link set lo up
 nics() { for d in /sys/class/net/*; do [ -e $d/device ] && echo ${d##*/}; done; }
 for i in $(seq 100); do [ -n "$(nics)" ] && break; sleep 0.1; done
 BOUND=""
-for n in $(nics); do
-  if [ -n "$MAC" ] && [ "$(cat /sys/class/net/$n/address)" != "$MAC" ]; then continue; fi
-  ip link set $n up
-  if udhcpc -i $n -n -t 10 -T 2 -A 2 -s /etc/udhcpc/default.script; then BOUND=$n; break; fi
-done
-if [ -n "$BOUND" ]; then m "dhcp-bound $BOUND"; else m dhcp-failed; fi
+IPS=$(arg kiln.ip)
+if [ -n "$IPS" ]; then
+  for n in $(nics); do
+    if [ -n "$MAC" ] && [ "$(cat /sys/class/net/$n/address)" != "$MAC" ]; then continue; fi
+    BOUND=$n; break
+  done
+  if [ -n "$BOUND" ]; then
+    MTU=$(arg kiln.mtu)
+    [ -n "$MTU" ] && ip link set $BOUND mtu $MTU
+    ip link set $BOUND up
+    for a in $(echo $IPS | tr , ' '); do ip addr add $a dev $BOUND; done
+    GW=$(arg kiln.gw); [ -n "$GW" ] && ip route replace default via $GW dev $BOUND
+    GW6=$(arg kiln.gw6); [ -n "$GW6" ] && ip -6 route replace default via $GW6 dev $BOUND
+    for d in $(arg kiln.dns | tr , ' '); do echo "nameserver $d"; done > /etc/resolv.conf
+    m "static $BOUND $IPS gw=$GW gw6=$GW6"
+  else
+    m "static-failed no NIC ${MAC:-at all}"
+  fi
+else
+  for n in $(nics); do
+    if [ -n "$MAC" ] && [ "$(cat /sys/class/net/$n/address)" != "$MAC" ]; then continue; fi
+    ip link set $n up
+    if udhcpc -i $n -n -t 10 -T 2 -A 2 -s /etc/udhcpc/default.script; then BOUND=$n; break; fi
+  done
+  if [ -n "$BOUND" ]; then m "dhcp-bound $BOUND"; else m dhcp-failed; fi
+fi
 m agent-exec
 /bin/kiln-agent
 m "agent-exit rc=$?"
@@ -408,6 +505,7 @@ fn stripped(binary: &Path, scratch: &Path) -> Option<Vec<u8>> {
 /// A [`RamdiskError`] naming the tool or file that failed, or [`RamdiskError::TooBig`].
 pub fn build(spec: &RamdiskSpec) -> Result<Ramdisk, RamdiskError> {
     let (tree, kver, package) = kernel_tree(spec)?;
+    let efi_loader = build_grub_efi(&spec.out_dir)?;
     let busybox = fs::read(&spec.busybox).map_err(io_err(&spec.busybox))?;
     let agent = fs::read(&spec.agent_binary).map_err(io_err(&spec.agent_binary))?;
     fs::create_dir_all(&spec.out_dir).map_err(io_err(&spec.out_dir))?;
@@ -444,6 +542,7 @@ pub fn build(spec: &RamdiskSpec) -> Result<Ramdisk, RamdiskError> {
             initramfs: initramfs_out,
             kernel_version: kver,
             cached: true,
+            efi_loader,
         });
     }
 
@@ -585,6 +684,7 @@ pub fn build(spec: &RamdiskSpec) -> Result<Ramdisk, RamdiskError> {
         kernel_version: kver,
         bytes,
         cached: false,
+        efi_loader,
     })
 }
 

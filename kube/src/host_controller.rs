@@ -250,6 +250,69 @@ async fn host_spec(host: &BareMetalHost, secrets: &Api<Secret>) -> Result<Result
         });
     }
     let [user_data, network_data, meta_data]: [Option<SecretBytes>; 3] = data.try_into().expect("three");
+    // Metal3's preprovisioningNetworkDataName: a Secret in the host's namespace, key `networkData`.
+    let preprovisioning_network_data = match s.preprovisioning_network_data_name.as_deref() {
+        None | Some("") => None,
+        Some(name) => {
+            let Some(secret) = secrets.get_opt(name).await? else {
+                return Ok(Err(format!(
+                    "spec.preprovisioningNetworkDataName: Secret {name} not found"
+                )));
+            };
+            match secret_key(&secret, &["networkData"]) {
+                Some(v) => Some(v),
+                None => {
+                    return Ok(Err(format!(
+                        "spec.preprovisioningNetworkDataName: Secret {name} has no networkData"
+                    )));
+                }
+            }
+        }
+    };
+    // Never accept and ignore: what kiln would not act on is refused here, visibly in status (the same fields,
+    // with the same reasons, as `kiln import`; an empty object is as good as absent).
+    let set = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
+    };
+    let not_acted_on = [
+        (
+            "raid",
+            set(&s.raid),
+            "kiln does not configure RAID yet; remove it or configure the host out of band",
+        ),
+        (
+            "firmware",
+            set(&s.firmware),
+            "kiln does not configure firmware settings yet; remove it or configure the host out of band",
+        ),
+        (
+            "customDeploy",
+            set(&s.custom_deploy),
+            "kiln deploys images only; custom deploy steps are not supported",
+        ),
+        (
+            "disablePowerOff",
+            s.disable_power_off,
+            "kiln powers hosts off between operations; disablePowerOff is not supported yet",
+        ),
+        ("taints", !s.taints.is_empty(), "kiln does not act on taints"),
+        (
+            "networkInterfaces",
+            !s.network_interfaces.is_empty(),
+            "kiln does not act on networkInterfaces",
+        ),
+        (
+            "hardwareProfile",
+            s.hardware_profile
+                .as_deref()
+                .is_some_and(|p| !p.is_empty() && p != "unknown"),
+            "kiln does not act on hardwareProfile",
+        ),
+    ];
+    if let Some((field, _, why)) = not_acted_on.iter().find(|(_, on, _)| *on) {
+        return Ok(Err(format!("spec.{field}: {why}")));
+    }
     Ok(Ok(HostSpec {
         bmc: BmcAccess {
             address: s.bmc.address.clone(),
@@ -272,6 +335,7 @@ async fn host_spec(host: &BareMetalHost, secrets: &Api<Secret>) -> Result<Result
         user_data,
         network_data,
         meta_data,
+        preprovisioning_network_data,
         root_device_hints: s.root_device_hints.clone(),
         automated_cleaning_mode: s.automated_cleaning_mode.unwrap_or(AutomatedCleaningMode::Metadata),
         externally_provisioned: s.externally_provisioned,

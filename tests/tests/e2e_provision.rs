@@ -41,6 +41,7 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, image: &str) -> 
     let callback = Callback::start(&lab)?;
     let host = lab.hosts[0].clone();
 
+    let started = Instant::now();
     // 1. Enroll -> registering -> inspecting (the VM netboots the agent) -> available, powered off (or on again when
     //    the manifest says `online: true`).
     match how {
@@ -51,6 +52,7 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, image: &str) -> 
         }
     }
     let h = cli.wait_state(&host.name, "available", Duration::from_secs(600))?;
+    let inspect_secs = started.elapsed().as_secs();
     match how {
         Enrollment::Cli => assert_eq!(h["host"]["power"], "off", "an available host is powered off: {h}"),
         Enrollment::Metal3Manifest => {
@@ -94,6 +96,7 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, image: &str) -> 
     )?;
     let checksum = format!("sha256:{}", os.sha256(image)?);
     let url = format!("http://{SERVER}:8080/boot/files/{image}");
+    let provision_started = Instant::now();
     cli.run(&[
         "host",
         "provision",
@@ -106,6 +109,7 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, image: &str) -> 
         &user_data.display().to_string(),
     ])?;
     cli.wait_state(&host.name, "provisioned", Duration::from_secs(900))?;
+    let provision_secs = provision_started.elapsed().as_secs();
     let deadline = Instant::now() + Duration::from_secs(400);
     while !read_console(&host.console).contains("KILN-E2E-USERDATA-42") || !callback.seen("/joined-") {
         if Instant::now() > deadline {
@@ -126,8 +130,15 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, image: &str) -> 
     cli.run(&["host", "show", &host.name])?;
 
     // 3. Deprovision -> available; the disk no longer boots (its partition tables are gone).
+    let deprovision_started = Instant::now();
     cli.run(&["host", "deprovision", &host.name])?;
     cli.wait_state(&host.name, "available", Duration::from_secs(600))?;
+    println!(
+        "{} by PXE: inspection {inspect_secs} s, provisioning {provision_secs} s, deprovisioning {} s (from the \
+         request to the state)",
+        host.name,
+        deprovision_started.elapsed().as_secs()
+    );
     let mut head = vec![0u8; 1024];
     use std::io::Read;
     std::fs::File::open(&host.disks[0])?.read_exact(&mut head)?;

@@ -51,6 +51,10 @@ pub enum HostCmd {
         /// Adopt a host that already runs its OS (never written).
         #[arg(long)]
         externally_provisioned: bool,
+        /// The agent ramdisk's network (OpenStack network_data.json, a JSON file): static addresses for a host
+        /// booted by virtual media where no DHCP serves it (Metal3's preprovisioningNetworkDataName).
+        #[arg(long)]
+        preprovisioning_network_data: Option<PathBuf>,
     },
     /// List hosts.
     List {
@@ -228,6 +232,7 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
             root_device_hints,
             no_inspect,
             externally_provisioned,
+            preprovisioning_network_data,
         } => {
             let bmc = match bmc {
                 Some(address) => {
@@ -264,7 +269,18 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
                 })?;
                 label_map.insert(k.to_owned(), v.to_owned());
             }
+            let preprovisioning_network_data = match preprovisioning_network_data {
+                Some(f) => {
+                    let text = read(&f)?;
+                    Some(serde_json::from_str(&text).map_err(|e| CliError::Parse {
+                        what: f.display().to_string(),
+                        message: e.to_string(),
+                    })?)
+                }
+                None => None,
+            };
             let body = HostCreate {
+                preprovisioning_network_data,
                 name,
                 bmc,
                 boot_mac,

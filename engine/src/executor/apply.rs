@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::{ActionError, Executor, POWER_SETTLE};
 use crate::machine::{
-    Action, AfterActionFailure, BmcObs, Decision, HostView, Observed, State, after_action_failure, step,
+    Action, AfterActionFailure, BmcFailure, BmcObs, Decision, HostView, Observed, State, after_action_failure, step,
 };
 use crate::model::{Host, StatusUpdate};
 use crate::store::{Journal, PhaseRecord, StoreError};
@@ -84,6 +84,74 @@ impl Executor {
             .await
     }
 
+    /// Builds boot `boot`'s agent ISO with the boot's token (taken from the store now, once), shelves it for kiln's
+    /// HTTPS listener and has the BMC insert it. What is not configured or cannot be built is a failure that needs
+    /// the operator (not transient).
+    async fn insert_agent_media(&self, h: &Host, boot: u64, now: Ts) -> Result<Result<(), BmcFailure>, StoreError> {
+        let fail = |message: String| BmcFailure {
+            message,
+            transient: false,
+            auth: false,
+        };
+        let Some(media) = self.media.get() else {
+            return Ok(Err(fail(format!(
+                "{} asks for virtual-media boot, and this kiln has no [virtual_media] in its configuration (the \
+                 agent kernel, initramfs and EFI loader from `kiln ramdisk build`)",
+                h.spec.bmc.as_ref().map(|b| b.address.to_string()).unwrap_or_default()
+            ))));
+        };
+        let network = match &h.spec.preprovisioning_network_data {
+            Some(d) => match crate::vmedia::agent_network(d, h.spec.boot_mac.as_ref()) {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(fail(format!("preprovisioning network data: {e}")))),
+            },
+            None => crate::vmedia::AgentNetwork::default(),
+        };
+        let token = match self.store.take_token(h.id, boot).await? {
+            crate::store::TokenHandout::Token(t) => t,
+            crate::store::TokenHandout::AlreadyTaken | crate::store::TokenHandout::None => {
+                return Ok(Err(fail(format!(
+                    "the agent token of boot {boot} was already issued (or never minted)"
+                ))));
+            }
+        };
+        let boot_media = crate::vmedia::BootMedia {
+            host: h.name.as_str(),
+            mac: h.spec.boot_mac,
+            token: &token,
+            network: &network,
+        };
+        let iso = match media.build_iso(&boot_media) {
+            Ok(iso) => iso,
+            Err(e) => return Ok(Err(fail(e))),
+        };
+        let mib = iso.len() as f64 / 1048576.0;
+        let name = media.shelf.put(h.id, iso);
+        let url = format!("{}/boot/media/{name}.iso", media.config.media_url);
+        let r = match self.bmc_for(h).await {
+            Ok(b) => self.timed("insert_media", b.insert_media(&url)).await,
+            Err(f) => Err(f),
+        };
+        if r.is_err() {
+            media.shelf.remove_host(h.id);
+        } else {
+            let net = if network.addresses.is_empty() {
+                "DHCP".to_owned()
+            } else {
+                network.kernel_args().join(" ")
+            };
+            self.store
+                .add_event(
+                    h.name.as_str(),
+                    now,
+                    "virtual_media",
+                    &format!("boot {boot}: the BMC took kiln's agent ISO ({mib:.1} MiB); the ramdisk's network: {net}"),
+                )
+                .await?;
+        }
+        Ok(r)
+    }
+
     /// Performs the decision's actions and persists; returns the state now stored (None if the write lost).
     pub(super) async fn apply(
         &self,
@@ -97,7 +165,16 @@ impl Executor {
         let bmc_calls = d
             .actions
             .iter()
-            .filter(|a| matches!(a, Action::SetBoot { .. } | Action::Power(_) | Action::LearnMacs))
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::SetBoot { .. }
+                        | Action::Power(_)
+                        | Action::LearnMacs
+                        | Action::InsertAgentMedia { .. }
+                        | Action::EjectMedia
+                )
+            })
             .count();
         if bmc_calls > 0 && h.spec.bmc.is_some() && !self.budget(h.id, bmc_calls) {
             // Over the per-host BMC budget: try again when the window has room, and say why the host waits (an
@@ -189,6 +266,29 @@ impl Executor {
                         .add_token(&hash, h.id, *boot, phase, Some(&token), now)
                         .await?;
                     Ok(())
+                }
+                Action::InsertAgentMedia { boot } => {
+                    *calls += 1;
+                    self.insert_agent_media(h, *boot, now)
+                        .await?
+                        .map_err(|failure| ActionError {
+                            failure,
+                            what: "inserting the agent's virtual media".into(),
+                        })
+                }
+                Action::EjectMedia => {
+                    *calls += 1;
+                    if let Some(m) = self.media.get() {
+                        m.shelf.remove_host(h.id);
+                    }
+                    match self.bmc_for(h).await {
+                        Ok(b) => self.timed("eject_media", b.eject_media()).await,
+                        Err(f) => Err(f),
+                    }
+                    .map_err(|failure| ActionError {
+                        failure,
+                        what: "ejecting the virtual media".into(),
+                    })
                 }
                 Action::LearnMacs => {
                     *calls += 1;

@@ -95,6 +95,8 @@ pub struct Executor {
     /// instant, a read of the old state is not shown as the host's power, so it does not flap on, off, on.
     settling: Mutex<HashMap<i64, (PowerState, Instant)>>,
     changes: tokio::sync::broadcast::Sender<HostName>,
+    /// Virtual-media boot, when the appliance is configured for it.
+    media: std::sync::OnceLock<Arc<crate::vmedia::VirtualMedia>>,
 }
 
 /// A connected BMC and the address+username it was connected with.
@@ -127,10 +129,21 @@ impl Executor {
             panicked: Mutex::default(),
             settling: Mutex::default(),
             changes: tokio::sync::broadcast::channel(1024).0,
+            media: std::sync::OnceLock::new(),
         })
     }
 
-    /// Wakes the executor now (the API calls this after every change).
+    /// Turns on virtual-media boot (once, at start-up); without it a virtual-media host's job fails with a message
+    /// saying what to configure.
+    pub fn set_virtual_media(&self, media: Arc<crate::vmedia::VirtualMedia>) {
+        let _ = self.media.set(media);
+    }
+
+    /// The virtual-media boot in use (the HTTPS listener serves its shelf).
+    pub fn virtual_media(&self) -> Option<&Arc<crate::vmedia::VirtualMedia>> {
+        self.media.get()
+    }
+
     /// Whether hosts with this BMC address may be enrolled here (see [`BmcConnector::accepts`]).
     ///
     /// # Errors
@@ -139,6 +152,7 @@ impl Executor {
         self.connector.accepts(address)
     }
 
+    /// Wakes the executor now (the API calls this after every change).
     pub fn poke(&self) {
         self.notify.notify_one();
     }

@@ -32,7 +32,7 @@ pub(super) fn start_job(
             format!("{reason}; cleaning disabled: powered off, disks left as they are"),
         );
     }
-    if host.spec.boot_mac.is_none() && host.learned_macs.is_empty() {
+    if host.spec.boot_mac.is_none() && host.learned_macs.is_empty() && !host.by_virtual_media() {
         // kiln tells a netbooting host by its MAC (DHCP, the iPXE script): without one, the agent could never be
         // handed its token, and the job would only end in a boot timeout minutes later. Say so now.
         let bmc = match host.spec.bmc.as_ref().map(|b| &b.address) {
@@ -76,23 +76,35 @@ fn boot_job(host: &HostView, now: Ts, kind: JobKind, job: Job, reason: &str) -> 
         phase_since: now,
         ..job
     });
-    let actions = vec![
+    let mut actions = vec![
         Action::RevokeTokens,
         Action::MintToken {
             boot: job.boot,
             phase: next.name(),
         },
-        Action::SetBoot {
+    ];
+    let how = if host.by_virtual_media() {
+        actions.push(Action::InsertAgentMedia { boot: job.boot });
+        actions.push(Action::SetBoot {
+            target: BootTarget::VirtualCd {
+                mode: host.spec.boot_mode,
+            },
+            once: true,
+        });
+        "booting the agent from virtual media"
+    } else {
+        actions.push(Action::SetBoot {
             target: pxe_target(host.spec.boot_mode),
             once: true,
-        },
-        Action::Power(power),
-    ];
+        });
+        "network-booting the agent"
+    };
+    actions.push(Action::Power(power));
     decide(
         next,
         actions,
         now.plus_secs(host.policy.busy_poll_secs),
-        format!("{reason}; network-booting the agent"),
+        format!("{reason}; {how}"),
     )
 }
 
@@ -126,9 +138,11 @@ fn command_for(host: &HostView, kind: JobKind) -> CommandKind {
 pub(super) fn run_job(host: &HostView, obs: &Observed, now: Ts, kind: JobKind, job: Job) -> Decision {
     if kind == JobKind::Deprovision && host.spec.options.erase == EraseMode::Disabled {
         // Cleaning was disabled while the job was under way: no command is (or will be) sent to erase anything.
+        let mut actions = host.end_boot();
+        actions.push(Action::Power(PowerAction::Off));
         return decide(
             State::Available { since: now },
-            vec![Action::RevokeTokens, Action::Power(PowerAction::Off)],
+            actions,
             now,
             "cleaning disabled: powered off, disks left as they are",
         );
@@ -166,10 +180,21 @@ pub(super) fn run_job(host: &HostView, obs: &Observed, now: Ts, kind: JobKind, j
                     .boot_mac
                     .map(|m| m.to_string())
                     .unwrap_or_else(|| "(none set)".into());
-                let msg = format!(
-                    "no heartbeat from kiln-agent within {}s of network boot: check that the host PXE-boots from MAC {mac}, that DHCP reaches kiln, and the host's console",
-                    p.boot_timeout_secs
-                );
+                let msg = if host.by_virtual_media() {
+                    format!(
+                        "no heartbeat from kiln-agent within {}s of booting from virtual media: check that the BMC could \
+                         fetch kiln's ISO (kiln's events and log say when it was read), that the host boots it \
+                         (UEFI; Secure Boot off), that the ramdisk's network (preprovisioning network data, or DHCP) \
+                         reaches kiln, and the host's console",
+                        p.boot_timeout_secs
+                    )
+                } else {
+                    format!(
+                        "no heartbeat from kiln-agent within {}s of network boot: check that the host PXE-boots from \
+                         MAC {mac}, that DHCP reaches kiln, and the host's console",
+                        p.boot_timeout_secs
+                    )
+                };
                 return error(host, now, op, "boot_timeout", msg, job.retries, obs.jitter);
             }
             decide(
@@ -221,12 +246,16 @@ fn finish_job(host: &HostView, now: Ts, kind: JobKind, _job: Job) -> Decision {
             };
             boot_job(host, now, JobKind::Prepare, job, "inspected; preparing")
         }
-        JobKind::Inspect | JobKind::Prepare | JobKind::Deprovision => decide(
-            State::Available { since: now },
-            vec![Action::RevokeTokens, Action::Power(PowerAction::Off)],
-            now,
-            "agent work done; powered off",
-        ),
+        JobKind::Inspect | JobKind::Prepare | JobKind::Deprovision => {
+            let mut actions = host.end_boot();
+            actions.push(Action::Power(PowerAction::Off));
+            decide(
+                State::Available { since: now },
+                actions,
+                now,
+                "agent work done; powered off",
+            )
+        }
         JobKind::Provision => {
             let url = host.spec.image.as_ref().map(|i| i.url.clone()).unwrap_or_default();
             decide(
@@ -234,16 +263,19 @@ fn finish_job(host: &HostView, now: Ts, kind: JobKind, _job: Job) -> Decision {
                     since: now,
                     image_url: url,
                 },
-                vec![
-                    Action::RevokeTokens,
-                    Action::SetBoot {
-                        target: BootTarget::Disk {
-                            mode: host.spec.boot_mode,
+                [
+                    host.end_boot(),
+                    vec![
+                        Action::SetBoot {
+                            target: BootTarget::Disk {
+                                mode: host.spec.boot_mode,
+                            },
+                            once: false,
                         },
-                        once: false,
-                    },
-                    Action::Power(PowerAction::Cycle),
-                ],
+                        Action::Power(PowerAction::Cycle),
+                    ],
+                ]
+                .concat(),
                 now,
                 "image written; booting from disk",
             )

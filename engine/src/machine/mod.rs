@@ -226,6 +226,26 @@ pub struct HostView {
     pub policy: Policy,
 }
 
+impl HostView {
+    /// Whether the agent boots from the BMC's virtual media (the address scheme says so, as with Metal3) rather
+    /// than from the network.
+    pub fn by_virtual_media(&self) -> bool {
+        self.spec
+            .bmc
+            .as_ref()
+            .is_some_and(|b| b.address.boot_method() == kiln_bmc::BootMethod::VirtualMedia)
+    }
+
+    /// What ends the agent boot under way (if any): its token is revoked and, with virtual media, the ISO ejected.
+    pub fn end_boot(&self) -> Vec<Action> {
+        let mut actions = vec![Action::RevokeTokens];
+        if self.by_virtual_media() && self.state.job().is_some_and(|j| j.phase != JobPhase::Delayed) {
+            actions.push(Action::EjectMedia);
+        }
+        actions
+    }
+}
+
 /// Something the executor must do, in order, before committing the next state.
 // Actions live for one step and come a handful at a time; boxing the command would only add noise.
 #[allow(clippy::large_enum_variant)]
@@ -250,6 +270,13 @@ pub enum Action {
         boot: u64,
         phase: &'static str,
     },
+    /// Build boot `boot`'s agent ISO (it carries the boot's token, taken from the store now) and insert it as the
+    /// host's virtual CD.
+    InsertAgentMedia {
+        boot: u64,
+    },
+    /// Eject the host's virtual media and stop serving its ISO.
+    EjectMedia,
     /// Read the host's NIC MACs from its BMC's inventory and keep them as the MACs netboot knows the host by (a
     /// failed read is an event, not an error: the job that needs a MAC says what is missing).
     LearnMacs,
@@ -320,7 +347,7 @@ pub fn step(host: &HostView, obs: &Observed, now: Ts) -> Decision {
         return match &host.state {
             State::Deleting { .. } => decide(host.state.clone(), vec![Action::Forget], now, "deleted"),
             _ => {
-                let mut actions = vec![Action::RevokeTokens];
+                let mut actions = host.end_boot();
                 if host.spec.bmc.is_some() && !matches!(host.state, State::ExternallyProvisioned { .. }) {
                     actions.push(Action::Power(PowerAction::Off));
                 }
@@ -519,6 +546,8 @@ fn needs_macs_from_bmc(host: &HostView) -> bool {
     host.spec.boot_mac.is_none()
         && host.learned_macs.is_empty()
         && !host.spec.options.externally_provisioned
+        // Virtual media carries the token on the ISO: no MAC is needed to find the booting host.
+        && !host.by_virtual_media()
         && host
             .spec
             .bmc
@@ -611,7 +640,7 @@ fn error(
     let p = &host.policy;
     let retry_at = (retries < p.max_retries).then(|| now.plus_ms(backoff_ms(p, retries, jitter)));
     let wake = retry_at.unwrap_or(now.plus_secs(p.idle_poll_secs));
-    let mut actions = vec![Action::RevokeTokens];
+    let mut actions = host.end_boot();
     if matches!(
         operation,
         Operation::Inspecting | Operation::Preparing | Operation::Deprovisioning

@@ -309,6 +309,8 @@ pub(crate) struct HostRow {
     pub image: Option<String>,
     pub user_data: Option<String>,
     pub network_data: Option<String>,
+    /// Sealed like `network_data`.
+    pub preprovisioning_network_data: Option<String>,
     pub meta_data: Option<String>,
     pub options: String,
     pub requests: String,
@@ -371,6 +373,11 @@ impl HostRow {
             .meta_data
             .as_ref()
             .map(|v| seal(&to_json(v), "meta-data"))
+            .transpose()?;
+        self.preprovisioning_network_data = spec
+            .preprovisioning_network_data
+            .as_ref()
+            .map(|v| seal(&to_json(v), "preprovisioning-network-data"))
             .transpose()?;
         self.options = to_json(&spec.options);
         Ok(())
@@ -438,6 +445,13 @@ impl HostRow {
             meta_data: self
                 .meta_data
                 .map(|s| open_text(key, &s, &format!("meta-data:{name}")).and_then(|t| from_json(&t, "meta data")))
+                .transpose()?,
+            preprovisioning_network_data: self
+                .preprovisioning_network_data
+                .map(|s| {
+                    open_text(key, &s, &format!("preprovisioning-network-data:{name}"))
+                        .and_then(|t| from_json(&t, "preprovisioning network data"))
+                })
                 .transpose()?,
             options: from_json(&self.options, "options")?,
         };

@@ -59,6 +59,8 @@ pub struct HostSpec {
     pub user_data: Option<SecretBytes>,
     pub network_data: Option<SecretBytes>,
     pub meta_data: Option<SecretBytes>,
+    /// The `networkData` of the Secret named by `preprovisioningNetworkDataName`: the agent ramdisk's network.
+    pub preprovisioning_network_data: Option<SecretBytes>,
     pub root_device_hints: Option<RootDeviceHints>,
     pub automated_cleaning_mode: AutomatedCleaningMode,
     pub externally_provisioned: bool,

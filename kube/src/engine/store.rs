@@ -260,7 +260,17 @@ pub fn kiln_spec(key: &HostKey, spec: &HostSpec) -> Result<model::HostSpec, Engi
         .map(|b| structured(key, "metaData", b))
         .transpose()?;
     let meta_data = Some(with_provider_id(key, meta_data)?);
+    let preprovisioning_network_data = spec
+        .preprovisioning_network_data
+        .as_ref()
+        .map(|b| structured(key, "preprovisioningNetworkDataName", b))
+        .transpose()?;
+    if let Some(d) = &preprovisioning_network_data {
+        kiln_engine::vmedia::agent_network(d, boot_mac.as_ref())
+            .map_err(|e| rejected(key, format!("spec.preprovisioningNetworkDataName: {e}")))?;
+    }
     Ok(model::HostSpec {
+        preprovisioning_network_data,
         labels: [(BMH_LABEL.to_owned(), key.to_string())].into(),
         bmc: Some(bmc),
         boot_mac,
@@ -683,6 +693,7 @@ mod tests {
             user_data: Some(SecretBytes(b"#cloud-config\n".to_vec())),
             network_data: Some(SecretBytes(b"links: []\nnetworks: []\n".to_vec())),
             meta_data: None,
+            preprovisioning_network_data: None,
             root_device_hints: Some(RootDeviceHints {
                 min_size_gigabytes: Some(4),
                 ..Default::default()

@@ -1,0 +1,269 @@
+//! Virtual-media provisioning with no DHCP anywhere, as a Metal3 user with `redfish-virtualmedia://` hosts has it: a
+//! UEFI VM behind sushy-tools' libvirt driver (which implements Redfish virtual media on libvirt) is imported from a
+//! Metal3 manifest with `preprovisioningNetworkDataName`, on a bridge where kiln's DHCP is off. kiln builds one ISO
+//! per boot (GRUB, the agent ramdisk, the boot's token and the static address), the BMC fetches it from kiln's HTTPS
+//! listener, and the agent inspects the host; then the Debian image is written with user data and static network
+//! data, the OS boots and its cloud-init calls back to the test; then the host is deprovisioned. A listener on the
+//! bridge's DHCP server port counts every DHCP packet on the segment: there must be none.
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kiln_tests::{
+    ipmi,
+    lab::{BmcKind, Lab, target_bin},
+    operator::{CALLBACK_PORT, Callback, Cli, SERVER, stage_files, vm},
+    osimage::OsImage,
+    qemu::read_console,
+    ramdisk,
+};
+
+const HOST_IP: &str = "10.99.0.50";
+
+/// kiln's config: DHCP off (the boot listener still serves the image files), virtual media on.
+fn config(lab: &Lab, files: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let rd = ramdisk::get()?;
+    let loader = rd
+        .efi_loader
+        .context("the ramdisk build made no GRUB EFI loader (tests/setup.sh installs grub-efi-amd64-bin)")?;
+    let data = lab.kiln_data();
+    let toml = format!(
+        r#"data_dir = "{data}"
+api_url = "https://{SERVER}:8443"
+heartbeat_secs = 2
+
+[pxe]
+state_dir = "{data}/pxe"
+
+[pxe.dhcp]
+mode = "off"
+interface = "br0"
+server_addr = "{SERVER}"
+
+[pxe.boot]
+http_base = "http://{SERVER}:8080"
+files_dir = "{files}"
+
+[agent_boot]
+kernel_url = "http://{SERVER}:8080/boot/files/vmlinuz"
+initrd_url = "http://{SERVER}:8080/boot/files/initramfs"
+
+[virtual_media]
+kernel = "{kernel}"
+initramfs = "{initramfs}"
+efi_loader = "{loader}"
+cmdline = "console=ttyS0"
+"#,
+        data = data.display(),
+        files = files.display(),
+        kernel = rd.kernel.display(),
+        initramfs = rd.initramfs.display(),
+        loader = loader.display(),
+    );
+    std::fs::create_dir_all(&data)?;
+    let path = lab.dir.join("kiln.toml");
+    std::fs::write(&path, toml)?;
+    Ok(path)
+}
+
+/// OpenStack network data giving `mac` the lab's static address.
+fn network_data(mac: &str) -> String {
+    format!(
+        r#"{{"links": [{{"id": "nic0", "type": "phy", "ethernet_mac_address": "{mac}"}}],
+ "networks": [{{"id": "lab", "link": "nic0", "type": "ipv4", "ip_address": "{HOST_IP}", "netmask": "255.255.255.0",
+   "routes": [{{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "{SERVER}"}}]}}],
+ "services": [{{"type": "dns", "address": "{SERVER}"}}]}}"#
+    )
+}
+
+fn b64(s: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("base64");
+    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+}
+
+#[test]
+fn virtual_media_host_without_dhcp_inspect_provision_deprovision() -> anyhow::Result<()> {
+    let os = OsImage::get()?;
+    let spec = vm("e2e-vmedia", "52:54:00:99:00:35").uefi();
+    let mut lab = Lab::start("e2e-vmedia", &[(spec, BmcKind::Redfish)])?;
+    let files = stage_files(&lab, &os)?;
+    let config = config(&lab, &files)?;
+    // Every DHCP packet on the segment reaches the server port: count them for the whole run.
+    let dhcp_log = lab.logs.file("dhcp-seen.bin");
+    let mut dhcp_watch = lab
+        .ns
+        .command("socat")
+        .args([
+            "-u",
+            "UDP4-RECV:67,reuseaddr,so-bindtodevice=br0",
+            &format!("OPEN:{},creat,append", dhcp_log.display()),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start socat")?;
+    lab.record.add_pid(dhcp_watch.id());
+    lab.start_kiln(&["--config", &config.display().to_string()], None)?;
+    let cli = Cli {
+        lab: &lab,
+        kiln: target_bin("kiln")?,
+    };
+    let callback = Callback::start(&lab)?;
+    let host = lab.hosts[0].clone();
+    let address = host
+        .bmc_address
+        .replacen("redfish+http://", "redfish-virtualmedia+http://", 1);
+
+    // 1. A Metal3 manifest with the ramdisk's static address in a preprovisioningNetworkDataName Secret.
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata:
+  name: {name}-bmc-secret
+  namespace: lab
+type: Opaque
+data:
+  username: {user}
+  password: {password}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {name}-preprov-net
+  namespace: lab
+type: Opaque
+stringData:
+  networkData: |
+{net}
+---
+apiVersion: metal3.io/v1alpha1
+kind: BareMetalHost
+metadata:
+  name: {name}
+  namespace: lab
+spec:
+  online: true
+  bootMACAddress: {mac}
+  bootMode: UEFI
+  preprovisioningNetworkDataName: {name}-preprov-net
+  bmc:
+    address: {address}
+    credentialsName: {name}-bmc-secret
+"#,
+        name = host.name,
+        user = b64(ipmi::USERNAME),
+        password = b64(ipmi::PASSWORD),
+        mac = host.mac,
+        net = network_data(&host.mac)
+            .lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    let path = lab.dir.join("vmedia-bmh.yaml");
+    std::fs::write(&path, manifest)?;
+    cli.run(&["import", &path.display().to_string()])?;
+    let inspect_started = Instant::now();
+    cli.wait_state(&host.name, "available", Duration::from_secs(600))?;
+    let inspect_secs = inspect_started.elapsed().as_secs();
+    let inventory = cli.inspection(&host.name)?;
+    let nics = inventory["inventory"]["nics"].as_array().cloned().unwrap_or_default();
+    assert!(
+        nics.iter()
+            .any(|n| n["ipv4_address"].as_str().is_some_and(|a| a.starts_with(HOST_IP))
+                || n["mac"].as_str().is_some_and(|m| m.eq_ignore_ascii_case(&host.mac))),
+        "the inspected NICs: {nics:?}"
+    );
+    let events = cli.events(&host.name)?;
+    assert!(
+        events.iter().any(|e| e["kind"] == "virtual_media"),
+        "no virtual_media event: {events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e["kind"] == "virtual_media_read"),
+        "the BMC never read the ISO: {events:?}"
+    );
+    let console = read_console(&host.console);
+    assert!(
+        console.contains("KILN-AGENT static") && !console.contains("dhcp-bound"),
+        "the ramdisk did not take its static address from the ISO: {}",
+        host.console.display()
+    );
+
+    // 2. Provision the Debian image with user data and the same static address for the OS.
+    let user_data = lab.dir.join("user-data");
+    std::fs::write(
+        &user_data,
+        format!(
+            "#!/bin/sh\necho KILN-E2E-USERDATA-$((6*7)) > /dev/ttyS0\ncurl -s http://{SERVER}:{CALLBACK_PORT}/joined-$(hostname) || true\n"
+        ),
+    )?;
+    let net = lab.dir.join("network-data.json");
+    std::fs::write(&net, network_data(&host.mac))?;
+    let checksum = format!("sha256:{}", os.sha256("debian.qcow2")?);
+    let url = format!("http://{SERVER}:8080/boot/files/debian.qcow2");
+    let provision_started = Instant::now();
+    cli.run(&[
+        "host",
+        "provision",
+        &host.name,
+        "--image",
+        &url,
+        "--checksum",
+        &checksum,
+        "--user-data",
+        &user_data.display().to_string(),
+        "--network-data",
+        &net.display().to_string(),
+    ])?;
+    cli.wait_state(&host.name, "provisioned", Duration::from_secs(900))?;
+    let provision_secs = provision_started.elapsed().as_secs();
+    let deadline = Instant::now() + Duration::from_secs(400);
+    while !read_console(&host.console).contains("KILN-E2E-USERDATA-42") || !callback.seen("/joined-") {
+        if Instant::now() > deadline {
+            bail!(
+                "the written OS did not run the user data (console {}, callback {})",
+                host.console.display(),
+                callback.log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let h = cli.host(&host.name)?;
+    assert_eq!(h["host"]["boot_mode"], "uefi", "{h}");
+    cli.run(&["host", "show", &host.name])?;
+
+    // 3. Deprovision -> available; the disk no longer boots.
+    let deprovision_started = Instant::now();
+    cli.run(&["host", "deprovision", &host.name])?;
+    cli.wait_state(&host.name, "available", Duration::from_secs(600))?;
+    let deprovision_secs = deprovision_started.elapsed().as_secs();
+    let mut head = vec![0u8; 1024];
+    std::fs::File::open(&host.disks[0])?.read_exact(&mut head)?;
+    assert!(
+        head[510..512] != [0x55, 0xaa] && &head[512..520] != b"EFI PART",
+        "the deprovisioned disk still has a partition table"
+    );
+    println!(
+        "virtual media, no DHCP: inspection {inspect_secs} s, provisioning {provision_secs} s, deprovisioning \
+         {deprovision_secs} s (from the request to the state)"
+    );
+
+    // 4. Not one DHCP packet on the segment, from the firmware, the ramdisk or the OS.
+    let _ = dhcp_watch.kill();
+    let _ = dhcp_watch.wait();
+    let seen = std::fs::metadata(&dhcp_log).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(seen, 0, "{seen} bytes of DHCP traffic reached port 67 on the bridge");
+    drop(callback);
+    lab.finish()
+}
