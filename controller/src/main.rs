@@ -88,6 +88,16 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Print the shell completion script (bash: `kiln completions bash > /etc/bash_completion.d/kiln`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (kiln.1 and one per subcommand, kiln-host-enroll.1, ...) into a directory.
+    Man {
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -222,6 +232,22 @@ async fn run() -> anyhow::Result<()> {
             }
         }
         Command::Openapi => print!("{}", kiln_http::openapi::document_text()),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut script);
+            use std::io::Write;
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                r => r?,
+            }
+        }
+        Command::Man { out_dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&out_dir)?;
+            let n = write_man_pages(&Cli::command(), "kiln", &out_dir)?;
+            println!("{n} man pages in {}", out_dir.display());
+        }
         Command::Crds { out_dir } => match out_dir {
             Some(dir) => kiln_kube::crds::write_crds(&dir)?,
             None => print!("{}", kiln_kube::crds::crds_yaml()),
@@ -242,4 +268,18 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// Writes the man page of `cmd` as `<name>.1` and recurses into its subcommands (`kiln-host-enroll.1`); returns
+/// how many pages were written.
+fn write_man_pages(cmd: &clap::Command, name: &str, dir: &std::path::Path) -> std::io::Result<usize> {
+    let cmd = cmd.clone().name(name.to_owned());
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    std::fs::write(dir.join(format!("{name}.1")), page)?;
+    let mut n = 1;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        n += write_man_pages(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+    }
+    Ok(n)
 }

@@ -259,6 +259,10 @@ impl Appliance {
             heartbeat_secs: config.heartbeat_secs,
             pxe_counters: Arc::default(),
             simulate: config.simulate,
+            source_limiter: Arc::new(kiln_http::ratelimit::SourceLimiter::new(
+                config.http.per_source_requests_per_second,
+                config.http.per_source_burst,
+            )),
         };
         Ok(Self {
             state,
@@ -335,7 +339,9 @@ pub async fn run(
         let boot_http = Router::new()
             .route("/healthz", get(kiln_http::listener::healthz))
             .with_state(app.state.clone())
-            .merge(kiln_pxe::http::router(lookup, pxe_cfg.files_dir(), counters));
+            .merge(kiln_pxe::http::router(lookup, pxe_cfg.files_dir(), counters).layer(
+                axum::middleware::from_fn_with_state(app.state.source_limiter.clone(), kiln_http::ratelimit::limit),
+            ));
         let (c, limits) = (cancel.clone(), app.config.http);
         boot_server = Some(tokio::spawn(kiln_http::listener::serve(
             boot_listener,

@@ -207,3 +207,45 @@ fn operator_enrolls_with_the_cli_and_kiln_survives_kill_9() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("chmod 600"), "{err}");
 }
+
+/// Shell completions and man pages come from the same command definitions as `--help`.
+#[test]
+fn completions_and_man_pages_cover_every_subcommand() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_kiln"));
+    for shell in ["bash", "zsh", "fish"] {
+        let out = std::process::Command::new(exe)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("preprovisioning-network-data") && script.contains("enroll"),
+            "{shell} completion lacks enroll's options"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["man", "--out-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in [
+        "kiln.1",
+        "kiln-host.1",
+        "kiln-host-enroll.1",
+        "kiln-host-provision.1",
+        "kiln-bmc.1",
+        "kiln-serve.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page} is not roff");
+    }
+    let provision = std::fs::read_to_string(dir.path().join("kiln-host-provision.1")).unwrap();
+    assert!(provision.contains("live\\-iso"), "{provision}");
+}

@@ -32,6 +32,7 @@ async fn slow_and_idle_connections_are_closed_and_the_connection_count_is_capped
         http: HttpLimits {
             header_read_timeout_secs: 2,
             max_connections: 4,
+            ..HttpLimits::default()
         },
         ..Config::default()
     };
@@ -118,4 +119,93 @@ async fn slow_and_idle_connections_are_closed_and_the_connection_count_is_capped
 
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
+}
+
+/// The routes anyone on the provisioning network reaches without the admin token (here the agent API) are limited
+/// per client address: a flood from one host gets 429 with Retry-After after its burst, is counted in /metrics, and
+/// the admin API stays available. Runs the real binary in a network namespace of its own, so that the client has a
+/// provisioning-network address (loopback clients are the appliance's own processes and are not limited).
+#[test]
+fn a_flood_from_one_source_gets_429_after_its_burst() {
+    let record = kiln_tests::state::Record::new().unwrap();
+    let ns = kiln_tests::netns::Netns::create(&record).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::write(
+        dir.path().join("kiln.toml"),
+        "[http]\nper_source_requests_per_second = 5\nper_source_burst = 20\n",
+    )
+    .unwrap();
+    let listen = format!("{}:8443", kiln_tests::netns::SERVER_IP);
+    let mut kiln = ns
+        .command(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--listen", &listen, "--config"])
+        .arg(dir.path().join("kiln.toml"))
+        .arg("--data-dir")
+        .arg(&data)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("kiln.log")).unwrap())
+        .spawn()
+        .unwrap();
+    record.add_pid(kiln.id());
+    let ca = data.join("tls/ca.pem");
+    let curl = |args: &[&str]| {
+        let out = ns
+            .command("curl")
+            .args(["-s", "--cacert"])
+            .arg(&ca)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let health = format!("https://{listen}/healthz");
+    let t = Instant::now();
+    while !curl(&["-o", "/dev/null", "-w", "%{http_code}", &health]).starts_with("200") {
+        assert!(t.elapsed() < Duration::from_secs(20), "kiln serve did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // 60 forged heartbeats on one connection, as fast as curl sends them.
+    let url = format!("https://{listen}/agent/v1/heartbeat");
+    let mut args = vec!["-w", "%{http_code}\n"];
+    for _ in 0..60 {
+        args.extend([
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            "-H",
+            "Authorization: Bearer forged",
+            "--data",
+            "{}",
+            url.as_str(),
+        ]);
+    }
+    let codes = curl(&args);
+    let codes: Vec<&str> = codes.lines().collect();
+    assert_eq!(codes.len(), 60, "{codes:?}");
+    let refused = codes.iter().filter(|c| **c == "429").count();
+    assert!(
+        codes[..20].iter().all(|c| *c == "401"),
+        "the burst is served (and the token refused): {codes:?}"
+    );
+    assert!(refused >= 30, "a flood is limited: {codes:?}");
+    let headers = curl(&["-D", "-", "-o", "/dev/null", "-X", "POST", "--data", "{}", &url]);
+    assert!(headers.to_ascii_lowercase().contains("retry-after:"), "{headers}");
+    // The admin API is not behind the limit, and the refusals are counted.
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let metrics = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {}", token.trim()),
+        &format!("https://{listen}/metrics"),
+    ]);
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("kiln_http_rate_limited_total "))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= refused as u64, "{line}");
+    let _ = kiln.kill();
+    let _ = kiln.wait();
 }

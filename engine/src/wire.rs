@@ -356,6 +356,23 @@ pub fn image_from(i: &ImageIn) -> Result<ImageSpec, Invalid> {
     if !matches!(u.scheme(), "http" | "https") {
         return Err(unprocessable("image.url", "image URL must be http:// or https://"));
     }
+    if i.format == Some(ImageFormat::LiveIso) {
+        // The BMC fetches and boots a live ISO itself: kiln never sees its bytes, so it cannot check a checksum,
+        // and says so rather than accept one it would not verify (Metal3 and Ironic do not check it either).
+        if i.checksum.as_deref().is_some_and(|c| !c.is_empty()) || i.checksum_type.is_some() {
+            return Err(unprocessable(
+                "image.checksum",
+                "a live-iso image is fetched and booted by the host's BMC, so kiln cannot verify a checksum: \
+                 remove it",
+            ));
+        }
+        return Ok(ImageSpec {
+            url: i.url.clone(),
+            checksum: String::new(),
+            checksum_type: ChecksumType::Auto,
+            format: Some(ImageFormat::LiveIso),
+        });
+    }
     let Some(raw) = i.checksum.as_deref().filter(|c| !c.is_empty()) else {
         return Err(unprocessable(
             "image.checksum",
@@ -427,4 +444,67 @@ pub struct InspectionOut {
     pub at: String,
     /// The agent's hardware inventory.
     pub inventory: Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(checksum: Option<&str>) -> ImageIn {
+        ImageIn {
+            url: "http://x/live.iso".into(),
+            checksum: checksum.map(str::to_owned),
+            checksum_type: None,
+            format: Some(ImageFormat::LiveIso),
+        }
+    }
+
+    #[test]
+    fn a_live_iso_needs_no_checksum_and_refuses_one_kiln_could_not_verify() {
+        let spec = image_from(&live(None)).unwrap();
+        assert_eq!(spec.format, Some(ImageFormat::LiveIso));
+        let e = image_from(&live(Some("sha256:abc"))).unwrap_err();
+        assert_eq!(e.field, "image.checksum");
+        assert!(e.message.contains("cannot verify"), "{e}");
+        // Other formats still need one.
+        let e = image_from(&ImageIn {
+            format: Some(ImageFormat::Raw),
+            ..live(None)
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "image.checksum");
+    }
+
+    #[test]
+    fn virtual_media_addresses_are_accepted_and_uefi_http_through_the_bmc_is_refused() {
+        let bmc = |address: &str| BmcIn {
+            address: address.into(),
+            username: "admin".into(),
+            password: Secret::new("pw"),
+            disable_certificate_verification: false,
+            ca_cert: None,
+        };
+        let b = bmc_from(&bmc("redfish-virtualmedia+https://10.0.0.1/redfish/v1/Systems/1")).unwrap();
+        assert_eq!(b.address.boot_method(), kiln_bmc::BootMethod::VirtualMedia);
+        let e = bmc_from(&bmc("redfish-uefihttp://10.0.0.1/redfish/v1/Systems/1")).unwrap_err();
+        assert_eq!(e.field, "bmc.address");
+    }
+
+    #[test]
+    fn preprovisioning_network_data_is_validated_at_enrollment() {
+        let mut c = HostCreate {
+            name: "vm".into(),
+            preprovisioning_network_data: Some(serde_json::json!({"links": [{"id": "b", "type": "bond"}]})),
+            ..Default::default()
+        };
+        let e = spec_from(&c).unwrap_err();
+        assert_eq!(e.field, "preprovisioning_network_data");
+        assert!(e.message.contains("bond"), "{e}");
+        c.preprovisioning_network_data = Some(serde_json::json!({
+            "links": [{"id": "e"}],
+            "networks": [{"id": "n", "link": "e", "type": "ipv4", "ip_address": "10.0.0.5/24"}]
+        }));
+        let (_, spec) = spec_from(&c).unwrap();
+        assert!(spec.preprovisioning_network_data.is_some());
+    }
 }

@@ -10,4 +10,5 @@ pub mod http_util;
 pub mod listener;
 pub mod media;
 pub mod openapi;
+pub mod ratelimit;
 pub mod tls;

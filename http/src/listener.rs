@@ -25,6 +25,11 @@ pub struct HttpLimits {
     pub header_read_timeout_secs: u64,
     /// Connections open at once; more are closed at once (and counted).
     pub max_connections: usize,
+    /// Requests a second one client address may make, on average, to the routes reachable without the admin token
+    /// (agent API, virtual-media ISOs, `/boot`); 0 turns the limit off.
+    pub per_source_requests_per_second: u32,
+    /// Requests one client address may make at once before the average applies.
+    pub per_source_burst: u32,
 }
 
 impl Default for HttpLimits {
@@ -32,6 +37,8 @@ impl Default for HttpLimits {
         Self {
             header_read_timeout_secs: 30,
             max_connections: 1024,
+            per_source_requests_per_second: 50,
+            per_source_burst: 200,
         }
     }
 }
@@ -72,8 +79,14 @@ pub fn router(state: AppState) -> Router {
             get(|| ui("text/css; charset=utf-8", include_str!("ui/style.css"))),
         )
         .merge(crate::api::router(state.clone()))
-        .merge(crate::agent_api::router())
-        .merge(crate::media::router())
+        .merge(
+            crate::agent_api::router()
+                .merge(crate::media::router())
+                .layer(axum::middleware::from_fn_with_state(
+                    state.source_limiter.clone(),
+                    crate::ratelimit::limit,
+                )),
+        )
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }
@@ -101,6 +114,12 @@ async fn metrics(AxState(app): AxState<AppState>) -> Result<impl IntoResponse, A
             .or_default() += 1;
     }
     let mut text = app.metrics.render(&by_state);
+    text.push_str("# HELP kiln_http_rate_limited_total Requests answered 429 by the per-source limit.\n");
+    text.push_str("# TYPE kiln_http_rate_limited_total counter\n");
+    text.push_str(&format!(
+        "kiln_http_rate_limited_total {}\n",
+        app.source_limiter.limited()
+    ));
     text.push_str("# HELP kiln_pxe_events_total DHCP, TFTP and HTTP boot counters.\n");
     text.push_str("# TYPE kiln_pxe_events_total counter\n");
     for (name, v) in app.pxe_counters.snapshot() {
@@ -178,7 +197,8 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         match &tls {
             None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+                let app = app.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+                let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -190,7 +210,8 @@ pub async fn serve(
             Some(acceptor) => {
                 // The handshake gets the same time as a request's headers: a client that opens a connection and
                 // sends nothing (or half a ClientHello) must not hold its slot.
-                let (acceptor, builder, app) = (acceptor.clone(), builder.clone(), app.clone());
+                let app = app.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+                let (acceptor, builder) = (acceptor.clone(), builder.clone());
                 let handshake = std::time::Duration::from_secs(limits.header_read_timeout_secs.max(1));
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {

@@ -91,6 +91,7 @@ fn format_name(f: ImageFormat) -> &'static str {
     match f {
         ImageFormat::Raw => "raw",
         ImageFormat::Qcow2 => "qcow2",
+        ImageFormat::LiveIso => "live-iso",
     }
 }
 
@@ -446,6 +447,9 @@ fn decode_and_write(
         let decoded = match format {
             ImageFormat::Raw => decode_raw(input, &mut co, target, progress, read_err),
             ImageFormat::Qcow2 => decode_qcow2(input, &mut co, target, progress, read_err, refetch),
+            ImageFormat::LiveIso => Err(ImageError::UnsupportedFormat {
+                what: "live-iso (booted from the BMC's virtual media, never written to a disk)".into(),
+            }),
         };
         let decoded = decoded.and_then(|size| co.flush().map(|()| size).map_err(sink_err));
         drop(co);

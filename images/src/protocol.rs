@@ -94,6 +94,10 @@ pub enum ChecksumType {
 pub enum ImageFormat {
     Raw,
     Qcow2,
+    /// A bootable ISO the BMC's virtual media boots (Metal3's `live-iso`): never written to a disk; the host runs
+    /// it diskless.
+    #[serde(rename = "live-iso")]
+    LiveIso,
 }
 
 /// Metal3 `rootDeviceHints`: every given field must match; none given means the default choice.

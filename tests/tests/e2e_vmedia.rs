@@ -259,7 +259,81 @@ spec:
          {deprovision_secs} s (from the request to the state)"
     );
 
-    // 4. Not one DHCP packet on the segment, from the firmware, the ramdisk or the OS.
+    // 4. A live-iso deploy: the BMC boots the given ISO, diskless. The ISO here is one the test builds with kiln's
+    //    own writer: GRUB and the agent kernel, with a marker on the kernel command line the console shows.
+    let rd = ramdisk::get()?;
+    let loader = std::fs::read(rd.efi_loader.as_ref().context("no GRUB EFI loader")?)?;
+    // Its own static address, like any live OS on this segment: no DHCP here.
+    let marker = format!(
+        "kiln.live-marker=KILN-LIVE-ISO-OK kiln.ip={HOST_IP}/24 kiln.mac={}",
+        host.mac
+    );
+    let marker = marker.as_str();
+    let live = kiln_images::iso::IsoBuilder::new("LIVE_TEST")
+        .file(
+            "KILN/GRUB.CFG",
+            kiln_images::iso::Content::Bytes(
+                format!(
+                    "set timeout=0\nlinux ($root)/KILN/VMLINUZ console=ttyS0 {marker}\ninitrd ($root)/KILN/INITRD\nboot\n"
+                )
+                .into_bytes()
+                .into(),
+            ),
+        )
+        .file("KILN/VMLINUZ", kiln_images::iso::Content::Bytes(std::fs::read(&rd.kernel)?.into()))
+        .file("KILN/INITRD", kiln_images::iso::Content::Bytes(std::fs::read(&rd.initramfs)?.into()))
+        .file(
+            "BOOT/EFI.IMG",
+            kiln_images::iso::Content::Bytes(kiln_images::iso::efi_boot_image(&loader)?.into()),
+        )
+        .efi_boot("BOOT/EFI.IMG")
+        .build()?;
+    live.write_to(&mut std::fs::File::create(files.join("live.iso"))?)?;
+    let before = read_console(&host.console).matches(marker).count();
+    let live_started = Instant::now();
+    cli.run(&[
+        "host",
+        "provision",
+        &host.name,
+        "--image",
+        &format!("http://{SERVER}:8080/boot/files/live.iso"),
+        "--format",
+        "live-iso",
+    ])?;
+    cli.wait_state(&host.name, "provisioned", Duration::from_secs(120))?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while read_console(&host.console).matches(marker).count() <= before {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the live ISO did not boot (console {})",
+            host.console.display()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let live_secs = live_started.elapsed().as_secs();
+    // A live ISO with a checksum is refused: kiln could not verify it.
+    let refused = cli.run(&[
+        "host",
+        "provision",
+        &host.name,
+        "--image",
+        "http://x/live.iso",
+        "--format",
+        "live-iso",
+        "--checksum",
+        &checksum,
+    ]);
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("cannot verify a checksum")),
+        "{refused:?}"
+    );
+    cli.run(&["host", "deprovision", &host.name])?;
+    cli.wait_state(&host.name, "available", Duration::from_secs(600))?;
+    println!("live-iso: the ISO booted {live_secs} s after the provision request");
+
+    // 5. Not one DHCP packet on the segment, from the firmware, the ramdisk or the OS.
     let _ = dhcp_watch.kill();
     let _ = dhcp_watch.wait();
     let seen = std::fs::metadata(&dhcp_log).map(|m| m.len()).unwrap_or(0);

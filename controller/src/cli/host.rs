@@ -69,9 +69,13 @@ pub enum HostCmd {
         name: String,
         #[arg(long)]
         image: String,
-        /// sha256:HEX, sha512:HEX or the URL of a checksum file.
+        /// sha256:HEX, sha512:HEX or the URL of a checksum file (required, except for --format live-iso).
         #[arg(long)]
-        checksum: String,
+        checksum: Option<String>,
+        /// raw or qcow2 (detected when not given), or live-iso: the BMC boots the ISO from virtual media and the
+        /// host runs it diskless.
+        #[arg(long, value_parser = ["raw", "qcow2", "live-iso"])]
+        format: Option<String>,
         #[arg(long)]
         user_data: Option<PathBuf>,
         #[arg(long)]
@@ -332,6 +336,7 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
             name,
             image,
             checksum,
+            format,
             user_data,
             network_data,
             wait,
@@ -349,9 +354,15 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
             let body = ProvisionIn {
                 image: ImageIn {
                     url: image,
-                    checksum: Some(checksum),
+                    checksum,
                     checksum_type: None,
-                    format: None,
+                    format: format
+                        .map(|f| serde_json::from_value(serde_json::Value::String(f)))
+                        .transpose()
+                        .map_err(|e| CliError::Parse {
+                            what: "--format".into(),
+                            message: e.to_string(),
+                        })?,
                 },
                 user_data: user_data.as_ref().map(read).transpose()?,
                 network_data,

@@ -173,6 +173,7 @@ impl Executor {
                         | Action::LearnMacs
                         | Action::InsertAgentMedia { .. }
                         | Action::EjectMedia
+                        | Action::InsertMedia { .. }
                 )
             })
             .count();
@@ -275,6 +276,17 @@ impl Executor {
                             failure,
                             what: "inserting the agent's virtual media".into(),
                         })
+                }
+                Action::InsertMedia { url } => {
+                    *calls += 1;
+                    match self.bmc_for(h).await {
+                        Ok(b) => self.timed("insert_media", b.insert_media(url)).await,
+                        Err(f) => Err(f),
+                    }
+                    .map_err(|failure| ActionError {
+                        failure,
+                        what: format!("inserting {url} as virtual media"),
+                    })
                 }
                 Action::EjectMedia => {
                     *calls += 1;

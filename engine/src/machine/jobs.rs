@@ -3,9 +3,11 @@
 //! job ends. Pure, like the rest of the machine.
 
 use kiln_bmc::{BootMode, BootTarget, PowerAction, PowerState};
-use kiln_images::protocol::{CommandKind, ConfigDrive, Outcome};
+use kiln_images::protocol::{CommandKind, ConfigDrive, ImageFormat, Outcome};
 
-use super::{Action, Decision, HostView, Job, JobKind, JobPhase, Observed, State, command_id, decide, error};
+use super::{
+    Action, Decision, HostView, Job, JobKind, JobPhase, Observed, Operation, State, command_id, decide, error,
+};
 use crate::model::{BmcAddress, EraseMode};
 use crate::types::Ts;
 
@@ -22,12 +24,27 @@ pub(super) fn start_job(
     retries: u32,
     reason: &str,
 ) -> Decision {
+    if kind == JobKind::Provision
+        && let Some(img) = host
+            .spec
+            .image
+            .as_ref()
+            .filter(|i| i.format == Some(ImageFormat::LiveIso))
+    {
+        return boot_live_iso(host, obs, now, &img.url, retries, reason);
+    }
     if kind == JobKind::Deprovision && host.spec.options.erase == EraseMode::Disabled {
         // Metal3's `automatedCleaningMode: disabled`: the disks are the user's to keep. No agent boots (it would
-        // have nothing to do); the host is powered off and becomes available with its disks untouched.
+        // have nothing to do); the host is powered off and becomes available with its disks untouched (and a
+        // live ISO it ran ejected).
+        let mut actions = vec![Action::RevokeTokens];
+        if host.by_virtual_media() {
+            actions.push(Action::EjectMedia);
+        }
+        actions.push(Action::Power(PowerAction::Off));
         return decide(
             State::Available { since: now },
-            vec![Action::RevokeTokens, Action::Power(PowerAction::Off)],
+            actions,
             now,
             format!("{reason}; cleaning disabled: powered off, disks left as they are"),
         );
@@ -62,6 +79,51 @@ pub(super) fn start_job(
         );
     }
     boot_job(host, now, kind, job, reason)
+}
+
+/// A live-iso deploy (Metal3's `image.format: live-iso`): the BMC inserts the image itself and the host boots it
+/// from then on (the override is persistent), diskless; no agent runs, nothing is written. Deprovisioning boots the
+/// agent's own ISO in its place (or ejects it, with cleaning disabled).
+fn boot_live_iso(host: &HostView, obs: &Observed, now: Ts, url: &str, retries: u32, reason: &str) -> Decision {
+    if !host.by_virtual_media() {
+        let msg = format!(
+            "{reason}, but a live-iso image boots from the BMC's virtual media, and this host's BMC address asks for \
+             network boot: use its virtual-media scheme (redfish-virtualmedia://, idrac-virtualmedia://, \
+             ilo5-virtualmedia://)"
+        );
+        return error(
+            host,
+            now,
+            Operation::Provisioning,
+            "live_iso_needs_virtual_media",
+            msg,
+            retries,
+            obs.jitter,
+        );
+    }
+    let power = match host.power {
+        Some(PowerState::On | PowerState::PoweringOn | PowerState::PoweringOff) => PowerAction::Cycle,
+        Some(PowerState::Off) | Some(PowerState::Unknown) | None => PowerAction::On,
+    };
+    decide(
+        State::Provisioned {
+            since: now,
+            image_url: url.to_owned(),
+        },
+        vec![
+            Action::RevokeTokens,
+            Action::InsertMedia { url: url.to_owned() },
+            Action::SetBoot {
+                target: BootTarget::VirtualCd {
+                    mode: host.spec.boot_mode,
+                },
+                once: false,
+            },
+            Action::Power(power),
+        ],
+        now,
+        format!("{reason}; booting the live ISO from virtual media"),
+    )
 }
 
 fn boot_job(host: &HostView, now: Ts, kind: JobKind, job: Job, reason: &str) -> Decision {

@@ -277,6 +277,10 @@ pub enum Action {
     },
     /// Eject the host's virtual media and stop serving its ISO.
     EjectMedia,
+    /// Insert the ISO at `url` (a live-iso image) as the host's virtual CD.
+    InsertMedia {
+        url: String,
+    },
     /// Read the host's NIC MACs from its BMC's inventory and keep them as the MACs netboot knows the host by (a
     /// failed read is an event, not an error: the job that needs a MAC says what is missing).
     LearnMacs,

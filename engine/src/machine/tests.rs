@@ -911,3 +911,65 @@ fn a_virtual_media_host_boots_the_agent_from_its_iso_and_ejects_it_when_the_job_
     let d = step(&delayed, &read(PowerState::Off), T0);
     assert!(!d.actions.contains(&Action::EjectMedia), "{:?}", d.actions);
 }
+
+#[test]
+fn a_live_iso_is_booted_by_the_bmc_and_never_written() {
+    let mut h = HostView::test().in_state(State::Available { since: T0 });
+    h.spec.bmc.as_mut().unwrap().address = "idrac-virtualmedia://127.0.0.1/redfish/v1/Systems/System.Embedded.1"
+        .parse()
+        .unwrap();
+    h.spec.image = Some(ImageSpec {
+        url: "http://x/live.iso".into(),
+        checksum: String::new(),
+        checksum_type: Default::default(),
+        format: Some(kiln_images::protocol::ImageFormat::LiveIso),
+    });
+    let d = step(&h, &read(PowerState::Off), T0);
+    assert_eq!(
+        d.next,
+        State::Provisioned {
+            since: T0,
+            image_url: "http://x/live.iso".into()
+        }
+    );
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::RevokeTokens,
+            Action::InsertMedia {
+                url: "http://x/live.iso".into()
+            },
+            Action::SetBoot {
+                target: BootTarget::VirtualCd { mode: BootMode::Uefi },
+                once: false
+            },
+            Action::Power(PowerAction::On),
+        ],
+        "no agent, no token, the CD for every boot"
+    );
+    // Deprovisioning with cleaning disabled ejects it; with cleaning, the agent's ISO replaces it.
+    let mut live = h.clone().in_state(d.next.clone());
+    live.spec.image = None;
+    let d = step(
+        &live.clone().opts(|o| o.erase = crate::model::EraseMode::Disabled),
+        &read(PowerState::On),
+        T0,
+    );
+    assert!(d.actions.contains(&Action::EjectMedia), "{:?}", d.actions);
+    let d = step(&live, &read(PowerState::On), T0);
+    assert!(matches!(d.next, State::Deprovisioning(_)), "{:?}", d.next);
+    assert!(
+        d.actions.iter().any(|a| matches!(a, Action::InsertAgentMedia { .. })),
+        "{:?}",
+        d.actions
+    );
+    // A network-booting host cannot boot an ISO: it fails at once, saying what to use.
+    let mut pxe = h;
+    pxe.spec.bmc.as_mut().unwrap().address = "redfish://127.0.0.1/redfish/v1/Systems/1".parse().unwrap();
+    let d = step(&pxe, &read(PowerState::Off), T0);
+    let State::Error(e) = &d.next else {
+        panic!("{:?}", d.next)
+    };
+    assert_eq!(e.kind, "live_iso_needs_virtual_media");
+    assert!(e.message.contains("redfish-virtualmedia://"), "{}", e.message);
+}

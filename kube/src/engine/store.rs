@@ -310,6 +310,7 @@ fn image_spec(i: &Image) -> Result<ImageSpec, String> {
         None => None,
         Some(DiskFormat::Raw) => Some(ImageFormat::Raw),
         Some(DiskFormat::Qcow2) => Some(ImageFormat::Qcow2),
+        Some(DiskFormat::LiveIso) => Some(ImageFormat::LiveIso),
         Some(other) => return Err(format!("spec.image.format: kiln does not write {other:?} images")),
     };
     let checksum_type = i.checksum_type.map(|t| match t {
@@ -370,6 +371,7 @@ fn image_out(i: &ImageSpec) -> Image {
         disk_format: i.format.map(|f| match f {
             ImageFormat::Raw => DiskFormat::Raw,
             ImageFormat::Qcow2 => DiskFormat::Qcow2,
+            ImageFormat::LiveIso => DiskFormat::LiveIso,
         }),
         oci_auth_secret_name: None,
     }
