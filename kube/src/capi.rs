@@ -81,8 +81,9 @@ pub struct KilnClusterSpec {
     /// Where the workload cluster's API server is reached (a VIP or load balancer in front of the hosts).
     #[serde(default)]
     pub control_plane_endpoint: ApiEndpoint,
-    /// Failure domains offered to machines; a host is in a failure domain when it carries
-    /// the label `kiln.dev/failure-domain=<name>`.
+    /// Failure domains offered to machines; a host is in a failure domain when it carries CAPM3's label
+    /// `infrastructure.cluster.x-k8s.io/failure-domain=<name>` (or kiln's earlier `kiln.dev/failure-domain`). A
+    /// machine with a failure domain prefers hosts in it and takes another host when none is free, as CAPM3 does.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failure_domains: Vec<FailureDomain>,
 }

@@ -15,8 +15,19 @@ use kube::{Client, Resource, ResourceExt};
 use crate::bmh::{BareMetalHost, Image, ProvisioningState};
 use crate::capi::{HostSelector, KilnMachine};
 
-/// Label that puts a host into a failure domain.
-pub const FAILURE_DOMAIN_LABEL: &str = "kiln.dev/failure-domain";
+/// Label that puts a host into a failure domain: CAPM3's, so that a Metal3 inventory's labels keep working.
+pub const FAILURE_DOMAIN_LABEL: &str = "infrastructure.cluster.x-k8s.io/failure-domain";
+/// kiln's earlier label, still honoured where the host has no CAPM3 label.
+pub const LEGACY_FAILURE_DOMAIN_LABEL: &str = "kiln.dev/failure-domain";
+
+/// The failure domain a host is in: CAPM3's label, else kiln's earlier one.
+pub fn failure_domain_of(host: &BareMetalHost) -> Option<&str> {
+    let labels = host.metadata.labels.as_ref()?;
+    labels
+        .get(FAILURE_DOMAIN_LABEL)
+        .or_else(|| labels.get(LEGACY_FAILURE_DOMAIN_LABEL))
+        .map(String::as_str)
+}
 
 /// Whether `labels` satisfy the selector (Kubernetes LabelSelector semantics; an empty selector matches all).
 pub fn selector_matches(sel: &HostSelector, labels: &BTreeMap<String, String>) -> bool {
@@ -65,8 +76,7 @@ pub fn choose_host<'a>(
         })
         .collect();
     free.sort_by_key(|h| {
-        let in_fd =
-            failure_domain.is_some_and(|fd| h.labels().get(FAILURE_DOMAIN_LABEL).map(String::as_str) == Some(fd));
+        let in_fd = failure_domain.is_some_and(|fd| failure_domain_of(h) == Some(fd));
         (!in_fd, h.name_any())
     });
     free.first().copied()
@@ -249,6 +259,19 @@ mod tests {
         assert_eq!(choose_host(&hosts, &sel, None, &me).unwrap().name_any(), "d");
         assert_eq!(choose_host(&hosts, &sel, Some("fd2"), &me).unwrap().name_any(), "e");
         assert_eq!(choose_host(&hosts, &sel, Some("fd9"), &me).unwrap().name_any(), "d");
+        assert_eq!(
+            FAILURE_DOMAIN_LABEL, "infrastructure.cluster.x-k8s.io/failure-domain",
+            "CAPM3's label"
+        );
+        // kiln's earlier label still counts where the CAPM3 one is absent.
+        let mut legacy = hosts.clone();
+        legacy.push(host(
+            "f",
+            P::Available,
+            &[("role", "worker"), (LEGACY_FAILURE_DOMAIN_LABEL, "fd3")],
+            None,
+        ));
+        assert_eq!(choose_host(&legacy, &sel, Some("fd3"), &me).unwrap().name_any(), "f");
         let mut mine = hosts.clone();
         mine.push(host("z", P::Provisioned, &[("role", "worker")], Some("m1")));
         assert_eq!(choose_host(&mine, &sel, None, &me).unwrap().name_any(), "z");

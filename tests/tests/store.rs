@@ -173,6 +173,9 @@ async fn suite(s: Arc<dyn Store>) {
         "stale generation must not write"
     );
     assert!(s.save_status(h.id, 2, &st, t).await.unwrap());
+    // The states that run a job, read without the rest of the host (the executor's slot count).
+    let jobs = s.job_states().await.unwrap();
+    assert_eq!(jobs, [(h.id, st.state.clone())]);
     let h = s.host(&n1).await.unwrap().unwrap();
     assert_eq!(
         (h.state.clone(), h.power, h.counters.boots, h.generation, h.next_wake),
@@ -234,6 +237,17 @@ async fn suite(s: Arc<dyn Store>) {
         s.finished_phases("provisioning", 10).await.unwrap().is_empty(),
         "still running"
     );
+
+    // What the executor reads on each pass: the hosts due (next wake passed, or none set), and the states that run
+    // a job (node-1 provisions, waking at t+5 ms; node-2 has no wake set yet, so it is due at once).
+    let due = |v: Vec<kiln_engine::model::Host>| {
+        let mut n: Vec<String> = v.into_iter().map(|h| h.name.to_string()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(due(s.due_hosts(t).await.unwrap()), ["node-2"], "node-1 wakes later");
+    assert_eq!(due(s.due_hosts(t.plus_ms(5)).await.unwrap()), ["node-1", "node-2"]);
+    assert!(s.job_states().await.unwrap().is_empty(), "node-1 failed: no job runs");
 
     // A status write and its records are one transaction: a stale write records nothing, a current one ends and
     // starts its phases and adds its events together with the state.

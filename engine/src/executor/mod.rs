@@ -207,36 +207,44 @@ impl Executor {
         // The in-flight set is read before the hosts: a reconcile that ended before this line has saved its state,
         // so no host is ever decided from a stale row while its previous decision is still being carried out.
         let inflight = self.inflight.lock().expect("inflight lock").clone();
-        let hosts = self.store.hosts().await?;
         {
             // Hosts at rest hold a slot exactly when their stored state runs a job; an in-flight host keeps what its
             // reconcile reserved or released (it updates the set before it leaves the in-flight set).
+            let jobs = self.store.job_states().await?;
             let mut slots = self.slots.lock().expect("slots lock");
             slots.retain(|id| inflight.contains(id));
             slots.extend(
-                hosts
-                    .iter()
-                    .filter(|h| !inflight.contains(&h.id) && h.state.holds_slot())
-                    .map(|h| h.id),
+                jobs.iter()
+                    .filter(|(id, st)| !inflight.contains(id) && st.holds_slot())
+                    .map(|(id, _)| *id),
             );
         }
         let now = now();
-        let mut woken = std::mem::take(&mut *self.woken.lock().expect("woken lock"));
         let backing_off: HashSet<i64> = {
             let mut p = self.panicked.lock().expect("panicked lock");
-            p.retain(|id, _| hosts.iter().any(|h| h.id == *id));
+            // Entries of hosts that never reconciled again (deleted meanwhile) go after a day.
+            p.retain(|_, (until, _)| until.elapsed() < Duration::from_secs(86_400));
             p.iter()
                 .filter(|(_, (until, _))| *until > Instant::now())
                 .map(|(id, _)| *id)
                 .collect()
         };
-        let mut due: Vec<Host> = hosts
+        // The hosts due now (an index probe: hosts at rest cost nothing until their next wake), and those woken by
+        // the API or the agent since the last pass. Wakes of hosts in flight or backing off wait for a later pass.
+        let woken = std::mem::take(&mut *self.woken.lock().expect("woken lock"));
+        let (later, woken): (HashSet<i64>, HashSet<i64>) = woken
             .into_iter()
-            .filter(|h| !inflight.contains(&h.id) && !backing_off.contains(&h.id))
-            .filter(|h| woken.remove(&h.id) || h.next_wake.is_none_or(|w| w <= now))
-            .collect();
-        // Wakes of hosts still in flight are kept for a later pass.
-        self.woken.lock().expect("woken lock").extend(woken);
+            .partition(|id| inflight.contains(id) || backing_off.contains(id));
+        self.woken.lock().expect("woken lock").extend(later);
+        let mut due: Vec<Host> = self.store.due_hosts(now).await?;
+        for id in woken {
+            if !due.iter().any(|h| h.id == id)
+                && let Some(h) = self.store.host_by_id(id).await?
+            {
+                due.push(h);
+            }
+        }
+        due.retain(|h| !inflight.contains(&h.id) && !backing_off.contains(&h.id));
         // Queued hosts go first, oldest first, so the delayed queue is FIFO (the semaphore is fair).
         due.sort_by_key(|h| {
             (

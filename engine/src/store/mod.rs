@@ -197,6 +197,12 @@ pub trait Store: Send + Sync + 'static {
     /// it) is left out. Returns the MACs kept.
     async fn set_learned_macs(&self, id: i64, macs: &[MacAddr]) -> Result<Vec<MacAddr>, StoreError>;
     async fn hosts(&self) -> Result<Vec<Host>, StoreError>;
+    /// The hosts due for a look at `now` (next wake at or before it, or none set), in no particular order: what the
+    /// executor reads on each pass (an index probe, so hosts at rest cost nothing until they are due).
+    async fn due_hosts(&self, now: Ts) -> Result<Vec<Host>, StoreError>;
+    /// The id and state of every host whose stored state runs an agent job (the executor's job-slot count), without
+    /// reading (or unsealing) anything else.
+    async fn job_states(&self) -> Result<Vec<(i64, State)>, StoreError>;
     /// The operator's write: spec and requests, only if the host is still at `generation` (the one the writer read;
     /// [`StoreError::Changed`] otherwise, so that a request is never lost to, or revived by, a write made in
     /// between); bumps the generation.

@@ -45,6 +45,7 @@ fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
 const MIGRATION_0002: &str = include_str!("../../migrations/0002_bmc_tls_identity.sql");
 const MIGRATION_0003: &str = include_str!("../../migrations/0003_host_macs.sql");
 const MIGRATION_0004: &str = include_str!("../../migrations/0004_preprovisioning_network_data.sql");
+const MIGRATION_0005: &str = include_str!("../../migrations/0005_hosts_next_wake.sql");
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Db { op, source }
@@ -233,6 +234,29 @@ macro_rules! sql_store {
                     .await
                     .map_err(db("list hosts"))?;
                 rows.iter().map(|r| Self::row(r).map_err(db("decode host"))?.into_host(&self.key)).collect()
+            }
+
+            async fn due_hosts(&self, now: Ts) -> Result<Vec<Host>, StoreError> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {HOST_COLUMNS} FROM hosts WHERE next_wake_ms IS NULL OR next_wake_ms <= $1"
+                )))
+                .bind(now.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("list due hosts"))?;
+                rows.iter().map(|r| Self::row(r).map_err(db("decode host"))?.into_host(&self.key)).collect()
+            }
+
+            async fn job_states(&self) -> Result<Vec<(i64, State)>, StoreError> {
+                let rows: Vec<(i64, String)> = sqlx::query_as(
+                    "SELECT id, state FROM hosts WHERE state_name IN ('inspecting', 'preparing', 'provisioning', 'deprovisioning')",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("list job states"))?;
+                rows.into_iter()
+                    .map(|(id, s)| serde_json::from_str(&s).map(|st| (id, st)).map_err(|_| StoreError::Corrupt { what: format!("state of host {id}") }))
+                    .collect()
             }
 
             async fn update_spec(&self, id: i64, generation: i64, spec: &HostSpec, requests: &Requests, now: Ts) -> Result<Host, StoreError> {
@@ -656,6 +680,7 @@ impl SqliteStore {
             (2, "bmc tls and identity", MIGRATION_0002),
             (3, "host macs", MIGRATION_0003),
             (4, "preprovisioning network data", MIGRATION_0004),
+            (5, "hosts next wake index", MIGRATION_0005),
         ])
         .run(&pool)
         .await
@@ -688,6 +713,7 @@ impl PgStore {
             (2, "bmc tls and identity", MIGRATION_0002),
             (3, "host macs", MIGRATION_0003),
             (4, "preprovisioning network data", MIGRATION_0004),
+            (5, "hosts next wake index", MIGRATION_0005),
         ])
         .run(&pool)
         .await
