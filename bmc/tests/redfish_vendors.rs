@@ -1,4 +1,4 @@
-//! The Redfish driver against the vendor-profile emulator (`support::vendor_redfish`): every kiln-bmc operation on
+//! The Redfish driver against the vendor-profile emulator (`kiln_tests::vendor_redfish`): every kiln-bmc operation on
 //! every profile, then one test per quirk asserting the request sequence it requires. Loopback only.
 
 mod support;
@@ -10,7 +10,7 @@ use kiln_bmc::{
     Bmc, BmcAddress, BmcError, BmcErrorKind, BmcOptions, BootMode, BootPersistence, BootTarget, Credentials,
     PowerAction, PowerState, RedfishBmc,
 };
-use support::vendor_redfish::{self, ALL, Emu, Profile, Shared, WeakIfMatch, layout};
+use kiln_tests::vendor_redfish::{self, ALL, Emu, Profile, Shared, WeakIfMatch, layout};
 
 const IMAGE: &str = "http://10.0.0.1/images/kiln-deploy.iso";
 

@@ -50,13 +50,16 @@ impl Default for SimConfig {
     }
 }
 
+/// A boot a simulated host was heard making: what it booted from, and the virtual CD's image URL for a CD boot.
+type Heard = (HostName, BootTarget, Option<String>);
+
 /// The simulated hosts of one appliance.
 pub struct Simulator {
     config: SimConfig,
     /// Each host's fake BMC, by host name, with the `fake://` name it was made for.
     bmcs: Mutex<HashMap<HostName, (String, FakeBmc)>>,
-    boots: mpsc::UnboundedSender<(HostName, BootTarget)>,
-    boots_rx: Mutex<Option<mpsc::UnboundedReceiver<(HostName, BootTarget)>>>,
+    boots: mpsc::UnboundedSender<Heard>,
+    boots_rx: Mutex<Option<mpsc::UnboundedReceiver<Heard>>>,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -92,10 +95,23 @@ impl Simulator {
                 delay: self.config.power_delay,
             })
             .on_boot(move |target| {
-                let _ = tx.send((h.clone(), target));
+                let _ = tx.send((h.clone(), target, None));
             });
         bmcs.insert(host.clone(), (name.to_owned(), bmc.clone()));
         bmc
+    }
+
+    /// Tells the simulator that `host` booted from `target` on a BMC other than its fake ones (a vendor-profile
+    /// Redfish emulator, say): a network boot runs the simulated firmware and agent, as with a fake BMC's boot.
+    pub fn boot_heard(&self, host: &HostName, target: BootTarget) {
+        let _ = self.boots.send((host.clone(), target, None));
+    }
+
+    /// Tells the simulator that `host` booted the virtual CD whose image is at `iso_url`: the simulated firmware
+    /// fetches the ISO (kiln's per-boot agent ISO, over kiln's HTTPS) and boots the agent with the kernel command
+    /// line it finds on it, as GRUB would.
+    pub fn media_boot_heard(&self, host: &HostName, target: BootTarget, iso_url: &str) {
+        let _ = self.boots.send((host.clone(), target, Some(iso_url.to_owned())));
     }
 
     fn bmc_of(&self, host: &HostName) -> Option<FakeBmc> {
@@ -118,7 +134,7 @@ impl Simulator {
         };
         let mut agents: HashMap<HostName, tokio::task::JoinHandle<()>> = HashMap::new();
         loop {
-            let (host, target) = tokio::select! {
+            let (host, target, media) = tokio::select! {
                 _ = cancel.cancelled() => break,
                 b = rx.recv() => match b {
                     Some(b) => b,
@@ -127,6 +143,15 @@ impl Simulator {
             };
             if let Some(old) = agents.remove(&host) {
                 old.abort(); // a reboot ends whatever ran before
+            }
+            if let (BootTarget::VirtualCd { .. }, Some(url)) = (target, media) {
+                let (sim, store, http) = (self.clone(), store.clone(), http.clone());
+                let h = host.clone();
+                agents.insert(
+                    host,
+                    tokio::spawn(async move { sim.media_boot(h, url, store, http).await }),
+                );
+                continue;
             }
             if !matches!(target, BootTarget::Pxe { .. } | BootTarget::UefiHttp) {
                 continue; // the installed OS (or a CD kiln never inserted) boots: nothing to simulate
@@ -141,6 +166,49 @@ impl Simulator {
         for (_, a) in agents {
             a.abort();
         }
+    }
+
+    /// The firmware of a virtual-media boot: reads the ISO and takes the agent's kernel arguments from the GRUB
+    /// configuration on it (stored as is, so a scan of the bytes finds them).
+    async fn media_boot(self: Arc<Self>, host: HostName, url: String, store: Arc<dyn Store>, http: reqwest::Client) {
+        let iso = match http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+        {
+            Ok(r) => match r.bytes().await {
+                Ok(b) => b,
+                Err(e) => return tracing::warn!(%host, "simulated host could not read its virtual CD: {e}"),
+            },
+            Err(e) => return tracing::warn!(%host, "simulated host could not read its virtual CD: {e}"),
+        };
+        let text = String::from_utf8_lossy(&iso);
+        let arg = |key: &str| {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_owned)
+        };
+        let (Some(api), Some(token)) = (arg("kiln.api="), arg("kiln.token=")) else {
+            return tracing::warn!(%host, "simulated host booted a CD without kiln's agent arguments");
+        };
+        let mac = match arg("kiln.mac=") {
+            Some(m) => m,
+            None => match store.host(&host).await {
+                Ok(Some(h)) => h.spec.boot_mac.map(|m| m.to_string()).unwrap_or_default(),
+                _ => String::new(),
+            },
+        };
+        let agent = SimAgent {
+            bmc: self.bmc_of(&host),
+            host,
+            mac,
+            api: api.trim_end_matches('/').to_owned(),
+            token,
+            http,
+            config: self.config,
+        };
+        agent.run().await;
     }
 
     /// The firmware of a network boot: DHCP and the iPXE script, as the netboot lookup answers them.

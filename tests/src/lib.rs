@@ -23,6 +23,7 @@ pub mod serve;
 pub mod state;
 pub mod sushy;
 pub mod sushy_loopback;
+pub mod vendor_redfish;
 
 use std::path::PathBuf;
 

@@ -1,11 +1,10 @@
 //! Test peers for kiln-bmc's component tests: sushy-tools (fake driver) and OpenIPMI's ipmi_sim on loopback,
 //! each on its own free port in its own temporary directory, stopped by PID when dropped; an in-process mock Redfish
-//! service with fault switches (`mock_redfish`) and a vendor-profile Redfish emulator (`vendor_redfish`). A log
+//! service with fault switches (`mock_redfish`; the vendor-profile emulator is `kiln_tests::vendor_redfish`). A log
 //! capture for the "no secrets in logs" checks.
 #![allow(dead_code)]
 
 pub mod mock_redfish;
-pub mod vendor_redfish;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, UdpSocket};

@@ -97,6 +97,19 @@ pub struct Emu {
     pub resets: Vec<String>,
     /// What the host booted from each time power was applied: `pxe`, `disk`, `virtual-cd`, `default`.
     pub boots: Vec<&'static str>,
+    /// Told of each boot as it happens (what it booted from, and the virtual CD's image URL), e.g. to run a
+    /// simulated kiln-agent when the host network-boots.
+    pub on_boot: Option<BootHook>,
+}
+
+/// A callback for each boot of the emulated host.
+#[derive(Clone)]
+pub struct BootHook(pub Arc<dyn Fn(&'static str, Option<String>) + Send + Sync>);
+
+impl std::fmt::Debug for BootHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BootHook")
+    }
 }
 
 impl Emu {
@@ -136,6 +149,7 @@ impl Emu {
             max_sessions,
             resets: Vec::new(),
             boots: Vec::new(),
+            on_boot: None,
         }
     }
 
@@ -239,6 +253,9 @@ impl Emu {
             _ => "default",
         };
         self.boots.push(from);
+        if let Some(hook) = &self.on_boot {
+            (hook.0)(from, self.image.clone());
+        }
         if self.boot_enabled == "Once" {
             self.boot_enabled = "Disabled".into();
             self.boot_target = "None".into();
