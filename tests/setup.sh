@@ -18,7 +18,7 @@ APT_PACKAGES=(
   postgresql
   libvirt-daemon-system libvirt-dev pkg-config
   debootstrap dosfstools mtools xorriso fdisk gdisk e2fsprogs zstd xz-utils bzip2
-  extlinux syslinux-common grub-efi-amd64-bin grub-common
+  extlinux syslinux-common grub-efi-amd64-bin grub-pc-bin grub-common
   curl socat python3-venv python3-dev gcc openssl
   chromium
   gzip

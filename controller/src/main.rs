@@ -222,6 +222,12 @@ async fn run() -> anyhow::Result<()> {
                 r.bytes,
                 if r.cached { " (unchanged inputs: reused)" } else { "" }
             );
+            if let Some(p) = &r.bios_loader {
+                println!(
+                    "virtual-media BIOS loader {} ([virtual_media] bios_loader)",
+                    p.display()
+                );
+            }
             match &r.efi_loader {
                 Some(p) => println!("virtual-media loader {} ([virtual_media] efi_loader)", p.display()),
                 None => println!(

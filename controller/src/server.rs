@@ -107,6 +107,10 @@ pub struct VirtualMediaConfig {
     pub initramfs: PathBuf,
     /// GRUB for UEFI (`grubx64.efi` from `kiln ramdisk build`).
     pub efi_loader: PathBuf,
+    /// GRUB's El Torito image for BIOS hosts (`grub-eltorito.img` from `kiln ramdisk build`); unset, the ISO boots
+    /// UEFI hosts only.
+    #[serde(default)]
+    pub bios_loader: Option<PathBuf>,
     /// Extra kernel arguments (`console=ttyS0`).
     #[serde(default)]
     pub cmdline: String,
@@ -131,11 +135,16 @@ impl VirtualMediaConfig {
         }
         let loader = std::fs::read(&self.efi_loader).map_err(named(&self.efi_loader, "efi_loader"))?;
         let efi = kiln_images::iso::efi_boot_image(&loader).map_err(named(&self.efi_loader, "efi_loader"))?;
+        let bios = match &self.bios_loader {
+            Some(p) => Some(std::fs::read(p).map_err(named(p, "bios_loader"))?.into()),
+            None => None,
+        };
         Ok(kiln_engine::vmedia::VirtualMedia::new(
             kiln_engine::vmedia::AgentMediaConfig {
                 kernel: self.kernel.clone(),
                 initramfs: self.initramfs.clone(),
                 efi_image: efi.into(),
+                bios_image: bios,
                 cmdline: self.cmdline.clone(),
                 api_url: api_url.to_owned(),
                 ca_pin,

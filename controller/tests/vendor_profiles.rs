@@ -79,6 +79,7 @@ async fn kiln_serve_inspects_and_provisions_a_host_behind_every_vendor_profile()
         kernel: dir.path().join("vmlinuz"),
         initramfs: dir.path().join("initramfs"),
         efi_loader: dir.path().join("grubx64.efi"),
+        bios_loader: None,
         cmdline: "console=ttyS0".into(),
         url: None,
     });

@@ -289,6 +289,8 @@ pub struct AgentMediaConfig {
     pub initramfs: PathBuf,
     /// The FAT image holding GRUB as `EFI/BOOT/BOOTX64.EFI` (from the ramdisk's `grubx64.efi`).
     pub efi_image: Arc<[u8]>,
+    /// GRUB's El Torito image for BIOS hosts (the ramdisk's `grub-eltorito.img`); `None`: the ISO boots UEFI only.
+    pub bios_image: Option<Arc<[u8]>>,
     /// Extra kernel arguments (`console=ttyS0`).
     pub cmdline: String,
     /// kiln's API as the agent reaches it, and the pin of kiln's CA (`None`: a site certificate).
@@ -426,26 +428,32 @@ impl VirtualMedia {
             "set timeout=0\nlinux ($root)/KILN/VMLINUZ {}\ninitrd ($root)/KILN/INITRD\nboot\n",
             self.kernel_args(b)
         );
-        IsoBuilder::new("KILN_AGENT")
-            .file(
-                "KILN/VMLINUZ",
-                Content::File {
-                    path: c.kernel.clone(),
-                    len: len(&c.kernel)?,
-                },
-            )
-            .file(
-                "KILN/INITRD",
-                Content::File {
-                    path: c.initramfs.clone(),
-                    len: len(&c.initramfs)?,
-                },
-            )
-            .file(GRUB_CFG, Content::Bytes(grub_cfg.into_bytes().into()))
-            .file("BOOT/EFI.IMG", Content::Bytes(c.efi_image.clone()))
-            .efi_boot("BOOT/EFI.IMG")
-            .build()
-            .map_err(|e| format!("building the agent ISO: {e}"))
+        let mut iso = IsoBuilder::new("KILN_AGENT");
+        if let Some(bios) = &c.bios_image {
+            // GRUB's El Torito image: 4 sectors loaded, the boot info table patched in (as grub-mkrescue asks).
+            iso = iso
+                .file("BOOT/BIOS.IMG", Content::Bytes(bios.clone()))
+                .bios_boot("BOOT/BIOS.IMG", 4, true);
+        }
+        iso.file(
+            "KILN/VMLINUZ",
+            Content::File {
+                path: c.kernel.clone(),
+                len: len(&c.kernel)?,
+            },
+        )
+        .file(
+            "KILN/INITRD",
+            Content::File {
+                path: c.initramfs.clone(),
+                len: len(&c.initramfs)?,
+            },
+        )
+        .file(GRUB_CFG, Content::Bytes(grub_cfg.into_bytes().into()))
+        .file("BOOT/EFI.IMG", Content::Bytes(c.efi_image.clone()))
+        .efi_boot("BOOT/EFI.IMG")
+        .build()
+        .map_err(|e| format!("building the agent ISO: {e}"))
     }
 }
 

@@ -123,10 +123,15 @@ pub struct Ramdisk {
     /// modules are installed (Debian's `grub-efi-amd64-bin`); `None` otherwise (virtual-media boot is then
     /// unavailable, netboot is not affected).
     pub efi_loader: Option<PathBuf>,
+    /// GRUB's El Torito boot image for BIOS (`grub-eltorito.img`: cdboot + core, 4 sectors loaded, boot info table
+    /// patched by the ISO writer), when GRUB's i386-pc modules are installed (Debian's `grub-pc-bin`).
+    pub bios_loader: Option<PathBuf>,
 }
 
 /// Where GRUB's x86-64 UEFI modules are installed.
 pub const GRUB_EFI_MODULES: &str = "/usr/lib/grub/x86_64-efi";
+/// Where GRUB's BIOS modules are installed.
+pub const GRUB_BIOS_MODULES: &str = "/usr/lib/grub/i386-pc";
 
 /// The configuration built into [`build_grub_efi`]'s GRUB: it finds kiln's ISO by the file only kiln's ISO carries
 /// and runs that file, which holds the kernel command line of the one boot.
@@ -148,8 +153,6 @@ const GRUB_MODULES: &[&str] = &[
     "test",
     "linux",
     "gzio",
-    "all_video",
-    "efi_gop",
     "serial",
     "terminal",
 ];
@@ -160,13 +163,44 @@ const GRUB_MODULES: &[&str] = &[
 /// # Errors
 /// The tool's failure or an I/O error.
 pub fn build_grub_efi(out_dir: &Path) -> Result<Option<PathBuf>, RamdiskError> {
-    let modules = Path::new(GRUB_EFI_MODULES);
+    build_grub(
+        out_dir,
+        GRUB_EFI_MODULES,
+        "x86_64-efi",
+        "grubx64.efi",
+        &["efi_gop", "all_video"],
+    )
+}
+
+/// Builds (or reuses) `out_dir/grub-eltorito.img`, GRUB's El Torito image for BIOS, the same way. `Ok(None)` when
+/// GRUB's i386-pc modules are not installed.
+///
+/// # Errors
+/// The tool's failure or an I/O error.
+pub fn build_grub_bios(out_dir: &Path) -> Result<Option<PathBuf>, RamdiskError> {
+    build_grub(
+        out_dir,
+        GRUB_BIOS_MODULES,
+        "i386-pc-eltorito",
+        "grub-eltorito.img",
+        &["biosdisk"],
+    )
+}
+
+fn build_grub(
+    out_dir: &Path,
+    modules_dir: &str,
+    format: &str,
+    file: &str,
+    platform_modules: &[&str],
+) -> Result<Option<PathBuf>, RamdiskError> {
+    let modules = Path::new(modules_dir);
     if !modules.join("kernel.img").is_file() {
         return Ok(None);
     }
     let mut key = 0xcbf2_9ce4_8422_2325u64;
     fnv1a(&mut key, GRUB_EARLY_CONFIG.as_bytes());
-    for m in GRUB_MODULES {
+    for m in GRUB_MODULES.iter().chain(platform_modules) {
         fnv1a(&mut key, m.as_bytes());
     }
     fnv1a(
@@ -175,22 +209,23 @@ pub fn build_grub_efi(out_dir: &Path) -> Result<Option<PathBuf>, RamdiskError> {
     );
     let key = format!("{key:016x}");
     fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
-    let out = out_dir.join("grubx64.efi");
-    let key_file = out_dir.join("grubx64.key");
+    let out = out_dir.join(file);
+    let key_file = out_dir.join(format!("{file}.key"));
     if out.is_file() && fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str()) {
         return Ok(Some(out));
     }
     let early = out_dir.join("grub-early.cfg");
     fs::write(&early, GRUB_EARLY_CONFIG).map_err(io_err(&early))?;
-    let tmp = out_dir.join("grubx64.efi.tmp");
+    let tmp = out_dir.join(format!("{file}.tmp"));
     run(Command::new("grub-mkimage")
-        .args(["-O", "x86_64-efi", "-p", "/EFI/BOOT", "-d"])
+        .args(["-O", format, "-p", "/boot/grub", "-d"])
         .arg(modules)
         .arg("-c")
         .arg(&early)
         .arg("-o")
         .arg(&tmp)
-        .args(GRUB_MODULES))?;
+        .args(GRUB_MODULES)
+        .args(platform_modules))?;
     fs::rename(&tmp, &out).map_err(io_err(&out))?;
     fs::write(&key_file, key).map_err(io_err(&key_file))?;
     Ok(Some(out))
@@ -506,6 +541,7 @@ fn stripped(binary: &Path, scratch: &Path) -> Option<Vec<u8>> {
 pub fn build(spec: &RamdiskSpec) -> Result<Ramdisk, RamdiskError> {
     let (tree, kver, package) = kernel_tree(spec)?;
     let efi_loader = build_grub_efi(&spec.out_dir)?;
+    let bios_loader = build_grub_bios(&spec.out_dir)?;
     let busybox = fs::read(&spec.busybox).map_err(io_err(&spec.busybox))?;
     let agent = fs::read(&spec.agent_binary).map_err(io_err(&spec.agent_binary))?;
     fs::create_dir_all(&spec.out_dir).map_err(io_err(&spec.out_dir))?;
@@ -543,6 +579,7 @@ pub fn build(spec: &RamdiskSpec) -> Result<Ramdisk, RamdiskError> {
             kernel_version: kver,
             cached: true,
             efi_loader,
+            bios_loader,
         });
     }
 
@@ -685,6 +722,7 @@ pub fn build(spec: &RamdiskSpec) -> Result<Ramdisk, RamdiskError> {
         bytes,
         cached: false,
         efi_loader,
+        bios_loader,
     })
 }
 

@@ -316,3 +316,54 @@ pub fn vm(name: &str, mac: &str) -> VmSpec {
     }];
     spec
 }
+
+/// Provisions `host` with `image` (a file staged by [`stage_files`]) and user data that prints a marker on the serial
+/// console and calls back to `callback`, plus `extra` arguments of `kiln host provision`; waits until the host is
+/// provisioned and its OS ran the user data. Returns the seconds from the request to `provisioned`.
+pub fn provision_and_run_user_data(
+    cli: &Cli,
+    host: &LabHost,
+    os: &OsImage,
+    image: &str,
+    callback: &Callback,
+    extra: &[&str],
+) -> anyhow::Result<u64> {
+    let user_data = cli.lab.dir.join("user-data");
+    std::fs::write(
+        &user_data,
+        format!(
+            "#!/bin/sh\necho KILN-E2E-USERDATA-$((6*7)) > /dev/ttyS0\ncurl -s http://{SERVER}:{CALLBACK_PORT}/joined-$(hostname) || true\n"
+        ),
+    )?;
+    let checksum = format!("sha256:{}", os.sha256(image)?);
+    let url = format!("http://{SERVER}:8080/boot/files/{image}");
+    let user_data = user_data.display().to_string();
+    let mut args = vec![
+        "host",
+        "provision",
+        &host.name,
+        "--image",
+        &url,
+        "--checksum",
+        &checksum,
+        "--user-data",
+        &user_data,
+    ];
+    args.extend_from_slice(extra);
+    let started = Instant::now();
+    cli.run(&args)?;
+    cli.wait_state(&host.name, "provisioned", Duration::from_secs(900))?;
+    let secs = started.elapsed().as_secs();
+    let deadline = Instant::now() + Duration::from_secs(400);
+    while !crate::qemu::read_console(&host.console).contains("KILN-E2E-USERDATA-42") || !callback.seen("/joined-") {
+        if Instant::now() > deadline {
+            bail!(
+                "the written OS did not run the user data (console {}, callback {})",
+                host.console.display(),
+                callback.log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    Ok(secs)
+}

@@ -13,12 +13,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use kiln_tests::{
     lab::{BmcKind, Lab, target_bin},
-    operator::{CALLBACK_PORT, Callback, Cli, SERVER, enroll, import, kiln_config, stage_files, vm},
+    operator::{Callback, Cli, enroll, import, kiln_config, provision_and_run_user_data, stage_files, vm},
     osimage::OsImage,
-    qemu::{Firmware, VmSpec, read_console},
+    qemu::{Firmware, VmSpec},
 };
 
 /// How the operator tells kiln about the host.
@@ -87,40 +86,7 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, image: &str) -> 
     );
 
     // 2. Provision the Debian image with user data that calls back to the test.
-    let user_data = lab.dir.join("user-data");
-    std::fs::write(
-        &user_data,
-        format!(
-            "#!/bin/sh\necho KILN-E2E-USERDATA-$((6*7)) > /dev/ttyS0\ncurl -s http://{SERVER}:{CALLBACK_PORT}/joined-$(hostname) || true\n"
-        ),
-    )?;
-    let checksum = format!("sha256:{}", os.sha256(image)?);
-    let url = format!("http://{SERVER}:8080/boot/files/{image}");
-    let provision_started = Instant::now();
-    cli.run(&[
-        "host",
-        "provision",
-        &host.name,
-        "--image",
-        &url,
-        "--checksum",
-        &checksum,
-        "--user-data",
-        &user_data.display().to_string(),
-    ])?;
-    cli.wait_state(&host.name, "provisioned", Duration::from_secs(900))?;
-    let provision_secs = provision_started.elapsed().as_secs();
-    let deadline = Instant::now() + Duration::from_secs(400);
-    while !read_console(&host.console).contains("KILN-E2E-USERDATA-42") || !callback.seen("/joined-") {
-        if Instant::now() > deadline {
-            bail!(
-                "the written OS did not run the user data (console {}, callback {})",
-                host.console.display(),
-                callback.log.display()
-            );
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    let provision_secs = provision_and_run_user_data(&cli, &host, &os, image, &callback, &[])?;
     let h = cli.host(&host.name)?;
     let want_mode = match host.firmware {
         Firmware::Bios => "legacy",

@@ -10,17 +10,71 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use kiln_tests::{
     ipmi,
     lab::{BmcKind, Lab, target_bin},
-    operator::{CALLBACK_PORT, Callback, Cli, SERVER, stage_files, vm},
+    operator::{Callback, Cli, SERVER, provision_and_run_user_data, stage_files, vm},
     osimage::OsImage,
     qemu::read_console,
     ramdisk,
 };
 
 const HOST_IP: &str = "10.99.0.50";
+const BIOS_HOST_IP: &str = "10.99.0.51";
+
+/// A Metal3 manifest for `host` behind its virtual-media address, with the ramdisk's static address `ip` in a
+/// preprovisioningNetworkDataName Secret.
+fn manifest(host: &kiln_tests::lab::LabHost, ip: &str, mode: &str, online: bool) -> String {
+    let address = host
+        .bmc_address
+        .replacen("redfish+http://", "redfish-virtualmedia+http://", 1);
+    format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata:
+  name: {name}-bmc-secret
+  namespace: lab
+type: Opaque
+data:
+  username: {user}
+  password: {password}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {name}-preprov-net
+  namespace: lab
+type: Opaque
+stringData:
+  networkData: |
+{net}
+---
+apiVersion: metal3.io/v1alpha1
+kind: BareMetalHost
+metadata:
+  name: {name}
+  namespace: lab
+spec:
+  online: {online}
+  bootMACAddress: {mac}
+  bootMode: {mode}
+  preprovisioningNetworkDataName: {name}-preprov-net
+  bmc:
+    address: {address}
+    credentialsName: {name}-bmc-secret
+"#,
+        name = host.name,
+        user = b64(ipmi::USERNAME),
+        password = b64(ipmi::PASSWORD),
+        mac = host.mac,
+        net = network_data(&host.mac, ip)
+            .lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
 
 /// kiln's config: DHCP off (the boot listener still serves the image files), virtual media on.
 fn config(lab: &Lab, files: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
@@ -54,6 +108,7 @@ initrd_url = "http://{SERVER}:8080/boot/files/initramfs"
 kernel = "{kernel}"
 initramfs = "{initramfs}"
 efi_loader = "{loader}"
+bios_loader = "{bios}"
 cmdline = "console=ttyS0"
 "#,
         data = data.display(),
@@ -61,6 +116,10 @@ cmdline = "console=ttyS0"
         kernel = rd.kernel.display(),
         initramfs = rd.initramfs.display(),
         loader = loader.display(),
+        bios = rd
+            .bios_loader
+            .context("the ramdisk build made no GRUB BIOS image (tests/setup.sh installs grub-pc-bin)")?
+            .display(),
     );
     std::fs::create_dir_all(&data)?;
     let path = lab.dir.join("kiln.toml");
@@ -68,11 +127,11 @@ cmdline = "console=ttyS0"
     Ok(path)
 }
 
-/// OpenStack network data giving `mac` the lab's static address.
-fn network_data(mac: &str) -> String {
+/// OpenStack network data giving `mac` the static address `ip`.
+fn network_data(mac: &str, ip: &str) -> String {
     format!(
         r#"{{"links": [{{"id": "nic0", "type": "phy", "ethernet_mac_address": "{mac}"}}],
- "networks": [{{"id": "lab", "link": "nic0", "type": "ipv4", "ip_address": "{HOST_IP}", "netmask": "255.255.255.0",
+ "networks": [{{"id": "lab", "link": "nic0", "type": "ipv4", "ip_address": "{ip}", "netmask": "255.255.255.0",
    "routes": [{{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "{SERVER}"}}]}}],
  "services": [{{"type": "dns", "address": "{SERVER}"}}]}}"#
     )
@@ -94,7 +153,8 @@ fn b64(s: &str) -> String {
 fn virtual_media_host_without_dhcp_inspect_provision_deprovision() -> anyhow::Result<()> {
     let os = OsImage::get()?;
     let spec = vm("e2e-vmedia", "52:54:00:99:00:35").uefi();
-    let mut lab = Lab::start("e2e-vmedia", &[(spec, BmcKind::Redfish)])?;
+    let bios_spec = vm("e2e-vmedia-bios", "52:54:00:99:00:36");
+    let mut lab = Lab::start("e2e-vmedia", &[(spec, BmcKind::Redfish), (bios_spec, BmcKind::Redfish)])?;
     let files = stage_files(&lab, &os)?;
     let config = config(&lab, &files)?;
     // Every DHCP packet on the segment reaches the server port: count them for the whole run.
@@ -120,55 +180,14 @@ fn virtual_media_host_without_dhcp_inspect_provision_deprovision() -> anyhow::Re
     };
     let callback = Callback::start(&lab)?;
     let host = lab.hosts[0].clone();
-    let address = host
-        .bmc_address
-        .replacen("redfish+http://", "redfish-virtualmedia+http://", 1);
+    let bios = lab.hosts[1].clone();
 
-    // 1. A Metal3 manifest with the ramdisk's static address in a preprovisioningNetworkDataName Secret.
+    // 1. Metal3 manifests with each ramdisk's static address in a preprovisioningNetworkDataName Secret: a UEFI
+    //    host (taken through its whole life below) and a BIOS host (inspected: GRUB's El Torito image for BIOS).
     let manifest = format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata:
-  name: {name}-bmc-secret
-  namespace: lab
-type: Opaque
-data:
-  username: {user}
-  password: {password}
----
-apiVersion: v1
-kind: Secret
-metadata:
-  name: {name}-preprov-net
-  namespace: lab
-type: Opaque
-stringData:
-  networkData: |
-{net}
----
-apiVersion: metal3.io/v1alpha1
-kind: BareMetalHost
-metadata:
-  name: {name}
-  namespace: lab
-spec:
-  online: true
-  bootMACAddress: {mac}
-  bootMode: UEFI
-  preprovisioningNetworkDataName: {name}-preprov-net
-  bmc:
-    address: {address}
-    credentialsName: {name}-bmc-secret
-"#,
-        name = host.name,
-        user = b64(ipmi::USERNAME),
-        password = b64(ipmi::PASSWORD),
-        mac = host.mac,
-        net = network_data(&host.mac)
-            .lines()
-            .map(|l| format!("    {l}"))
-            .collect::<Vec<_>>()
-            .join("\n"),
+        "{}---\n{}",
+        manifest(&host, HOST_IP, "UEFI", true),
+        manifest(&bios, BIOS_HOST_IP, "legacy", false)
     );
     let path = lab.dir.join("vmedia-bmh.yaml");
     std::fs::write(&path, manifest)?;
@@ -176,6 +195,14 @@ spec:
     let inspect_started = Instant::now();
     cli.wait_state(&host.name, "available", Duration::from_secs(600))?;
     let inspect_secs = inspect_started.elapsed().as_secs();
+    cli.wait_state(&bios.name, "available", Duration::from_secs(600))?;
+    let bios_console = read_console(&bios.console);
+    assert!(
+        bios_console.contains("KILN-AGENT static") && bios_console.contains("KILN/VMLINUZ"),
+        "the BIOS host did not boot kiln's ISO with its static address: {}",
+        bios.console.display()
+    );
+    assert_eq!(cli.host(&bios.name)?["host"]["boot_mode"], "legacy");
     let inventory = cli.inspection(&host.name)?;
     let nics = inventory["inventory"]["nics"].as_array().cloned().unwrap_or_default();
     assert!(
@@ -201,44 +228,12 @@ spec:
     );
 
     // 2. Provision the Debian image with user data and the same static address for the OS.
-    let user_data = lab.dir.join("user-data");
-    std::fs::write(
-        &user_data,
-        format!(
-            "#!/bin/sh\necho KILN-E2E-USERDATA-$((6*7)) > /dev/ttyS0\ncurl -s http://{SERVER}:{CALLBACK_PORT}/joined-$(hostname) || true\n"
-        ),
-    )?;
     let net = lab.dir.join("network-data.json");
-    std::fs::write(&net, network_data(&host.mac))?;
+    std::fs::write(&net, network_data(&host.mac, HOST_IP))?;
+    let net = net.display().to_string();
+    let provision_secs =
+        provision_and_run_user_data(&cli, &host, &os, "debian.qcow2", &callback, &["--network-data", &net])?;
     let checksum = format!("sha256:{}", os.sha256("debian.qcow2")?);
-    let url = format!("http://{SERVER}:8080/boot/files/debian.qcow2");
-    let provision_started = Instant::now();
-    cli.run(&[
-        "host",
-        "provision",
-        &host.name,
-        "--image",
-        &url,
-        "--checksum",
-        &checksum,
-        "--user-data",
-        &user_data.display().to_string(),
-        "--network-data",
-        &net.display().to_string(),
-    ])?;
-    cli.wait_state(&host.name, "provisioned", Duration::from_secs(900))?;
-    let provision_secs = provision_started.elapsed().as_secs();
-    let deadline = Instant::now() + Duration::from_secs(400);
-    while !read_console(&host.console).contains("KILN-E2E-USERDATA-42") || !callback.seen("/joined-") {
-        if Instant::now() > deadline {
-            bail!(
-                "the written OS did not run the user data (console {}, callback {})",
-                host.console.display(),
-                callback.log.display()
-            );
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
     let h = cli.host(&host.name)?;
     assert_eq!(h["host"]["boot_mode"], "uefi", "{h}");
     cli.run(&["host", "show", &host.name])?;

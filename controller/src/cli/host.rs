@@ -13,7 +13,7 @@ use kiln_engine::model::{EraseMode, HostOptions};
 use kiln_engine::wire::{BmcIn, DeprovisionIn, HostCreate, HostOut, ImageIn, PowerIn, ProvisionIn, TimingOut};
 use kiln_images::protocol::RootDeviceHints;
 
-use super::{CliError, Client, ClientArgs, Output, print_value, read};
+use super::{CliError, Client, ClientArgs, Output, print_value, read, read_json};
 
 /// `kiln host ...`
 #[derive(Debug, Subcommand)]
@@ -273,16 +273,7 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
                 })?;
                 label_map.insert(k.to_owned(), v.to_owned());
             }
-            let preprovisioning_network_data = match preprovisioning_network_data {
-                Some(f) => {
-                    let text = read(&f)?;
-                    Some(serde_json::from_str(&text).map_err(|e| CliError::Parse {
-                        what: f.display().to_string(),
-                        message: e.to_string(),
-                    })?)
-                }
-                None => None,
-            };
+            let preprovisioning_network_data = preprovisioning_network_data.as_ref().map(read_json).transpose()?;
             let body = HostCreate {
                 preprovisioning_network_data,
                 name,
@@ -341,16 +332,7 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
             network_data,
             wait,
         } => {
-            let network_data = match network_data {
-                Some(f) => {
-                    let text = read(&f)?;
-                    Some(serde_json::from_str(&text).map_err(|e| CliError::Parse {
-                        what: f.display().to_string(),
-                        message: e.to_string(),
-                    })?)
-                }
-                None => None,
-            };
+            let network_data = network_data.as_ref().map(read_json).transpose()?;
             let body = ProvisionIn {
                 image: ImageIn {
                     url: image,

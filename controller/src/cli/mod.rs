@@ -197,6 +197,14 @@ fn read(path: &PathBuf) -> Result<String, CliError> {
     })
 }
 
+/// A JSON file's value (network data and the like), the file named in the error.
+fn read_json(path: &PathBuf) -> Result<serde_json::Value, CliError> {
+    serde_json::from_str(&read(path)?).map_err(|e| CliError::Parse {
+        what: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
 fn print_value<T: Serialize>(out: Output, v: &T) -> Result<bool, CliError> {
     match out {
         Output::Json => println!("{}", serde_json::to_string_pretty(v).expect("serializable")),
