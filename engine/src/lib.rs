@@ -2,7 +2,8 @@
 //!
 //! Start reading at [`machine`] (the pure host state machine and the table of what each state does), then
 //! [`executor`] (which performs its decisions against BMCs), [`store`] (SQLite/PostgreSQL), [`netboot`] and
-//! [`pxe_lookup`] (what the DHCP/TFTP/iPXE services may hand out), and [`wire`] (the request and response vocabulary
+//! [`pxe_lookup`] (what the DHCP/TFTP/iPXE services may hand out), [`vmedia`] (the per-boot agent ISOs of virtual-media
+//! boot and the ramdisk's static network), and [`wire`] (the request and response vocabulary
 //! every front-end speaks, with its validation into the model). The front-ends (`kiln-http`, `kiln-kube` and the
 //! `kiln` binary's CLI) depend on this crate; it depends on none of them.
 
