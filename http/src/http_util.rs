@@ -28,7 +28,7 @@ pub struct AppState {
     /// Whether `fake://` hosts are simulated (reported by `/healthz`, so that nobody mistakes a simulator for a
     /// real appliance).
     pub simulate: bool,
-    /// The per-source limit of the routes reachable without the admin token (agent API, ISOs, `/boot`).
+    /// The per-source limit of the routes reachable without the admin token (agent API, `/boot`).
     pub source_limiter: Arc<crate::ratelimit::SourceLimiter>,
 }
 

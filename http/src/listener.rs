@@ -26,7 +26,7 @@ pub struct HttpLimits {
     /// Connections open at once; more are closed at once (and counted).
     pub max_connections: usize,
     /// Requests a second one client address may make, on average, to the routes reachable without the admin token
-    /// (agent API, virtual-media ISOs, `/boot`); 0 turns the limit off.
+    /// (agent API, `/boot`); 0 turns the limit off.
     pub per_source_requests_per_second: u32,
     /// Requests one client address may make at once before the average applies.
     pub per_source_burst: u32,
@@ -79,14 +79,12 @@ pub fn router(state: AppState) -> Router {
             get(|| ui("text/css; charset=utf-8", include_str!("ui/style.css"))),
         )
         .merge(crate::api::router(state.clone()))
-        .merge(
-            crate::agent_api::router()
-                .merge(crate::media::router())
-                .layer(axum::middleware::from_fn_with_state(
-                    state.source_limiter.clone(),
-                    crate::ratelimit::limit,
-                )),
-        )
+        .merge(crate::agent_api::router().layer(axum::middleware::from_fn_with_state(
+            state.source_limiter.clone(),
+            crate::ratelimit::limit,
+        )))
+        // Not limited: a BMC reads its virtual CD in many small ranges, and the ISO's name is 128 random bits.
+        .merge(crate::media::router())
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }

@@ -1,5 +1,6 @@
 //! Per-source rate limits for the routes anyone on the provisioning network can reach without the admin token: the
-//! netboot routes (`/boot`: iPXE scripts, boot files), the agent API and the virtual-media ISOs. One token bucket per
+//! netboot routes (`/boot`: iPXE scripts, boot files) and the agent API. (The virtual-media ISOs are not limited: a
+//! BMC reads its virtual CD in many small ranges, and an ISO's name is 128 random bits.) One token bucket per
 //! client address (`[http] per_source_requests_per_second`, `per_source_burst`); a client over its budget gets 429
 //! with `Retry-After` and is counted (`kiln_http_rate_limited_total`), and one warning per source a minute says so.
 //! Buckets of sources quiet for a minute are dropped, so a scan from many addresses cannot grow the table for good.
