@@ -276,7 +276,14 @@ pub fn kiln_spec(key: &HostKey, spec: &HostSpec) -> Result<model::HostSpec, Engi
         boot_mac,
         boot_mode: match spec.boot_mode {
             BootMode::Legacy => kiln_bmc::BootMode::Legacy,
-            BootMode::Uefi | BootMode::UefiSecureBoot => kiln_bmc::BootMode::Uefi,
+            BootMode::Uefi => kiln_bmc::BootMode::Uefi,
+            // Never booted as plain UEFI behind the user's back: kiln does not set up Secure Boot yet.
+            BootMode::UefiSecureBoot => {
+                return Err(rejected(
+                    key,
+                    "spec.bootMode: kiln boots UEFI or legacy; UEFISecureBoot is not supported yet",
+                ));
+            }
         },
         root_device_hints: spec.root_device_hints.as_ref().map(hints_in).unwrap_or_default(),
         image,
@@ -719,6 +726,26 @@ mod tests {
         assert_eq!(s.root_device_hints.min_size_gigabytes, Some(4));
         assert_eq!(s.options.erase, EraseMode::Disabled);
         assert_eq!(StoreEngine::host_name(&key()).unwrap().as_str(), "metal3.node-0");
+        // Secure Boot is refused by name, not booted as plain UEFI.
+        let secure = HostSpec {
+            boot_mode: BootMode::UefiSecureBoot,
+            ..spec()
+        };
+        let e = kiln_spec(&key(), &secure).unwrap_err().to_string();
+        assert!(e.contains("spec.bootMode") && e.contains("UEFISecureBoot"), "{e}");
+        // A live ISO maps both ways, and needs no checksum.
+        let live = HostSpec {
+            image: Some(Image {
+                url: "http://192.0.2.9/live.iso".into(),
+                checksum: None,
+                checksum_type: None,
+                disk_format: Some(DiskFormat::LiveIso),
+                oci_auth_secret_name: None,
+            }),
+            ..spec()
+        };
+        let l = kiln_spec(&key(), &live).unwrap();
+        assert_eq!(l.image.unwrap().format, Some(ImageFormat::LiveIso));
         // The config drive carries the providerID the KilnMachine will get, next to the user's meta data.
         assert_eq!(
             s.meta_data.unwrap(),
