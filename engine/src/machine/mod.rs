@@ -130,6 +130,15 @@ impl State {
         }
     }
 
+    /// Registration from its start (first attempt, the BMC not yet asked for NICs).
+    pub fn registering(now: Ts) -> State {
+        State::Registering {
+            since: now,
+            attempt: 0,
+            macs_asked: false,
+        }
+    }
+
     /// The agent job, for states that run one.
     pub fn job(&self) -> Option<&Job> {
         match self {
@@ -370,16 +379,7 @@ pub fn step(host: &HostView, obs: &Observed, now: Ts) -> Decision {
     }
     match &host.state {
         State::Unmanaged => match host.spec.bmc {
-            Some(_) => decide(
-                State::Registering {
-                    since: now,
-                    attempt: 0,
-                    macs_asked: false,
-                },
-                vec![],
-                now,
-                "BMC credentials set",
-            ),
+            Some(_) => decide(State::registering(now), vec![], now, "BMC credentials set"),
             None => decide(State::Unmanaged, vec![], idle, "no BMC address yet"),
         },
         State::Registering {
@@ -699,16 +699,7 @@ fn in_error(host: &HostView, obs: &Observed, now: Ts, err: &HostError) -> Decisi
     }
     match err.retry_at {
         Some(at) if now >= at => match err.operation {
-            Operation::Registering => decide(
-                State::Registering {
-                    since: now,
-                    attempt: 0,
-                    macs_asked: false,
-                },
-                vec![],
-                now,
-                "retrying registration",
-            ),
+            Operation::Registering => decide(State::registering(now), vec![], now, "retrying registration"),
             Operation::Inspecting => start_job(host, obs, now, JobKind::Inspect, retries, "retrying inspection"),
             Operation::Preparing => start_job(host, obs, now, JobKind::Prepare, retries, "retrying preparation"),
             Operation::Provisioning => start_job(host, obs, now, JobKind::Provision, retries, "retrying provisioning"),
