@@ -256,21 +256,37 @@ pub fn enroll(cli: &Cli, lab: &Lab, host: &LabHost) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Enrolls a lab host the Metal3 way: writes its `BareMetalHost` manifest and the credentials `Secret` (base64
-/// `data`, as `kubectl create secret` writes it) to a file and runs `kiln import` on it. Returns the manifest path.
-pub fn import(cli: &Cli, lab: &Lab, host: &LabHost) -> anyhow::Result<PathBuf> {
-    let b64 = |s: &str| -> anyhow::Result<String> {
-        let out = std::process::Command::new("sh")
-            .args(["-c", "printf %s \"$1\" | base64 -w0", "sh", s])
-            .output()?;
-        anyhow::ensure!(out.status.success(), "base64 failed");
-        Ok(String::from_utf8(out.stdout)?)
-    };
+/// What a lab host's Metal3 manifest says beyond its BMC and boot MAC.
+#[derive(Debug, Clone, Default)]
+pub struct Bmh<'a> {
+    /// The BMC address (default: the host's, as its emulator serves it).
+    pub address: Option<String>,
+    pub online: bool,
+    /// Lines added under `spec:` (indented two spaces), e.g. `preprovisioningNetworkDataName: x`.
+    pub spec: &'a str,
+    /// Documents put before the host's (each ending in a newline, without the `---` separators).
+    pub docs: Vec<String>,
+}
+
+/// `s` in base64, as a Secret's `data` holds it.
+pub fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A lab host's `BareMetalHost` manifest with its credentials `Secret` (base64 `data`, as `kubectl create secret`
+/// writes it), in namespace `lab`.
+pub fn bmh_manifest(host: &LabHost, bmh: &Bmh) -> String {
     let mode = match host.firmware {
         crate::qemu::Firmware::Bios => "legacy",
         crate::qemu::Firmware::Uefi => "UEFI",
     };
-    let manifest = format!(
+    let mut out = String::new();
+    for d in &bmh.docs {
+        out.push_str(d);
+        out.push_str("---\n");
+    }
+    out.push_str(&format!(
         r#"apiVersion: v1
 kind: Secret
 metadata:
@@ -289,23 +305,43 @@ metadata:
   labels:
     rack: lab
 spec:
-  online: true
+  online: {online}
   bootMACAddress: {mac}
   bootMode: {mode}
-  bmc:
+{extra}  bmc:
     address: {address}
     credentialsName: {name}-bmc-secret
 "#,
         name = host.name,
-        user = b64(ipmi::USERNAME)?,
-        password = b64(ipmi::PASSWORD)?,
+        user = b64(ipmi::USERNAME),
+        password = b64(ipmi::PASSWORD),
         mac = host.mac,
-        address = host.bmc_address,
-    );
-    let path = lab.dir.join(format!("{}-bmh.yaml", host.name));
-    std::fs::write(&path, manifest)?;
+        online = bmh.online,
+        extra = bmh.spec,
+        address = bmh.address.as_deref().unwrap_or(&host.bmc_address),
+    ));
+    out
+}
+
+/// Enrolls lab hosts the Metal3 way: writes their manifests to one file and runs `kiln import` on it. Returns the
+/// manifest path.
+pub fn import_manifests(cli: &Cli, lab: &Lab, file: &str, manifests: &[String]) -> anyhow::Result<PathBuf> {
+    let path = lab.dir.join(file);
+    std::fs::write(&path, manifests.join("---\n"))?;
     cli.run(&["import", &path.display().to_string()])?;
     Ok(path)
+}
+
+/// Enrolls a lab host the Metal3 way (`online: true`). Returns the manifest path.
+pub fn import(cli: &Cli, lab: &Lab, host: &LabHost) -> anyhow::Result<PathBuf> {
+    let manifest = bmh_manifest(
+        host,
+        &Bmh {
+            online: true,
+            ..Bmh::default()
+        },
+    );
+    import_manifests(cli, lab, &format!("{}-bmh.yaml", host.name), &[manifest])
 }
 
 pub fn vm(name: &str, mac: &str) -> VmSpec {

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kiln_tests::{
-    ipmi,
     lab::{BmcKind, Lab, target_bin},
-    operator::{Callback, Cli, SERVER, provision_and_run_user_data, stage_files, vm},
+    operator::{
+        Bmh, Callback, Cli, SERVER, bmh_manifest, import_manifests, provision_and_run_user_data, stage_files, vm,
+    },
     osimage::OsImage,
     qemu::read_console,
     ramdisk,
@@ -25,54 +26,28 @@ const BIOS_HOST_IP: &str = "10.99.0.51";
 
 /// A Metal3 manifest for `host` behind its virtual-media address, with the ramdisk's static address `ip` in a
 /// preprovisioningNetworkDataName Secret.
-fn manifest(host: &kiln_tests::lab::LabHost, ip: &str, mode: &str, online: bool) -> String {
-    let address = host
-        .bmc_address
-        .replacen("redfish+http://", "redfish-virtualmedia+http://", 1);
-    format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata:
-  name: {name}-bmc-secret
-  namespace: lab
-type: Opaque
-data:
-  username: {user}
-  password: {password}
----
-apiVersion: v1
-kind: Secret
-metadata:
-  name: {name}-preprov-net
-  namespace: lab
-type: Opaque
-stringData:
-  networkData: |
-{net}
----
-apiVersion: metal3.io/v1alpha1
-kind: BareMetalHost
-metadata:
-  name: {name}
-  namespace: lab
-spec:
-  online: {online}
-  bootMACAddress: {mac}
-  bootMode: {mode}
-  preprovisioningNetworkDataName: {name}-preprov-net
-  bmc:
-    address: {address}
-    credentialsName: {name}-bmc-secret
-"#,
-        name = host.name,
-        user = b64(ipmi::USERNAME),
-        password = b64(ipmi::PASSWORD),
-        mac = host.mac,
-        net = network_data(&host.mac, ip)
-            .lines()
-            .map(|l| format!("    {l}"))
-            .collect::<Vec<_>>()
-            .join("\n"),
+fn manifest(host: &kiln_tests::lab::LabHost, ip: &str, online: bool) -> String {
+    let net: String = network_data(&host.mac, ip)
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-preprov-net\n  namespace: lab\ntype: Opaque\n\
+         stringData:\n  networkData: |\n{net}",
+        name = host.name
+    );
+    let spec = format!("  preprovisioningNetworkDataName: {}-preprov-net\n", host.name);
+    bmh_manifest(
+        host,
+        &Bmh {
+            address: Some(
+                host.bmc_address
+                    .replacen("redfish+http://", "redfish-virtualmedia+http://", 1),
+            ),
+            online,
+            spec: &spec,
+            docs: vec![secret],
+        },
     )
 }
 
@@ -137,18 +112,6 @@ fn network_data(mac: &str, ip: &str) -> String {
     )
 }
 
-fn b64(s: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("base64")
-        .arg("-w0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("base64");
-    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
-}
-
 #[test]
 fn virtual_media_host_without_dhcp_inspect_provision_deprovision() -> anyhow::Result<()> {
     let os = OsImage::get()?;
@@ -184,14 +147,12 @@ fn virtual_media_host_without_dhcp_inspect_provision_deprovision() -> anyhow::Re
 
     // 1. Metal3 manifests with each ramdisk's static address in a preprovisioningNetworkDataName Secret: a UEFI
     //    host (taken through its whole life below) and a BIOS host (inspected: GRUB's El Torito image for BIOS).
-    let manifest = format!(
-        "{}---\n{}",
-        manifest(&host, HOST_IP, "UEFI", true),
-        manifest(&bios, BIOS_HOST_IP, "legacy", false)
-    );
-    let path = lab.dir.join("vmedia-bmh.yaml");
-    std::fs::write(&path, manifest)?;
-    cli.run(&["import", &path.display().to_string()])?;
+    import_manifests(
+        &cli,
+        &lab,
+        "vmedia-bmh.yaml",
+        &[manifest(&host, HOST_IP, true), manifest(&bios, BIOS_HOST_IP, false)],
+    )?;
     let inspect_started = Instant::now();
     cli.wait_state(&host.name, "available", Duration::from_secs(600))?;
     let inspect_secs = inspect_started.elapsed().as_secs();
