@@ -648,3 +648,56 @@ async fn a_panicking_reconcile_is_contained_to_its_host() {
     let (on, h) = lab.wait_host("node-p", |h| h["power"] == "on").await;
     assert!(on, "{h}");
 }
+
+/// The executor mints a boot's token and powers the host on before it commits the boot; an agent that is faster
+/// than that commit (virtual media read at LAN speed) is told to retry, not refused, while an older boot's token
+/// stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_ahead_of_its_boots_commit_is_told_to_retry() {
+    let lab = Lab::start(|_| {}).await;
+    lab.enroll("node-3").await;
+    lab.wait_state("node-3", "available").await;
+    let key = kiln_engine::crypto::SecretKey::load_or_create(lab.dir.path()).unwrap();
+    let store = kiln_engine::store::connect(None, lab.dir.path(), key).await.unwrap();
+    let host = store.host(&"node-3".parse().unwrap()).await.unwrap().unwrap();
+    let now = kiln_engine::executor::now();
+    let heartbeat = |token: &'static str| {
+        lab.client
+            .post(format!("{}/agent/v1/heartbeat", lab.base))
+            .bearer_auth(token)
+            .json(&json!({ "agent_version": "x" }))
+            .send()
+    };
+    let next = host.counters.boots + 1;
+    store
+        .add_token(
+            &kiln_engine::crypto::hash_token("ahead-of-commit"),
+            host.id,
+            next,
+            "provisioning",
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+    let r = heartbeat("ahead-of-commit").await.unwrap();
+    assert_eq!(r.status(), 503, "a token of the boot being started is not refused");
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert!(r.text().await.unwrap().contains(&format!("boot {next}")));
+    store
+        .add_token(
+            &kiln_engine::crypto::hash_token("behind"),
+            host.id,
+            host.counters.boots,
+            "provisioning",
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        heartbeat("behind").await.unwrap().status(),
+        401,
+        "an old boot's token is refused"
+    );
+}

@@ -50,11 +50,17 @@ impl Api {
             if names.iter().all(|n| of(n)["state"] == state) {
                 return;
             }
-            assert!(
-                t.elapsed() < timeout,
-                "not every host reached {state}: {:#?}",
-                names.iter().map(|n| (n, of(n)["state"].clone())).collect::<Vec<_>>()
-            );
+            if t.elapsed() >= timeout {
+                // Each host that did not get there, with what it went through.
+                let mut late = Vec::new();
+                for n in names.iter().filter(|n| of(n)["state"] != state) {
+                    let (_, events) = self
+                        .call(reqwest::Method::GET, &format!("/api/v1/hosts/{n}/events"), None)
+                        .await;
+                    late.push(format!("{n} ({}): {events:#}", of(n)["state"]));
+                }
+                panic!("not every host reached {state}:\n{}", late.join("\n"));
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
@@ -63,6 +69,10 @@ impl Api {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kiln_serve_inspects_and_provisions_a_host_behind_every_vendor_profile() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config {
         data_dir: dir.path().to_path_buf(),

@@ -48,9 +48,22 @@ async fn authenticate(app: &AppState, headers: &HeaderMap, endpoint: &'static st
         .host_by_id(rec.host_id)
         .await?
         .ok_or_else(|| deny("host_gone"))?;
-    // Valid only for the boot and phase it was minted for: an old boot's agent is turned away.
+    // Valid only for the boot and phase it was minted for: an old boot's agent is turned away. A token of the boot
+    // being started (minted, and the host powered on, before the executor commits the boot) is not refused: the
+    // agent is told to come back, since a fast boot (virtual media read at LAN speed, a simulated host) can reach
+    // kiln before that commit.
     let current = host.state.job().map(|j| j.boot);
     if current != Some(rec.boot) || host.state.name() != rec.phase {
+        if rec.boot > host.counters.boots {
+            app.metrics.inc(
+                "kiln_agent_requests_total",
+                vec![("endpoint", endpoint.into()), ("outcome", "boot_starting".into())],
+            );
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("boot {} of this host is still being started; retry", rec.boot),
+            ));
+        }
         return Err(deny("stale_token"));
     }
     app.metrics.inc(

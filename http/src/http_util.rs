@@ -74,6 +74,10 @@ impl IntoResponse for ApiError {
             r.headers_mut()
                 .insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
         }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE && !r.headers().contains_key("retry-after") {
+            r.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
         r
     }
 }

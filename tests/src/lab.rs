@@ -51,6 +51,8 @@ pub struct Lab {
     pub dir: PathBuf,
     pub logs: LogDir,
     pub record: Record,
+    /// Set by [`Lab::finish`]; a lab dropped without it failed, and prints the end of kiln's log.
+    passed: bool,
 }
 
 impl std::fmt::Debug for Lab {
@@ -83,6 +85,7 @@ impl Lab {
             dir,
             logs,
             record,
+            passed: false,
         };
         let redfish: Vec<&VmSpec> = vms
             .iter()
@@ -238,7 +241,8 @@ impl Lab {
     /// Ends a successful run: tears the lab down, then deletes the VM disk images and staged image files under
     /// the state directory (gigabytes per run). Logs, consoles and kiln's database stay. A failed run (an error
     /// returned or a panic) drops the lab instead and keeps everything for a post-mortem.
-    pub fn finish(self) -> anyhow::Result<()> {
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        self.passed = true;
         let logs = self.logs.path().to_path_buf();
         drop(self);
         let freed = crate::logs::remove_disk_images(&logs)?;
@@ -266,6 +270,20 @@ impl Drop for Lab {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if !self.passed {
+            // The run failed (an error returned or a panic): CI keeps only the test's output, so put the end of
+            // kiln's log there.
+            let log = std::fs::read_to_string(self.logs.file("kiln.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "lab {} failed; the last lines of kiln.log ({} kept):",
+                self.logs.path().display(),
+                lines.len().min(120)
+            );
+            for line in &lines[lines.len().saturating_sub(120)..] {
+                eprintln!("  {line}");
+            }
         }
     }
 }
