@@ -25,6 +25,10 @@ enum Command {
         /// Address of the plain-HTTP netboot listener (`/boot`, with `[pxe]`; default: `[pxe] http_base`'s).
         #[arg(long, env = "KILN_BOOT_LISTEN")]
         boot_listen: Option<SocketAddr>,
+        /// Address of a separate HTTPS listener for the admin API (REST, web page, metrics), e.g. on the management
+        /// network; `--listen` then serves only the agent API and virtual-media ISOs (the provisioning network).
+        #[arg(long, env = "KILN_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
         /// TOML config file.
         #[arg(long, env = "KILN_CONFIG")]
         config: Option<PathBuf>,
@@ -148,6 +152,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Serve {
             listen,
             boot_listen,
+            admin_listen,
             config,
             data_dir,
             database_url,
@@ -176,6 +181,9 @@ async fn run() -> anyhow::Result<()> {
             }
             if boot_listen.is_some() {
                 cfg.boot_listen = boot_listen;
+            }
+            if admin_listen.is_some() {
+                cfg.admin_listen = admin_listen;
             }
             if let Some(n) = max_concurrent_jobs {
                 cfg.max_concurrent_jobs = n;

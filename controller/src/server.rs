@@ -86,6 +86,9 @@ pub struct Config {
     /// Where the plain-HTTP netboot routes (`/boot`) listen when `[pxe]` is configured; default: the host and port
     /// of `[pxe] http_base`.
     pub boot_listen: Option<std::net::SocketAddr>,
+    /// Where the admin API (REST, web page, metrics) listens, on the management network; the main listener then
+    /// serves only what agents and BMCs reach (agent API, virtual-media ISOs). Default: one listener serves all.
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 /// Kernel and initramfs of the kiln-agent ramdisk.
@@ -180,6 +183,7 @@ impl Default for Config {
             tls: Default::default(),
             simulate: false,
             boot_listen: None,
+            admin_listen: None,
         }
     }
 }
@@ -305,14 +309,29 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let cancel = CancellationToken::new();
-    let http = kiln_http::listener::router(app.state.clone());
     let local = listener.local_addr()?;
-    let tls = kiln_http::tls::ServerTls::load_or_create(
-        &app.config.data_dir,
-        &app.config.tls,
-        kiln_http::tls::server_names(local.ip(), app.config.api_url.as_deref(), &app.config.tls.names),
-    )
-    .map_err(|e| std::io::Error::other(kiln_engine::bmcs::chain(&e)))?;
+    // The admin API on a listener of its own (management network), or every route on the one listener.
+    let admin_listener = match app.config.admin_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("binding the admin listener {a}: {e}")))?,
+        ),
+        None => None,
+    };
+    let http = match admin_listener {
+        Some(_) => kiln_http::listener::provisioning_router(app.state.clone()),
+        None => kiln_http::listener::router(app.state.clone()),
+    };
+    // The certificate names every address either listener answers on.
+    let mut names = kiln_http::tls::server_names(local.ip(), app.config.api_url.as_deref(), &app.config.tls.names);
+    if let Some(a) = app.config.admin_listen {
+        names.extend(kiln_http::tls::server_names(a.ip(), None, &[]));
+        names.sort();
+        names.dedup();
+    }
+    let tls = kiln_http::tls::ServerTls::load_or_create(&app.config.data_dir, &app.config.tls, names)
+        .map_err(|e| std::io::Error::other(kiln_engine::bmcs::chain(&e)))?;
     let api_url = format!("https://{local}");
     if let Some(vm) = &app.config.virtual_media {
         let agent_url = app.config.api_url.clone().unwrap_or_else(|| api_url.clone());
@@ -430,6 +449,20 @@ pub async fn run(
             }
         });
     }
+    let mut admin_server = None;
+    if let Some(l) = admin_listener {
+        let addr = l.local_addr()?;
+        let (c, limits) = (cancel.clone(), app.config.http);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+        admin_server = Some(tokio::spawn(kiln_http::listener::serve(
+            l,
+            kiln_http::listener::admin_router(app.state.clone()),
+            limits,
+            Some(acceptor),
+            async move { c.cancelled().await },
+        )));
+        tracing::info!(admin = %addr, provisioning = %local, "the admin API listens apart from the agent API");
+    }
     let c = cancel.clone();
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     let served = kiln_http::listener::serve(listener, http, app.config.http, Some(acceptor), async move {
@@ -440,6 +473,11 @@ pub async fn run(
     })
     .await;
     cancel.cancel();
+    if let Some(a) = admin_server
+        && let Ok(Err(e)) = a.await
+    {
+        tracing::warn!(error = %e, "the admin listener stopped with an error");
+    }
     if let Some(b) = boot_server
         && let Ok(Err(e)) = b.await
     {

@@ -127,45 +127,13 @@ async fn slow_and_idle_connections_are_closed_and_the_connection_count_is_capped
 /// provisioning-network address (loopback clients are the appliance's own processes and are not limited).
 #[test]
 fn a_flood_from_one_source_gets_429_after_its_burst() {
-    let record = kiln_tests::state::Record::new().unwrap();
-    let ns = kiln_tests::netns::Netns::create(&record).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::write(
-        dir.path().join("kiln.toml"),
-        "[http]\nper_source_requests_per_second = 5\nper_source_burst = 20\n",
-    )
-    .unwrap();
     let listen = format!("{}:8443", kiln_tests::netns::SERVER_IP);
-    let mut kiln = ns
-        .command(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--listen", &listen, "--config"])
-        .arg(dir.path().join("kiln.toml"))
-        .arg("--data-dir")
-        .arg(&data)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("kiln.log")).unwrap())
-        .spawn()
-        .unwrap();
-    record.add_pid(kiln.id());
-    let ca = data.join("tls/ca.pem");
-    let curl = |args: &[&str]| {
-        let out = ns
-            .command("curl")
-            .args(["-s", "--cacert"])
-            .arg(&ca)
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let health = format!("https://{listen}/healthz");
-    let t = Instant::now();
-    while !curl(&["-o", "/dev/null", "-w", "%{http_code}", &health]).starts_with("200") {
-        assert!(t.elapsed() < Duration::from_secs(20), "kiln serve did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let kiln = RealKiln::start(
+        "[http]\nper_source_requests_per_second = 5\nper_source_burst = 20\n",
+        &["--listen", &listen],
+        &[&listen],
+    );
+    let (data, curl) = (&kiln.data, |args: &[&str]| kiln.curl(args));
     // 60 forged heartbeats on one connection, as fast as curl sends them.
     let url = format!("https://{listen}/agent/v1/heartbeat");
     let mut args = vec!["-w", "%{http_code}\n"];
@@ -206,6 +174,147 @@ fn a_flood_from_one_source_gets_429_after_its_burst() {
         .unwrap_or_else(|| panic!("{metrics}"));
     let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n >= refused as u64, "{line}");
-    let _ = kiln.kill();
-    let _ = kiln.wait();
+}
+
+/// `kiln serve` in a network namespace of its own (so that clients have provisioning-network addresses), with its
+/// data directory and log in a temporary directory; killed when dropped.
+struct RealKiln {
+    _record: kiln_tests::state::Record,
+    ns: kiln_tests::netns::Netns,
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl RealKiln {
+    /// Starts it with `config` (TOML) and `args`, and waits until `/healthz` answers on each of `listeners`.
+    fn start(config: &str, args: &[&str], listeners: &[&str]) -> Self {
+        let record = kiln_tests::state::Record::new().unwrap();
+        let ns = kiln_tests::netns::Netns::create(&record).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::write(dir.path().join("kiln.toml"), config).unwrap();
+        let child = ns
+            .command(env!("CARGO_BIN_EXE_kiln"))
+            .arg("serve")
+            .args(args)
+            .arg("--config")
+            .arg(dir.path().join("kiln.toml"))
+            .arg("--data-dir")
+            .arg(&data)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("kiln.log")).unwrap())
+            .spawn()
+            .unwrap();
+        record.add_pid(child.id());
+        let kiln = Self {
+            _record: record,
+            ns,
+            _dir: dir,
+            data,
+            child,
+        };
+        for listen in listeners {
+            let health = format!("https://{listen}/healthz");
+            let t = Instant::now();
+            while !kiln
+                .curl(&["-o", "/dev/null", "-w", "%{http_code}", &health])
+                .starts_with("200")
+            {
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "kiln serve did not answer on {listen}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        kiln
+    }
+
+    /// curl inside the namespace, trusting kiln's CA (so host names are verified); returns what it printed.
+    fn curl(&self, args: &[&str]) -> String {
+        let out = self
+            .ns
+            .command("curl")
+            .args(["-s", "--cacert"])
+            .arg(self.data.join("tls/ca.pem"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for RealKiln {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// With `--admin-listen`, the admin API (REST, web page, metrics, OpenAPI) answers only there (the management
+/// network), and the provisioning network's listener serves only what agents and BMCs need: an admin token sent to
+/// it opens nothing. One certificate serves both addresses; the CLI works against the admin listener.
+#[test]
+fn the_admin_api_can_listen_apart_from_the_provisioning_network() {
+    let provisioning = format!("{}:8443", kiln_tests::netns::SERVER_IP);
+    let admin = "127.0.0.1:9443";
+    let kiln = RealKiln::start(
+        "",
+        &["--listen", &provisioning, "--admin-listen", admin],
+        &[&provisioning, admin],
+    );
+    let auth = format!("Authorization: Bearer {}", kiln.admin_token());
+    let code = |method: &str, base: &str, path: &str| {
+        kiln.curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            method,
+            "-H",
+            &auth,
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            if method == "POST" { "{}" } else { "" },
+            &format!("https://{base}{path}"),
+        ])
+    };
+    for path in ["/api/v1/hosts", "/metrics", "/ui", "/api/v1/openapi.json"] {
+        assert_eq!(
+            code("GET", &provisioning, path),
+            "404",
+            "{path} on the provisioning listener"
+        );
+        assert_eq!(code("GET", admin, path), "200", "{path} on the admin listener");
+    }
+    assert_eq!(
+        code("POST", &provisioning, "/api/v1/hosts"),
+        "404",
+        "no enrollment through the provisioning network"
+    );
+    // The agent API is on the provisioning network (refusing the admin token as an agent token), not on the admin one.
+    assert_eq!(code("POST", &provisioning, "/agent/v1/heartbeat"), "401");
+    assert_eq!(code("POST", admin, "/agent/v1/heartbeat"), "404");
+    // The CLI, pointed at the admin listener, verifies the same certificate.
+    let out = kiln
+        .ns
+        .command(env!("CARGO_BIN_EXE_kiln"))
+        .args(["host", "list", "--server", &format!("https://{admin}"), "--ca-file"])
+        .arg(kiln.data.join("tls/ca.pem"))
+        .arg("--token-file")
+        .arg(kiln.data.join("admin.token"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -43,10 +43,35 @@ impl Default for HttpLimits {
     }
 }
 
-/// Builds the appliance's HTTP router.
+/// Builds the appliance's HTTP router: every route on one listener (the default, and the demo's layout).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    with_common(
+        admin_routes(state.clone()).merge(provisioning_routes(state.clone())),
+        state,
+    )
+}
+
+/// The routes for the management network when the admin API has a listener of its own (`admin_listen`): the REST
+/// API, the web page, `/metrics` and the OpenAPI document.
+pub fn admin_router(state: AppState) -> Router {
+    with_common(admin_routes(state.clone()), state)
+}
+
+/// The routes for the provisioning network when the admin API has a listener of its own: what agents and BMCs
+/// reach (the agent API, the virtual-media ISOs), nothing that takes the admin token.
+pub fn provisioning_router(state: AppState) -> Router {
+    with_common(provisioning_routes(state.clone()), state)
+}
+
+fn with_common(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .route("/healthz", get(healthz))
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(state)
+}
+
+fn admin_routes(state: AppState) -> Router<AppState> {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
@@ -79,14 +104,16 @@ pub fn router(state: AppState) -> Router {
             get(|| ui("text/css; charset=utf-8", include_str!("ui/style.css"))),
         )
         .merge(crate::api::router(state.clone()))
+}
+
+fn provisioning_routes(state: AppState) -> Router<AppState> {
+    Router::new()
         .merge(crate::agent_api::router().layer(axum::middleware::from_fn_with_state(
             state.source_limiter.clone(),
             crate::ratelimit::limit,
         )))
         // Not limited: a BMC reads its virtual CD in many small ranges, and the ISO's name is 128 random bits.
         .merge(crate::media::router())
-        .fallback(|| async { ApiError::not_found("route") })
-        .with_state(state)
 }
 
 pub async fn healthz(AxState(app): AxState<AppState>) -> impl IntoResponse {
