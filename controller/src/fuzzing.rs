@@ -11,9 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::import::translate;
 use kiln_engine::wire::{HostCreate, ProvisionIn};
 use kiln_http::http_util::parse_body;
+use kiln_http::import::translate;
 use kiln_kube::bmh::BareMetalHost;
 
 /// `body` as the agent API reads it into `T`: bad JSON is a 400, JSON of the wrong shape a 422, and what is accepted

@@ -1,8 +1,7 @@
 //! kiln: the appliance binary's library. `main.rs` parses arguments and calls into [`server`] (which composes the
 //! engine, the HTTP and Kubernetes front-ends and the netboot services into `kiln serve`) or the CLI commands
-//! ([`cli`], one module per command group, and [`import`], the Metal3 manifest translation).
+//! ([`cli`], one module per command group).
 
 pub mod cli;
 pub mod fuzzing;
-pub mod import;
 pub mod server;

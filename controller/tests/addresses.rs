@@ -274,3 +274,79 @@ async fn import_is_all_or_none() {
     let (_, hosts) = lab.api(reqwest::Method::GET, "/api/v1/hosts", None).await;
     assert_eq!(hosts, json!([]), "a host was enrolled although the import was refused");
 }
+
+/// `POST /api/v1/import` (what `kiln import` and the web page send): every refusal of a manifest is reported at once,
+/// each naming its document and manifest field, and nothing is enrolled; a dry run says what would happen; a good
+/// manifest is enrolled in one go (hosts with an image are provisioned once inspected); importing it again is
+/// refused by name.
+#[tokio::test]
+async fn the_rest_import_names_every_refusal_and_enrolls_all_or_none() {
+    let lab = Lab::start(|_| {}).await;
+    let post = |path: &'static str, yaml: String| {
+        let (client, base, admin) = (lab.client.clone(), lab.base.clone(), lab.admin.clone());
+        async move {
+            let r = client
+                .post(format!("{base}{path}"))
+                .bearer_auth(admin)
+                .header("content-type", "application/yaml")
+                .body(yaml)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bmc\n  namespace: rack1\ndata:\n  username: YWRtaW4K\n  password: c2VjcmV0LXB3Cg==\n";
+    let host = |name: &str, address: &str, extra: &str| {
+        format!(
+            "---\napiVersion: metal3.io/v1alpha1\nkind: BareMetalHost\nmetadata:\n  name: {name}\n  namespace: rack1\nspec:\n  online: true\n  bmc:\n    address: {address}\n    credentialsName: bmc\n{extra}"
+        )
+    };
+    let image = "  image:\n    url: http://192.0.2.10/os.qcow2\n    checksum: http://192.0.2.10/os.qcow2.sha256sum\n    checksumType: sha256\n";
+    let good = format!(
+        "{secret}{}{}",
+        host("r1-a", "ipmi://192.0.2.21", ""),
+        host("r1-b", "redfish://192.0.2.22/redfish/v1/Systems/1", image)
+    );
+    let bad = format!(
+        "{good}{}{}",
+        host("r1-c", "irmc://192.0.2.23", ""),
+        host("r1-d", "ipmi://192.0.2.24", "  bootMACAddress: 52:54:00:zz:00:01\n")
+    );
+    let (code, out) = post("/api/v1/import", bad).await;
+    assert_eq!(code, 422, "{out}");
+    let refused = out["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 2, "every refusal at once: {out}");
+    assert_eq!(refused[0]["document"], "BareMetalHost rack1/r1-c");
+    assert_eq!(refused[0]["field"], "spec.bmc.address");
+    assert_eq!(refused[1]["field"], "spec.bootMACAddress", "{out}");
+    assert!(out["error"].as_str().unwrap().contains("nothing was imported"), "{out}");
+    assert_eq!(lab.host_names().await, Vec::<String>::new(), "nothing enrolled");
+
+    let (code, out) = post("/api/v1/import?dry_run=true", good.clone()).await;
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(out["dry_run"], true);
+    assert_eq!(out["hosts"][0]["outcome"], "enrolled");
+    assert_eq!(out["hosts"][1]["outcome"], "enrolled, provisioning");
+    assert_eq!(lab.host_names().await, Vec::<String>::new(), "a dry run writes nothing");
+
+    let (code, out) = post("/api/v1/import", good.clone()).await;
+    assert_eq!(code, 201, "{out}");
+    let mut names = lab.host_names().await;
+    names.sort();
+    assert_eq!(names, ["r1-a", "r1-b"]);
+    let (_, b) = lab.api(reqwest::Method::GET, "/api/v1/hosts/r1-b", None).await;
+    assert_eq!(b["image"]["url"], "http://192.0.2.10/os.qcow2", "{b}");
+    let (_, events) = lab.api(reqwest::Method::GET, "/api/v1/hosts/r1-a/events", None).await;
+    assert!(
+        events.to_string().contains("imported from BareMetalHost rack1/r1-a"),
+        "{events}"
+    );
+
+    let (code, out) = post("/api/v1/import", good).await;
+    assert_eq!(code, 422, "{out}");
+    assert_eq!(out["refused"][0]["field"], "metadata.name", "{out}");
+    assert_eq!(out["refused"].as_array().unwrap().len(), 2, "{out}");
+    let (code, out) = post("/api/v1/import", "kind: [".into()).await;
+    assert_eq!((code, out["field"].as_str()), (400, Some("manifest")), "{out}");
+}

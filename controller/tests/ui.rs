@@ -724,6 +724,75 @@ async fn the_web_page_shows_the_fleet_draws_time_and_enrolls_hosts() {
     )
     .await;
 
+    // ------------------------------------------------------------ importing Metal3 manifests by pasting them
+    lab.add_fake("node-8");
+    lab.add_fake("node-9");
+    b.eval(&tab, "location.hash = '#enroll'").await;
+    b.wait_for(&tab, "the import form", "!document.getElementById('enroll').hidden")
+        .await;
+    let bmh = |name: &str, extra: &str| {
+        format!(
+            "---\napiVersion: metal3.io/v1alpha1\nkind: BareMetalHost\nmetadata:\n  name: {name}\n  labels:\n    rack: r2\n\
+             spec:\n  online: true\n  bootMACAddress: {}\n  bmc:\n    address: redfish+http://127.0.0.1:9/redfish/v1/Systems/{name}\n\
+             \x20   credentialsName: {name}-bmc\n{extra}---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-bmc\n\
+             stringData:\n  username: admin\n  password: {PASSWORD}\n",
+            mac_of(name)
+        )
+    };
+    let raid = "  raid:\n    hardwareRAIDVolumes:\n    - level: \"1\"\n";
+    b.type_into(
+        &tab,
+        "#import-yaml",
+        &format!("{}{}", bmh("node-8", ""), bmh("node-9", raid)),
+    )
+    .await;
+    b.click(&tab, "#import-submit").await;
+    b.wait_eq(
+        &tab,
+        "the refusal, naming the document and field",
+        "(() => { const l = document.getElementById('import-refused'); return l.hidden ? null : \
+         [...l.querySelectorAll('li')].map((li) => li.textContent.split(': ')[0]); })()",
+        json!(["BareMetalHost default/node-9 spec.raid"]),
+    )
+    .await;
+    b.screenshot(&tab, "import-refused").await;
+    assert!(
+        !lab.host_names().await.contains(&"node-8".to_owned()),
+        "node-8 was enrolled although the import was refused"
+    );
+    b.type_into(
+        &tab,
+        "#import-yaml",
+        &format!("{}{}", bmh("node-8", ""), bmh("node-9", "")),
+    )
+    .await;
+    b.click(&tab, "#import-check").await;
+    b.wait_eq(
+        &tab,
+        "the dry run's answer",
+        "(() => { const d = document.getElementById('import-done'); return d.hidden ? null : \
+         [...d.querySelectorAll('li')].map((li) => li.textContent); })()",
+        json!(["node-8 would be enrolled", "node-9 would be enrolled"]),
+    )
+    .await;
+    assert!(
+        !lab.host_names().await.contains(&"node-8".to_owned()),
+        "a dry run wrote"
+    );
+    b.click(&tab, "#import-submit").await;
+    b.wait_eq(
+        &tab,
+        "both imported, the pasted secrets gone from the page",
+        "(() => { const d = document.getElementById('import-done'); return d.hidden || !d.textContent.startsWith('Imported') \
+         ? null : [d.querySelectorAll('li a').length, document.getElementById('import-yaml').value]; })()",
+        json!([2, ""]),
+    )
+    .await;
+    b.screenshot(&tab, "import-done").await;
+    let (_, h8) = lab.api(Method::GET, "/api/v1/hosts/node-8", None).await;
+    assert_eq!(h8["labels"], json!({ "rack": "r2" }), "{h8}");
+    assert_eq!(h8["boot_mac"], json!(mac_of("node-8")), "{h8}");
+
     // ------------------------------------------------------------ the CSP held, no secret in the page
     assert_eq!(b.eval(&tab, "window.__csp").await, json!([]), "CSP violations");
     assert_eq!(

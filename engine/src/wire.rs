@@ -86,6 +86,39 @@ pub struct ProvisionIn {
     pub meta_data: Option<Value>,
 }
 
+/// Answer of `POST /api/v1/import`: what happened (or, in a dry run, would happen) to each BareMetalHost of the
+/// manifests, or why they were refused (then nothing was enrolled).
+#[derive(Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ImportOut {
+    /// Whether this was a dry run (nothing written).
+    pub dry_run: bool,
+    /// The hosts enrolled (or that would be), in the order of the manifests.
+    pub hosts: Vec<ImportedOut>,
+    /// Every refusal, each naming its document and field; when not empty, nothing was enrolled.
+    pub refused: Vec<ImportRefusal>,
+}
+
+/// One BareMetalHost imported.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ImportedOut {
+    /// `BareMetalHost <namespace>/<name>`.
+    pub document: String,
+    /// The kiln host's name.
+    pub name: String,
+    /// `enrolled`, or `enrolled, provisioning` when the manifest sets an image.
+    pub outcome: String,
+}
+
+/// Why one document was refused.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ImportRefusal {
+    /// `BareMetalHost <namespace>/<name>`, or `manifest` when the YAML itself is bad.
+    pub document: String,
+    /// The manifest field at fault (`spec.bmc.address`, `spec.raid`, ...).
+    pub field: String,
+    pub error: String,
+}
+
 /// The image to write: an http(s) URL and a checksum (`sha256:HEX`, `sha512:HEX`, `md5:HEX`, bare hex, or the URL
 /// of a checksum file).
 #[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]

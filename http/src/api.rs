@@ -29,6 +29,7 @@ use kiln_engine::wire::{
 pub fn router(app: AppState) -> Router<AppState> {
     Router::new()
         .route("/api/v1/hosts", get(list_hosts).post(create_host))
+        .route("/api/v1/import", post(crate::import_api::import))
         .route("/api/v1/hosts/{name}", get(get_host).delete(delete_host))
         .route("/api/v1/hosts/{name}/provision", post(provision))
         .route("/api/v1/hosts/{name}/deprovision", post(deprovision))
@@ -130,7 +131,7 @@ struct DryRun {
 
 /// Refuses a new host whose name, boot MAC or BMC another host already has (what the store's unique keys would
 /// refuse), for a dry run that writes nothing.
-async fn check_free(app: &AppState, name: &HostName, spec: &HostSpec) -> Result<(), ApiError> {
+pub(crate) async fn check_free(app: &AppState, name: &HostName, spec: &HostSpec) -> Result<(), ApiError> {
     let identity = spec.bmc.as_ref().map(|b| b.address.identity());
     for h in app.store.hosts().await? {
         if h.name == *name {

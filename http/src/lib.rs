@@ -7,6 +7,8 @@
 pub mod agent_api;
 pub mod api;
 pub mod http_util;
+pub mod import;
+pub mod import_api;
 pub mod listener;
 pub mod media;
 pub mod openapi;

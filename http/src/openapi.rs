@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use kiln_engine::store::Event;
 use kiln_engine::wire::{
-    BmcOut, DeprovisionIn, HostCreate, HostOut, HostTimingOut, InspectionOut, PowerIn, ProvisionIn, TimingOut,
+    BmcOut, DeprovisionIn, HostCreate, HostOut, HostTimingOut, ImportOut, InspectionOut, PowerIn, ProvisionIn,
+    TimingOut,
 };
 
 /// The error body every route answers with on failure.
@@ -33,6 +34,8 @@ struct Route {
     admin: bool,
     params: Vec<Value>,
     body: Option<Schema>,
+    /// The media type of `body`.
+    body_type: &'static str,
     answers: Vec<Answer>,
 }
 
@@ -53,6 +56,7 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
         admin: true,
         params: vec![],
         body,
+        body_type: "application/json",
         answers,
     };
     let _ = schema_of::<BmcOut>(g);
@@ -84,6 +88,24 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
                     Answer(201, "enrolled", host.clone()),
                     Answer(200, "dry run: the host as it would be enrolled", host.clone()),
                     Answer(409, "the name, boot MAC or BMC is already another host's", None),
+                ],
+            )
+        },
+        Route {
+            params: vec![
+                json!({ "name": "dry_run", "in": "query", "schema": { "type": "boolean", "default": false },
+                "description": "validate every document, conflicts included; write nothing" }),
+            ],
+            body_type: "application/yaml",
+            ..route(
+                "post",
+                "/api/v1/import",
+                "Import Metal3 BareMetalHost manifests (multi-document YAML with their Secrets), all or none",
+                Some(json!({ "type": "string", "description": "BareMetalHost and Secret documents, as kubectl apply takes them" }).try_into().expect("a schema object")),
+                vec![
+                    Answer(201, "every host enrolled", schema_of::<ImportOut>(g)),
+                    Answer(200, "dry run: what would happen to each host", schema_of::<ImportOut>(g)),
+                    Answer(422, "refused (every refusal listed); nothing was enrolled", schema_of::<ImportOut>(g)),
                 ],
             )
         },
@@ -301,7 +323,7 @@ pub fn document() -> Value {
         }
         if let Some(b) = r.body {
             op["requestBody"] = json!({ "required": r.method != "post" || !r.path.ends_with("/deprovision"),
-                                        "content": { "application/json": { "schema": b } } });
+                                        "content": { r.body_type: { "schema": b } } });
         }
         if !r.admin {
             op["security"] = json!([]);

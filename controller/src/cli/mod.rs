@@ -150,13 +150,7 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let http = |source| CliError::Http {
-            url: url.clone(),
-            source,
-        };
-        let resp = req.send().await.map_err(http)?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(http)?;
+        let (status, text) = self.exchange(&url, req).await?;
         if !status.is_success() {
             let e = serde_json::from_str::<ErrorBody>(&text).unwrap_or(ErrorBody {
                 error: text,
@@ -172,6 +166,35 @@ impl Client {
             what: url.clone(),
             message: e.to_string(),
         })
+    }
+
+    /// Sends `req` to `url`; the status and body of whatever the server answered.
+    async fn exchange(
+        &self,
+        url: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, String), CliError> {
+        let http = |source| CliError::Http {
+            url: url.to_owned(),
+            source,
+        };
+        let resp = req.send().await.map_err(http)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(http)?;
+        Ok((status, text))
+    }
+
+    /// POSTs a YAML document as is; the status and body of the answer, whatever it is.
+    pub async fn post_yaml(&self, path: &str, yaml: String) -> Result<(u16, String), CliError> {
+        let url = format!("{}{path}", self.base);
+        let req = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+            .body(yaml);
+        let (status, text) = self.exchange(&url, req).await?;
+        Ok((status.as_u16(), text))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {

@@ -186,7 +186,14 @@ impl Journal {
 pub trait Store: Send + Sync + 'static {
     /// Which backend this is (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
-    async fn create_host(&self, name: &HostName, spec: &HostSpec, now: Ts) -> Result<Host, StoreError>;
+    async fn create_host(&self, name: &HostName, spec: &HostSpec, now: Ts) -> Result<Host, StoreError> {
+        let mut created = self.create_hosts(&[(name.clone(), spec.clone())], now).await?;
+        created
+            .pop()
+            .ok_or_else(|| StoreError::HostExists { host: name.to_string() })
+    }
+    /// Enrolls every host or, when one is refused (its name, boot MAC or BMC taken), none.
+    async fn create_hosts(&self, hosts: &[(HostName, HostSpec)], now: Ts) -> Result<Vec<Host>, StoreError>;
     async fn host(&self, name: &HostName) -> Result<Option<Host>, StoreError>;
     async fn host_by_id(&self, id: i64) -> Result<Option<Host>, StoreError>;
     /// The host that boots by `mac`: its boot MAC, or one its BMC reported ([`Store::set_learned_macs`]).

@@ -122,48 +122,56 @@ macro_rules! sql_store {
                 $backend
             }
 
-            async fn create_host(&self, name: &HostName, spec: &HostSpec, now: Ts) -> Result<Host, StoreError> {
-                if self.host(name).await?.is_some() {
-                    return Err(StoreError::HostExists { host: name.to_string() });
-                }
-                let mut row = HostRow { name: name.to_string(), generation: 1, created_ms: now.0, updated_ms: now.0, ..Default::default() };
-                row.set_spec(spec, &self.key)?;
-                row.set_status(&StatusUpdate {
-                    state: State::Unmanaged,
-                    requests: Requests::default(),
-                    power: None,
-                    counters: Counters::default(),
-                    next_wake: Some(now),
-                });
-                let r = sqlx::query(
-                    "INSERT INTO hosts (name, labels, bmc_address, bmc_username, bmc_password, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms, bmc_tls, bmc_identity, preprovisioning_network_data) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27) RETURNING id",
-                )
-                .bind(&row.name).bind(&row.labels).bind(&row.bmc_address).bind(&row.bmc_username).bind(&row.bmc_password)
-                .bind(&row.boot_mac).bind(&row.boot_mode).bind(&row.root_device_hints).bind(&row.image).bind(&row.user_data)
-                .bind(&row.network_data).bind(&row.meta_data).bind(&row.options).bind(&row.requests).bind(&row.state_name)
-                .bind(&row.state).bind(&row.error_kind).bind(&row.error_message).bind(&row.power).bind(&row.counters)
-                .bind(row.generation).bind(row.next_wake_ms).bind(row.created_ms).bind(row.updated_ms)
-                .bind(&row.bmc_tls).bind(&row.bmc_identity).bind(&row.preprovisioning_network_data)
-                .fetch_one(&self.pool)
-                .await;
-                match r {
-                    Ok(r) => {
-                        row.id = r.try_get("id").map_err(db("create host"))?;
-                        row.into_host(&self.key)
+            async fn create_hosts(&self, hosts: &[(HostName, HostSpec)], now: Ts) -> Result<Vec<Host>, StoreError> {
+                // One transaction: every host is enrolled, or (the first refusal returned) none is.
+                let mut tx = self.pool.begin().await.map_err(db("create hosts"))?;
+                let mut out = Vec::with_capacity(hosts.len());
+                for (name, spec) in hosts {
+                    if self.host(name).await?.is_some() {
+                        return Err(StoreError::HostExists { host: name.to_string() });
                     }
-                    Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
-                        let what = e.to_string();
-                        if what.contains("bmc_identity") {
-                            Err(self.bmc_in_use(spec).await)
-                        } else if what.contains("boot_mac") && !what.contains("hosts.name") && !what.contains("hosts_name_key") {
-                            Err(StoreError::MacInUse { mac: row.boot_mac.unwrap_or_default() })
-                        } else {
-                            Err(StoreError::HostExists { host: name.to_string() })
+                    let mut row = HostRow { name: name.to_string(), generation: 1, created_ms: now.0, updated_ms: now.0, ..Default::default() };
+                    row.set_spec(spec, &self.key)?;
+                    row.set_status(&StatusUpdate {
+                        state: State::Unmanaged,
+                        requests: Requests::default(),
+                        power: None,
+                        counters: Counters::default(),
+                        next_wake: Some(now),
+                    });
+                    let r = sqlx::query(
+                        "INSERT INTO hosts (name, labels, bmc_address, bmc_username, bmc_password, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms, bmc_tls, bmc_identity, preprovisioning_network_data) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27) RETURNING id",
+                    )
+                    .bind(&row.name).bind(&row.labels).bind(&row.bmc_address).bind(&row.bmc_username).bind(&row.bmc_password)
+                    .bind(&row.boot_mac).bind(&row.boot_mode).bind(&row.root_device_hints).bind(&row.image).bind(&row.user_data)
+                    .bind(&row.network_data).bind(&row.meta_data).bind(&row.options).bind(&row.requests).bind(&row.state_name)
+                    .bind(&row.state).bind(&row.error_kind).bind(&row.error_message).bind(&row.power).bind(&row.counters)
+                    .bind(row.generation).bind(row.next_wake_ms).bind(row.created_ms).bind(row.updated_ms)
+                    .bind(&row.bmc_tls).bind(&row.bmc_identity).bind(&row.preprovisioning_network_data)
+                    .fetch_one(&mut *tx)
+                    .await;
+                    match r {
+                        Ok(r) => {
+                            row.id = r.try_get("id").map_err(db("create host"))?;
+                            out.push(row.into_host(&self.key)?);
                         }
+                        Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                            drop(tx);
+                            let what = e.to_string();
+                            return if what.contains("bmc_identity") {
+                                Err(self.bmc_in_use(spec).await)
+                            } else if what.contains("boot_mac") && !what.contains("hosts.name") && !what.contains("hosts_name_key") {
+                                Err(StoreError::MacInUse { mac: row.boot_mac.unwrap_or_default() })
+                            } else {
+                                Err(StoreError::HostExists { host: name.to_string() })
+                            };
+                        }
+                        Err(e) => return Err(db("create host")(e)),
                     }
-                    Err(e) => Err(db("create host")(e)),
                 }
+                tx.commit().await.map_err(db("create hosts"))?;
+                Ok(out)
             }
 
             async fn host(&self, name: &HostName) -> Result<Option<Host>, StoreError> {

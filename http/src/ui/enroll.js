@@ -1,6 +1,8 @@
 // The enroll form: builds `POST /api/v1/hosts` from the fields and shows the API's message next to the field the
 // answer names (`field` of a 422 or 409 body). "Check" sends the same body as a dry run, which writes nothing. The
 // BMC password is only ever in its input: it is sent, never shown back, and cleared once the host is enrolled.
+// Below it, pasted Metal3 manifests go to `POST /api/v1/import` as they are (the server parses the YAML): every
+// refusal is listed with its document and field, and nothing is enrolled unless all can be.
 "use strict";
 
 const Enroll = (() => {
@@ -114,6 +116,68 @@ const Enroll = (() => {
     }
   }
 
+  /** Sends the pasted manifests to the import route (a dry run with `dryRun`) and shows what happened to each
+   * host, or every refusal. */
+  async function importManifests(dryRun) {
+    const [done, error, refused] = [$("import-done"), $("import-error"), $("import-refused")];
+    done.hidden = error.hidden = refused.hidden = true;
+    const text = $("import-yaml");
+    const fail = (message) => {
+      error.textContent = message;
+      error.hidden = false;
+    };
+    if (!text.value.trim()) {
+      fail("Paste one or more BareMetalHost manifests first.");
+      return;
+    }
+    const button = dryRun ? $("import-check") : $("import-submit");
+    button.disabled = true;
+    try {
+      const r = await fetch("/api/v1/import" + (dryRun ? "?dry_run=true" : ""), {
+        method: "POST",
+        headers: { Authorization: "Bearer " + Kiln.token, "Content-Type": "application/yaml" },
+        body: text.value,
+        cache: "no-store",
+      });
+      const data = await r.json().catch(() => null);
+      if (r.status === 401) {
+        forgetToken();
+        fail("the token was refused");
+        return;
+      }
+      if (data && Array.isArray(data.refused) && data.refused.length) {
+        fail(`Nothing was imported: ${data.refused.length} refused.`);
+        refused.replaceChildren(
+          ...data.refused.map((x) => el("li", {}, el("strong", {}, x.document), ` ${x.field}: ${x.error}`)),
+        );
+        refused.hidden = false;
+        return;
+      }
+      if (!r.ok) {
+        fail(((data && data.field) ? data.field + ": " : "") + ((data && data.error) || r.statusText));
+        return;
+      }
+      const items = data.hosts.map((h) =>
+        el("li", {}, dryRun ? h.name : hostLink(h.name), ` ${dryRun ? "would be " : ""}${h.outcome}`),
+      );
+      done.replaceChildren(
+        dryRun ? "Every document is valid and nothing conflicts (nothing was written):" : "Imported:",
+        el("ul", {}, ...items),
+      );
+      done.hidden = false;
+      if (!dryRun) {
+        // The manifests hold BMC passwords: they leave the page once kiln has them.
+        text.value = "";
+        setStatus(`${data.hosts.length} hosts imported`);
+        refresh();
+      }
+    } catch (e) {
+      fail(e.message);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   /** Called when the enroll view opens. */
   function open() {
     $("enroll-done").hidden = true;
@@ -125,6 +189,11 @@ const Enroll = (() => {
       send(false);
     });
     $("enroll-check").addEventListener("click", () => send(true));
+    $("import-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      importManifests(false);
+    });
+    $("import-check").addEventListener("click", () => importManifests(true));
   }
 
   return { init, open, parseLabels };

@@ -1,5 +1,6 @@
-//! `kiln import`: turns Metal3 `BareMetalHost` manifests and their credential `Secret`s (multi-document YAML) into
-//! enroll and provision requests of the REST API. Pure translation; it must not talk to the API itself.
+//! Metal3 manifests into kiln hosts: turns `BareMetalHost` manifests and their credential `Secret`s (multi-document
+//! YAML) into the REST API's enroll and provision requests, for `POST /api/v1/import` ([`crate::import_api`]), which
+//! `kiln import` and the web page use. Pure translation; it must not talk to the store itself.
 
 use std::collections::BTreeMap;
 
@@ -74,21 +75,12 @@ pub struct ImportError {
     pub message: String,
 }
 
+/// A Secret's `data` value: base64 (whitespace inside ignored, as Kubernetes' decoder does), UTF-8 text.
 fn b64(s: &str) -> Option<String> {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut buf, mut bits) = (0u32, 0);
-    for c in s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
-        let v = A.iter().position(|a| *a == c)? as u32;
-        buf = (buf << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-            buf &= (1 << bits) - 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    use base64::Engine as _;
+    let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(compact).ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 fn secret_value(secret: &Value, key: &str) -> Option<String> {
