@@ -372,9 +372,8 @@ impl Cli {
 async fn through_import(lab: &Lab, cli: &Cli, case: &Case) -> (Result<(), String>, BTreeMap<String, Value>) {
     let (dry_ok, dry_out, dry_err) = cli.import(&case.path, true).await;
     let (ok, out, err) = cli.import(&case.path, false).await;
-    let said = format!(
-        "`kiln import --dry-run`: exit ok={dry_ok} {dry_out}{dry_err}; `kiln import`: exit ok={ok} {out}{err}"
-    );
+    let said =
+        format!("`kiln import --dry-run`: exit ok={dry_ok} {dry_out}{dry_err}; `kiln import`: exit ok={ok} {out}{err}");
     let mut hosts = BTreeMap::new();
     for (_, name, _) in case.hosts() {
         if let Some(h) = kiln_host(lab, &name).await {
@@ -618,7 +617,10 @@ async fn metal3_corpus_through_both_front_ends() {
     let cases = corpus();
     assert!(cases.len() >= 15, "the corpus has {} files", cases.len());
     for (file, _, _, _) in KNOWN_DIFFERENCES {
-        assert!(cases.iter().any(|c| c.file == *file), "KNOWN_DIFFERENCES names {file}, not in the corpus");
+        assert!(
+            cases.iter().any(|c| c.file == *file),
+            "KNOWN_DIFFERENCES names {file}, not in the corpus"
+        );
     }
 
     // 1. `kiln import`, the CLI binary against an in-process appliance.

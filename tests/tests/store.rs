@@ -66,6 +66,20 @@ async fn suite(s: Arc<dyn Store>) {
         Err(StoreError::BmcInUse { other, .. }) => assert_eq!(other, "node-1"),
         other => panic!("expected BmcInUse, got {other:?}"),
     }
+    // Several hosts at once (an import): a refusal of the last enrolls none of them.
+    let (n3, n4): (HostName, HostName) = ("node-3".parse().unwrap(), "node-4".parse().unwrap());
+    assert!(matches!(
+        s.create_hosts(
+            &[(n3.clone(), spec("52:54:00:00:00:03")), (n4.clone(), same_mac.clone())],
+            t
+        )
+        .await,
+        Err(StoreError::MacInUse { .. })
+    ));
+    assert!(
+        s.host(&n3).await.unwrap().is_none(),
+        "node-3 enrolled although node-4 was refused"
+    );
     let h2 = s.create_host(&n2, &HostSpec::default(), t).await.unwrap();
     assert!(h2.spec.bmc.is_none());
 
