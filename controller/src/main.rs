@@ -29,6 +29,10 @@ enum Command {
         /// network; `--listen` then serves only the agent API and virtual-media ISOs (the provisioning network).
         #[arg(long, env = "KILN_ADMIN_LISTEN")]
         admin_listen: Option<SocketAddr>,
+        /// Run as the replica of this name, one of several sharing one PostgreSQL database (they divide the hosts by
+        /// expiring leases); every replica needs the same secret.key and admin.token. See `[replica]` in the config.
+        #[arg(long, env = "KILN_REPLICA")]
+        replica: Option<String>,
         /// TOML config file.
         #[arg(long, env = "KILN_CONFIG")]
         config: Option<PathBuf>,
@@ -153,6 +157,7 @@ async fn run() -> anyhow::Result<()> {
             listen,
             boot_listen,
             admin_listen,
+            replica,
             config,
             data_dir,
             database_url,
@@ -184,6 +189,12 @@ async fn run() -> anyhow::Result<()> {
             }
             if admin_listen.is_some() {
                 cfg.admin_listen = admin_listen;
+            }
+            if let Some(name) = replica {
+                match &mut cfg.replica {
+                    Some(r) => r.name = name,
+                    None => cfg.replica = Some(kiln::server::ReplicaSettings::named(name)),
+                }
             }
             if let Some(n) = max_concurrent_jobs {
                 cfg.max_concurrent_jobs = n;

@@ -89,6 +89,34 @@ pub struct Config {
     /// Where the admin API (REST, web page, metrics) listens, on the management network; the main listener then
     /// serves only what agents and BMCs reach (agent API, virtual-media ISOs). Default: one listener serves all.
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// This appliance as one of several replicas on one database (PostgreSQL): they divide the hosts by expiring
+    /// leases. Every replica needs the same `secret.key` (it seals BMC passwords in the store) and `admin.token`.
+    pub replica: Option<ReplicaSettings>,
+}
+
+/// One replica's identity among several on one database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaSettings {
+    /// Unique among the replicas (a pod's or machine's name).
+    pub name: String,
+    /// Seconds a host lease lasts unless renewed: a replica that dies has its hosts taken over after about this long.
+    #[serde(default = "default_lease_ttl_secs")]
+    pub lease_ttl_secs: u64,
+}
+
+fn default_lease_ttl_secs() -> u64 {
+    15
+}
+
+impl ReplicaSettings {
+    /// The replica `name` with the default lease time.
+    pub fn named(name: String) -> Self {
+        Self {
+            name,
+            lease_ttl_secs: default_lease_ttl_secs(),
+        }
+    }
 }
 
 /// Kernel and initramfs of the kiln-agent ramdisk.
@@ -184,6 +212,7 @@ impl Default for Config {
             simulate: false,
             boot_listen: None,
             admin_listen: None,
+            replica: None,
         }
     }
 }
@@ -264,6 +293,19 @@ impl Appliance {
             None => connector,
         };
         let executor = Executor::new(store.clone(), connector, metrics.clone(), exec_cfg);
+        if let Some(r) = &config.replica {
+            if r.name.is_empty() || r.lease_ttl_secs < 3 {
+                return Err(ServeError::Config {
+                    path: "[replica]".into(),
+                    source: "a replica needs a name and lease_ttl_secs of at least 3".into(),
+                });
+            }
+            tracing::info!(replica = %r.name, lease_ttl_secs = r.lease_ttl_secs, store = store.backend(), "running as one of several replicas");
+            executor.set_replica(kiln_engine::executor::ReplicaConfig {
+                name: r.name.clone(),
+                lease_ttl: std::time::Duration::from_secs(r.lease_ttl_secs),
+            });
+        }
         let state = AppState {
             store: store.clone(),
             executor: executor.clone(),

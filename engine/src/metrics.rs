@@ -52,6 +52,21 @@ const HELP: &[(&str, &str, &str)] = &[
         "counter",
         "Agent API requests by endpoint and outcome.",
     ),
+    (
+        "kiln_reconcile_panics_total",
+        "counter",
+        "Host reconciles that panicked (contained; the host is retried after a backoff).",
+    ),
+    (
+        "kiln_bmc_budget_deferrals_total",
+        "counter",
+        "BMC actions deferred because the host's BMC call budget was spent.",
+    ),
+    (
+        "kiln_lease_changes_total",
+        "counter",
+        "Host leases this replica gained or released (several replicas on one database).",
+    ),
 ];
 
 impl Metrics {

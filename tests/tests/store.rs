@@ -273,7 +273,7 @@ async fn suite(s: Arc<dyn Store>) {
     let at = t.plus_ms(400);
     let gen_now = s.host(&n1).await.unwrap().unwrap().generation;
     assert!(
-        s.commit_status(h.id, gen_now - 1, &st, &journal, at)
+        s.commit_status(h.id, gen_now - 1, &st, &journal, None, at)
             .await
             .unwrap()
             .is_none()
@@ -283,8 +283,11 @@ async fn suite(s: Arc<dyn Store>) {
         s.events(Some("node-1"), 100).await.unwrap().is_empty(),
         "a stale write adds no event"
     );
+    // Leases of several replicas: a write under a lease another replica took over (a stale epoch) is refused.
+    leases(s.as_ref(), h.id, h2.id, &st, at).await;
+    let gen_now = s.host(&n1).await.unwrap().unwrap().generation;
     let ended = s
-        .commit_status(h.id, gen_now, &st, &journal, at)
+        .commit_status(h.id, gen_now, &st, &journal, None, at)
         .await
         .unwrap()
         .expect("current generation writes");
@@ -419,6 +422,100 @@ async fn suite(s: Arc<dyn Store>) {
         s.update_spec(h.id, h.generation, &sp, &Requests::default(), t).await,
         Err(StoreError::HostNotFound { .. })
     ));
+}
+
+/// Replicas and host leases: the first claim and takeovers after expiry bump the epoch, renewals keep it, a held
+/// lease cannot be claimed by another replica, leaving frees them at once, and a status write fenced with a lease
+/// that is no longer current is refused.
+async fn leases(s: &dyn Store, a: i64, b: i64, st: &StatusUpdate, t: Ts) {
+    let ttl = 15_000;
+    s.replica_heartbeat("kiln-a", t).await.unwrap();
+    s.replica_heartbeat("kiln-b", t.plus_ms(1)).await.unwrap();
+    s.replica_heartbeat("kiln-a", t.plus_ms(2)).await.unwrap();
+    assert_eq!(s.live_replicas(t).await.unwrap(), ["kiln-a", "kiln-b"]);
+    assert_eq!(
+        s.live_replicas(t.plus_ms(2)).await.unwrap(),
+        ["kiln-a"],
+        "kiln-b's heartbeat is older"
+    );
+    let ids = s.host_ids().await.unwrap();
+    assert!(ids.contains(&a) && ids.contains(&b), "{ids:?}");
+    assert_eq!(s.claim_lease(a, "kiln-a", t, t.plus_ms(ttl)).await.unwrap(), Some(1));
+    assert_eq!(
+        s.claim_lease(a, "kiln-b", t, t.plus_ms(ttl)).await.unwrap(),
+        None,
+        "held by kiln-a"
+    );
+    assert_eq!(
+        s.claim_lease(a, "kiln-a", t, t.plus_ms(ttl)).await.unwrap(),
+        Some(1),
+        "kiln-a's own: same epoch"
+    );
+    assert_eq!(s.claim_lease(b, "kiln-b", t, t.plus_ms(ttl)).await.unwrap(), Some(1));
+    assert_eq!(
+        s.claim_lease(-7, "kiln-b", t, t.plus_ms(ttl)).await.unwrap(),
+        None,
+        "no such host"
+    );
+    let renewed = s
+        .renew_leases("kiln-a", t.plus_ms(1000), t.plus_ms(1000 + ttl))
+        .await
+        .unwrap();
+    assert_eq!(renewed, [(a, 1)]);
+    let gen_a = s.host_by_id(a).await.unwrap().unwrap().generation;
+    let fence = |replica: &str, epoch| Fence {
+        replica: replica.into(),
+        epoch,
+    };
+    // kiln-a stops renewing (paused): after expiry kiln-b takes host a over with a new epoch, and kiln-a's write
+    // under its old epoch is refused; kiln-b's goes through.
+    let later = t.plus_ms(1000 + ttl + 1);
+    assert_eq!(
+        s.claim_lease(a, "kiln-b", later, later.plus_ms(ttl)).await.unwrap(),
+        Some(2)
+    );
+    assert!(
+        s.renew_leases("kiln-a", later, later.plus_ms(ttl))
+            .await
+            .unwrap()
+            .is_empty(),
+        "kiln-a lost it"
+    );
+    let journal = Journal::default();
+    assert!(
+        s.commit_status(a, gen_a, st, &journal, Some(&fence("kiln-a", 1)), later)
+            .await
+            .unwrap()
+            .is_none(),
+        "a write under a lost lease"
+    );
+    assert!(
+        s.commit_status(a, gen_a, st, &journal, Some(&fence("kiln-b", 1)), later)
+            .await
+            .unwrap()
+            .is_none(),
+        "a write under a stale epoch"
+    );
+    assert!(
+        s.commit_status(a, gen_a, st, &journal, Some(&fence("kiln-b", 2)), later)
+            .await
+            .unwrap()
+            .is_some(),
+        "the holder's write"
+    );
+    // The holder releases one host (another replica should own it), and leaving frees all the others at once.
+    s.release_lease(a, "kiln-b").await.unwrap();
+    assert_eq!(
+        s.claim_lease(a, "kiln-a", later, later.plus_ms(ttl)).await.unwrap(),
+        Some(3)
+    );
+    s.leave("kiln-a").await.unwrap();
+    assert_eq!(s.live_replicas(t).await.unwrap(), ["kiln-b"]);
+    assert_eq!(
+        s.claim_lease(a, "kiln-b", later, later.plus_ms(ttl)).await.unwrap(),
+        Some(4)
+    );
+    s.leave("kiln-b").await.unwrap();
 }
 
 #[tokio::test]

@@ -15,7 +15,36 @@ use crate::store::{Journal, PhaseRecord, StoreError};
 use crate::types::{MacAddr, Ts};
 
 impl Executor {
+    /// Commits a host's new status and journal; with several replicas, only under this replica's lease of the host
+    /// (`None`: not written, because the host moved on or is another replica's now).
+    pub(super) async fn commit_status_of(
+        &self,
+        h: &Host,
+        st: &StatusUpdate,
+        journal: &Journal,
+        now: Ts,
+    ) -> Result<Option<Vec<PhaseRecord>>, StoreError> {
+        let fence = match self.ownership.get() {
+            None => None,
+            Some(o) => match o.fence(h.id) {
+                Some(f) => Some(f),
+                None => return Ok(None),
+            },
+        };
+        self.store
+            .commit_status(h.id, h.generation, st, journal, fence.as_ref(), now)
+            .await
+    }
+
+    /// Whether this replica may act on host `id` now (always, without replicas).
+    pub(super) fn may_act(&self, id: i64) -> bool {
+        self.ownership.get().is_none_or(|o| o.owns(id))
+    }
+
     pub(super) async fn reconcile(&self, h: Host, now: Ts) -> Result<(), StoreError> {
+        if !self.may_act(h.id) {
+            return Ok(());
+        }
         let (mut obs, mut calls) = self.observe(&h, now).await?;
         let reserved = !h.state.holds_slot() && self.take_slot(h.id);
         obs.slot_free = reserved;
@@ -201,10 +230,13 @@ impl Executor {
             }
             self.metrics.inc("kiln_bmc_budget_deferrals_total", vec![]);
             return Ok(self
-                .store
-                .commit_status(h.id, h.generation, &st, &journal, now)
+                .commit_status_of(h, &st, &journal, now)
                 .await?
                 .map(|_| h.state.clone()));
+        }
+        // The last look before acting: a replica whose lease lapsed meanwhile (paused, cut off) touches nothing.
+        if !d.actions.is_empty() && !self.may_act(h.id) {
+            return Ok(None);
         }
         let mut requests = h.requests.clone();
         let mut power = view.power;
@@ -350,7 +382,7 @@ impl Executor {
                 .push(("bmc_recovered".into(), "the BMC answered again".into()));
         }
         change_journal(&mut journal, h, &d.next, &d.reason);
-        let Some(ended) = self.store.commit_status(h.id, h.generation, &st, &journal, now).await? else {
+        let Some(ended) = self.commit_status_of(h, &st, &journal, now).await? else {
             // The operator changed the host meanwhile; the actions are idempotent, so look again at once.
             self.poke();
             return Ok(None);
@@ -416,12 +448,7 @@ impl Executor {
                     events: vec![("bmc_error".into(), message)],
                     ..Journal::default()
                 };
-                if self
-                    .store
-                    .commit_status(h.id, h.generation, &st, &journal, now)
-                    .await?
-                    .is_none()
-                {
+                if self.commit_status_of(h, &st, &journal, now).await?.is_none() {
                     return Ok(None);
                 }
                 Ok(Some(h.state.clone()))
@@ -442,7 +469,7 @@ impl Executor {
                     ..Journal::default()
                 };
                 change_journal(&mut journal, h, &next.next, &next.reason);
-                let Some(ended) = self.store.commit_status(h.id, h.generation, &st, &journal, now).await? else {
+                let Some(ended) = self.commit_status_of(h, &st, &journal, now).await? else {
                     return Ok(None);
                 };
                 self.recorded_change(h, &next.next, &next.reason, &ended, now);

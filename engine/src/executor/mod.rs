@@ -28,6 +28,9 @@ use crate::types::{HostName, Ts};
 
 mod apply;
 mod observe;
+mod ownership;
+
+pub use ownership::{Ownership, ReplicaConfig, RoundOutcome, owner_of};
 
 /// Wall-clock now, the executor's only clock read.
 /// The later of `now()` and `at` (a reconcile that waited for a permit decides with the current time).
@@ -97,6 +100,8 @@ pub struct Executor {
     changes: tokio::sync::broadcast::Sender<HostName>,
     /// Virtual-media boot, when the appliance is configured for it.
     media: std::sync::OnceLock<Arc<crate::vmedia::VirtualMedia>>,
+    /// With several replicas on one database: the hosts this one holds leases for (it drives no other).
+    ownership: std::sync::OnceLock<Arc<Ownership>>,
 }
 
 /// A connected BMC and the address+username it was connected with.
@@ -130,6 +135,7 @@ impl Executor {
             settling: Mutex::default(),
             changes: tokio::sync::broadcast::channel(1024).0,
             media: std::sync::OnceLock::new(),
+            ownership: std::sync::OnceLock::new(),
         })
     }
 
@@ -137,6 +143,17 @@ impl Executor {
     /// saying what to configure.
     pub fn set_virtual_media(&self, media: Arc<crate::vmedia::VirtualMedia>) {
         let _ = self.media.set(media);
+    }
+
+    /// Runs this executor as one of several replicas sharing the store (once, at start-up): it then drives only
+    /// the hosts whose leases it holds ([`Ownership`]).
+    pub fn set_replica(&self, config: ReplicaConfig) {
+        let _ = self.ownership.set(Arc::new(Ownership::new(config)));
+    }
+
+    /// The replica's ownership, when several replicas share the store.
+    pub fn ownership(&self) -> Option<&Arc<Ownership>> {
+        self.ownership.get()
     }
 
     /// The virtual-media boot in use (the HTTPS listener serves its shelf).
@@ -181,18 +198,63 @@ impl Executor {
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let permits = Arc::new(tokio::sync::Semaphore::new(self.config.parallelism.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
+        let mut last_round: Option<Instant> = None;
         loop {
             while tasks.try_join_next().is_some() {}
+            if let Some(o) = self.ownership.get()
+                && last_round.is_none_or(|t| t.elapsed() >= o.period())
+            {
+                last_round = Some(Instant::now());
+                self.ownership_round(o).await;
+            }
             if let Err(e) = self.pass(&mut tasks, &permits).await {
                 warn!(error = %crate::bmcs::chain(&e), "executor pass failed");
             }
+            let tick = match self.ownership.get() {
+                Some(o) => self.config.tick.min(o.period()),
+                None => self.config.tick,
+            };
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = self.notify.notified() => {}
-                _ = tokio::time::sleep(self.config.tick) => {}
+                _ = tokio::time::sleep(tick) => {}
             }
         }
         while tasks.join_next().await.is_some() {}
+        if let Some(o) = self.ownership.get() {
+            match o.leave(self.store.as_ref()).await {
+                Ok(()) => tracing::info!(replica = o.name(), "left: the other replicas take this one's hosts"),
+                Err(e) => warn!(error = %crate::bmcs::chain(&e), "could not leave; the leases expire instead"),
+            }
+        }
+    }
+
+    /// One ownership round: heartbeat, renew, take and release leases; says when the share changed.
+    async fn ownership_round(&self, o: &Ownership) {
+        let busy = self.inflight.lock().expect("inflight lock").clone();
+        match o.round(self.store.as_ref(), now(), &busy).await {
+            Ok(r) if r.gained > 0 || r.released > 0 => {
+                tracing::info!(
+                    replica = o.name(),
+                    replicas = r.replicas,
+                    held = r.held,
+                    gained = r.gained,
+                    released = r.released,
+                    "host leases changed"
+                );
+                for (change, n) in [("gained", r.gained), ("released", r.released)] {
+                    for _ in 0..n {
+                        self.metrics
+                            .inc("kiln_lease_changes_total", vec![("change", change.into())]);
+                    }
+                }
+                self.poke();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %crate::bmcs::chain(&e), "renewing host leases failed; acting only until they lapse")
+            }
+        }
     }
 
     /// Starts a reconcile of every host that is due now and not already being reconciled; returns how many.
@@ -210,7 +272,12 @@ impl Executor {
         {
             // Hosts at rest hold a slot exactly when their stored state runs a job; an in-flight host keeps what its
             // reconcile reserved or released (it updates the set before it leaves the in-flight set).
-            let jobs = self.store.job_states().await?;
+            let mut jobs = self.store.job_states().await?;
+            if let Some(o) = self.ownership.get() {
+                // Each replica runs at most max_concurrent_jobs of its own hosts' jobs.
+                let held = o.held();
+                jobs.retain(|(id, _)| held.contains(id));
+            }
             let mut slots = self.slots.lock().expect("slots lock");
             slots.retain(|id| inflight.contains(id));
             slots.extend(
@@ -245,6 +312,10 @@ impl Executor {
             }
         }
         due.retain(|h| !inflight.contains(&h.id) && !backing_off.contains(&h.id));
+        if let Some(o) = self.ownership.get() {
+            let held = o.held();
+            due.retain(|h| held.contains(&h.id));
+        }
         // Queued hosts go first, oldest first, so the delayed queue is FIFO (the semaphore is fair).
         due.sort_by_key(|h| {
             (

@@ -181,6 +181,15 @@ impl Journal {
     }
 }
 
+/// The lease a replica's write for a host is made under: the store refuses the write unless `replica` still holds
+/// the host's lease at `epoch`, unexpired (a replica that was paused or cut off past its lease cannot act on a host
+/// another replica took over).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub replica: String,
+    pub epoch: u64,
+}
+
 /// Persistent state of the appliance. Every method is one short transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -224,20 +233,40 @@ pub trait Store: Send + Sync + 'static {
     /// The executor's write, only if the host is still at `generation`; returns whether it was written.
     async fn save_status(&self, id: i64, generation: i64, st: &StatusUpdate, now: Ts) -> Result<bool, StoreError> {
         Ok(self
-            .commit_status(id, generation, st, &Journal::default(), now)
+            .commit_status(id, generation, st, &Journal::default(), None, now)
             .await?
             .is_some())
     }
     /// [`Store::save_status`] with the timing records and events of the change in the same transaction, so no reader
     /// sees a new state without its records; returns the records it ended (`None`: not written, the host moved on).
+    /// With a `fence`, the write is also refused (`None`) unless the fence's replica still holds the host's lease
+    /// at its epoch.
     async fn commit_status(
         &self,
         id: i64,
         generation: i64,
         st: &StatusUpdate,
         journal: &Journal,
+        fence: Option<&Fence>,
         now: Ts,
     ) -> Result<Option<Vec<PhaseRecord>>, StoreError>;
+    /// Registers replica `name`, or refreshes its heartbeat.
+    async fn replica_heartbeat(&self, name: &str, now: Ts) -> Result<(), StoreError>;
+    /// The replicas whose last heartbeat is at or after `since`, by name.
+    async fn live_replicas(&self, since: Ts) -> Result<Vec<String>, StoreError>;
+    /// Unregisters replica `name` and ends its leases at once (a graceful stop: the others take its hosts over
+    /// without waiting for the leases to expire).
+    async fn leave(&self, name: &str) -> Result<(), StoreError>;
+    /// Every host's id (what the replicas divide).
+    async fn host_ids(&self) -> Result<Vec<i64>, StoreError>;
+    /// Takes host `id`'s lease for `replica` until `until`, if it is free (never taken, expired at `now`, or already
+    /// this replica's); returns the epoch held, which is new whenever the holder changed or the lease had expired.
+    /// `None`: another replica holds it (or the host is gone).
+    async fn claim_lease(&self, id: i64, replica: &str, now: Ts, until: Ts) -> Result<Option<u64>, StoreError>;
+    /// Extends every lease `replica` holds unexpired at `now` to `until`; returns those leases' (host id, epoch).
+    async fn renew_leases(&self, replica: &str, now: Ts, until: Ts) -> Result<Vec<(i64, u64)>, StoreError>;
+    /// Ends `replica`'s lease of host `id` (another replica is to drive it).
+    async fn release_lease(&self, id: i64, replica: &str) -> Result<(), StoreError>;
     async fn delete_host(&self, id: i64) -> Result<(), StoreError>;
 
     async fn put_inspection(&self, host_id: i64, data: &serde_json::Value, now: Ts) -> Result<(), StoreError>;

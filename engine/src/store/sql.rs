@@ -13,8 +13,8 @@ use sqlx::Row;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use super::{
-    AgentBoot, AgentCommand, CommandStatus, Event, HostRow, Journal, PhaseRecord, Store, StoreError, TokenHandout,
-    TokenRecord, command_from_parts, json_text, json_value, open_text, seal_text,
+    AgentBoot, AgentCommand, CommandStatus, Event, Fence, HostRow, Journal, PhaseRecord, Store, StoreError,
+    TokenHandout, TokenRecord, command_from_parts, json_text, json_value, open_text, seal_text,
 };
 use crate::crypto::SecretKey;
 use crate::machine::State;
@@ -46,6 +46,7 @@ const MIGRATION_0002: &str = include_str!("../../migrations/0002_bmc_tls_identit
 const MIGRATION_0003: &str = include_str!("../../migrations/0003_host_macs.sql");
 const MIGRATION_0004: &str = include_str!("../../migrations/0004_preprovisioning_network_data.sql");
 const MIGRATION_0005: &str = include_str!("../../migrations/0005_hosts_next_wake.sql");
+const MIGRATION_0006: &str = include_str!("../../migrations/0006_replicas.sql");
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Db { op, source }
@@ -304,18 +305,26 @@ macro_rules! sql_store {
                 generation: i64,
                 st: &StatusUpdate,
                 journal: &Journal,
+                fence: Option<&Fence>,
                 now: Ts,
             ) -> Result<Option<Vec<PhaseRecord>>, StoreError> {
                 let mut row = HostRow::default();
                 row.set_status(st);
                 let mut tx = self.pool.begin().await.map_err(db("save host status"))?;
-                let r = sqlx::query(
+                let fenced = " AND EXISTS (SELECT 1 FROM host_leases l WHERE l.host_id = $10 AND l.replica = $12 AND l.epoch = $13 \
+                              AND l.expires_ms > $9)";
+                let r = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE hosts SET state_name = $1, state = $2, error_kind = $3, error_message = $4, requests = $5, power = $6, \
-                     counters = $7, next_wake_ms = $8, generation = generation + 1, updated_ms = $9 WHERE id = $10 AND generation = $11 \
+                     counters = $7, next_wake_ms = $8, generation = generation + 1, updated_ms = $9 WHERE id = $10 AND generation = $11{} \
                      RETURNING name",
-                )
+                    if fence.is_some() { fenced } else { "" }
+                )))
                 .bind(&row.state_name).bind(&row.state).bind(&row.error_kind).bind(&row.error_message).bind(&row.requests)
-                .bind(&row.power).bind(&row.counters).bind(row.next_wake_ms).bind(now.0).bind(id).bind(generation)
+                .bind(&row.power).bind(&row.counters).bind(row.next_wake_ms).bind(now.0).bind(id).bind(generation);
+                let r = match fence {
+                    Some(f) => r.bind(f.replica.clone()).bind(f.epoch as i64),
+                    None => r,
+                }
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db("save host status"))?;
@@ -351,6 +360,77 @@ macro_rules! sql_store {
                 }
                 tx.commit().await.map_err(db("save host status"))?;
                 Ok(Some(ended))
+            }
+
+            async fn replica_heartbeat(&self, name: &str, now: Ts) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO replicas (name, heartbeat_ms, started_ms) VALUES ($1, $2, $2) \
+                     ON CONFLICT (name) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
+                )
+                .bind(name.to_owned()).bind(now.0)
+                .execute(&self.pool).await.map_err(db("replica heartbeat"))?;
+                Ok(())
+            }
+
+            async fn live_replicas(&self, since: Ts) -> Result<Vec<String>, StoreError> {
+                let rows: Vec<(String,)> = sqlx::query_as("SELECT name FROM replicas WHERE heartbeat_ms >= $1 ORDER BY name")
+                    .bind(since.0)
+                    .fetch_all(&self.pool).await.map_err(db("list replicas"))?;
+                Ok(rows.into_iter().map(|(n,)| n).collect())
+            }
+
+            async fn leave(&self, name: &str) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db("leave"))?;
+                sqlx::query("DELETE FROM replicas WHERE name = $1").bind(name.to_owned())
+                    .execute(&mut *tx).await.map_err(db("leave"))?;
+                sqlx::query("UPDATE host_leases SET expires_ms = 0 WHERE replica = $1").bind(name.to_owned())
+                    .execute(&mut *tx).await.map_err(db("leave"))?;
+                tx.commit().await.map_err(db("leave"))?;
+                Ok(())
+            }
+
+            async fn host_ids(&self) -> Result<Vec<i64>, StoreError> {
+                let rows: Vec<(i64,)> = sqlx::query_as("SELECT id FROM hosts ORDER BY id")
+                    .fetch_all(&self.pool).await.map_err(db("list host ids"))?;
+                Ok(rows.into_iter().map(|(i,)| i).collect())
+            }
+
+            async fn claim_lease(&self, id: i64, replica: &str, now: Ts, until: Ts) -> Result<Option<u64>, StoreError> {
+                // Never leased: the first lease, epoch 1 (a host deleted meanwhile fails its foreign key: not ours).
+                let first = sqlx::query(
+                    "INSERT INTO host_leases (host_id, replica, epoch, expires_ms) SELECT $1, $2, 1, $3 \
+                     WHERE EXISTS (SELECT 1 FROM hosts WHERE id = $1) ON CONFLICT (host_id) DO NOTHING",
+                )
+                .bind(id).bind(replica.to_owned()).bind(until.0)
+                .execute(&self.pool).await.map_err(db("claim lease"))?;
+                if first.rows_affected() == 1 {
+                    return Ok(Some(1));
+                }
+                // Expired, or ours: taken, with a new epoch unless it is our unexpired lease being extended. (SET
+                // expressions read the row as it was.)
+                let r: Option<(i64,)> = sqlx::query_as(
+                    "UPDATE host_leases SET epoch = CASE WHEN replica = $2 AND expires_ms > $3 THEN epoch ELSE epoch + 1 END, \
+                     replica = $2, expires_ms = $4 WHERE host_id = $1 AND (replica = $2 OR expires_ms <= $3) RETURNING epoch",
+                )
+                .bind(id).bind(replica.to_owned()).bind(now.0).bind(until.0)
+                .fetch_optional(&self.pool).await.map_err(db("claim lease"))?;
+                Ok(r.map(|(e,)| e as u64))
+            }
+
+            async fn renew_leases(&self, replica: &str, now: Ts, until: Ts) -> Result<Vec<(i64, u64)>, StoreError> {
+                let rows: Vec<(i64, i64)> = sqlx::query_as(
+                    "UPDATE host_leases SET expires_ms = $3 WHERE replica = $1 AND expires_ms > $2 RETURNING host_id, epoch",
+                )
+                .bind(replica.to_owned()).bind(now.0).bind(until.0)
+                .fetch_all(&self.pool).await.map_err(db("renew leases"))?;
+                Ok(rows.into_iter().map(|(h, e)| (h, e as u64)).collect())
+            }
+
+            async fn release_lease(&self, id: i64, replica: &str) -> Result<(), StoreError> {
+                sqlx::query("UPDATE host_leases SET expires_ms = 0 WHERE host_id = $1 AND replica = $2")
+                    .bind(id).bind(replica.to_owned())
+                    .execute(&self.pool).await.map_err(db("release lease"))?;
+                Ok(())
             }
 
             async fn delete_host(&self, id: i64) -> Result<(), StoreError> {
@@ -689,6 +769,7 @@ impl SqliteStore {
             (3, "host macs", MIGRATION_0003),
             (4, "preprovisioning network data", MIGRATION_0004),
             (5, "hosts next wake index", MIGRATION_0005),
+            (6, "replicas and host leases", MIGRATION_0006),
         ])
         .run(&pool)
         .await
@@ -722,6 +803,7 @@ impl PgStore {
             (3, "host macs", MIGRATION_0003),
             (4, "preprovisioning network data", MIGRATION_0004),
             (5, "hosts next wake index", MIGRATION_0005),
+            (6, "replicas and host leases", MIGRATION_0006),
         ])
         .run(&pool)
         .await
