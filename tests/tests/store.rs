@@ -523,6 +523,10 @@ async fn sqlite_store_suite() {
     let dir = tempfile::tempdir().unwrap();
     let s = connect(None, dir.path(), key()).await.unwrap();
     assert_eq!(s.backend(), "sqlite");
+    assert!(
+        s.announcements().await.unwrap().is_none(),
+        "one process per SQLite store: nothing to hear"
+    );
     suite(s).await;
     // Migrations are idempotent, passwords are not in the file, and another key cannot read them.
     let s = connect(None, dir.path(), key()).await.unwrap();
@@ -582,4 +586,15 @@ async fn postgres_store_suite() {
     // Migrating an already-migrated database is a no-op.
     let s = connect(Some(&url), dir.path(), key()).await.unwrap();
     assert!(s.hosts().await.unwrap().iter().all(|h| h.name.as_str() != "node-1"));
+    // Replicas hear each other's announcements (LISTEN/NOTIFY), through another connection of the same database.
+    let other = connect(Some(&url), dir.path(), key()).await.unwrap();
+    let mut heard = other.announcements().await.unwrap().expect("PostgreSQL announces");
+    s.announce("kiln-a", Some(7)).await.unwrap();
+    s.announce("kiln-b", None).await.unwrap();
+    for want in [("kiln-a".to_owned(), Some(7)), ("kiln-b".to_owned(), None)] {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), futures::StreamExt::next(&mut heard))
+            .await
+            .expect("an announcement within 5 s");
+        assert_eq!(got, Some(want));
+    }
 }

@@ -384,7 +384,7 @@ impl Executor {
         change_journal(&mut journal, h, &d.next, &d.reason);
         let Some(ended) = self.commit_status_of(h, &st, &journal, now).await? else {
             // The operator changed the host meanwhile; the actions are idempotent, so look again at once.
-            self.poke();
+            self.notify.notify_one();
             return Ok(None);
         };
         self.recorded_change(h, &d.next, &d.reason, &ended, now);

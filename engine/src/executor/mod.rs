@@ -169,15 +169,61 @@ impl Executor {
         self.connector.accepts(address)
     }
 
-    /// Wakes the executor now (the API calls this after every change).
+    /// Wakes the executor now (the API calls this after every change); with several replicas, every replica's.
     pub fn poke(&self) {
+        self.notify.notify_one();
+        self.announce(None);
+    }
+
+    /// Looks at one host on the next pass whatever its wake time (the agent API calls this on reports); with
+    /// several replicas, the host's owner does, wherever the report arrived.
+    pub fn wake(&self, host_id: i64) {
+        self.wake_here(host_id);
+        self.announce(Some(host_id));
+    }
+
+    fn wake_here(&self, host_id: i64) {
+        self.woken.lock().expect("woken lock").insert(host_id);
         self.notify.notify_one();
     }
 
-    /// Looks at one host on the next pass whatever its wake time (the agent API calls this on reports).
-    pub fn wake(&self, host_id: i64) {
-        self.woken.lock().expect("woken lock").insert(host_id);
-        self.notify.notify_one();
+    /// Tells the other replicas (through the store) that a host needs a look, without waiting for it.
+    fn announce(&self, host: Option<i64>) {
+        let (Some(o), Ok(rt)) = (self.ownership.get(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let (store, from) = (self.store.clone(), o.name().to_owned());
+        rt.spawn(async move {
+            if let Err(e) = store.announce(&from, host).await {
+                warn!(error = %crate::bmcs::chain(&e), "could not tell the other replicas about a change");
+            }
+        });
+    }
+
+    /// Wakes this replica on the other replicas' announcements until `cancel` (reconnecting after a failure).
+    async fn listen_to_replicas(self: Arc<Self>, me: String, cancel: CancellationToken) {
+        use futures::StreamExt;
+        loop {
+            match self.store.announcements().await {
+                Ok(None) => return,
+                Ok(Some(mut stream)) => loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        next = stream.next() => match next {
+                            Some((from, _)) if from == me => {}
+                            Some((_, Some(id))) => self.wake_here(id),
+                            Some((_, None)) => self.notify.notify_one(),
+                            None => break,
+                        },
+                    }
+                },
+                Err(e) => warn!(error = %crate::bmcs::chain(&e), "listening to the other replicas failed; retrying"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     /// Names of hosts whose state or power changed, as the executor commits them (front-ends such as the
@@ -199,6 +245,9 @@ impl Executor {
         let permits = Arc::new(tokio::sync::Semaphore::new(self.config.parallelism.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         let mut last_round: Option<Instant> = None;
+        if let Some(o) = self.ownership.get() {
+            tasks.spawn(self.clone().listen_to_replicas(o.name().to_owned(), cancel.clone()));
+        }
         loop {
             while tasks.try_join_next().is_some() {}
             if let Some(o) = self.ownership.get()
@@ -248,7 +297,7 @@ impl Executor {
                             .inc("kiln_lease_changes_total", vec![("change", change.into())]);
                     }
                 }
-                self.poke();
+                self.notify.notify_one();
             }
             Ok(_) => {}
             Err(e) => {
@@ -401,7 +450,7 @@ impl Executor {
         {
             warn!(host = %name, error = %crate::bmcs::chain(&e), "could not record the panic");
         }
-        self.poke();
+        self.notify.notify_one();
     }
 }
 

@@ -190,6 +190,9 @@ pub struct Fence {
     pub epoch: u64,
 }
 
+/// A stream of [`Store::announce`]ments: (from replica, host).
+pub type Announcements = futures::stream::BoxStream<'static, (String, Option<i64>)>;
+
 /// Persistent state of the appliance. Every method is one short transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -267,6 +270,15 @@ pub trait Store: Send + Sync + 'static {
     async fn renew_leases(&self, replica: &str, now: Ts, until: Ts) -> Result<Vec<(i64, u64)>, StoreError>;
     /// Ends `replica`'s lease of host `id` (another replica is to drive it).
     async fn release_lease(&self, id: i64, replica: &str) -> Result<(), StoreError>;
+    /// Tells the other replicas sharing this store that host `host` (with `None`: some host) needs a look, from
+    /// replica `from` (PostgreSQL `NOTIFY`; nothing on SQLite, which one process uses).
+    async fn announce(&self, _from: &str, _host: Option<i64>) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The announcements of every replica as they arrive, as (from, host); `None` when this backend has none.
+    async fn announcements(&self) -> Result<Option<Announcements>, StoreError> {
+        Ok(None)
+    }
     async fn delete_host(&self, id: i64) -> Result<(), StoreError>;
 
     async fn put_inspection(&self, host_id: i64, data: &serde_json::Value, now: Ts) -> Result<(), StoreError>;

@@ -55,7 +55,7 @@ fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
 const HOST_COLUMNS: &str = "id, name, labels, bmc_address, bmc_username, bmc_password, bmc_tls, bmc_identity, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms, preprovisioning_network_data";
 
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $backend:literal) => {
+    ($store:ident, $db:ty, $backend:literal $(, { $($extra:tt)* })?) => {
         impl $store {
             fn row(r: &<$db as sqlx::Database>::Row) -> Result<HostRow, sqlx::Error> {
                 Ok(HostRow {
@@ -122,6 +122,8 @@ macro_rules! sql_store {
             fn backend(&self) -> &'static str {
                 $backend
             }
+
+            $($($extra)*)?
 
             async fn create_hosts(&self, hosts: &[(HostName, HostSpec)], now: Ts) -> Result<Vec<Host>, StoreError> {
                 // One transaction: every host is enrolled, or (the first refusal returned) none is.
@@ -811,7 +813,51 @@ impl PgStore {
         Ok(Self { pool, key })
     }
 }
-sql_store!(PgStore, sqlx::Postgres, "postgres");
+sql_store!(PgStore, sqlx::Postgres, "postgres", {
+    async fn announce(&self, from: &str, host: Option<i64>) -> Result<(), StoreError> {
+        self.pg_announce(from, host).await
+    }
+
+    async fn announcements(&self) -> Result<Option<super::Announcements>, StoreError> {
+        self.pg_announcements().await
+    }
+});
+
+/// The channel replicas announce host changes on (`from:host id`, or `from:*`).
+const ANNOUNCE_CHANNEL: &str = "kiln_hosts";
+
+impl PgStore {
+    /// `NOTIFY` of [`Store::announce`].
+    pub(super) async fn pg_announce(&self, from: &str, host: Option<i64>) -> Result<(), StoreError> {
+        let payload = format!("{from}:{}", host.map_or_else(|| "*".to_owned(), |h| h.to_string()));
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(ANNOUNCE_CHANNEL)
+            .bind(payload)
+            .execute(&self.pool)
+            .await
+            .map_err(db("announce"))?;
+        Ok(())
+    }
+
+    /// `LISTEN` of [`Store::announcements`], on a connection of its own; payloads that do not parse are dropped.
+    pub(super) async fn pg_announcements(&self) -> Result<Option<super::Announcements>, StoreError> {
+        use futures::StreamExt;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            .await
+            .map_err(db("listen"))?;
+        listener.listen(ANNOUNCE_CHANNEL).await.map_err(db("listen"))?;
+        let stream = listener.into_stream().filter_map(|n| async move {
+            let n = n.ok()?;
+            let (from, host) = n.payload().rsplit_once(':')?;
+            let host = match host {
+                "*" => None,
+                h => Some(h.parse().ok()?),
+            };
+            Some((from.to_owned(), host))
+        });
+        Ok(Some(stream.boxed()))
+    }
+}
 
 /// Opens the store named by `url`: `postgres://...`, `sqlite:PATH`, or `None` for `<data_dir>/kiln.db`.
 ///
