@@ -208,6 +208,72 @@ fn operator_enrolls_with_the_cli_and_kiln_survives_kill_9() {
     assert!(!out.status.success() && err.contains("chmod 600"), "{err}");
 }
 
+/// The CLI's rough edges an operator meets first: an error is one line even with `RUST_BACKTRACE=1` in the
+/// environment, and `kiln bmc`'s connection options are accepted after the subcommand too (against sushy-emulator).
+#[test]
+fn cli_errors_are_one_line_and_bmc_options_go_anywhere_on_the_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let port = kiln_tests::free_port();
+    let _server = serve(&data, port);
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "host",
+            "show",
+            "nope",
+            "--server",
+            &format!("https://127.0.0.1:{port}"),
+            "--token-file",
+        ])
+        .arg(data.join("admin.token"))
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "one line, no backtrace: {err}");
+    assert!(err.contains("nope"), "{err}");
+
+    let sushy = Sushy::start(("admin", "cli-bmc-pw"));
+    let pw = tmp.path().join("bmc-pw");
+    std::fs::write(&pw, "cli-bmc-pw\n").unwrap();
+    let address = sushy.address();
+    let before: [&[&str]; 2] = [
+        &[
+            "bmc",
+            "--bmc",
+            &address,
+            "--username",
+            "admin",
+            "--password-file",
+            pw.to_str().unwrap(),
+            "power",
+            "status",
+        ],
+        &[
+            "bmc",
+            "power",
+            "status",
+            "--bmc",
+            &address,
+            "--username",
+            "admin",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ],
+    ];
+    for args in before {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        assert!(said.contains("on") || said.contains("off"), "{args:?}: {said}");
+    }
+}
+
 /// Shell completions and man pages come from the same command definitions as `--help`.
 #[test]
 fn completions_and_man_pages_cover_every_subcommand() {
