@@ -53,6 +53,8 @@ pub struct Lab {
     pub record: Record,
     /// Set by [`Lab::finish`]; a lab dropped without it failed, and prints the end of kiln's log.
     passed: bool,
+    /// Further `kiln serve` replicas ([`Lab::start_replica`]), by name.
+    replicas: Vec<(String, Child)>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -86,6 +88,7 @@ impl Lab {
             logs,
             record,
             passed: false,
+            replicas: Vec::new(),
         };
         let redfish: Vec<&VmSpec> = vms
             .iter()
@@ -220,6 +223,57 @@ impl Lab {
         Ok(())
     }
 
+    /// Starts one more `kiln serve` in the namespace, replica `name` of several on one database: HTTPS on `listen`,
+    /// data in `data`, its log in `kiln-<name>.log`; waits until it answers `/healthz` (trusting the lab kiln's CA,
+    /// which replicas share).
+    pub fn start_replica(&mut self, name: &str, listen: &str, data: &Path, args: &[&str]) -> anyhow::Result<()> {
+        let kiln = target_bin("kiln")?;
+        std::fs::create_dir_all(data)?;
+        let log = std::fs::File::create(self.logs.file(&format!("kiln-{name}.log")))?;
+        let child = self
+            .ns
+            .command(&kiln.display().to_string())
+            .args(["serve", "--listen", listen, "--replica", name, "--data-dir"])
+            .arg(data)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start a kiln replica")?;
+        self.record.add_pid(child.id());
+        self.replicas.push((name.to_owned(), child));
+        let health = format!("https://{listen}/healthz");
+        let ca = crate::lab_ca(data);
+        cmd::wait_for(
+            &format!("replica {name} to answer /healthz"),
+            std::time::Duration::from_secs(30),
+            || {
+                self.ns
+                    .command("curl")
+                    .args(["-sf", "--cacert", &ca, "-o", "/dev/null", &health])
+                    .status()
+                    .ok()
+                    .filter(|s| s.success())
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Kills replica `name` with SIGKILL, as a crash would (reaped when the lab is dropped).
+    pub fn kill_replica(&self, name: &str) -> anyhow::Result<()> {
+        let (_, child) = self
+            .replicas
+            .iter()
+            .find(|(n, _)| n == name)
+            .with_context(|| format!("no replica {name}"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        Ok(())
+    }
+
     /// Kills `kiln serve` with SIGKILL (no shutdown path runs), as a crash or an OOM kill would.
     pub fn kill_kiln(&mut self) -> anyhow::Result<()> {
         let mut child = self.kiln.take().context("kiln serve is not running")?;
@@ -257,7 +311,12 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for child in [self.forwarder.as_mut(), self.kiln.as_mut()].into_iter().flatten() {
+        let replicas = self.replicas.iter_mut().map(|(_, c)| c);
+        for child in [self.forwarder.as_mut(), self.kiln.as_mut()]
+            .into_iter()
+            .flatten()
+            .chain(replicas)
+        {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
@@ -273,16 +332,25 @@ impl Drop for Lab {
         }
         if !self.passed {
             // The run failed (an error returned or a panic): CI keeps only the test's output, so put the end of
-            // kiln's log there.
-            let log = std::fs::read_to_string(self.logs.file("kiln.log")).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            eprintln!(
-                "lab {} failed; the last lines of kiln.log ({} kept):",
-                self.logs.path().display(),
-                lines.len().min(120)
-            );
-            for line in &lines[lines.len().saturating_sub(120)..] {
-                eprintln!("  {line}");
+            // each kiln's log there.
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(self.logs.path())
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            logs.retain(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("kiln") && n.ends_with(".log"))
+            });
+            logs.sort();
+            eprintln!("lab {} failed", self.logs.path().display());
+            for path in logs {
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let keep = 120 / 1usize.max(self.replicas.len());
+                eprintln!("the last {} lines of {}:", lines.len().min(keep), path.display());
+                for line in &lines[lines.len().saturating_sub(keep)..] {
+                    eprintln!("  {line}");
+                }
             }
         }
     }

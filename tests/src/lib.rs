@@ -7,6 +7,7 @@
 
 pub mod chromium;
 pub mod cmd;
+pub mod failover;
 pub mod inproc;
 pub mod ipmi;
 pub mod kube;

@@ -92,6 +92,15 @@ impl PgCluster {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// URL of database `db` over the cluster's Unix socket, for clients in another network namespace (a lab's).
+    pub fn socket_url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@localhost:{}/{db}?host={}",
+            self.port,
+            self.dir.path().display()
+        )
+    }
+
     /// Creates an empty database.
     ///
     /// # Errors
@@ -101,6 +110,33 @@ impl PgCluster {
         c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), db]);
         run(c, "createdb")?;
         Ok(self.url(db))
+    }
+
+    /// Runs `sql` in database `db` with psql; its unaligned, tuples-only output (`a|b` per row).
+    ///
+    /// # Errors
+    /// psql's failure.
+    pub fn query(&self, db: &str, sql: &str) -> std::io::Result<String> {
+        let mut c = as_postgres("psql");
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-d",
+            db,
+            "-At",
+            "-c",
+            sql,
+        ]);
+        let out = c.output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "psql failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     pub fn dir(&self) -> &Path {
