@@ -82,6 +82,25 @@ async fn suite(s: Arc<dyn Store>) {
     );
     let h2 = s.create_host(&n2, &HostSpec::default(), t).await.unwrap();
     assert!(h2.spec.bmc.is_none());
+    // Many enrollments at once (kubectl apply of an inventory) neither wait on each other for the pool nor fail.
+    let started = std::time::Instant::now();
+    let many = futures::future::join_all((0..24).map(|i| {
+        let s = s.clone();
+        async move {
+            let name: HostName = format!("burst-{i}").parse().unwrap();
+            s.create_host(&name, &HostSpec::default(), t).await
+        }
+    }))
+    .await;
+    assert!(many.iter().all(Result::is_ok), "{many:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    for h in many.into_iter().flatten() {
+        s.delete_host(h.id).await.unwrap();
+    }
 
     assert_eq!(s.host(&n1).await.unwrap().unwrap().id, h.id);
     assert_eq!(s.host_by_id(h.id).await.unwrap().unwrap().name, n1);

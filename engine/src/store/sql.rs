@@ -130,9 +130,8 @@ macro_rules! sql_store {
                 let mut tx = self.pool.begin().await.map_err(db("create hosts"))?;
                 let mut out = Vec::with_capacity(hosts.len());
                 for (name, spec) in hosts {
-                    if self.host(name).await?.is_some() {
-                        return Err(StoreError::HostExists { host: name.to_string() });
-                    }
+                    // No lookups on other pooled connections while this transaction holds one (concurrent imports
+                    // would wait on each other for the pool): the unique keys refuse a taken name, MAC or BMC.
                     let mut row = HostRow { name: name.to_string(), generation: 1, created_ms: now.0, updated_ms: now.0, ..Default::default() };
                     row.set_spec(spec, &self.key)?;
                     row.set_status(&StatusUpdate {
