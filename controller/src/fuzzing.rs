@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use kiln_engine::wire::{HostCreate, ProvisionIn};
+use kiln_engine::wire::{HostCreate, ImageIn};
 use kiln_http::http_util::parse_body;
 use kiln_http::import::translate;
 use kiln_kube::bmh::BareMetalHost;
@@ -106,10 +106,10 @@ pub fn import_manifest(data: &[u8]) {
         let read = serde_json::from_value::<HostCreate>(enroll.clone())
             .unwrap_or_else(|e| panic!("{}: the API refuses the enroll body it was given: {e}", h.doc));
         assert_eq!(serde_json::to_value(&read).expect("serializes"), enroll);
-        if let Some(p) = &h.provision {
-            let body = serde_json::to_value(p).expect("a provision body serializes");
-            let read = serde_json::from_value::<ProvisionIn>(body.clone())
-                .unwrap_or_else(|e| panic!("{}: the API refuses the provision body it was given: {e}", h.doc));
+        if let Some(i) = &h.image {
+            let body = serde_json::to_value(i).expect("an image body serializes");
+            let read = serde_json::from_value::<ImageIn>(body.clone())
+                .unwrap_or_else(|e| panic!("{}: the API refuses the image body it was given: {e}", h.doc));
             assert_eq!(serde_json::to_value(&read).expect("serializes"), body);
         }
     }

@@ -125,6 +125,8 @@ fn bmh(address: &str) -> HostSpec {
         automated_cleaning_mode: AutomatedCleaningMode::Metadata,
         externally_provisioned: false,
         architecture: None,
+        inspect: true,
+        labels: Default::default(),
     }
 }
 

@@ -433,9 +433,15 @@ pub fn image_from(i: &ImageIn) -> Result<ImageSpec, Invalid> {
         ChecksumType::Auto => vec![64, 128],
     };
     if !want.contains(&value.len()) || !value.chars().all(|c| c.is_ascii_hexdigit()) {
+        let hint = if ty == ChecksumType::Auto && value.len() == 32 {
+            // Metal3 takes a bare 32-digit checksum for md5; kiln wants that said (md5 is too weak to assume).
+            " (an md5 checksum: say so with checksum_type md5, Metal3's checksumType: md5, or md5:HEX)"
+        } else {
+            ""
+        };
         return Err(unprocessable(
             "image.checksum",
-            format!("checksum must be {ty:?} hex ({want:?} digits) or a URL"),
+            format!("checksum must be {ty:?} hex ({want:?} digits) or a URL{hint}"),
         ));
     }
     Ok(ImageSpec {

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 
 use kiln_bmc::Secret;
-use kiln_images::protocol::{ImageFormat, RootDeviceHints};
+use kiln_images::protocol::{ChecksumType, ImageFormat, RootDeviceHints};
 use serde_json::{Value, json};
 
 use kiln_engine::model::{EraseMode, HostOptions};
-use kiln_engine::wire::{BmcIn, HostCreate, ImageIn, ProvisionIn};
+use kiln_engine::wire::{BmcIn, HostCreate, ImageIn};
 
 /// One host to enroll (REST body of `POST /api/v1/hosts`) and, if the manifest sets an image, its provision body:
 /// the API's own request types, validated by the server exactly as any other enrollment.
@@ -19,7 +19,13 @@ pub struct ImportedHost {
     pub doc: String,
     pub name: String,
     pub enroll: HostCreate,
-    pub provision: Option<ProvisionIn>,
+    /// The image to write, when the manifest sets one: the host is provisioned once inspected.
+    pub image: Option<ImageIn>,
+    /// The config drive's user data, network data and meta data, used when the host is provisioned (set at
+    /// enrollment as Metal3 allows, with or without an image yet).
+    pub user_data: Option<String>,
+    pub network_data: Option<Value>,
+    pub meta_data: Option<Value>,
 }
 
 /// Why kiln refuses a BareMetalHost spec field it would otherwise not act on (`None`: kiln acts on it, or it is
@@ -51,14 +57,18 @@ fn refused_field(key: &str, value: &Value) -> Option<String> {
         "online" => format!("{value} is not true or false"),
         "architecture" if matches!(value.as_str(), Some("x86_64" | "amd64")) || unset => return None,
         "architecture" => format!("kiln's agent ramdisk boots x86_64 only; {value} is not supported"),
-        "inspectionMode" if matches!(value.as_str(), Some("agent")) || unset => return None,
-        "inspectionMode" => "use the inspect.metal3.io: disabled annotation to skip inspection".into(),
+        "inspectionMode" if matches!(value.as_str(), Some("agent" | "disabled")) || unset => return None,
+        "inspectionMode" => {
+            "kiln inspects with its agent (inspectionMode agent) or not at all (disabled); fast is not supported".into()
+        }
         _ if unset => return None,
         "raid" | "firmware" => {
             format!("kiln does not configure {key} yet; remove it or configure the host out of band")
         }
         "customDeploy" => "kiln deploys images only; custom deploy steps are not supported".into(),
         "disablePowerOff" => "kiln powers hosts off between operations; disablePowerOff is not supported yet".into(),
+        // Metal3's placeholder for "no profile" (deprecated field), as the BareMetalHost controller takes it.
+        "hardwareProfile" if value.as_str() == Some("unknown") => return None,
         "hardwareProfile" | "taints" | "networkInterfaces" | "consumerRef" | "hardwareData" => {
             format!("kiln does not act on {key}")
         }
@@ -117,6 +127,16 @@ pub fn translate(docs: &[Value]) -> Result<Vec<ImportedHost>, ImportError> {
         };
         if name.is_empty() {
             return Err(err("metadata.name", "missing".into()));
+        }
+        if d["metadata"]["annotations"]
+            .get("baremetalhost.metal3.io/detached")
+            .is_some()
+        {
+            return Err(err(
+                "metadata.annotations",
+                "baremetalhost.metal3.io/detached: a detached host is not to be managed; remove the annotation to                  have kiln enroll and drive it"
+                    .into(),
+            ));
         }
         let spec = &d["spec"];
         // Every spec field is acted on or refused by name: an inventory must not lose a setting on its way in.
@@ -214,6 +234,9 @@ pub fn translate(docs: &[Value]) -> Result<Vec<ImportedHost>, ImportError> {
         if let Some(mode) = d["metadata"]["annotations"]["inspect.metal3.io"].as_str() {
             options.inspect = mode != "disabled";
         }
+        if spec["inspectionMode"].as_str() == Some("disabled") {
+            options.inspect = false;
+        }
         options.online = spec["online"].as_bool();
         // Metal3's preprovisioningNetworkDataName: a Secret in the host's namespace whose `networkData` holds the
         // ramdisk's network_data.json (JSON or YAML).
@@ -279,15 +302,19 @@ pub fn translate(docs: &[Value]) -> Result<Vec<ImportedHost>, ImportError> {
                     }),
             }
         };
-        let provision = match spec["image"]["url"].as_str() {
+        let image = match spec["image"]["url"].as_str() {
             Some(url) => {
-                let mut checksum = spec["image"]["checksum"].as_str().map(str::to_owned);
-                if let (Some(c), Some(t)) = (&checksum, spec["image"]["checksumType"].as_str())
-                    && !c.starts_with("http")
-                    && t != "auto"
-                {
-                    checksum = Some(format!("{t}:{c}"));
-                }
+                let checksum_type = match spec["image"]["checksumType"].as_str() {
+                    None | Some("") => None,
+                    Some(t) => Some(
+                        serde_json::from_value::<ChecksumType>(json!(t.to_ascii_lowercase())).map_err(|_| {
+                            err(
+                                "spec.image.checksumType",
+                                format!("{t:?} is not md5, sha256, sha512 or auto"),
+                            )
+                        })?,
+                    ),
+                };
                 let format = match spec["image"]["diskFormat"]
                     .as_str()
                     .or(spec["image"]["format"].as_str())
@@ -300,32 +327,20 @@ pub fn translate(docs: &[Value]) -> Result<Vec<ImportedHost>, ImportError> {
                         )
                     })?),
                 };
-                Some(ProvisionIn {
-                    image: ImageIn {
-                        url: url.to_owned(),
-                        checksum,
-                        checksum_type: None,
-                        format,
-                    },
-                    user_data: secret_text("userData")?,
-                    network_data: structured("networkData")?,
-                    meta_data: structured("metaData")?,
+                Some(ImageIn {
+                    url: url.to_owned(),
+                    checksum: spec["image"]["checksum"].as_str().map(str::to_owned),
+                    checksum_type,
+                    format,
                 })
             }
-            None => {
-                for field in ["userData", "networkData", "metaData"] {
-                    if !spec[field].is_null() {
-                        return Err(err(
-                            &format!("spec.{field}"),
-                            "is used when the host is provisioned, and this host has no image: pass it to `kiln host \
-                             provision` instead"
-                                .into(),
-                        ));
-                    }
-                }
-                None
-            }
+            None => None,
         };
+        let (user_data, network_data, meta_data) = (
+            secret_text("userData")?,
+            structured("networkData")?,
+            structured("metaData")?,
+        );
         for (field, value, seen) in [
             ("metadata.name", Some(name.clone()), &mut names),
             (
@@ -352,7 +367,10 @@ pub fn translate(docs: &[Value]) -> Result<Vec<ImportedHost>, ImportError> {
             doc: format!("BareMetalHost {ns}/{name}"),
             name,
             enroll,
-            provision,
+            image,
+            user_data,
+            network_data,
+            meta_data,
         });
     }
     Ok(out)
@@ -417,10 +435,10 @@ spec:
             Some("/dev/sda")
         );
         assert_eq!(h.enroll.labels["rack"], "r1");
-        let p = h.provision.as_ref().unwrap();
-        assert!(p.image.checksum.as_deref().unwrap().starts_with("sha256:4f53"));
-        assert_eq!(p.image.format, Some(ImageFormat::Qcow2));
-        assert!(hosts[1].provision.is_none());
+        let image = h.image.as_ref().unwrap();
+        assert!(image.checksum.as_deref().unwrap().starts_with("4f53"));
+        assert_eq!(image.format, Some(ImageFormat::Qcow2));
+        assert!(hosts[1].image.is_none());
         assert!(hosts[1].enroll.options.unwrap().externally_provisioned);
         assert!(hosts[1].enroll.bmc.is_none());
     }
@@ -436,7 +454,8 @@ spec:
             ("spec.customDeploy", "  customDeploy:\n    method: install_coreos\n"),
             ("spec.architecture", "  architecture: aarch64\n"),
             ("spec.online", "  online: maybe\n"),
-            ("spec.networkData", "  networkData:\n    name: nd\n"),
+            // A Secret the file does not hold.
+            ("spec.networkData.name", "  networkData:\n    name: nd\n"),
             ("spec.rootDeviceHints", "  rootDeviceHints:\n    deviceNAME: /dev/sda\n"),
             ("spec.frobnicate", "  frobnicate: 1\n"),
         ] {

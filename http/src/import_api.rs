@@ -115,22 +115,21 @@ pub(crate) async fn import(
             ));
             continue;
         }
-        if let Some(p) = &h.provision {
-            match image_from(&p.image) {
-                Ok(image) => {
-                    // Enrolled with its image: it is provisioned once inspected, as a Metal3 host with an image is.
-                    spec.image = Some(image);
-                    spec.user_data = p.user_data.clone();
-                    spec.network_data = p.network_data.clone();
-                    spec.meta_data = p.meta_data.clone();
-                }
+        // The config drive's data, used when the host is provisioned, as Metal3 takes it at enrollment.
+        spec.user_data = h.user_data.clone();
+        spec.network_data = h.network_data.clone();
+        spec.meta_data = h.meta_data.clone();
+        if let Some(i) = &h.image {
+            match image_from(i) {
+                // Enrolled with its image: it is provisioned once inspected, as a Metal3 host with an image is.
+                Ok(image) => spec.image = Some(image),
                 Err(e) => {
                     out.refused.push(refusal(&h.doc, &manifest_field(&e.field), e.message));
                     continue;
                 }
             }
         }
-        let outcome = match (&h.provision, spec.options.externally_provisioned) {
+        let outcome = match (&h.image, spec.options.externally_provisioned) {
             (Some(_), false) => "enrolled, provisioning",
             (Some(_), true) => "enrolled as externally provisioned",
             (None, _) => "enrolled",

@@ -218,6 +218,9 @@ fn now() -> Time {
 
 /// Resolves the host's Secrets into the engine's [`HostSpec`]. The inner `Err` is a user-facing problem (missing
 /// Secret or key) to report in status, the outer one an API failure.
+/// Metal3's annotation that skips inspection (`disabled`).
+const INSPECT_ANNOTATION: &str = "inspect.metal3.io";
+
 async fn host_spec(host: &BareMetalHost, secrets: &Api<Secret>) -> Result<Result<HostSpec, String>, Error> {
     let s = &host.spec;
     if s.bmc.credentials_name.is_empty() {
@@ -303,6 +306,11 @@ async fn host_spec(host: &BareMetalHost, secrets: &Api<Secret>) -> Result<Result
             "kiln does not act on networkInterfaces",
         ),
         (
+            "inspectionMode",
+            s.inspection_mode == Some(crate::bmh::InspectionMode::Fast),
+            "kiln inspects with its agent (inspectionMode agent) or not at all (disabled); fast is not supported",
+        ),
+        (
             "hardwareProfile",
             s.hardware_profile
                 .as_deref()
@@ -340,6 +348,9 @@ async fn host_spec(host: &BareMetalHost, secrets: &Api<Secret>) -> Result<Result
         automated_cleaning_mode: s.automated_cleaning_mode.unwrap_or(AutomatedCleaningMode::Metadata),
         externally_provisioned: s.externally_provisioned,
         architecture: s.architecture.clone(),
+        inspect: host.annotations().get(INSPECT_ANNOTATION).map(String::as_str) != Some("disabled")
+            && s.inspection_mode != Some(crate::bmh::InspectionMode::Disabled),
+        labels: host.labels().clone(),
     }))
 }
 

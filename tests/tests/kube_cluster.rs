@@ -98,6 +98,8 @@ async fn cluster_becomes_provisioned_and_remediation_reboots_then_gives_up() {
         network_data: None,
         meta_data: None,
         preprovisioning_network_data: None,
+        inspect: true,
+        labels: Default::default(),
         root_device_hints: None,
         automated_cleaning_mode: kiln_kube::bmh::AutomatedCleaningMode::Disabled,
         externally_provisioned: false,

@@ -190,7 +190,13 @@ fn command_for(host: &HostView, kind: JobKind) -> CommandKind {
                 config_drive: Some(ConfigDrive {
                     meta_data: meta,
                     user_data: host.spec.user_data.clone(),
-                    network_data: host.spec.network_data.clone(),
+                    // Without network data of its own, the installed OS gets the ramdisk's (Metal3 does the same
+                    // with preprovisioningNetworkDataName): a host with static addressing stays reachable.
+                    network_data: host
+                        .spec
+                        .network_data
+                        .clone()
+                        .or_else(|| host.spec.preprovisioning_network_data.clone()),
                 }),
             }
         }

@@ -65,6 +65,11 @@ pub struct HostSpec {
     pub automated_cleaning_mode: AutomatedCleaningMode,
     pub externally_provisioned: bool,
     pub architecture: Option<String>,
+    /// Whether the host is inspected after registration (`false` with the `inspect.metal3.io: disabled` annotation
+    /// or `inspectionMode: disabled`).
+    pub inspect: bool,
+    /// The BareMetalHost's labels, copied to the kiln host (where `kiln host list -l` selects by them).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// What the engine observes about a host.

@@ -269,9 +269,19 @@ pub fn kiln_spec(key: &HostKey, spec: &HostSpec) -> Result<model::HostSpec, Engi
         kiln_engine::vmedia::agent_network(d, boot_mac.as_ref())
             .map_err(|e| rejected(key, format!("spec.preprovisioningNetworkDataName: {e}")))?;
     }
+    if let Some(arch) = spec.architecture.as_deref().filter(|a| !a.is_empty())
+        && !matches!(arch, "x86_64" | "amd64")
+    {
+        return Err(rejected(
+            key,
+            format!("spec.architecture: kiln's agent ramdisk boots x86_64 only; {arch:?} is not supported"),
+        ));
+    }
+    let mut labels = spec.labels.clone();
+    labels.insert(BMH_LABEL.to_owned(), key.to_string());
     Ok(model::HostSpec {
         preprovisioning_network_data,
-        labels: [(BMH_LABEL.to_owned(), key.to_string())].into(),
+        labels,
         bmc: Some(bmc),
         boot_mac,
         boot_mode: match spec.boot_mode {
@@ -296,6 +306,9 @@ pub fn kiln_spec(key: &HostKey, spec: &HostSpec) -> Result<model::HostSpec, Engi
                 AutomatedCleaningMode::Disabled => EraseMode::Disabled,
                 AutomatedCleaningMode::Metadata => EraseMode::Metadata,
             },
+            inspect: spec.inspect,
+            // Metal3 keeps an available host powered as `online` says too, not only a provisioned one.
+            online: Some(spec.online),
             ..model::HostOptions::default()
         },
     })
@@ -710,6 +723,8 @@ mod tests {
             automated_cleaning_mode: AutomatedCleaningMode::Disabled,
             externally_provisioned: false,
             architecture: None,
+            inspect: true,
+            labels: Default::default(),
         }
     }
 
