@@ -472,6 +472,29 @@ async fn a_slow_bmc_delays_only_its_own_host() {
     assert_eq!(h5["state"], "registering", "node-5 is still waiting for its BMC: {h5}");
 }
 
+/// A job slot is taken only by a host starting a job: with one slot, a host whose registration hangs on a slow BMC
+/// holds none, so another host is inspected at once and never shown `delayed` behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registering_host_holds_no_job_slot() {
+    let lab = Lab::start(|c| c.max_concurrent_jobs = 1).await;
+    let slow = lab.add_fake("node-5");
+    slow.set_latency(Duration::from_secs(30));
+    lab.enroll_fake("node-5", json!({})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    lab.enroll("node-6").await;
+    let (_, h6) = lab
+        .wait_host("node-6", |h| {
+            h["state"] == "available" || h["operational_status"] == "delayed"
+        })
+        .await;
+    assert_eq!(
+        h6["state"], "available",
+        "node-6 waited for a slot node-5 holds while registering: {h6}"
+    );
+    let (_, h5) = lab.api(reqwest::Method::GET, "/api/v1/hosts/node-5", None).await;
+    assert_eq!(h5["state"], "registering", "{h5}");
+}
+
 /// While kiln retries a failed BMC action, the host says so (before retries run out and it enters `error`), and
 /// stops saying so once the BMC answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,8 +46,10 @@ impl Executor {
             return Ok(());
         }
         let (mut obs, mut calls) = self.observe(&h, now).await?;
-        let reserved = !h.state.holds_slot() && self.take_slot(h.id);
-        obs.slot_free = reserved;
+        // A slot is taken only by a decision that starts a job (never by a host that merely registers or waits, so
+        // another host is not shown `delayed` behind a slot nobody uses): decide on whether one is free, then take
+        // it; if another host took the last one meanwhile, decide again without it.
+        obs.slot_free = h.state.holds_slot() || self.slot_available(h.id);
         let learned_macs = if h.spec.boot_mac.is_none() {
             self.store.learned_macs(h.id).await?
         } else {
@@ -66,7 +68,11 @@ impl Executor {
             boots: h.counters.boots,
             policy: self.config.policy,
         };
-        let d = step(&view, &obs, now);
+        let mut d = step(&view, &obs, now);
+        if !h.state.holds_slot() && d.next.holds_slot() && !self.take_slot(h.id) {
+            obs.slot_free = false;
+            d = step(&view, &obs, now);
+        }
         let result = self.apply(&h, &view, d, &obs, now, &mut calls).await;
         let holds = match &result {
             Ok(Some(st)) => st.holds_slot(),

@@ -402,6 +402,12 @@ impl Executor {
         Ok(n)
     }
 
+    /// Whether `host` holds a job slot or one is free (without taking it).
+    fn slot_available(&self, host: i64) -> bool {
+        let slots = self.slots.lock().expect("slots lock");
+        slots.contains(&host) || slots.len() < self.config.max_concurrent_jobs
+    }
+
     /// Reserves a job slot for `host` if one is free.
     fn take_slot(&self, host: i64) -> bool {
         let mut slots = self.slots.lock().expect("slots lock");

@@ -159,9 +159,12 @@ macro_rules! sql_store {
                             out.push(row.into_host(&self.key)?);
                         }
                         Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                            // Which key refused it, the name first (the transaction is given back before looking).
                             drop(tx);
                             let what = e.to_string();
-                            return if what.contains("bmc_identity") {
+                            return if self.host(name).await?.is_some() {
+                                Err(StoreError::HostExists { host: name.to_string() })
+                            } else if what.contains("bmc_identity") {
                                 Err(self.bmc_in_use(spec).await)
                             } else if what.contains("boot_mac") && !what.contains("hosts.name") && !what.contains("hosts_name_key") {
                                 Err(StoreError::MacInUse { mac: row.boot_mac.unwrap_or_default() })
