@@ -206,10 +206,15 @@ impl Lab {
             .context("start kiln serve")?;
         self.record.add_pid(child.id());
         self.kiln = Some(child);
+        self.wait_healthy("kiln serve", &listen, &data)
+    }
+
+    /// Waits until the kiln at `listen` (data directory `data`, whose CA it trusts) answers `/healthz`.
+    fn wait_healthy(&self, what: &str, listen: &str, data: &Path) -> anyhow::Result<()> {
         let health = format!("https://{listen}/healthz");
-        let ca = crate::lab_ca(&data);
+        let ca = crate::lab_ca(data);
         cmd::wait_for(
-            "kiln serve to answer /healthz",
+            &format!("{what} to answer /healthz"),
             std::time::Duration::from_secs(30),
             || {
                 self.ns
@@ -243,21 +248,7 @@ impl Lab {
             .context("start a kiln replica")?;
         self.record.add_pid(child.id());
         self.replicas.push((name.to_owned(), child));
-        let health = format!("https://{listen}/healthz");
-        let ca = crate::lab_ca(data);
-        cmd::wait_for(
-            &format!("replica {name} to answer /healthz"),
-            std::time::Duration::from_secs(30),
-            || {
-                self.ns
-                    .command("curl")
-                    .args(["-sf", "--cacert", &ca, "-o", "/dev/null", &health])
-                    .status()
-                    .ok()
-                    .filter(|s| s.success())
-            },
-        )?;
-        Ok(())
+        self.wait_healthy(&format!("replica {name}"), listen, data)
     }
 
     /// Kills replica `name` with SIGKILL, as a crash would (reaped when the lab is dropped).

@@ -116,6 +116,28 @@ impl Cli<'_> {
             std::thread::sleep(Duration::from_secs(2));
         }
     }
+
+    /// Waits until `pred` holds for the host (`kiln host show -o json`); fails after `timeout` saying `what` was not
+    /// seen.
+    pub fn wait_host(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let h = self.host(name)?;
+            if pred(&h) {
+                return Ok(h);
+            }
+            if Instant::now() > deadline {
+                bail!("{name}: {what} not seen within {timeout:?}: {h}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
 }
 
 /// A tiny HTTP endpoint inside the namespace that logs every request (the user data's callback).

@@ -14,7 +14,7 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use kiln_tests::{
     ipmi,
     lab::{BmcKind, Lab, LabHost, target_bin},
@@ -65,27 +65,6 @@ impl Clock {
             println!("  {secs:>6.1}s  {what}");
         }
         println!("  {:>6.1}s  total\n", self.start.elapsed().as_secs_f32());
-    }
-}
-
-/// Waits until `pred` holds for the host's JSON (`kiln host show -o json`), returning it.
-fn wait_host(
-    cli: &Cli,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let h = cli.host(name)?;
-        if pred(&h) {
-            return Ok(h);
-        }
-        if Instant::now() > deadline {
-            bail!("{name}: {what} not seen within {timeout:?}: {h}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -178,12 +157,12 @@ fn redfish_host_survives_a_wrong_checksum_a_kiln_crash_and_a_bmc_outage() -> any
             kiln: kiln.clone(),
         };
         provision(&cli, &name, &image_url, &checksum, Some(&user_data))?;
-        let h = wait_host(&cli, &name, "provisioning", Duration::from_secs(30), |h| {
+        let h = cli.wait_host(&name, "provisioning", Duration::from_secs(30), |h| {
             state(h) == "provisioning"
         })?;
         assert_eq!(h["host"]["error"], Value::Null, "{h}");
         clock.lap("provisioned again with the right checksum: retry started at once");
-        let h = wait_host(&cli, &name, "64 MiB written", Duration::from_secs(600), |h| {
+        let h = cli.wait_host(&name, "64 MiB written", Duration::from_secs(600), |h| {
             h["host"]["progress"]["bytes_written"].as_u64().unwrap_or(0) > 64 << 20
         })?;
         written_at_kill = h["host"]["progress"].clone();
@@ -223,13 +202,9 @@ fn redfish_host_survives_a_wrong_checksum_a_kiln_crash_and_a_bmc_outage() -> any
             kiln: kiln.clone(),
         };
         cli.run(&["host", "deprovision", &name])?;
-        let h = wait_host(
-            &cli,
-            &name,
-            "an error while the BMC is down",
-            Duration::from_secs(120),
-            |h| state(h) == "error",
-        )?;
+        let h = cli.wait_host(&name, "an error while the BMC is down", Duration::from_secs(120), |h| {
+            state(h) == "error"
+        })?;
         let err = &h["host"]["error"];
         println!("error shown while the BMC is down: {err}");
         assert_eq!(err["kind"], "bmc_unreachable", "{h}");
@@ -268,7 +243,7 @@ fn redfish_host_survives_a_wrong_checksum_a_kiln_crash_and_a_bmc_outage() -> any
             lab: &lab,
             kiln: kiln.clone(),
         };
-        wait_host(&cli, &name, "deprovisioning", Duration::from_secs(120), |h| {
+        cli.wait_host(&name, "deprovisioning", Duration::from_secs(120), |h| {
             state(h) == "deprovisioning"
         })?;
         let reaction = back.elapsed().as_secs_f32();

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use kiln_tests::{
     failover::FailoverProxy,
     lab::{BmcKind, Lab, target_bin},
@@ -18,26 +18,6 @@ use serde_json::Value;
 
 const DB: &str = "kiln_lab_replicas";
 const LEASE_SECS: u64 = 5;
-
-fn wait_host(
-    cli: &Cli,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let h = cli.host(name)?;
-        if pred(&h) {
-            return Ok(h);
-        }
-        if Instant::now() > deadline {
-            bail!("{name}: {what} not seen within {timeout:?}: {h}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
 
 fn written(h: &Value) -> u64 {
     h["host"]["progress"]["bytes_written"].as_u64().unwrap_or(0)
@@ -147,7 +127,7 @@ fn the_surviving_replica_completes_a_deploy_whose_replica_was_killed_mid_write()
     }
     // Both agents writing; kill the replica that owns rep-0.
     for h in &hosts {
-        wait_host(&cli, &h.name, "the agent writing", Duration::from_secs(600), |v| {
+        cli.wait_host(&h.name, "the agent writing", Duration::from_secs(600), |v| {
             written(v) > 32 << 20
         })?;
     }
@@ -160,7 +140,7 @@ fn the_surviving_replica_completes_a_deploy_whose_replica_was_killed_mid_write()
     let t = Instant::now();
     println!("killing {victim} (owner of rep-0) with SIGKILL at {at_kill} bytes written");
     lab.kill_replica(&victim)?;
-    let h = wait_host(&cli, "rep-0", "the write going on", Duration::from_secs(300), |v| {
+    let h = cli.wait_host("rep-0", "the write going on", Duration::from_secs(300), |v| {
         written(v) > at_kill + (16 << 20) || v["host"]["state"] == "provisioned"
     })?;
     println!(
