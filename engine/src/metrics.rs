@@ -71,13 +71,18 @@ const HELP: &[(&str, &str, &str)] = &[
 
 impl Metrics {
     pub fn inc(&self, name: &'static str, labels: Labels) {
+        self.add(name, labels, 1);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(&self, name: &'static str, labels: Labels, n: u64) {
         *self
             .inner
             .lock()
             .expect("metrics lock")
             .counters
             .entry((name, labels))
-            .or_default() += 1;
+            .or_default() += n;
     }
 
     pub fn observe(&self, name: &'static str, labels: Labels, secs: f64) {

@@ -292,10 +292,8 @@ impl Executor {
                     "host leases changed"
                 );
                 for (change, n) in [("gained", r.gained), ("released", r.released)] {
-                    for _ in 0..n {
-                        self.metrics
-                            .inc("kiln_lease_changes_total", vec![("change", change.into())]);
-                    }
+                    self.metrics
+                        .add("kiln_lease_changes_total", vec![("change", change.into())], n as u64);
                 }
                 self.notify.notify_one();
             }
