@@ -45,28 +45,11 @@ impl Replica {
     }
 
     fn hosts(&self) -> Vec<Value> {
-        serde_json::from_str::<Value>(&ok(self.kiln(&["host", "list", "-o", "json"])))
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
+        kiln_tests::serve::hosts(Path::new(env!("CARGO_BIN_EXE_kiln")), &self.data, self.port)
     }
 
     fn wait_all(&self, state: &str) -> Vec<Value> {
-        let t = Instant::now();
-        loop {
-            let hs = self.hosts();
-            assert!(hs.iter().all(|h| h["state"] != "error"), "a host failed: {hs:#?}");
-            if hs.len() == N && hs.iter().all(|h| h["state"] == state) {
-                return hs;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(120),
-                "not all {N} hosts reached {state}: {:?}",
-                hs.iter().map(|h| (&h["name"], &h["state"])).collect::<Vec<_>>()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        kiln_tests::serve::wait_all(Path::new(env!("CARGO_BIN_EXE_kiln")), &self.data, self.port, state, N)
     }
 
     fn log(&self) -> String {

@@ -25,30 +25,11 @@ fn kiln(dir: &Path, port: u16, args: &[&str]) -> Output {
 }
 
 fn hosts(dir: &Path, port: u16) -> Vec<Value> {
-    serde_json::from_str::<Value>(&ok(kiln(dir, port, &["host", "list", "-o", "json"])))
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    kiln_tests::serve::hosts(Path::new(env!("CARGO_BIN_EXE_kiln")), &dir.join("data"), port)
 }
 
 fn wait_all(dir: &Path, port: u16, state: &str, n: usize) -> Vec<Value> {
-    let t = Instant::now();
-    loop {
-        let hs = hosts(dir, port);
-        assert!(
-            hs.iter().all(|h| h["state"] != "error"),
-            "a simulated host failed: {hs:#?}"
-        );
-        if hs.len() == n && hs.iter().all(|h| h["state"] == state) {
-            return hs;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "not all {n} hosts reached {state}: {hs:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    kiln_tests::serve::wait_all(Path::new(env!("CARGO_BIN_EXE_kiln")), &dir.join("data"), port, state, n)
 }
 
 const N: usize = 12;

@@ -69,3 +69,30 @@ pub fn ok(o: Output) -> String {
     );
     String::from_utf8(o.stdout).unwrap()
 }
+
+/// Every host, as `kiln host list -o json` prints them, from the `kiln serve` on `127.0.0.1:port` with data `data`.
+pub fn hosts(bin: &Path, data: &Path, port: u16) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(&ok(cli(bin, data, port, &["host", "list", "-o", "json"])))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Waits (at most two minutes) until there are `n` hosts, all in `state`; fails at once if one is in `error`.
+pub fn wait_all(bin: &Path, data: &Path, port: u16, state: &str, n: usize) -> Vec<serde_json::Value> {
+    let t = Instant::now();
+    loop {
+        let hs = hosts(bin, data, port);
+        assert!(hs.iter().all(|h| h["state"] != "error"), "a host failed: {hs:#?}");
+        if hs.len() == n && hs.iter().all(|h| h["state"] == state) {
+            return hs;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "not all {n} hosts reached {state}: {:?}",
+            hs.iter().map(|h| (&h["name"], &h["state"])).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
