@@ -5,9 +5,10 @@
 //! Stages run concurrently with bounded queues: the download on the async task (a local file on a blocking thread),
 //! hashing on one blocking thread, decompression and decoding on another, and the writers and their flusher on
 //! threads of [`crate::target`]. The published chunks are shared by the hasher and the decoder without a copy, and
-//! an uncompressed raw image read from a local file reaches the target in the very buffers it was read into.
-//! Memory does not grow with the image: at most 6 file chunks and 4 decoded buffers of 4 MiB (peak RSS 28 MiB for
-//! a raw image, 47 MiB for raw.zst and qcow2), plus the qcow2 decoder's side buffer for data met before its table
+//! from an uncompressed image read from a local file, raw or qcow2, the data reaches the target in the very buffers
+//! it was read into (the decompressors read the published chunks where they are, too). Memory does not grow with
+//! the image: at most 6 file chunks and 4 decoded buffers of 4 MiB (peak RSS 28 MiB for a raw image, 47 MiB for
+//! raw.zst, 40 MiB for qcow2), plus the qcow2 decoder's side buffer for data met before its table
 //! ([`crate::qcow2::ORPHAN_LIMIT`], unused for the layouts qemu-img writes). This module wires stages; it does not
 //! parse formats (see [`crate::qcow2`]) or checksums (see [`crate::digest`]).
 
@@ -20,7 +21,7 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use crate::digest::{Algorithm, ChecksumSource, ExpectedDigest, Hasher};
@@ -347,7 +348,8 @@ async fn consume(
         let published = tokio_util::io::StreamReader::new(Box::pin(chunks.chain(rest)));
         let mut decoded: BoxRead = {
             use async_compression::tokio::bufread as d;
-            let buf = BufReader::with_capacity(256 << 10, published);
+            // The decompressor reads the published chunks where they are (`StreamReader` is buffered by them).
+            let buf = published;
             match compression {
                 Compression::None => Box::new(buf),
                 Compression::Gzip => Box::new({
@@ -439,11 +441,7 @@ fn decode_and_write(
     let (op_tx, op_rx) = sync_channel::<WriteOp>(BUF_COUNT);
     let (decoded, written) = std::thread::scope(|s| {
         let writer = s.spawn(move || crate::target::run_writer(target, op_rx, progress));
-        let mut co = Coalescer {
-            tx: op_tx,
-            pool: BufPool::new(BUF_SIZE, BUF_COUNT),
-            cur: None,
-        };
+        let mut co = Coalescer::new(op_tx, BufPool::new(BUF_SIZE, BUF_COUNT));
         let decoded = match format {
             ImageFormat::Raw => decode_raw(input, &mut co, target, progress, read_err),
             ImageFormat::Qcow2 => decode_qcow2(input, &mut co, target, progress, read_err, refetch),
@@ -531,24 +529,16 @@ fn decode_qcow2(
         Refetch::None => qcow2::Decoder::new(),
         _ => qcow2::Decoder::with_random_access(),
     };
-    let mut scratch = Vec::new();
+    let mut scratch = vec![0u8; 1 << 20];
     let mut checked = false;
-    let mut sink = |o: qcow2::Output<'_>| match o {
-        qcow2::Output::Data { guest, bytes } => co.data(guest, bytes),
-        qcow2::Output::Zero { guest, len } => co.zero(guest, len),
-    };
     loop {
-        let chunk;
-        let piece: &[u8] = match input {
+        // A published chunk (decoded where it is), or decompressed bytes in `scratch`.
+        let (chunk, n) = match input {
             Input::Chunks { head, rx } => match Input::next_chunk(head, rx).map_err(read_err)? {
-                Some(c) => {
-                    chunk = c;
-                    &chunk
-                }
+                Some(c) => (Some(c), 0),
                 None => break,
             },
             Input::Stream(r) => {
-                scratch.resize(1 << 20, 0);
                 let n = loop {
                     match r.read(&mut scratch) {
                         Ok(n) => break n,
@@ -559,10 +549,13 @@ fn decode_qcow2(
                 if n == 0 {
                     break;
                 }
-                &scratch[..n]
+                (None, n)
             }
         };
-        dec.feed(piece, &mut sink).map_err(ImageError::Qcow2)?;
+        let piece = chunk.as_deref().unwrap_or(&scratch[..n]);
+        dec.feed(piece, &mut qcow2_sink(co, chunk.as_ref()))
+            .map_err(ImageError::Qcow2)?;
+        co.buffer_done().map_err(sink_err)?;
         if !checked && let Some(h) = dec.header() {
             checked = true;
             progress.set_image_size(h.size);
@@ -570,10 +563,32 @@ fn decode_qcow2(
         }
     }
     let mut fetch = |at: u64, len: u64| refetch.fetch(at, len);
-    dec.finish(&mut sink, &mut fetch).map_err(ImageError::Qcow2)?;
+    dec.finish(&mut qcow2_sink(co, None), &mut fetch)
+        .map_err(ImageError::Qcow2)?;
     let size = dec.header().map_or(0, |h| h.size);
     progress.set_image_size(size);
     Ok(size)
+}
+
+/// Where the qcow2 decoder's output goes: data that lies in `chunk` (an uncompressed cluster the decoder found in
+/// the chunk it was fed) is passed on as a slice of that chunk, without a copy; anything else is copied.
+fn qcow2_sink<'a>(
+    co: &'a mut Coalescer,
+    chunk: Option<&'a Bytes>,
+) -> impl FnMut(qcow2::Output<'_>) -> std::io::Result<()> + 'a {
+    move |o| match o {
+        qcow2::Output::Data { guest, bytes } => match chunk.and_then(|c| Some((c, subslice_range(c, bytes)?))) {
+            Some((c, range)) => co.piece(guest, c, range),
+            None => co.data(guest, bytes),
+        },
+        qcow2::Output::Zero { guest, len } => co.zero(guest, len),
+    }
+}
+
+/// The range of `outer` that `inner` occupies, if it is a subslice of it (compared by address).
+fn subslice_range(outer: &[u8], inner: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    (start + inner.len() <= outer.len()).then(|| start..start + inner.len())
 }
 
 /// How the qcow2 decoder can read the source again at an offset, for data that precedes the table mapping it
@@ -630,17 +645,35 @@ impl Refetch {
     }
 }
 
-/// Packs decoded output into 4 MiB aligned buffers from a bounded pool, sending one write per contiguous run (or
-/// per full buffer). A buffer starts at the same offset modulo [`ALIGN`] as its run on the target, so that all
-/// of it but a partial block at either end can be written with O_DIRECT.
+/// Shared runs shorter than this that the next data continues on the target are copied into a buffer with it
+/// instead (a fragmented qcow2 layout then still makes large writes).
+const MIN_SHARED: usize = 256 << 10;
+
+/// Packs decoded output into writes. Data already in a buffer the writers can use as it is (a chunk of a local
+/// file, whose memory sits at the same offset modulo [`ALIGN`] as its place on the target) is sent as a slice of
+/// that buffer, consecutive pieces of the same buffer as one write. Other data is copied into 4 MiB aligned buffers
+/// from a bounded pool, one write per contiguous run (or per full buffer); such a buffer starts at the same offset
+/// modulo [`ALIGN`] as its run on the target. Either way all of a write but a partial block at either end can go
+/// to O_DIRECT.
 struct Coalescer {
     tx: SyncSender<WriteOp>,
     pool: BufPool,
     /// The run being packed: target offset, buffer, range of the buffer filled so far.
     cur: Option<(u64, AlignedBuf, std::ops::Range<usize>)>,
+    /// Or the run of shared data being extended: target offset, the buffer it lies in, its range there.
+    shared: Option<(u64, Bytes, std::ops::Range<usize>)>,
 }
 
 impl Coalescer {
+    fn new(tx: SyncSender<WriteOp>, pool: BufPool) -> Self {
+        Self {
+            tx,
+            pool,
+            cur: None,
+            shared: None,
+        }
+    }
+
     fn stopped() -> std::io::Error {
         std::io::Error::other("writer stopped")
     }
@@ -649,7 +682,25 @@ impl Coalescer {
         self.tx.send(op).map_err(|_| Self::stopped())
     }
 
-    fn data(&mut self, mut guest: u64, mut bytes: &[u8]) -> std::io::Result<()> {
+    /// Data to copy into the run being packed.
+    fn data(&mut self, guest: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.pack_short_shared(guest)?;
+        self.copy(guest, bytes)
+    }
+
+    /// If the shared run is short and `guest` continues it, copies it into a buffer (to be continued there).
+    fn pack_short_shared(&mut self, guest: u64) -> std::io::Result<()> {
+        if let Some((off, _, r)) = &self.shared
+            && *off + r.len() as u64 == guest
+            && r.len() < MIN_SHARED
+            && let Some((off, buf, r)) = self.shared.take()
+        {
+            self.copy(off, &buf[r])?;
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, mut guest: u64, mut bytes: &[u8]) -> std::io::Result<()> {
         while !bytes.is_empty() {
             if let Some((off, buf, range)) = &mut self.cur
                 && *off + range.len() as u64 == guest
@@ -669,17 +720,55 @@ impl Coalescer {
         Ok(())
     }
 
-    /// Data already in memory the writers can use as it is (an aligned file chunk): sent without a copy when it
-    /// starts a run at an aligned offset, copied otherwise.
-    fn shared(&mut self, guest: u64, bytes: Bytes) -> std::io::Result<()> {
-        let aligned = guest.is_multiple_of(ALIGN as u64) && (bytes.as_ptr() as usize).is_multiple_of(ALIGN);
-        if self.cur.is_none() && aligned && bytes.len() >= BUF_SIZE / 4 {
-            return self.send(WriteOp::Data {
-                offset: guest,
-                data: bytes,
-            });
+    /// `buf[range]`, to be written at `guest`: sent without a copy when its memory is congruent with `guest` modulo
+    /// [`ALIGN`] (as one write with the previous piece when that one ends where this one starts, both on the target
+    /// and in `buf`), copied otherwise.
+    fn piece(&mut self, guest: u64, buf: &Bytes, range: std::ops::Range<usize>) -> std::io::Result<()> {
+        if let Some((off, b, r)) = &mut self.shared
+            && *off + r.len() as u64 == guest
+            && r.end == range.start
+            && b.as_ptr() == buf.as_ptr()
+            && b.len() == buf.len()
+        {
+            r.end = range.end;
+            return Ok(());
         }
-        self.data(guest, &bytes)
+        let addr = buf.as_ptr() as usize + range.start;
+        let congruent = (guest % ALIGN as u64) as usize == addr % ALIGN;
+        // A run being copied that this piece continues is continued by copying, up to a full buffer.
+        let continues_copy = self
+            .cur
+            .as_ref()
+            .is_some_and(|(off, b, r)| *off + r.len() as u64 == guest && r.end < b.capacity());
+        if !congruent || continues_copy {
+            return self.data(guest, &buf[range]);
+        }
+        if self
+            .shared
+            .as_ref()
+            .is_some_and(|(off, _, r)| *off + r.len() as u64 == guest && r.len() < MIN_SHARED)
+        {
+            return self.data(guest, &buf[range]);
+        }
+        self.flush()?;
+        self.shared = Some((guest, buf.clone(), range));
+        Ok(())
+    }
+
+    /// A buffer the writers can use as it is (an aligned file chunk), all of it at `guest`.
+    fn shared(&mut self, guest: u64, bytes: Bytes) -> std::io::Result<()> {
+        let len = bytes.len();
+        self.piece(guest, &bytes, 0..len)?;
+        self.buffer_done()
+    }
+
+    /// No more pieces of the buffer last passed to [`Coalescer::piece`] will come: a shared run in it cannot grow
+    /// any more and goes to the writers now, unless it is short enough to be packed with what follows.
+    fn buffer_done(&mut self) -> std::io::Result<()> {
+        if self.shared.as_ref().is_some_and(|(_, _, r)| r.len() >= MIN_SHARED) {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     fn zero(&mut self, guest: u64, len: u64) -> std::io::Result<()> {
@@ -692,6 +781,12 @@ impl Coalescer {
             let data = self.pool.lend(buf, range);
             self.send(WriteOp::Data { offset, data })?;
         }
+        if let Some((offset, buf, range)) = self.shared.take() {
+            self.send(WriteOp::Data {
+                offset,
+                data: buf.slice(range),
+            })?;
+        }
         Ok(())
     }
 }
@@ -699,15 +794,12 @@ impl Coalescer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::WIPE_BYTES;
 
     #[test]
     fn coalesced_runs_sit_at_their_target_offset_modulo_align_and_aligned_chunks_pass_through() {
         let (tx, rx) = sync_channel(16);
-        let mut co = Coalescer {
-            tx,
-            pool: BufPool::new(BUF_SIZE, 4),
-            cur: None,
-        };
+        let mut co = Coalescer::new(tx, BufPool::new(BUF_SIZE, 4));
         co.data(4096 + 100, &[1; 50]).unwrap();
         co.data(4096 + 150, &[2; 10]).unwrap();
         co.zero(8192, 4096).unwrap();
@@ -749,6 +841,48 @@ mod tests {
     }
 
     #[test]
+    fn pieces_of_one_buffer_make_one_write_without_a_copy_and_short_runs_are_packed() {
+        let (tx, rx) = sync_channel(16);
+        let mut co = Coalescer::new(tx, BufPool::new(BUF_SIZE, 4));
+        let mut files = BufPool::new(BUF_SIZE, 2);
+        let (a, b) = (files.take(), files.take());
+        let (a, b) = (files.lend(a, 0..BUF_SIZE), files.lend(b, 0..BUF_SIZE));
+        // Three contiguous 64 KiB pieces of `a` (as a qcow2 decoder emits clusters): one write, a slice of `a`.
+        for i in 0..3u64 {
+            let at = 65536 * (i as usize + 1);
+            co.piece((1 << 30) + 65536 * i, &a, at..at + 65536).unwrap();
+        }
+        co.buffer_done().unwrap();
+        // A short run at the end of `a`, continued at the start of `b`: packed into one buffer, copied.
+        co.piece(1 << 31, &a, BUF_SIZE - 4096..BUF_SIZE).unwrap();
+        co.buffer_done().unwrap();
+        co.piece((1 << 31) + 4096, &b, 0..8192).unwrap();
+        // Memory not congruent with the target offset modulo ALIGN: copied.
+        co.piece(3 << 30, &b, 8192 + 512..8192 + 1024).unwrap();
+        co.flush().unwrap();
+        drop(co);
+        let ops: Vec<(u64, Bytes)> = rx
+            .iter()
+            .map(|op| match op {
+                WriteOp::Data { offset, data } => (offset, data),
+                WriteOp::Zero { .. } => panic!("no zeros here"),
+            })
+            .collect();
+        assert_eq!(ops.len(), 3, "{ops:?}");
+        assert_eq!((ops[0].0, ops[0].1.len()), (1 << 30, 3 * 65536));
+        assert_eq!(
+            ops[0].1.as_ptr(),
+            a[65536..].as_ptr(),
+            "a slice of the chunk, not a copy"
+        );
+        assert_eq!((ops[1].0, ops[1].1.len()), (1 << 31, 3 * 4096));
+        assert!(ops[1].1.as_ptr() != a[BUF_SIZE - 4096..].as_ptr());
+        assert_eq!(ops[1].1.as_ptr() as usize % ALIGN, 0);
+        assert_eq!((ops[2].0, ops[2].1.len()), (3 << 30, 512));
+        assert_eq!(ops[2].1.as_ptr() as usize % ALIGN, 0);
+    }
+
+    #[test]
     fn detects_compression_and_format_by_magic() {
         assert_eq!(Compression::detect(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
         assert_eq!(Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Compression::Zstd);
@@ -758,5 +892,211 @@ mod tests {
         assert_eq!(detect_format(b"QFI\xfb\0\0\0\x03").unwrap(), ImageFormat::Qcow2);
         assert_eq!(detect_format(&[0u8; 8]).unwrap(), ImageFormat::Raw);
         assert!(detect_format(b"KDMV\x01\0\0\0").is_err());
+    }
+
+    /// Deterministic pseudo-random bytes (xorshift).
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        let mut v = Vec::with_capacity(len + 8);
+        while v.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v.truncate(len);
+        v
+    }
+
+    fn sha256(data: &[u8]) -> ChecksumSource {
+        let mut h = Hasher::new(Algorithm::Sha256);
+        h.update(data);
+        ChecksumSource::Inline(ExpectedDigest {
+            algorithm: Algorithm::Sha256,
+            hex: h.finish_hex(),
+        })
+    }
+
+    /// A disk image of `len` bytes spanning several file chunks: an MBR signature and a GPT header at the start, a
+    /// backup GPT header in its last 512 bytes, noise, text and runs of zeros (whole zero grains and shorter ones,
+    /// aligned and not), and a partial last 4 KiB block when `len` is not a multiple of it.
+    fn disk_image(len: usize) -> Vec<u8> {
+        let mut img = noise(7, len);
+        img[510..512].copy_from_slice(&[0x55, 0xaa]);
+        img[512..520].copy_from_slice(b"EFI PART");
+        let text = b"a wrong checksum leaves the disk unbootable; ".repeat(30_000);
+        img[(3 << 20) + 100..(3 << 20) + 100 + text.len()].copy_from_slice(&text);
+        img[(1 << 20)..(2 << 20) + 777].fill(0);
+        img[(4 << 20) - 5000..(4 << 20) + 3 * 65536].fill(0);
+        img[(6 << 20) + 4096..(6 << 20) + 8192].fill(0);
+        let last = len - 512;
+        img[last..last + 8].copy_from_slice(b"EFI PART");
+        img
+    }
+
+    /// `qemu-img convert -O qcow2 extra…` of `raw`.
+    fn qcow2_of(raw: &Path, name: &str, extra: &[&str]) -> PathBuf {
+        let out = raw.with_file_name(name);
+        let mut cmd = std::process::Command::new("qemu-img");
+        cmd.args(["convert", "-f", "raw", "-O", "qcow2"])
+            .args(extra)
+            .arg(raw)
+            .arg(&out);
+        let st = cmd.output().expect("qemu-img (tests/setup.sh installs it)");
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        out
+    }
+
+    /// A loop device over a file, detached when dropped; `None` where loop devices cannot be set up (not root).
+    struct Loop(PathBuf);
+
+    impl Loop {
+        fn attach(backing: &Path) -> Option<Self> {
+            if !Path::new("/dev/loop-control").exists() {
+                return None;
+            }
+            let out = std::process::Command::new("losetup")
+                .args(["-f", "--show"])
+                .arg(backing)
+                .output()
+                .ok()?;
+            let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            (out.status.success() && !dev.is_empty()).then(|| Self(PathBuf::from(dev)))
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").arg("-d").arg(&self.0).status();
+        }
+    }
+
+    /// The targets to write to: a loop device over a 16 MiB file of garbage where loop devices can be set up (its
+    /// bytes read back through the backing file), and always a regular file written with O_DIRECT.
+    fn targets(dir: &Path) -> (Option<Loop>, PathBuf) {
+        let backing = dir.join("disk");
+        std::fs::write(&backing, noise(11, 16 << 20)).unwrap();
+        let lo = Loop::attach(&backing);
+        if lo.is_none() {
+            eprintln!("no loop device (not root?): the block-device cases are skipped");
+        }
+        (lo, backing)
+    }
+
+    async fn write(img: &Path, checksum: &ChecksumSource, target: &Path) -> Result<WriteReport, ImageError> {
+        let opts = WriteOptions {
+            direct: DirectIo::Always,
+            client: None,
+        };
+        run(
+            img.to_str().unwrap(),
+            Some(checksum),
+            None,
+            Some(target),
+            &Progress::new(),
+            &opts,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raw_and_qcow2_images_of_odd_sizes_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not a multiple of 4096 (nor of 512) for raw; qcow2 sizes are multiples of 512, this one not of 4096.
+        let raw_bytes = disk_image((9 << 20) + 3 * 4096 + 777);
+        let raw = dir.path().join("odd.raw");
+        std::fs::write(&raw, &raw_bytes).unwrap();
+        let q_bytes = disk_image((9 << 20) + 1536);
+        let q_raw = dir.path().join("q.raw");
+        std::fs::write(&q_raw, &q_bytes).unwrap();
+        let cases = [
+            (raw.clone(), &raw_bytes, ImageFormat::Raw),
+            (qcow2_of(&q_raw, "plain.qcow2", &[]), &q_bytes, ImageFormat::Qcow2),
+            // 512-byte clusters sit at offsets not congruent with their place modulo 4096: copied, not shared.
+            (
+                qcow2_of(&q_raw, "c512.qcow2", &["-o", "cluster_size=512"]),
+                &q_bytes,
+                ImageFormat::Qcow2,
+            ),
+            (qcow2_of(&q_raw, "deflate.qcow2", &["-c"]), &q_bytes, ImageFormat::Qcow2),
+        ];
+        let (lo, backing) = targets(dir.path());
+        let file = dir.path().join("file.out");
+        for (img, expect, format) in &cases {
+            let sum = sha256(&std::fs::read(img).unwrap());
+            if let Some(lo) = &lo {
+                let r = write(img, &sum, &lo.0).await.unwrap();
+                assert_eq!(
+                    (r.format, r.image_size, r.verified),
+                    (*format, expect.len() as u64, true)
+                );
+                let on_disk = std::fs::read(&backing).unwrap();
+                assert!(
+                    on_disk[..expect.len()] == expect[..],
+                    "{}: the device differs from the image",
+                    img.display()
+                );
+                // The device is garbage past the image again for the next case.
+                std::fs::write(&backing, noise(11, 16 << 20)).unwrap();
+            }
+            let r = write(img, &sum, &file).await.unwrap();
+            assert_eq!((r.format, r.image_size), (*format, expect.len() as u64));
+            assert!(
+                std::fs::read(&file).unwrap() == expect[..],
+                "{}: the file differs",
+                img.display()
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wrong_checksum_leaves_no_partition_table_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw_bytes = disk_image((9 << 20) + 3 * 4096 + 777);
+        let raw = dir.path().join("odd.raw");
+        std::fs::write(&raw, &raw_bytes).unwrap();
+        let q_bytes = disk_image((9 << 20) + 1536);
+        let q_raw = dir.path().join("q.raw");
+        std::fs::write(&q_raw, &q_bytes).unwrap();
+        let qcow = qcow2_of(&q_raw, "plain.qcow2", &[]);
+        let wrong = ChecksumSource::Inline(ExpectedDigest {
+            algorithm: Algorithm::Sha256,
+            hex: "ab".repeat(32),
+        });
+        let wiped = WIPE_BYTES as usize;
+        let (lo, backing) = targets(dir.path());
+        let file = dir.path().join("file.out");
+        for (img, expect) in [(&raw, &raw_bytes), (&qcow, &q_bytes)] {
+            let mut written = Vec::new();
+            if let Some(lo) = &lo {
+                let e = write(img, &wrong, &lo.0).await.unwrap_err();
+                assert!(matches!(e, ImageError::ChecksumMismatch { .. }), "{e:?}");
+                written.push(std::fs::read(&backing).unwrap());
+                std::fs::write(&backing, noise(11, 16 << 20)).unwrap();
+            }
+            let e = write(img, &wrong, &file).await.unwrap_err();
+            assert!(matches!(e, ImageError::ChecksumMismatch { .. }), "{e:?}");
+            written.push(std::fs::read(&file).unwrap());
+            for disk in written {
+                // The image was written, then both ends of the target (MBR, primary and backup GPT) were zeroed.
+                let n = disk.len();
+                assert!(
+                    disk[..wiped].iter().all(|b| *b == 0),
+                    "{}: head not wiped",
+                    img.display()
+                );
+                assert!(
+                    disk[n - wiped..].iter().all(|b| *b == 0),
+                    "{}: tail not wiped",
+                    img.display()
+                );
+                let end = expect.len().min(n - wiped);
+                assert!(
+                    disk[wiped..end] == expect[wiped..end],
+                    "{}: image not written",
+                    img.display()
+                );
+            }
+        }
     }
 }

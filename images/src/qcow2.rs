@@ -292,10 +292,20 @@ impl Decoder {
     ///
     /// # Errors
     /// A [`Qcow2Error`] for an invalid or unstreamable image, or `Sink` if `out` failed.
+    ///
+    /// When nothing is carried over from the previous chunk (the usual case: tables and clusters do not straddle
+    /// chunks of a power-of-two size), the chunk is decoded where it is, without a copy: the bytes of
+    /// [`Output::Data`] for an uncompressed cluster are then a subslice of `chunk` (which lets the caller write
+    /// them without a copy either). Only a trailing partial table or cluster is kept for the next chunk.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Sink<'_>) -> Result<(), Qcow2Error> {
         if self.head > 0 {
             self.window.drain(..self.head);
             self.head = 0;
+        }
+        if self.header.is_some() && self.window.is_empty() {
+            let used = self.run(chunk, out, false)?;
+            self.window.extend_from_slice(&chunk[used..]);
+            return Ok(());
         }
         self.window.extend_from_slice(chunk);
         if self.header.is_none() {
@@ -304,7 +314,7 @@ impl Decoder {
             }
             self.start(out)?;
         }
-        self.run(out, false)
+        self.run_window(out, false)
     }
 
     /// Signals the end of the stream: flushes what is pending and checks nothing is missing. `fetch(offset, len)`
@@ -318,7 +328,7 @@ impl Decoder {
         if self.header.is_none() {
             self.start(out)?;
         }
-        self.run(out, true)?;
+        self.run_window(out, true)?;
         while let Some((at, len, want)) = self.late.pop() {
             let bytes = fetch(at, len).map_err(|source| Qcow2Error::Fetch { offset: at, source })?;
             let complete = bytes.len() as u64 == len || matches!(want, Want::Compressed { .. });
@@ -395,34 +405,45 @@ impl Decoder {
         }
     }
 
-    fn run(&mut self, out: &mut Sink<'_>, eof: bool) -> Result<(), Qcow2Error> {
+    /// [`Decoder::run`] over the retained bytes.
+    fn run_window(&mut self, out: &mut Sink<'_>, eof: bool) -> Result<(), Qcow2Error> {
+        // Lent out meanwhile: nothing `run` calls touches the window.
+        let window = std::mem::take(&mut self.window);
+        let res = self.run(&window[self.head..], out, eof);
+        self.window = window;
+        self.head += res?;
+        Ok(())
+    }
+
+    /// Serves the pending reads from `live`, the bytes starting at host offset `window_start`; returns how many
+    /// bytes at its front no pending read needs any more (`window_start` has moved past them). The rest must be
+    /// kept for the next call.
+    fn run(&mut self, live: &[u8], out: &mut Sink<'_>, eof: bool) -> Result<usize, Qcow2Error> {
+        let mut used = 0;
         loop {
-            let end = self.window_end();
+            let end = self.window_start + (live.len() - used) as u64;
             let Some((&at, &(len, want))) = self.wants.first_key_value().map(|(k, v)| (k, &v[0])) else {
-                let n = self.window.len() - self.head;
-                self.with_live(n, |d, live| d.unknown(d.window_start, live))?;
-                self.window.clear();
-                self.head = 0;
+                self.unknown(self.window_start, &live[used..])?;
                 self.window_start = end;
-                return Ok(());
+                return Ok(live.len());
             };
             if at > self.window_start {
                 let upto = at.min(end);
                 let n = (upto - self.window_start) as usize;
                 if self.tables_pending > 0 {
-                    self.with_live(n, |d, live| d.unknown(d.window_start, live))?;
+                    self.unknown(self.window_start, &live[used..used + n])?;
                 }
-                self.head += n;
+                used += n;
                 self.window_start = upto;
                 if at >= end {
-                    return Ok(());
+                    return Ok(used);
                 }
             }
             let avail = end - at;
             if len > avail {
                 // Only a compressed cluster's rounded-up length may run past the end of the file.
                 if !(eof && matches!(want, Want::Compressed { .. })) || avail == 0 {
-                    return Ok(());
+                    return Ok(used);
                 }
             }
             let take = len.min(avail) as usize;
@@ -431,24 +452,15 @@ impl Decoder {
             if list.is_empty() {
                 self.wants.remove(&at);
             }
-            self.with_live(take, |d, bytes| d.process(at, want, bytes, out))?;
+            self.process(at, want, &live[used..used + take], out)?;
             // Drop what no pending read needs any more.
             let next = self.wants.keys().next().copied().unwrap_or(u64::MAX);
-            let keep_from = next.min(at + take as u64).min(self.window_end());
+            let keep_from = next.min(at + take as u64).min(end);
             if keep_from > self.window_start {
-                self.head += (keep_from - self.window_start) as usize;
+                used += (keep_from - self.window_start) as usize;
                 self.window_start = keep_from;
             }
         }
-    }
-
-    /// Runs `f` on the first `n` live bytes without copying them: the window is lent out meanwhile (nothing `f`
-    /// calls — `process`, `unknown` — touches it).
-    fn with_live<T>(&mut self, n: usize, f: impl FnOnce(&mut Self, &[u8]) -> T) -> T {
-        let window = std::mem::take(&mut self.window);
-        let res = f(self, &window[self.head..self.head + n]);
-        self.window = window;
-        res
     }
 
     /// Bytes no pending read covers: either free space/refcount data, or data whose L2 table comes later.
@@ -702,6 +714,33 @@ mod tests {
             out,
             vec![(0, 65536, 0), (65536, 65536, 0x42), (131072, (1 << 30) - 131072, 0)]
         );
+    }
+
+    #[test]
+    fn clusters_of_a_chunk_fed_whole_are_emitted_from_it_without_a_copy() {
+        // Header, refcount table (cluster 1, empty), L2 (cluster 2), L1 (cluster 3), data (clusters 4 and 5).
+        let cs = 1usize << 16;
+        let mut img = vec![0u8; 6 * cs];
+        img[..512].copy_from_slice(&header_bytes());
+        img[3 * cs..3 * cs + 8].copy_from_slice(&((2u64 << 16) | 1 << 63).to_be_bytes());
+        for (j, host) in [(0usize, 4u64), (1, 5)] {
+            img[2 * cs + 8 * j..2 * cs + 8 * j + 8].copy_from_slice(&((host << 16) | 1 << 63).to_be_bytes());
+        }
+        img[4 * cs..6 * cs].fill(0x42);
+        let (tables, data) = img.split_at(4 * cs);
+        let mut dec = Decoder::new();
+        let mut borrowed = Vec::new();
+        let mut sink = |o: Output<'_>| {
+            if let Output::Data { guest, bytes } = o {
+                let from = (bytes.as_ptr() as usize).checked_sub(data.as_ptr() as usize);
+                borrowed.push((guest, bytes.len(), from.filter(|f| f + bytes.len() <= data.len())));
+            }
+            Ok(())
+        };
+        dec.feed(tables, &mut sink).unwrap();
+        dec.feed(data, &mut sink).unwrap();
+        dec.finish(&mut sink, &mut |_, _| unreachable!()).unwrap();
+        assert_eq!(borrowed, vec![(0, cs, Some(0)), (cs as u64, cs, Some(cs))]);
     }
 
     #[test]
