@@ -3,6 +3,7 @@
 # sigs.k8s.io/cluster-api (see go.mod; the api submodule is replaced with its published tag of the same version):
 #   $CACHE/kube/cluster-api-<version>/bin/capi-core        (core/main.go: Cluster, Machine, MachineSet, MachineDeployment)
 #   $CACHE/kube/cluster-api-<version>/bin/capi-kubeadm-bootstrap (bootstrap/kubeadm/main.go: KubeadmConfig)
+#   $CACHE/kube/cluster-api-<version>/bin/clusterctl             (cmd/clusterctl: generate, move)
 # Slow the first time (about 15 minutes on 2 cores); a no-op when present. Shares Go caches with ../kube/build.sh.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -27,6 +28,7 @@ build() { # build <package> <output name>
 }
 build sigs.k8s.io/cluster-api/core capi-core
 build sigs.k8s.io/cluster-api/bootstrap/kubeadm capi-kubeadm-bootstrap
+build sigs.k8s.io/cluster-api/cmd/clusterctl clusterctl
 # The RKE2 bootstrap and control plane providers' CRDs, to validate deploy/clusterctl/templates/cluster-template-rke2.yaml.
 RKE2_VERSION=v0.21.0
 RKE2_CRD=$CACHE/kube/caprke2-$RKE2_VERSION/crd

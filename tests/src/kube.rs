@@ -471,6 +471,11 @@ pub struct CapiManagers {
 
 impl CapiManagers {
     pub fn start(server: &KubeApiServer) -> anyhow::Result<Self> {
+        Self::start_with(server, &[])
+    }
+
+    /// [`CapiManagers::start`] with extra arguments for both managers (e.g. `--feature-gates=ClusterTopology=true`).
+    pub fn start_with(server: &KubeApiServer, extra: &[&str]) -> anyhow::Result<Self> {
         let bin = capi_bin_dir();
         for b in ["capi-core", "capi-kubeadm-bootstrap"] {
             if !bin.join(b).is_file() {
@@ -511,7 +516,7 @@ impl CapiManagers {
             _record: record,
         };
         for name in ["capi-core", "capi-kubeadm-bootstrap"] {
-            let args: Vec<String> = vec![
+            let mut args: Vec<String> = vec![
                 format!("--kubeconfig={}", server.kubeconfig.display()),
                 "--leader-elect=false".into(),
                 format!("--webhook-cert-dir={}", d.display()),
@@ -522,6 +527,7 @@ impl CapiManagers {
                 "--sync-period=30s".into(),
                 "--v=2".into(),
             ];
+            args.extend(extra.iter().map(|a| (*a).to_owned()));
             let log = server.dir().join(format!("{name}.log"));
             let child = spawn(&bin.join(name), &args, &log, &me._record)?;
             me.children.push(child);

@@ -6,6 +6,7 @@
 //! The lab never touches the machine's real networks: addresses live only inside namespaces it created.
 
 pub mod chromium;
+pub mod clusterctl;
 pub mod cmd;
 pub mod failover;
 pub mod inproc;
