@@ -69,7 +69,8 @@ if [ "${KILN_SETUP_KUBE:-0}" = 1 ]; then
   [ -x "$KUBE_BIN/kube-apiserver" ] && [ -x "$KUBE_BIN/etcd" ] && [ -e "$CACHE/kube/cluster-api-v1.14.2/crd/.done" ] \
     || bash "$ROOT/tests/kube/build.sh"
   [ -x "$CACHE/kube/cluster-api-v1.14.2/bin/capi-core" ] && [ -x "$CACHE/kube/cluster-api-v1.14.2/bin/capi-kubeadm-bootstrap" ] \
-    && [ -x "$CACHE/kube/cluster-api-v1.14.2/bin/clusterctl" ] && [ -e "$CACHE/kube/caprke2-v0.21.0/crd/.done" ] \
+    && [ -x "$CACHE/kube/cluster-api-v1.14.2/bin/clusterctl" ] && [ -e "$CACHE/kube/cluster-api-v1.14.2/clusterctl-api.yaml" ] \
+    && [ -e "$CACHE/kube/caprke2-v0.21.0/crd/.done" ] \
     || bash "$ROOT/tests/capi/build.sh"
 fi
 log "ready (venv: $VENV)"

@@ -51,7 +51,10 @@ fn free_form_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     printcolumn = r#"{"name":"Consumer","type":"string","jsonPath":".spec.consumerRef.name","description":"Consumer using this host"}"#,
     printcolumn = r#"{"name":"Online","type":"string","jsonPath":".spec.online","description":"Whether the host is online or not"}"#,
     printcolumn = r#"{"name":"Error","type":"string","jsonPath":".status.errorType","description":"Type of the most recent error"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // `clusterctl move` moves every BareMetalHost of the namespace, with the Secrets it owns (its BMC credentials):
+    // nothing owns a host, so without this label a move would leave the inventory behind.
+    label("clusterctl.cluster.x-k8s.io/move-hierarchy", "")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BareMetalHostSpec {

@@ -26,6 +26,44 @@ pub const PROVIDER_NAME: &str = "infrastructure-kiln";
 pub const PAUSED_ANNOTATION: &str = "cluster.x-k8s.io/paused";
 /// Label CAPI puts on infrastructure objects naming their Cluster.
 pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
+/// Annotation `clusterctl move` puts on a source object just before deleting it: the object lives on in the target
+/// management cluster, so its deletion here must not release or deprovision anything.
+pub const DELETE_FOR_MOVE_ANNOTATION: &str = "clusterctl.cluster.x-k8s.io/delete-for-move";
+
+/// Whether an object of a Cluster is paused, as the Cluster API provider contract defines it: the object carries
+/// [`PAUSED_ANNOTATION`], or the Cluster named by its [`CLUSTER_NAME_LABEL`] has `spec.paused` (which
+/// `clusterctl move` sets for the whole move). A Cluster that cannot be read counts as not paused only when it does
+/// not exist.
+///
+/// # Errors
+/// A failed read of the Cluster.
+pub async fn is_paused(client: &kube::Client, obj: &impl kube::ResourceExt) -> Result<bool, kube::Error> {
+    if obj.annotations().contains_key(PAUSED_ANNOTATION) {
+        return Ok(true);
+    }
+    let (Some(cluster), Some(ns)) = (obj.labels().get(CLUSTER_NAME_LABEL), obj.namespace()) else {
+        return Ok(false);
+    };
+    let clusters: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(client.clone(), &ns, &cluster_resource());
+    Ok(clusters
+        .get_opt(cluster)
+        .await?
+        .is_some_and(|c| c.data["spec"]["paused"].as_bool() == Some(true)))
+}
+
+/// Whether `clusterctl move` is deleting this object (it now lives in the target management cluster).
+pub fn deleted_for_move(obj: &impl kube::ResourceExt) -> bool {
+    obj.meta().deletion_timestamp.is_some() && obj.annotations().contains_key(DELETE_FOR_MOVE_ANNOTATION)
+}
+
+/// Cluster API's `Cluster` (v1beta2).
+pub fn cluster_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", "Cluster"),
+        "clusters",
+    )
+}
 /// Finalizer kiln puts on KilnMachines until their host is released.
 pub const MACHINE_FINALIZER: &str = "kilnmachine.infrastructure.cluster.x-k8s.io";
 
@@ -339,4 +377,27 @@ pub struct KilnRemediationTemplateSpec {
 /// gets it, and the host's config drive carries it (meta data key `providerid`) for the kubelet.
 pub fn provider_id(namespace: &str, host: &str) -> String {
     format!("kiln://{namespace}/{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(annotations: &[&str], deleted: bool) -> KilnMachine {
+        let mut m = KilnMachine::new("m", KilnMachineSpec::default());
+        m.metadata.annotations = Some(annotations.iter().map(|a| ((*a).to_owned(), String::new())).collect());
+        if deleted {
+            m.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        }
+        m
+    }
+
+    #[test]
+    fn only_a_deletion_by_clusterctl_move_is_a_move() {
+        assert!(deleted_for_move(&machine(&[DELETE_FOR_MOVE_ANNOTATION], true)));
+        // Annotated but not (yet) deleted: still this cluster's machine.
+        assert!(!deleted_for_move(&machine(&[DELETE_FOR_MOVE_ANNOTATION], false)));
+        // Deleted without the annotation: a real deletion, which releases the host.
+        assert!(!deleted_for_move(&machine(&[PAUSED_ANNOTATION], true)));
+    }
 }

@@ -19,7 +19,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::capi::{Initialization, KilnCluster, KilnClusterStatus, KilnMachine, KilnRemediation, PAUSED_ANNOTATION};
+use crate::capi::{Initialization, KilnCluster, KilnClusterStatus, KilnMachine, KilnRemediation, is_paused};
 use crate::engine::{Engine, EngineError, HostKey};
 use crate::machine_controller::machine_resource;
 
@@ -61,8 +61,11 @@ pub async fn run_clusters(client: Client, shutdown: impl std::future::Future<Out
 }
 
 async fn reconcile_cluster(c: Arc<KilnCluster>, client: Arc<Client>) -> Result<Action, Error> {
-    if c.annotations().contains_key(PAUSED_ANNOTATION) {
+    if c.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
+    }
+    if is_paused(&client, &*c).await? {
+        return Ok(Action::requeue(Duration::from_secs(10)));
     }
     let status = cluster_status(&c);
     if c.status.as_ref() != Some(&status) {
@@ -101,8 +104,12 @@ pub async fn run_remediations<E: Engine>(
 }
 
 async fn reconcile_remediation<E: Engine>(r: Arc<KilnRemediation>, ctx: Arc<RemCtx<E>>) -> Result<Action, Error> {
-    if r.annotations().contains_key(PAUSED_ANNOTATION) || r.metadata.deletion_timestamp.is_some() {
+    if r.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
+    }
+    if is_paused(&ctx.client, &*r).await? {
+        // Never reboot a host of a paused Cluster (`clusterctl move` pauses it): look again later.
+        return Ok(Action::requeue(Duration::from_secs(10)));
     }
     let ns = r.namespace().unwrap_or_default();
     let api: Api<KilnRemediation> = Api::namespaced(ctx.client.clone(), &ns);

@@ -7,6 +7,8 @@
 //! - `baremetalhost.metal3.io/paused`: nothing is done while present (neither engine nor status);
 //! - `baremetalhost.metal3.io/detached`: the engine is not driven, status says `detached`, delete skips
 //!   deprovisioning;
+//! - `clusterctl move`: the host is an owner of its BMC credentials Secret (so both move together), and a host
+//!   deleted for the move (`clusterctl.cluster.x-k8s.io/delete-for-move`) is neither deprovisioned nor forgotten;
 //! - BMC credentials come from the Secret `spec.bmc.credentialsName` (keys `username`, `password`); user, network and
 //!   meta data from the Secrets referenced in the spec (keys `userData`/`networkData`/`metaData`, or `value`).
 //!
@@ -129,6 +131,14 @@ async fn reconcile<E: Engine>(host: Arc<BareMetalHost>, ctx: Arc<Ctx<E>>) -> Res
         if !has_finalizer {
             return Ok(Action::await_change());
         }
+        if crate::capi::deleted_for_move(&*host) {
+            // `clusterctl move` created this host in the target management cluster: the machine is neither
+            // deprovisioned nor forgotten. kiln keeps it, and adopts it from the target's BareMetalHost of the same
+            // namespace and name.
+            tracing::info!(host = %key, "BareMetalHost deleted by clusterctl move: kept");
+            remove_finalizer(&api, &host).await?;
+            return Ok(Action::await_change());
+        }
         return match ctx.engine.release_host(&key, !host.is_detached()).await? {
             Release::Done => {
                 remove_finalizer(&api, &host).await?;
@@ -221,6 +231,29 @@ fn now() -> Time {
 /// Metal3's annotation that skips inspection (`disabled`).
 const INSPECT_ANNOTATION: &str = "inspect.metal3.io";
 
+/// Makes the host an owner of its BMC credentials Secret, as baremetal-operator does, so that `clusterctl move` (which
+/// moves every BareMetalHost with what it owns) takes the credentials along; a Secret several hosts share gets one
+/// owner reference per host. Not a controller reference: deleting a host does not delete a shared Secret.
+async fn own_credentials(secrets: &Api<Secret>, host: &BareMetalHost, creds: &Secret) -> Result<(), kube::Error> {
+    let Some(uid) = host.uid() else { return Ok(()) };
+    if creds.owner_references().iter().any(|o| o.uid == uid) {
+        return Ok(());
+    }
+    // A strategic merge patch merges owner references by uid: hosts sharing the Secret add theirs without a conflict.
+    let owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "metal3.io/v1alpha1".into(),
+        kind: "BareMetalHost".into(),
+        name: host.name_any(),
+        uid,
+        ..Default::default()
+    };
+    let patch = json!({"metadata": {"ownerReferences": [owner]}});
+    secrets
+        .patch(&creds.name_any(), &PatchParams::default(), &Patch::Strategic(patch))
+        .await?;
+    Ok(())
+}
+
 async fn host_spec(host: &BareMetalHost, secrets: &Api<Secret>) -> Result<Result<HostSpec, String>, Error> {
     let s = &host.spec;
     if s.bmc.credentials_name.is_empty() {
@@ -232,6 +265,7 @@ async fn host_spec(host: &BareMetalHost, secrets: &Api<Secret>) -> Result<Result
             s.bmc.credentials_name
         )));
     };
+    own_credentials(secrets, host, &creds).await?;
     let (Some(user), Some(pass)) = (secret_key(&creds, &["username"]), secret_key(&creds, &["password"])) else {
         return Ok(Err(format!(
             "Secret {} lacks username or password",
@@ -541,9 +575,15 @@ async fn add_finalizer(api: &Api<BareMetalHost>, host: &BareMetalHost) -> Result
 async fn remove_finalizer(api: &Api<BareMetalHost>, host: &BareMetalHost) -> Result<(), kube::Error> {
     let f: Vec<String> = host.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     let patch = json!({"metadata": {"finalizers": f, "resourceVersion": host.resource_version()}});
-    api.patch(&host.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-        .await?;
-    Ok(())
+    match api
+        .patch(&host.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        // Gone already: the last finalizer was removed by someone else (`clusterctl move` removes them itself).
+        Err(kube::Error::Api(e)) if e.code == 404 && host.metadata.deletion_timestamp.is_some() => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// Whether the host has the detached annotation (re-exported for callers that only hold metadata).

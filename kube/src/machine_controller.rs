@@ -5,7 +5,9 @@
 //! (the BareMetalHost controller then deprovisions it back to `available`) before the finalizer is removed.
 //! While the owning Machine has no nodeRef, it also makes sure the host's Node in the workload cluster carries the
 //! providerID ([`crate::workload`]), retrying with a capped, jittered backoff per machine until the Node appears.
-//! Objects carrying `cluster.x-k8s.io/paused` are left alone.
+//! Objects carrying `cluster.x-k8s.io/paused`, or of a Cluster with `spec.paused`, are left alone. A KilnMachine that
+//! `clusterctl move` deletes (annotated `clusterctl.cluster.x-k8s.io/delete-for-move`) lives on in the target
+//! management cluster: its finalizer goes without releasing the host.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +24,8 @@ use serde_json::json;
 
 use crate::bmh::{BareMetalHost, Image, ProvisioningState};
 use crate::capi::{
-    HostRef, Initialization, KilnMachine, KilnMachineStatus, MACHINE_FINALIZER, MachineAddress, PAUSED_ANNOTATION,
+    HostRef, Initialization, KilnMachine, KilnMachineStatus, MACHINE_FINALIZER, MachineAddress, deleted_for_move,
+    is_paused,
 };
 use crate::claim::{Claim, claim_host, release_host};
 use crate::workload::{self, Decision, HostIdentity};
@@ -132,13 +135,24 @@ pub async fn run(
 }
 
 async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    if m.annotations().contains_key(PAUSED_ANNOTATION) {
-        return Ok(Action::await_change());
-    }
     let ns = m.namespace().unwrap_or_else(|| "default".into());
     let api: Api<KilnMachine> = Api::namespaced(ctx.client.clone(), &ns);
     let has_finalizer = m.finalizers().iter().any(|f| f == MACHINE_FINALIZER);
     let key = format!("{ns}/{}", m.name_any());
+    if deleted_for_move(&*m) {
+        ctx.node_found(&key);
+        if has_finalizer {
+            let f: Vec<&String> = m.finalizers().iter().filter(|f| *f != MACHINE_FINALIZER).collect();
+            let patch = json!({"metadata": {"finalizers": f, "resourceVersion": m.resource_version()}});
+            api.patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                .await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if is_paused(&ctx.client, &*m).await? {
+        // A paused Cluster does not change this object when it resumes: look again.
+        return Ok(Action::requeue(ctx.config.wait_requeue));
+    }
     if m.metadata.deletion_timestamp.is_some() {
         ctx.node_found(&key);
         if has_finalizer {

@@ -4,6 +4,7 @@
 #   $CACHE/kube/cluster-api-<version>/bin/capi-core        (core/main.go: Cluster, Machine, MachineSet, MachineDeployment)
 #   $CACHE/kube/cluster-api-<version>/bin/capi-kubeadm-bootstrap (bootstrap/kubeadm/main.go: KubeadmConfig)
 #   $CACHE/kube/cluster-api-<version>/bin/clusterctl             (cmd/clusterctl: generate, move)
+#   $CACHE/kube/cluster-api-<version>/clusterctl-api.yaml        (clusterctl's inventory CRD)
 # Slow the first time (about 15 minutes on 2 cores); a no-op when present. Shares Go caches with ../kube/build.sh.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -29,6 +30,14 @@ build() { # build <package> <output name>
 build sigs.k8s.io/cluster-api/core capi-core
 build sigs.k8s.io/cluster-api/bootstrap/kubeadm capi-kubeadm-bootstrap
 build sigs.k8s.io/cluster-api/cmd/clusterctl clusterctl
+# clusterctl's inventory CRD (Provider), which `clusterctl init` installs, for the tests that record an init.
+INVENTORY=$CACHE/kube/cluster-api-$CAPI_VERSION/clusterctl-api.yaml
+if [ ! -e "$INVENTORY" ]; then
+  dir=$("$GO" list -m -f '{{.Dir}}' sigs.k8s.io/cluster-api)
+  cp "$dir/cmd/clusterctl/config/manifest/clusterctl-api.yaml" "$INVENTORY.tmp"
+  chmod u+w "$INVENTORY.tmp"
+  mv "$INVENTORY.tmp" "$INVENTORY"
+fi
 # The RKE2 bootstrap and control plane providers' CRDs, to validate deploy/clusterctl/templates/cluster-template-rke2.yaml.
 RKE2_VERSION=v0.21.0
 RKE2_CRD=$CACHE/kube/caprke2-$RKE2_VERSION/crd

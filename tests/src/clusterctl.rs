@@ -191,3 +191,81 @@ impl Clusterctl {
         )
     }
 }
+
+/// The providers a `clusterctl init --infrastructure kiln` records for the managers the tests run:
+/// (inventory name, `providerName`, type, version, namespace).
+const PROVIDERS: [(&str, &str, &str, &str, &str); 3] = [
+    (
+        "cluster-api",
+        "cluster-api",
+        "CoreProvider",
+        crate::kube::CAPI_VERSION,
+        "capi-system",
+    ),
+    (
+        "bootstrap-kubeadm",
+        "kubeadm",
+        "BootstrapProvider",
+        crate::kube::CAPI_VERSION,
+        "capi-kubeadm-bootstrap-system",
+    ),
+    (
+        "infrastructure-kiln",
+        "kiln",
+        "InfrastructureProvider",
+        PROVIDER_VERSION,
+        "kiln-system",
+    ),
+];
+
+/// Records in a test API server what `clusterctl init` leaves behind besides the controllers, which the tests run
+/// themselves: clusterctl's inventory (the `Provider` CRD and one `Provider` per installed provider) and the
+/// `clusterctl.cluster.x-k8s.io` label on every installed CRD, by which `clusterctl move` finds the kinds to move.
+/// The CRDs must already be installed (their provider labels come from the providers' own manifests).
+///
+/// # Errors
+/// A failed API call, or the cached inventory CRD missing (run `tests/capi/build.sh`).
+pub async fn record_init(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+    let inventory_crd = crate::kube::capi_bin_dir().join("../clusterctl-api.yaml");
+    let text = std::fs::read_to_string(&inventory_crd)
+        .with_context(|| format!("read {} (run tests/capi/build.sh)", inventory_crd.display()))?;
+    crate::kube::install_crds(client, &crate::kube::parse_crds(&text)?).await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds.list(&Default::default()).await? {
+        let label = serde_json::json!({"metadata": {"labels": {"clusterctl.cluster.x-k8s.io": ""}}});
+        crds.patch(
+            &crd.metadata.name.unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Merge(label),
+        )
+        .await?;
+    }
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("clusterctl.cluster.x-k8s.io", "v1alpha3", "Provider"),
+        "providers",
+    );
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    for (name, provider, kind, version, ns) in PROVIDERS {
+        if namespaces.get_opt(ns).await?.is_none() {
+            namespaces
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?,
+                )
+                .await?;
+        }
+        let p: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "clusterctl.cluster.x-k8s.io/v1alpha3", "kind": "Provider",
+            "metadata": {"name": name, "namespace": ns,
+                         "labels": {"clusterctl.cluster.x-k8s.io": "", "cluster.x-k8s.io/provider": name}},
+            "providerName": provider, "type": kind, "version": version,
+        }))?;
+        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar)
+            .create(&PostParams::default(), &p)
+            .await
+            .with_context(|| format!("record provider {name}"))?;
+    }
+    Ok(())
+}

@@ -14,6 +14,9 @@
 //! 2. Scale the MachineDeployment to 2: a second worker host is claimed and provisioned, its Node found the same way.
 //! 3. Scale back to 1: Cluster API deletes a Machine, kiln deprovisions (the agent erases) and releases its host,
 //!    which is available again.
+//! 4. The real `clusterctl move` to a second API server (a pivot): the BareMetalHosts (with their credentials) move
+//!    with the cluster, kiln's appliance follows to the target, and every Machine runs again there without any host
+//!    being written, erased or inspected again.
 
 use kiln_tests::inproc as lab;
 
@@ -280,7 +283,7 @@ async fn cluster_api_machinedeployment_scales_on_kiln_hosts_with_real_bootstrap_
         busy_requeue_secs: 1,
         ..KubeSettings::default()
     };
-    let lab = Lab::start_with(|_| {}, Some(settings)).await;
+    let mut lab = Lab::start_with(|_| {}, Some(settings.clone())).await;
 
     // Three hosts: one for the control plane, two for workers.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
@@ -508,8 +511,78 @@ async fn cluster_api_machinedeployment_scales_on_kiln_hosts_with_real_bootstrap_
         two.contains(&left[0]),
         "the remaining worker is one of the two: {left:?} {two:?}"
     );
+
+    // 4. `clusterctl move` to a second management cluster, as a pivot does; kiln follows it. Nothing is written or
+    // erased again: the BareMetalHosts and their credentials move with the cluster, kiln keeps every host through the
+    // source's deletions, and adopts them in the target.
+    let target = KubeApiServer::start().await.expect("start the target API server");
+    let tclient = target.client().await.unwrap();
+    install_crds(&tclient, &crds).await.unwrap();
+    for c in [&client, &tclient] {
+        kiln_tests::clusterctl::record_init(c)
+            .await
+            .expect("record clusterctl init");
+    }
+    let commands_before = lab.commands.lock().unwrap().clone();
+    let cc = kiln_tests::clusterctl::Clusterctl::new().unwrap();
+    let t = tokio::time::Instant::now();
+    // kiln runs on this runtime: clusterctl must not hold up one of its two worker threads.
+    let out = match tokio::task::block_in_place(|| cc.move_to(&server.kubeconfig, &target.kubeconfig, NS)) {
+        Ok(out) => out,
+        Err(e) => panic!("{e:#}\n{}", dump(&client).await),
+    };
+    println!("clusterctl move in {:?}:\n{out}", t.elapsed());
+    assert!(
+        hosts.list(&Default::default()).await.unwrap().items.is_empty(),
+        "the hosts left the source"
+    );
+    let source_kms: Api<KilnMachine> = Api::namespaced(client.clone(), NS);
+    assert!(source_kms.list(&Default::default()).await.unwrap().items.is_empty());
+    // The source's managers go; kiln's appliance (same store) now serves the target.
+    lab.stop().await;
+    lab.kube = Some(KubeSettings {
+        kubeconfig: Some(target.kubeconfig.clone()),
+        ..settings
+    });
+    lab.serve().await;
+    ctx.capi = CapiManagers::start(&target).expect("start the Cluster API managers on the target");
+    ctx.client = tclient.clone();
+    let t = tokio::time::Instant::now();
+    let thosts: Api<BareMetalHost> = Api::namespaced(tclient.clone(), NS);
+    ctx.wait("the moved hosts as they were", 120, async |_| {
+        let l = thosts.list(&Default::default()).await.ok()?;
+        let provisioned = l
+            .items
+            .iter()
+            .filter(|h| h.state() == S::Provisioned && h.spec.consumer_ref.is_some());
+        let available = l
+            .items
+            .iter()
+            .filter(|h| h.state() == S::Available && h.spec.consumer_ref.is_none());
+        (provisioned.count() == 2 && available.count() == 1).then_some(())
+    })
+    .await;
+    let tmachines: Api<DynamicObject> = Api::namespaced_with(tclient.clone(), NS, &machine_ar());
+    ctx.wait("the moved Machines running with their Nodes", 180, async |c| {
+        let cp = tmachines.get("c1-cp-0").await.ok()?;
+        (cp.data["status"]["nodeRef"]["name"].is_string() && running_workers(c).await == left).then_some(())
+    })
+    .await;
+    println!("target cluster running again after {:?}", t.elapsed());
+    let secrets_moved: Api<Secret> = Api::namespaced(tclient.clone(), NS);
+    let creds = secrets_moved
+        .get("bmc-creds")
+        .await
+        .expect("the BMC credentials moved with the hosts");
+    assert_eq!(creds.metadata.owner_references.map(|o| o.len()), Some(3));
+    assert_eq!(
+        *lab.commands.lock().unwrap(),
+        commands_before,
+        "no host was written, erased or inspected again by the move"
+    );
     kubelet.abort();
     drop(lab);
     drop(ctx);
+    drop(target);
     drop(server);
 }
