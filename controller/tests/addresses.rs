@@ -124,6 +124,7 @@ fn bmh(address: &str) -> HostSpec {
         root_device_hints: None,
         automated_cleaning_mode: AutomatedCleaningMode::Metadata,
         externally_provisioned: false,
+        adopt_provisioned: false,
         architecture: None,
         inspect: true,
         labels: Default::default(),

@@ -95,6 +95,11 @@ pub struct HostOptions {
     /// Adopt a host that already runs its OS: power management only, never written.
     #[serde(default)]
     pub externally_provisioned: bool,
+    /// The host already runs the image of its spec, written by kiln (or Metal3) before kiln lost or never had its
+    /// record: after a store was lost, or when the host moved from another management cluster. Registration then
+    /// ends in `provisioned` with that image, without inspecting or writing it; a later deprovision erases as usual.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt_provisioned: bool,
     /// Erase mode used when deprovisioning.
     #[serde(default)]
     pub erase: EraseMode,
@@ -116,6 +121,7 @@ impl Default for HostOptions {
         Self {
             inspect: true,
             externally_provisioned: false,
+            adopt_provisioned: false,
             erase: EraseMode::Metadata,
             prepare: false,
             online: None,

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 pub const FINALIZER: &str = "baremetalhost.metal3.io";
 /// Annotation that pauses reconciliation: neither spec nor status is touched while it is present.
 pub const PAUSED_ANNOTATION: &str = "baremetalhost.metal3.io/paused";
+/// Metal3's copy of a host's status in an annotation (JSON of `status`), written before a host moves to another
+/// management cluster (`clusterctl move` does not copy status): baremetal-operator restores status from it.
+pub const STATUS_ANNOTATION: &str = "baremetalhost.metal3.io/status";
 /// Annotation that detaches the host from the engine: status may still be updated, nothing is driven.
 pub const DETACHED_ANNOTATION: &str = "baremetalhost.metal3.io/detached";
 

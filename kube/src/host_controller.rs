@@ -9,6 +9,10 @@
 //!   deprovisioning;
 //! - `clusterctl move`: the host is an owner of its BMC credentials Secret (so both move together), and a host
 //!   deleted for the move (`clusterctl.cluster.x-k8s.io/delete-for-move`) is neither deprovisioned nor forgotten;
+//!   `baremetalhost.metal3.io/status` (the copy of status made before a move) restores the status of a host kiln
+//!   does not know ([`restore`]);
+//! - a host whose status says `provisioned` but which kiln has no record of (a lost store, a moved host) is adopted as
+//!   provisioned with its image: registered, never inspected or written;
 //! - BMC credentials come from the Secret `spec.bmc.credentialsName` (keys `username`, `password`); user, network and
 //!   meta data from the Secrets referenced in the spec (keys `userData`/`networkData`/`metaData`, or `value`).
 //!
@@ -29,7 +33,7 @@ use serde_json::json;
 
 use crate::bmh::{
     AutomatedCleaningMode, BareMetalHost, BareMetalHostStatus, BootMode, DETACHED_ANNOTATION, ErrorType, FINALIZER,
-    OperationalStatus, ProvisioningState,
+    OperationalStatus, ProvisioningState, STATUS_ANNOTATION,
 };
 use crate::engine::{BmcAccess, Engine, EngineError, HostKey, HostSpec, HostState, Release, SecretBytes};
 
@@ -167,6 +171,10 @@ async fn reconcile<E: Engine>(host: Arc<BareMetalHost>, ctx: Arc<Ctx<E>>) -> Res
         return Ok(Action::await_change());
     }
 
+    if let Some(saved) = host.annotations().get(STATUS_ANNOTATION) {
+        return restore(&api, &host, &key, saved, &ctx).await;
+    }
+
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let spec = match host_spec(&host, &secrets).await? {
         Ok(spec) => spec,
@@ -222,12 +230,52 @@ async fn reconcile<E: Engine>(host: Arc<BareMetalHost>, ctx: Arc<Ctx<E>>) -> Res
     }))
 }
 
+/// A host that came with a copy of its status ([`STATUS_ANNOTATION`], written before `clusterctl move`, which copies
+/// no status), as baremetal-operator handles it: when kiln knows the host (the same store served the source cluster)
+/// or the host has a status already, the copy is stale and dropped; otherwise the copy becomes the host's status, from
+/// which a provisioned host is adopted as provisioned (see [`HostSpec::adopt_provisioned`]) rather than written again.
+/// A copy that is not a BareMetalHost status is reported, and nothing is enrolled.
+async fn restore<E: Engine>(
+    api: &Api<BareMetalHost>,
+    host: &BareMetalHost,
+    key: &HostKey,
+    saved: &str,
+    ctx: &Ctx<E>,
+) -> Result<Action, Error> {
+    if ctx.engine.host_state(key).await?.is_some() || host.state() != ProvisioningState::None {
+        let patch = json!({"metadata": {"annotations": {STATUS_ANNOTATION: null}}});
+        api.patch(&host.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        return Ok(Action::await_change());
+    }
+    let status = match serde_json::from_str::<BareMetalHostStatus>(saved) {
+        Ok(s) => s,
+        Err(e) => {
+            // No provisioning state: the host stays one without a status of its own until the copy is fixed.
+            let state = HostState {
+                state: ProvisioningState::None,
+                error: Some((
+                    ErrorType::Registration,
+                    format!("annotation {STATUS_ANNOTATION} is not a BareMetalHost status: {e}"),
+                )),
+                ..Default::default()
+            };
+            let s = status_from(host, &state, now());
+            if !same_status(host.status.as_ref(), &s) {
+                write_status(api, host, &s, &ctx.config.manager).await?;
+            }
+            return Ok(Action::requeue(ctx.config.error_requeue));
+        }
+    };
+    tracing::info!(host = %key, state = ?status.provisioning.state, "BareMetalHost status restored from its annotation");
+    write_status(api, host, &status, &ctx.config.manager).await?;
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-/// Resolves the host's Secrets into the engine's [`HostSpec`]. The inner `Err` is a user-facing problem (missing
-/// Secret or key) to report in status, the outer one an API failure.
 /// Metal3's annotation that skips inspection (`disabled`).
 const INSPECT_ANNOTATION: &str = "inspect.metal3.io";
 
@@ -254,6 +302,8 @@ async fn own_credentials(secrets: &Api<Secret>, host: &BareMetalHost, creds: &Se
     Ok(())
 }
 
+/// Resolves the host's Secrets into the engine's [`HostSpec`]. The inner `Err` is a user-facing problem (missing
+/// Secret or key) to report in status, the outer one an API failure.
 async fn host_spec(host: &BareMetalHost, secrets: &Api<Secret>) -> Result<Result<HostSpec, String>, Error> {
     let s = &host.spec;
     if s.bmc.credentials_name.is_empty() {
@@ -381,6 +431,7 @@ async fn host_spec(host: &BareMetalHost, secrets: &Api<Secret>) -> Result<Result
         root_device_hints: s.root_device_hints.clone(),
         automated_cleaning_mode: s.automated_cleaning_mode.unwrap_or(AutomatedCleaningMode::Metadata),
         externally_provisioned: s.externally_provisioned,
+        adopt_provisioned: host.state() == ProvisioningState::Provisioned,
         architecture: s.architecture.clone(),
         inspect: host.annotations().get(INSPECT_ANNOTATION).map(String::as_str) != Some("disabled")
             && s.inspection_mode != Some(crate::bmh::InspectionMode::Disabled),

@@ -22,7 +22,9 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::bmh::{BareMetalHost, Image, ProvisioningState};
+use crate::bmh::{
+    BareMetalHost, Image, PAUSED_ANNOTATION as BMH_PAUSED_ANNOTATION, ProvisioningState, STATUS_ANNOTATION,
+};
 use crate::capi::{
     HostRef, Initialization, KilnMachine, KilnMachineStatus, MACHINE_FINALIZER, MachineAddress, deleted_for_move,
     is_paused,
@@ -99,6 +101,31 @@ pub fn machine_resource() -> ApiResource {
     )
 }
 
+/// The value of the BareMetalHost paused annotation when kiln paused the host for its paused Cluster (baremetal-operator
+/// and kiln leave a paused host alone); kiln removes only an annotation with this value.
+pub const PAUSED_BY_KILN: &str = "infrastructure.cluster.x-k8s.io/kiln";
+
+/// Pauses the host a KilnMachine of a paused Cluster holds, as CAPM3 does with its hosts: the paused annotation, and a
+/// copy of the host's status in [`STATUS_ANNOTATION`], since `clusterctl move` (which pauses the Cluster) copies
+/// objects without their status. A host already paused is left as it is.
+async fn pause_host(client: &Client, ns: &str, host: &str, m: &KilnMachine) -> Result<(), kube::Error> {
+    let hosts: Api<BareMetalHost> = Api::namespaced(client.clone(), ns);
+    let Some(h) = hosts.get_opt(host).await? else {
+        return Ok(());
+    };
+    let ours =
+        h.spec.consumer_ref.as_ref().is_some_and(|c| {
+            c.kind.as_deref() == Some("KilnMachine") && c.name.as_deref() == Some(m.name_any().as_str())
+        });
+    if !ours || h.is_paused() || h.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let saved = serde_json::to_string(&h.status.clone().unwrap_or_default()).unwrap_or_default();
+    let patch = json!({"metadata": {"annotations": {BMH_PAUSED_ANNOTATION: PAUSED_BY_KILN, STATUS_ANNOTATION: saved}}});
+    hosts.patch(host, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}
+
 /// Runs the controller over all namespaces until `shutdown` completes.
 pub async fn run(
     client: Client,
@@ -150,6 +177,9 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         return Ok(Action::await_change());
     }
     if is_paused(&ctx.client, &*m).await? {
+        if let Some(host) = m.status.as_ref().and_then(|s| s.host_ref.as_ref()) {
+            pause_host(&ctx.client, &ns, &host.name, &m).await?;
+        }
         // A paused Cluster does not change this object when it resumes: look again.
         return Ok(Action::requeue(ctx.config.wait_requeue));
     }
@@ -205,7 +235,22 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     };
     let hosts: Api<BareMetalHost> = Api::namespaced(ctx.client.clone(), &ns);
     let host = hosts.get(&host_name).await?;
-    let provisioned = host.state() == ProvisioningState::Provisioned;
+    if host.annotations().get(BMH_PAUSED_ANNOTATION).map(String::as_str) == Some(PAUSED_BY_KILN) {
+        // The Cluster resumed (after `clusterctl move`, in the target): so does the host.
+        let patch = json!({"metadata": {"annotations": {BMH_PAUSED_ANNOTATION: null}}});
+        hosts
+            .patch(&host_name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    // Once provisioned, a machine stays so (the contract's flag never goes back) while it holds the host: an adopted
+    // host registers again before it is provisioned once more.
+    let was_provisioned = m
+        .status
+        .as_ref()
+        .is_some_and(|s| s.initialization.as_ref().is_some_and(|i| i.provisioned));
+    let provisioned = host.state() == ProvisioningState::Provisioned
+        || (was_provisioned && matches!(host.state(), ProvisioningState::Registering | ProvisioningState::None));
     let mut status = KilnMachineStatus {
         ready: provisioned,
         initialization: Some(Initialization { provisioned }),

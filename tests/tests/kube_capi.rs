@@ -569,6 +569,14 @@ async fn cluster_api_machinedeployment_scales_on_kiln_hosts_with_real_bootstrap_
     })
     .await;
     println!("target cluster running again after {:?}", t.elapsed());
+    for h in thosts.list(&Default::default()).await.unwrap().items {
+        let a = h.annotations();
+        assert!(
+            !a.contains_key("baremetalhost.metal3.io/paused") && !a.contains_key("baremetalhost.metal3.io/status"),
+            "{} is resumed and its status copy dropped: {a:?}",
+            h.name_any()
+        );
+    }
     let secrets_moved: Api<Secret> = Api::namespaced(tclient.clone(), NS);
     let creds = secrets_moved
         .get("bmc-creds")

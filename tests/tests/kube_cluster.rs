@@ -103,6 +103,7 @@ async fn cluster_becomes_provisioned_and_remediation_reboots_then_gives_up() {
         root_device_hints: None,
         automated_cleaning_mode: kiln_kube::bmh::AutomatedCleaningMode::Disabled,
         externally_provisioned: false,
+        adopt_provisioned: false,
         architecture: None,
     };
     engine.apply_host(&key, &spec).await.unwrap();

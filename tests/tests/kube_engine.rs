@@ -10,7 +10,8 @@
 //! 4. Two KilnMachines race for one available host: exactly one wins, the other waits.
 //! 5. Deleting a KilnMachine deprovisions (the agent erases) and releases its host, which is available again.
 //! 6. A standby replica (its own appliance and store) does nothing until the leader dies, then takes over the Lease
-//!    and mirrors the BareMetalHosts into its store; a clean stop releases the Lease.
+//!    and mirrors the BareMetalHosts into its store, adopting the provisioned ones as provisioned (nothing inspected or
+//!    written); a clean stop releases the Lease.
 //! 7. The real binary leads and is killed with SIGKILL: a standby takes over only once the Lease has expired.
 
 use kiln_tests::inproc as lab;
@@ -375,7 +376,21 @@ async fn kiln_serve_kube_drives_real_hosts_through_its_own_engine() {
 
     // 6. A standby replica (a second appliance, with its own data directory and store) stays idle while kiln-b leads,
     //    and takes over when it dies.
+    let provisioned_before = hosts
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|h| h.state() == S::Provisioned)
+        .count();
+    assert!(provisioned_before > 0);
     let mut standby = Lab::start_with(|_| {}, Some(settings(&server, "standby"))).await;
+    // The same machines, reached from the standby's appliance.
+    let machines: Vec<String> = lab.fakes.lock().unwrap().keys().cloned().collect();
+    for m in &machines {
+        standby.add_fake(m);
+    }
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(holder(&client).await.as_deref(), Some("kiln-b"));
     let idle = standby.host_names().await;
@@ -399,6 +414,19 @@ async fn kiln_serve_kube_drives_real_hosts_through_its_own_engine() {
     )
     .await;
     println!("standby took over {:?} after the leader stopped", t.elapsed());
+    // The standby's store had no record of the provisioned hosts: it adopts them as provisioned from their status,
+    // and neither inspects nor writes them again.
+    wait("the standby adopts the provisioned hosts", 30, async || {
+        let l = hosts.list(&Default::default()).await.ok()?;
+        let provisioned = l.items.iter().filter(|h| h.state() == S::Provisioned).count();
+        (provisioned == provisioned_before).then_some(())
+    })
+    .await;
+    assert!(
+        standby.commands.lock().unwrap().is_empty(),
+        "the standby sent no agent commands: {:?}",
+        standby.commands.lock().unwrap()
+    );
     let t = tokio::time::Instant::now();
     standby.stop().await; // a clean stop, within 30 s
     println!("standby stopped {:?} after it was asked to", t.elapsed());

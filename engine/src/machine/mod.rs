@@ -580,6 +580,16 @@ fn registering(host: &HostView, obs: &Observed, now: Ts, since: Ts, attempt: u32
                     now,
                     "registered, externally provisioned",
                 )
+            } else if let (true, Some(img)) = (host.spec.options.adopt_provisioned, &host.spec.image) {
+                decide(
+                    State::Provisioned {
+                        since: now,
+                        image_url: img.url.clone(),
+                    },
+                    vec![],
+                    now,
+                    "registered, adopted as provisioned: it already runs its image",
+                )
             } else if host.spec.options.inspect {
                 start_job(host, obs, now, JobKind::Inspect, 0, "registered")
             } else {

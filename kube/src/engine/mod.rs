@@ -64,6 +64,9 @@ pub struct HostSpec {
     pub root_device_hints: Option<RootDeviceHints>,
     pub automated_cleaning_mode: AutomatedCleaningMode,
     pub externally_provisioned: bool,
+    /// The BareMetalHost's status says it is provisioned: a host kiln has no record of (a lost store, a move from
+    /// another management cluster) is adopted as provisioned with its image instead of being inspected and written.
+    pub adopt_provisioned: bool,
     pub architecture: Option<String>,
     /// Whether the host is inspected after registration (`false` with the `inspect.metal3.io: disabled` annotation
     /// or `inspectionMode: disabled`).

@@ -302,6 +302,7 @@ pub fn kiln_spec(key: &HostKey, spec: &HostSpec) -> Result<model::HostSpec, Engi
         meta_data,
         options: model::HostOptions {
             externally_provisioned: spec.externally_provisioned,
+            adopt_provisioned: spec.adopt_provisioned,
             erase: match spec.automated_cleaning_mode {
                 AutomatedCleaningMode::Disabled => EraseMode::Disabled,
                 AutomatedCleaningMode::Metadata => EraseMode::Metadata,
@@ -551,7 +552,7 @@ fn power_request(h: &Host, online: bool) -> Option<PowerAction> {
 
 impl Engine for StoreEngine {
     async fn apply_host(&self, key: &HostKey, spec: &HostSpec) -> Result<HostState, EngineError> {
-        let desired = kiln_spec(key, spec)?;
+        let mut desired = kiln_spec(key, spec)?;
         if let Some(b) = &desired.bmc {
             self.executor
                 .accepts(&b.address)
@@ -588,6 +589,13 @@ impl Engine for StoreEngine {
                 }
                 Some(h) if h.requests.delete => return Err(rejected(key, "being released")),
                 Some(h) => {
+                    // An adoption holds until registration ends, even once the status kiln writes meanwhile no longer
+                    // says `provisioned`.
+                    if h.spec.options.adopt_provisioned
+                        && matches!(h.state, State::Unmanaged | State::Registering { .. })
+                    {
+                        desired.options.adopt_provisioned = true;
+                    }
                     let mut requests = h.requests.clone();
                     if let Some(a) = power_request(&h, spec.online) {
                         requests.power = Some(a);
@@ -722,6 +730,7 @@ mod tests {
             }),
             automated_cleaning_mode: AutomatedCleaningMode::Disabled,
             externally_provisioned: false,
+            adopt_provisioned: false,
             architecture: None,
             inspect: true,
             labels: Default::default(),

@@ -376,6 +376,7 @@ fn kiln_spec_changes(field: &str) -> bool {
         root_device_hints: None,
         automated_cleaning_mode: AutomatedCleaningMode::Metadata,
         externally_provisioned: false,
+        adopt_provisioned: false,
         architecture: None,
         inspect: true,
         labels: Default::default(),

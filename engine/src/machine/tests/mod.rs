@@ -208,6 +208,36 @@ fn lifecycle_table() {
             vec![],
         ),
         (
+            "registering a host that runs its image is adopted as provisioned",
+            HostView::test()
+                .in_state(State::Registering {
+                    since: t,
+                    attempt: 0,
+                    macs_asked: false,
+                })
+                .with_image("http://images/os.raw")
+                .opts(|o| o.adopt_provisioned = true),
+            read(PowerState::On),
+            State::Provisioned {
+                since: t,
+                image_url: "http://images/os.raw".into(),
+            },
+            vec![],
+        ),
+        (
+            "adopting without an image inspects as usual",
+            HostView::test()
+                .in_state(State::Registering {
+                    since: t,
+                    attempt: 0,
+                    macs_asked: false,
+                })
+                .opts(|o| o.adopt_provisioned = true),
+            read(PowerState::Off),
+            State::Inspecting(at(booting(1), t)),
+            pxe_boot(1, "inspecting", PowerAction::On),
+        ),
+        (
             "inspecting: heartbeat queues inspect",
             HostView::test().in_state(State::Inspecting(booting(1))).boots(1),
             heartbeat(),
