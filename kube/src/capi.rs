@@ -292,6 +292,11 @@ pub struct MachineTemplateResource {
 pub struct KilnMachineTemplateSpec {
     /// The template.
     pub template: MachineTemplateResource,
+    /// CAPM3's node reuse: a host released by a machine of this template's MachineDeployment or control plane (a
+    /// scale down, a rolling update) is labelled `infrastructure.cluster.x-k8s.io/node-reuse: <pool>`, and the pool's
+    /// next machine takes such a host first, waiting for it while it is deprovisioned.
+    #[serde(default, rename = "nodeReuse", skip_serializing_if = "std::ops::Not::not")]
+    pub node_reuse: bool,
 }
 
 /// How a machine is remediated.

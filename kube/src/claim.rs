@@ -17,6 +17,12 @@ use crate::capi::{HostSelector, KilnMachine};
 
 /// Label that puts a host into a failure domain: CAPM3's, so that a Metal3 inventory's labels keep working.
 pub const FAILURE_DOMAIN_LABEL: &str = "infrastructure.cluster.x-k8s.io/failure-domain";
+/// CAPM3's label on a host released by a machine whose template has `nodeReuse`: its value is the machine's pool
+/// (MachineDeployment or control plane name), whose next machine takes the host back first.
+pub const NODE_REUSE_LABEL: &str = "infrastructure.cluster.x-k8s.io/node-reuse";
+/// Annotation Cluster API puts on an object cloned from a template, naming the template.
+const CLONED_FROM_NAME: &str = "cluster.x-k8s.io/cloned-from-name";
+
 /// kiln's earlier label, still honoured where the host has no CAPM3 label.
 pub const LEGACY_FAILURE_DOMAIN_LABEL: &str = "kiln.dev/failure-domain";
 
@@ -54,18 +60,43 @@ pub fn consumed_by(host: &BareMetalHost, consumer: &ObjectReference) -> bool {
 }
 
 /// The host to claim (pure): the one `consumer` already holds, else an available, unconsumed, not deleted, not paused
-/// host matching `selector`, preferring `failure_domain`, then by name.
+/// host matching `selector`, preferring `failure_domain`, then by name. With a node-reuse `pool`, hosts kept for the
+/// pool ([`NODE_REUSE_LABEL`]) come first: while one exists that is not available yet (being deprovisioned), the
+/// machine waits for it rather than take another host.
 pub fn choose_host<'a>(
     hosts: &'a [BareMetalHost],
     selector: &HostSelector,
     failure_domain: Option<&str>,
     consumer: &ObjectReference,
+    pool: Option<&str>,
 ) -> Option<&'a BareMetalHost> {
     if let Some(mine) = hosts.iter().find(|h| consumed_by(h, consumer)) {
         return Some(mine);
     }
-    let mut free: Vec<&BareMetalHost> = hosts
+    let kept: Vec<&BareMetalHost> = hosts
         .iter()
+        .filter(|h| {
+            pool.is_some()
+                && h.spec.consumer_ref.is_none()
+                && h.metadata.deletion_timestamp.is_none()
+                && h.labels().get(NODE_REUSE_LABEL).map(String::as_str) == pool
+        })
+        .collect();
+    if !kept.is_empty() {
+        return best_free(kept, selector, failure_domain);
+    }
+    best_free(hosts.iter().collect(), selector, failure_domain)
+}
+
+/// The best of `hosts` that is free to claim: available, unconsumed, not deleted, paused or detached, matching
+/// `selector`; in `failure_domain` first, then by name.
+fn best_free<'a>(
+    hosts: Vec<&'a BareMetalHost>,
+    selector: &HostSelector,
+    failure_domain: Option<&str>,
+) -> Option<&'a BareMetalHost> {
+    let mut free: Vec<&BareMetalHost> = hosts
+        .into_iter()
         .filter(|h| {
             h.spec.consumer_ref.is_none()
                 && h.metadata.deletion_timestamp.is_none()
@@ -80,6 +111,32 @@ pub fn choose_host<'a>(
         (!in_fd, h.name_any())
     });
     free.first().copied()
+}
+
+/// The node-reuse pool of a machine (see [`NODE_REUSE_LABEL`]): its MachineDeployment's or control plane's name, when
+/// the KilnMachineTemplate it was cloned from has `nodeReuse`; `None` otherwise.
+///
+/// # Errors
+/// A failed read of the template.
+pub async fn reuse_pool(client: &Client, machine: &KilnMachine) -> Result<Option<String>, kube::Error> {
+    let labels = machine.labels();
+    let Some(pool) = labels
+        .get("cluster.x-k8s.io/deployment-name")
+        .or_else(|| labels.get("cluster.x-k8s.io/control-plane-name"))
+        .filter(|p| p.len() <= 63)
+    else {
+        return Ok(None);
+    };
+    let Some(template) = machine.annotations().get(CLONED_FROM_NAME) else {
+        return Ok(None);
+    };
+    let ns = machine.namespace().unwrap_or_else(|| "default".into());
+    let templates: Api<crate::capi::KilnMachineTemplate> = Api::namespaced(client.clone(), &ns);
+    Ok(templates
+        .get_opt(template)
+        .await?
+        .filter(|t| t.spec.node_reuse)
+        .map(|_| pool.clone()))
 }
 
 /// What a claim writes into the host.
@@ -105,7 +162,12 @@ pub fn consumer_ref(machine: &KilnMachine) -> ObjectReference {
 
 /// Claims a host for `machine`; `Ok(None)` when no host is free (the caller waits and retries).
 /// Retries on 409 Conflict (another claimer won the host it chose) with a fresh list.
-pub async fn claim_host(client: &Client, machine: &KilnMachine, claim: &Claim) -> Result<Option<String>, kube::Error> {
+pub async fn claim_host(
+    client: &Client,
+    machine: &KilnMachine,
+    claim: &Claim,
+    pool: Option<&str>,
+) -> Result<Option<String>, kube::Error> {
     let ns = machine.namespace().unwrap_or_else(|| "default".into());
     let api: Api<BareMetalHost> = Api::namespaced(client.clone(), &ns);
     let consumer = consumer_ref(machine);
@@ -116,6 +178,7 @@ pub async fn claim_host(client: &Client, machine: &KilnMachine, claim: &Claim) -
             &machine.spec.host_selector,
             machine.spec.failure_domain.as_deref(),
             &consumer,
+            pool,
         ) else {
             return Ok(None);
         };
@@ -123,6 +186,9 @@ pub async fn claim_host(client: &Client, machine: &KilnMachine, claim: &Claim) -
             return Ok(Some(host.name_any()));
         }
         let mut taken = host.clone(); // carries metadata.resourceVersion: the update is conditional on it
+        if let Some(l) = taken.metadata.labels.as_mut() {
+            l.remove(NODE_REUSE_LABEL); // taken back by its pool, or by anyone once no machine of the pool waits
+        }
         taken.spec.consumer_ref = Some(consumer.clone());
         taken.spec.online = true;
         if let Some(image) = &claim.image {
@@ -148,8 +214,13 @@ pub async fn claim_host(client: &Client, machine: &KilnMachine, claim: &Claim) -
 }
 
 /// Releases the host `machine` holds: clears consumerRef, image and data, powers it off (the host controller then
-/// deprovisions it back to `available`). Guarded by resourceVersion like the claim; retried on conflict.
-pub async fn release_host(client: &Client, machine: &KilnMachine) -> Result<Option<String>, kube::Error> {
+/// deprovisions it back to `available`), and keeps it for the machine's node-reuse `pool` if it has one. Guarded by
+/// resourceVersion like the claim; retried on conflict.
+pub async fn release_host(
+    client: &Client,
+    machine: &KilnMachine,
+    pool: Option<&str>,
+) -> Result<Option<String>, kube::Error> {
     let ns = machine.namespace().unwrap_or_else(|| "default".into());
     let api: Api<BareMetalHost> = Api::namespaced(client.clone(), &ns);
     let consumer = consumer_ref(machine);
@@ -164,6 +235,13 @@ pub async fn release_host(client: &Client, machine: &KilnMachine) -> Result<Opti
         freed.spec.user_data = None;
         freed.spec.network_data = None;
         freed.spec.online = false;
+        if let Some(p) = pool {
+            freed
+                .metadata
+                .labels
+                .get_or_insert_default()
+                .insert(NODE_REUSE_LABEL.into(), p.into());
+        }
         match api.replace(&host.name_any(), &PostParams::default(), &freed).await {
             Ok(h) => return Ok(Some(h.name_any())),
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
@@ -256,9 +334,15 @@ mod tests {
                 None,
             ),
         ];
-        assert_eq!(choose_host(&hosts, &sel, None, &me).unwrap().name_any(), "d");
-        assert_eq!(choose_host(&hosts, &sel, Some("fd2"), &me).unwrap().name_any(), "e");
-        assert_eq!(choose_host(&hosts, &sel, Some("fd9"), &me).unwrap().name_any(), "d");
+        assert_eq!(choose_host(&hosts, &sel, None, &me, None).unwrap().name_any(), "d");
+        assert_eq!(
+            choose_host(&hosts, &sel, Some("fd2"), &me, None).unwrap().name_any(),
+            "e"
+        );
+        assert_eq!(
+            choose_host(&hosts, &sel, Some("fd9"), &me, None).unwrap().name_any(),
+            "d"
+        );
         assert_eq!(
             FAILURE_DOMAIN_LABEL, "infrastructure.cluster.x-k8s.io/failure-domain",
             "CAPM3's label"
@@ -271,10 +355,48 @@ mod tests {
             &[("role", "worker"), (LEGACY_FAILURE_DOMAIN_LABEL, "fd3")],
             None,
         ));
-        assert_eq!(choose_host(&legacy, &sel, Some("fd3"), &me).unwrap().name_any(), "f");
+        assert_eq!(
+            choose_host(&legacy, &sel, Some("fd3"), &me, None).unwrap().name_any(),
+            "f"
+        );
         let mut mine = hosts.clone();
         mine.push(host("z", P::Provisioned, &[("role", "worker")], Some("m1")));
-        assert_eq!(choose_host(&mine, &sel, None, &me).unwrap().name_any(), "z");
-        assert!(choose_host(&hosts[..3], &sel, None, &me).is_none());
+        assert_eq!(choose_host(&mine, &sel, None, &me, None).unwrap().name_any(), "z");
+        assert!(choose_host(&hosts[..3], &sel, None, &me, None).is_none());
+    }
+
+    #[test]
+    fn a_pool_takes_back_its_kept_host_first_and_waits_for_it() {
+        use ProvisioningState as P;
+        let me = ObjectReference {
+            kind: Some("KilnMachine".into()),
+            name: Some("m2".into()),
+            namespace: Some("ns".into()),
+            ..Default::default()
+        };
+        let sel = HostSelector::default();
+        let mut hosts = vec![
+            host("a", P::Available, &[], None),
+            host("k", P::Available, &[(NODE_REUSE_LABEL, "md-0")], None),
+        ];
+        assert_eq!(
+            choose_host(&hosts, &sel, None, &me, Some("md-0")).unwrap().name_any(),
+            "k"
+        );
+        // Another pool, or no node reuse: the kept host is just a host.
+        assert_eq!(
+            choose_host(&hosts, &sel, None, &me, Some("md-1")).unwrap().name_any(),
+            "a"
+        );
+        assert_eq!(choose_host(&hosts, &sel, None, &me, None).unwrap().name_any(), "a");
+        // Still being deprovisioned: the pool's machine waits for it rather than take `a`.
+        hosts[1] = host("k", P::Deprovisioning, &[(NODE_REUSE_LABEL, "md-0")], None);
+        assert!(choose_host(&hosts, &sel, None, &me, Some("md-0")).is_none());
+        // Taken by someone else meanwhile: nothing is kept any more, any free host will do.
+        hosts[1] = host("k", P::Provisioned, &[(NODE_REUSE_LABEL, "md-0")], Some("other"));
+        assert_eq!(
+            choose_host(&hosts, &sel, None, &me, Some("md-0")).unwrap().name_any(),
+            "a"
+        );
     }
 }

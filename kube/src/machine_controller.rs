@@ -5,6 +5,8 @@
 //! (the BareMetalHost controller then deprovisions it back to `available`) before the finalizer is removed.
 //! While the owning Machine has no nodeRef, it also makes sure the host's Node in the workload cluster carries the
 //! providerID ([`crate::workload`]), retrying with a capped, jittered backoff per machine until the Node appears.
+//! The `Ready` condition says why a machine waits (bootstrap data, a matching host, the host's provisioning or its
+//! error) or which host it runs on.
 //! Objects carrying `cluster.x-k8s.io/paused`, or of a Cluster with `spec.paused`, are left alone. A KilnMachine that
 //! `clusterctl move` deletes (annotated `clusterctl.cluster.x-k8s.io/delete-for-move`) lives on in the target
 //! management cluster: its finalizer goes without releasing the host.
@@ -29,7 +31,7 @@ use crate::capi::{
     HostRef, Initialization, KilnMachine, KilnMachineStatus, MACHINE_FINALIZER, MachineAddress, deleted_for_move,
     is_paused,
 };
-use crate::claim::{Claim, claim_host, release_host};
+use crate::claim::{Claim, claim_host, release_host, reuse_pool};
 use crate::workload::{self, Decision, HostIdentity};
 
 /// The KilnMachine condition about the host's Node carrying the providerID.
@@ -186,7 +188,8 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     if m.metadata.deletion_timestamp.is_some() {
         ctx.node_found(&key);
         if has_finalizer {
-            release_host(&ctx.client, &m).await?;
+            let pool = reuse_pool(&ctx.client, &m).await?;
+            release_host(&ctx.client, &m, pool.as_deref()).await?;
             let f: Vec<&String> = m.finalizers().iter().filter(|f| *f != MACHINE_FINALIZER).collect();
             let patch = json!({"metadata": {"finalizers": f, "resourceVersion": m.resource_version()}});
             api.patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(patch))
@@ -216,6 +219,11 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         .as_str()
         .map(str::to_owned)
     else {
+        let why = Ready::no(
+            "WaitingForBootstrapData",
+            format!("Machine {} has no bootstrap data yet", owner.name),
+        );
+        write_ready(&api, &m, why).await?;
         return Ok(wait);
     };
 
@@ -230,7 +238,17 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         user_data_secret: Some(data_secret),
         network_data_secret: m.spec.network_data_name.clone(),
     };
-    let Some(host_name) = claim_host(&ctx.client, &m, &claim).await? else {
+    // Only a machine without a host looks for one; the one it holds is found without its pool.
+    let pool = match m.status.as_ref().and_then(|s| s.host_ref.as_ref()) {
+        None => reuse_pool(&ctx.client, &m).await?,
+        Some(_) => None,
+    };
+    let Some(host_name) = claim_host(&ctx.client, &m, &claim, pool.as_deref()).await? else {
+        let why = Ready::no(
+            "WaitingForHost",
+            "no available BareMetalHost matches the hostSelector (and failure domain)".into(),
+        );
+        write_ready(&api, &m, why).await?;
         return Ok(wait);
     };
     let hosts: Api<BareMetalHost> = Api::namespaced(ctx.client.clone(), &ns);
@@ -328,6 +346,30 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         }
         _ => ctx.node_found(&key),
     }
+    if let (true, Some(node), Some(cluster)) = (
+        provisioned,
+        machine.data["status"]["nodeRef"]["name"].as_str(),
+        machine.data["spec"]["clusterName"].as_str(),
+    ) {
+        sync_node_labels(&ctx.client, &ns, cluster, node, &host).await;
+    }
+    let ready = match (provisioned, host.status.as_ref()) {
+        (true, _) => Ready::yes("HostProvisioned", format!("BareMetalHost {host_name} is provisioned")),
+        (false, Some(st)) if !st.error_message.is_empty() => {
+            Ready::no("HostError", format!("BareMetalHost {host_name}: {}", st.error_message))
+        }
+        (false, st) => Ready::no(
+            "HostProvisioning",
+            format!(
+                "BareMetalHost {host_name} is {}",
+                st.and_then(|s| serde_json::to_value(s.provisioning.state).ok())
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "not registered yet".into())
+            ),
+        ),
+    };
+    ready.apply(&mut status.conditions);
     if m.status.as_ref() != Some(&status) {
         api.patch_status(
             &m.name_any(),
@@ -337,6 +379,107 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         .await?;
     }
     Ok(next)
+}
+
+/// The KilnMachine's `Ready` condition (Cluster API v1beta2 contract: the Machine's `InfrastructureReady` mirrors it,
+/// so `kubectl describe machine` says why a machine waits).
+pub const READY_CONDITION: &str = "Ready";
+
+/// A value of the [`READY_CONDITION`].
+struct Ready {
+    status: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+impl Ready {
+    fn yes(reason: &'static str, message: String) -> Self {
+        Self {
+            status: "True",
+            reason,
+            message,
+        }
+    }
+    fn no(reason: &'static str, message: String) -> Self {
+        Self {
+            status: "False",
+            reason,
+            message,
+        }
+    }
+
+    /// Sets the condition in `conditions`; its transition time changes only when its status does.
+    fn apply(self, conditions: &mut Vec<Condition>) {
+        let old = conditions.iter().find(|c| c.type_ == READY_CONDITION);
+        if old.is_some_and(|c| c.status == self.status && c.reason == self.reason && c.message == self.message) {
+            return;
+        }
+        let since = old
+            .filter(|c| c.status == self.status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+        conditions.retain(|c| c.type_ != READY_CONDITION);
+        conditions.push(Condition {
+            type_: READY_CONDITION.into(),
+            status: self.status.into(),
+            reason: self.reason.into(),
+            message: self.message,
+            observed_generation: None,
+            last_transition_time: since,
+        });
+    }
+}
+
+/// Writes only the [`READY_CONDITION`] of a machine that is waiting, when it changed.
+async fn write_ready(api: &Api<KilnMachine>, m: &KilnMachine, ready: Ready) -> Result<(), kube::Error> {
+    let mut conditions = m.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let before = conditions.clone();
+    ready.apply(&mut conditions);
+    if conditions != before {
+        api.patch_status(
+            &m.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": conditions}})),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Keeps the labels of the host's Node under the KilnCluster's label-sync prefixes equal to the host's (CAPM3's label
+/// sync). Failures are logged and retried on the next reconcile: they never hold up the machine.
+async fn sync_node_labels(mgmt: &Client, ns: &str, cluster: &str, node: &str, host: &BareMetalHost) {
+    let result: Result<bool, Box<dyn std::error::Error + Send + Sync>> = async {
+        let clusters: Api<DynamicObject> = Api::namespaced_with(mgmt.clone(), ns, &crate::capi::cluster_resource());
+        let Some(c) = clusters.get_opt(cluster).await? else {
+            return Ok(false);
+        };
+        let Some(infra) = c.data["spec"]["infrastructureRef"]["name"].as_str() else {
+            return Ok(false);
+        };
+        let kcs: Api<crate::capi::KilnCluster> = Api::namespaced(mgmt.clone(), ns);
+        let prefixes = kcs
+            .get_opt(infra)
+            .await?
+            .and_then(|kc| kc.annotations().get(workload::LABEL_SYNC_PREFIXES_ANNOTATION).cloned())
+            .map(|a| workload::label_sync_prefixes(&a))
+            .unwrap_or_default();
+        if prefixes.is_empty() {
+            return Ok(false);
+        }
+        let Some(client) = workload::client(mgmt, ns, cluster, WORKLOAD_TIMEOUT).await? else {
+            return Ok(false);
+        };
+        Ok(workload::sync_labels(&client, cluster, node, host.labels(), &prefixes, WORKLOAD_TIMEOUT).await?)
+    }
+    .await;
+    match result {
+        Ok(true) => tracing::info!(node, host = %host.name_any(), "synced host labels to its Node"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(node, host = %host.name_any(), error = %error_chain(&*e), "label sync to the Node failed")
+        }
+    }
 }
 
 /// What came of looking for the host's Node in the workload cluster.

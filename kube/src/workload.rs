@@ -2,7 +2,8 @@
 //! Node without `--provider-id`, kiln finds the Node of a provisioned host and sets its `spec.providerID` to the
 //! KilnMachine's, so Cluster API can set the Machine's nodeRef. It reads the workload kubeconfig Cluster API keeps in
 //! `<cluster>-kubeconfig`; it never logs that kubeconfig, never puts it in an error, and never changes a providerID
-//! that is already set (the field is immutable once set).
+//! that is already set (the field is immutable once set). It also keeps the Node's labels under the prefixes a
+//! KilnCluster names ([`LABEL_SYNC_PREFIXES_ANNOTATION`], CAPM3's) equal to the host's ([`sync_labels`]).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -52,8 +53,100 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("reading Node {node} of workload cluster {cluster}")]
+    ReadNode {
+        cluster: String,
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("syncing labels to Node {node} in workload cluster {cluster}")]
+    LabelNode {
+        cluster: String,
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("workload cluster {cluster} did not answer within {after:?}")]
     Timeout { cluster: String, after: Duration },
+}
+
+/// CAPM3's annotation listing the label prefixes synced from a host to its Node (comma-separated; a label is synced
+/// when the part of its key before `/` is one of them). kiln reads it on the KilnCluster, as CAPM3 on the
+/// Metal3Cluster.
+pub const LABEL_SYNC_PREFIXES_ANNOTATION: &str = "metal3.io/metal3-label-sync-prefixes";
+
+/// The prefixes of a [`LABEL_SYNC_PREFIXES_ANNOTATION`] value.
+pub fn label_sync_prefixes(annotation: &str) -> Vec<String> {
+    annotation
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The merge patch of a Node's labels that makes its labels under `prefixes` those of the host: set what differs,
+/// remove what the host no longer has; `None` when nothing differs (pure). Other labels are never touched.
+pub fn label_sync_patch(
+    host: &std::collections::BTreeMap<String, String>,
+    node: &std::collections::BTreeMap<String, String>,
+    prefixes: &[String],
+) -> Option<serde_json::Value> {
+    let synced = |k: &String| k.split_once('/').is_some_and(|(p, _)| prefixes.iter().any(|x| x == p));
+    let mut labels = serde_json::Map::new();
+    for (k, v) in host.iter().filter(|(k, _)| synced(k)) {
+        if node.get(k) != Some(v) {
+            labels.insert(k.clone(), json!(v));
+        }
+    }
+    for k in node.keys().filter(|k| synced(k) && !host.contains_key(*k)) {
+        labels.insert(k.clone(), serde_json::Value::Null);
+    }
+    (!labels.is_empty()).then(|| json!({"metadata": {"labels": labels}}))
+}
+
+/// Makes Node `node`'s labels under `prefixes` those of the host (see [`label_sync_patch`]); returns whether it
+/// changed anything.
+///
+/// # Errors
+/// [`Error::ReadNode`], [`Error::LabelNode`], [`Error::Timeout`].
+pub async fn sync_labels(
+    workload: &Client,
+    cluster: &str,
+    node: &str,
+    host: &std::collections::BTreeMap<String, String>,
+    prefixes: &[String],
+    timeout: Duration,
+) -> Result<bool, Error> {
+    let timed_out = || Error::Timeout {
+        cluster: cluster.into(),
+        after: timeout,
+    };
+    let nodes: Api<Node> = Api::all(workload.clone());
+    let n = tokio::time::timeout(timeout, nodes.get(node))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|source| Error::ReadNode {
+            cluster: cluster.into(),
+            node: node.into(),
+            source,
+        })?;
+    let Some(patch) = label_sync_patch(host, n.labels(), prefixes) else {
+        return Ok(false);
+    };
+    tokio::time::timeout(
+        timeout,
+        nodes.patch(node, &PatchParams::default(), &Patch::Merge(patch)),
+    )
+    .await
+    .map_err(|_| timed_out())?
+    .map_err(|source| Error::LabelNode {
+        cluster: cluster.into(),
+        node: node.into(),
+        source,
+    })?;
+    Ok(true)
 }
 
 /// What kiln knows about a provisioned host to recognise its Node.
@@ -240,6 +333,37 @@ pub async fn ensure_provider_id(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_under_the_prefixes_follow_the_host_and_others_are_left_alone() {
+        let map = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let prefixes = label_sync_prefixes(" rack.example.com , ,zone.example.com");
+        assert_eq!(prefixes, ["rack.example.com", "zone.example.com"]);
+        let host = map(&[
+            ("rack.example.com/row", "r8"),
+            ("zone.example.com/az", "a"),
+            ("role", "worker"),
+        ]);
+        let node = map(&[
+            ("rack.example.com/row", "r7"),
+            ("rack.example.com/old", "x"),
+            ("kubernetes.io/hostname", "n1"),
+            ("zone.example.com/az", "a"),
+        ]);
+        assert_eq!(
+            label_sync_patch(&host, &node, &prefixes),
+            Some(json!({"metadata": {"labels": {"rack.example.com/row": "r8", "rack.example.com/old": null}}}))
+        );
+        let synced = map(&[
+            ("rack.example.com/row", "r8"),
+            ("zone.example.com/az", "a"),
+            ("x/y", "z"),
+        ]);
+        assert_eq!(label_sync_patch(&host, &synced, &prefixes), None);
+        // A prefix must match the whole part before `/`: `rack.example.com.evil/row` is not synced.
+        let host = map(&[("rack.example.com.evil/row", "1")]);
+        assert_eq!(label_sync_patch(&host, &Default::default(), &prefixes), None);
+    }
 
     const ID: &str = "kiln://metal3/node-0";
 

@@ -11,9 +11,10 @@
 //!    KilnMachineTemplate) of 1: the control plane gets kubeadm *init* data, and once its Node exists, the worker
 //!    gets real kubeadm *join* data; each is exactly what kiln's agent wrote into that host's config drive. The
 //!    worker's Node gets its providerID from kiln, then Cluster API its Machine's nodeRef.
+//!    The control plane host's labels under the KilnCluster's label-sync prefix reach its Node (CAPM3's label sync).
 //! 2. Scale the MachineDeployment to 2: a second worker host is claimed and provisioned, its Node found the same way.
 //! 3. Scale back to 1: Cluster API deletes a Machine, kiln deprovisions (the agent erases) and releases its host,
-//!    which is available again.
+//!    which is available again, kept for the MachineDeployment (its template has `nodeReuse`).
 //! 4. The real `clusterctl move` to a second API server (a pivot): the BareMetalHosts (with their credentials) move
 //!    with the cluster, kiln's appliance follows to the target, and every Machine runs again there without any host
 //!    being written, erased or inspected again.
@@ -397,7 +398,8 @@ async fn cluster_api_machinedeployment_scales_on_kiln_hosts_with_real_bootstrap_
         &infra("KilnMachineTemplate", "kilnmachinetemplates"),
         json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "KilnMachineTemplate",
                "metadata": {"name": "c1-md"},
-               "spec": {"template": {"spec": {"hostSelector": {"matchLabels": {"role": "worker"}}, "image": image}}}}),
+               "spec": {"template": {"spec": {"hostSelector": {"matchLabels": {"role": "worker"}}, "image": image}},
+                        "nodeReuse": true}}),
     )
     .await;
     let md_ar = gvk("cluster.x-k8s.io", "v1beta2", "MachineDeployment", "machinedeployments");
@@ -446,6 +448,50 @@ async fn cluster_api_machinedeployment_scales_on_kiln_hosts_with_real_bootstrap_
         "the worker's kubelet gets no provider-id: {bootstrap}"
     );
     assert_kiln_set_provider_id(&client, &workers[0]).await;
+
+    // Label sync (CAPM3's): the KilnCluster names a prefix; the control plane host's labels under it reach its Node,
+    // follow changes and removals, and no other label is touched.
+    let kcs: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &infra("KilnCluster", "kilnclusters"));
+    kcs.patch(
+        "c1",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"metal3.io/metal3-label-sync-prefixes": "rack.example.com"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    for (value, want) in [
+        (json!("r7"), Some("r7")),
+        (json!("r8"), Some("r8")),
+        (Value::Null, None),
+    ] {
+        hosts
+            .patch(
+                "cp-0",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"labels": {"rack.example.com/row": value, "other.example.com/x": "y"}}}),
+                ),
+            )
+            .await
+            .unwrap();
+        ctx.wait(&format!("Node cp-0 labelled {want:?}"), 60, async |_| {
+            let n = nodes.get("cp-0").await.ok()?;
+            (n.labels().get("rack.example.com/row").map(String::as_str) == want).then_some(())
+        })
+        .await;
+    }
+    assert!(
+        !nodes
+            .get("cp-0")
+            .await
+            .unwrap()
+            .labels()
+            .contains_key("other.example.com/x"),
+        "only labels under the prefixes are synced"
+    );
 
     // 2. Scale to 2.
     let mds: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &md_ar);
@@ -497,6 +543,17 @@ async fn cluster_api_machinedeployment_scales_on_kiln_hosts_with_real_bootstrap_
         })
         .await;
     println!("scaled 2 -> 1 in {:?}: {released} released", t.elapsed());
+    // The template has nodeReuse: the host is kept for the MachineDeployment's next machine (CAPM3's label).
+    assert_eq!(
+        hosts
+            .get(&released)
+            .await
+            .unwrap()
+            .labels()
+            .get(kiln_kube::claim::NODE_REUSE_LABEL)
+            .map(String::as_str),
+        Some("c1-md")
+    );
     let commands = lab.commands.lock().unwrap()[&format!("{NS}.{released}")].clone();
     assert!(
         commands.iter().any(|c| c.starts_with("erase")),

@@ -74,8 +74,8 @@ async fn racing_claims_never_share_a_host() {
     let m1 = machine(&client, "m1", "worker").await;
     let m2 = machine(&client, "m2", "worker").await;
     let (c1, c2) = (client.clone(), client.clone());
-    let (r1, r2) = tokio::join!(async { claim_host(&c1, &m1, &claim()).await }, async {
-        claim_host(&c2, &m2, &claim()).await
+    let (r1, r2) = tokio::join!(async { claim_host(&c1, &m1, &claim(), None).await }, async {
+        claim_host(&c2, &m2, &claim(), None).await
     });
     let (r1, r2) = (r1.unwrap(), r2.unwrap());
     assert!(
@@ -99,11 +99,11 @@ async fn racing_claims_never_share_a_host() {
     // "Restart": a fresh client asking again gets the same answers; nothing is claimed twice.
     let fresh = server.client().await.unwrap();
     assert_eq!(
-        claim_host(&fresh, winner, &claim()).await.unwrap().as_deref(),
+        claim_host(&fresh, winner, &claim(), None).await.unwrap().as_deref(),
         Some("h0")
     );
     assert_eq!(
-        claim_host(&fresh, loser, &claim()).await.unwrap(),
+        claim_host(&fresh, loser, &claim(), None).await.unwrap(),
         None,
         "the loser waits"
     );
@@ -119,7 +119,7 @@ async fn racing_claims_never_share_a_host() {
     ms.push(loser.clone());
     let results = futures::future::join_all(ms.iter().map(|m| {
         let c = client.clone();
-        async move { claim_host(&c, m, &claim()).await.unwrap() }
+        async move { claim_host(&c, m, &claim(), None).await.unwrap() }
     }))
     .await;
     let won: Vec<String> = results.iter().flatten().cloned().collect();
@@ -139,12 +139,15 @@ async fn racing_claims_never_share_a_host() {
     assert_eq!(consumers.iter().collect::<BTreeSet<_>>().len(), 4);
 
     // Releasing the winner's host frees it (after the host controller deprovisions it, it becomes claimable again).
-    assert_eq!(release_host(&client, winner).await.unwrap().as_deref(), Some("h0"));
+    assert_eq!(
+        release_host(&client, winner, None).await.unwrap().as_deref(),
+        Some("h0")
+    );
     let h0 = hosts.get("h0").await.unwrap();
     assert!(h0.spec.consumer_ref.is_none() && h0.spec.user_data.is_none() && !h0.spec.online);
     let waiting = ms.iter().zip(&results).find(|(_, r)| r.is_none()).unwrap().0;
     assert_eq!(
-        claim_host(&client, waiting, &claim()).await.unwrap().as_deref(),
+        claim_host(&client, waiting, &claim(), None).await.unwrap().as_deref(),
         Some("h0")
     );
     assert_eq!(

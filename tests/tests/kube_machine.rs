@@ -3,7 +3,8 @@
 //! in-process appliance with fake BMCs and simulated agents, `kiln_tests::inproc`): the machine waits for the Machine's
 //! bootstrap data Secret, claims the matching host, the bootstrap data is what reaches the agent as user data,
 //! providerID/addresses/ready are set once the host is provisioned, and deleting the machine releases the host, which
-//! is deprovisioned back to `available`.
+//! is deprovisioned back to `available`. The machine's `Ready` condition says what it waits for (bootstrap data, a
+//! matching host) and which host it runs on.
 
 use std::time::Duration;
 
@@ -149,8 +150,22 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
     }))
     .await;
 
-    // No bootstrap data yet: the host stays unclaimed.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // No bootstrap data yet: the host stays unclaimed, and the machine's Ready condition says why.
+    let ready = async |km: &str| {
+        let km = kms.get(km).await.ok()?;
+        km.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == machine_controller::READY_CONDITION)
+    };
+    let c = wait("km0 says it waits for bootstrap data", async || {
+        ready("km0").await.filter(|c| c.reason == "WaitingForBootstrapData")
+    })
+    .await;
+    assert_eq!(
+        (c.status.as_str(), c.message.as_str()),
+        ("False", "Machine m0 has no bootstrap data yet")
+    );
     assert!(
         hosts.get("h0").await.unwrap().spec.consumer_ref.is_none(),
         "claimed before bootstrap data existed"
@@ -177,6 +192,11 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
     })
     .await;
     assert_eq!(km.spec.provider_id.as_deref(), Some("kiln://default/h0"));
+    let c = ready("km0").await.expect("a Ready condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+        ("True", "HostProvisioned", "BareMetalHost h0 is provisioned")
+    );
     let st = km.status.unwrap();
     assert_eq!(st.initialization.map(|i| i.provisioned), Some(true));
     assert!(
@@ -199,6 +219,37 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
         "the bootstrap data is the host's user data"
     );
     assert!(secrets.get("m0-bootstrap").await.is_ok());
+
+    // A second machine finds no available host to match: its Ready condition says so.
+    let m1: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+        "metadata": {"name": "m1"},
+        "spec": {"clusterName": "c1", "bootstrap": {"dataSecretName": "m0-bootstrap"},
+                 "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "KilnMachine", "name": "km1"}}
+    }))
+    .unwrap();
+    let m1 = machines
+        .create(&PostParams::default(), &m1)
+        .await
+        .expect("create Machine m1");
+    create::<KilnMachine>(&client, json!({
+        "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "KilnMachine",
+        "metadata": {"name": "km1", "ownerReferences": [{"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "name": "m1", "uid": m1.metadata.uid, "controller": true}]},
+        "spec": {"hostSelector": {"matchLabels": {"role": "worker"}}}
+    }))
+    .await;
+    let c = wait("km1 says it waits for a host", async || {
+        ready("km1").await.filter(|c| c.reason == "WaitingForHost")
+    })
+    .await;
+    assert_eq!(c.status, "False");
+    assert!(c.message.contains("hostSelector"), "{c:?}");
+    kms.delete("km1", &DeleteParams::default()).await.unwrap();
+    wait("km1 gone", async || {
+        kms.get_opt("km1").await.ok()?.is_none().then_some(())
+    })
+    .await;
 
     // Deleting the KilnMachine releases the host, which is deprovisioned and available again.
     kms.delete("km0", &DeleteParams::default()).await.unwrap();
