@@ -999,16 +999,39 @@ mod tests {
         .await
     }
 
+    /// A raw disk image whose size is not a multiple of 4096 (nor of 512), and the raw source of a qcow2 one: qcow2
+    /// sizes are multiples of 512, this one not of 4096.
+    struct OddImages {
+        raw: std::path::PathBuf,
+        raw_bytes: Vec<u8>,
+        q_raw: std::path::PathBuf,
+        q_bytes: Vec<u8>,
+    }
+
+    fn odd_images(dir: &std::path::Path) -> OddImages {
+        let raw_bytes = disk_image((9 << 20) + 3 * 4096 + 777);
+        let raw = dir.join("odd.raw");
+        std::fs::write(&raw, &raw_bytes).unwrap();
+        let q_bytes = disk_image((9 << 20) + 1536);
+        let q_raw = dir.join("q.raw");
+        std::fs::write(&q_raw, &q_bytes).unwrap();
+        OddImages {
+            raw,
+            raw_bytes,
+            q_raw,
+            q_bytes,
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn raw_and_qcow2_images_of_odd_sizes_read_back_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        // Not a multiple of 4096 (nor of 512) for raw; qcow2 sizes are multiples of 512, this one not of 4096.
-        let raw_bytes = disk_image((9 << 20) + 3 * 4096 + 777);
-        let raw = dir.path().join("odd.raw");
-        std::fs::write(&raw, &raw_bytes).unwrap();
-        let q_bytes = disk_image((9 << 20) + 1536);
-        let q_raw = dir.path().join("q.raw");
-        std::fs::write(&q_raw, &q_bytes).unwrap();
+        let OddImages {
+            raw,
+            raw_bytes,
+            q_raw,
+            q_bytes,
+        } = odd_images(dir.path());
         let cases = [
             (raw.clone(), &raw_bytes, ImageFormat::Raw),
             (qcow2_of(&q_raw, "plain.qcow2", &[]), &q_bytes, ImageFormat::Qcow2),
@@ -1052,12 +1075,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wrong_checksum_leaves_no_partition_table_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let raw_bytes = disk_image((9 << 20) + 3 * 4096 + 777);
-        let raw = dir.path().join("odd.raw");
-        std::fs::write(&raw, &raw_bytes).unwrap();
-        let q_bytes = disk_image((9 << 20) + 1536);
-        let q_raw = dir.path().join("q.raw");
-        std::fs::write(&q_raw, &q_bytes).unwrap();
+        let OddImages {
+            raw,
+            raw_bytes,
+            q_raw,
+            q_bytes,
+        } = odd_images(dir.path());
         let qcow = qcow2_of(&q_raw, "plain.qcow2", &[]);
         let wrong = ChecksumSource::Inline(ExpectedDigest {
             algorithm: Algorithm::Sha256,

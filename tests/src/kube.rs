@@ -658,3 +658,15 @@ where
     .await
     .unwrap_or_else(|e| panic!("create: {e}"))
 }
+
+/// Polls `f` until it yields a value, panicking with `what` after `timeout`.
+pub async fn eventually<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}

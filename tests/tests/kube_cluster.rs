@@ -18,15 +18,8 @@ use kiln_tests::kube::{KubeApiServer, capi_crd_dir, install_crds, parse_crds, re
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-async fn wait<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
+async fn wait<T>(what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
+    kiln_tests::kube::eventually(what, Duration::from_secs(60), f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

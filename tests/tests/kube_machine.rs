@@ -19,15 +19,8 @@ use kiln_tests::kube::{
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use serde_json::json;
 
-async fn wait<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
+async fn wait<T>(what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
+    kiln_tests::kube::eventually(what, Duration::from_secs(60), f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

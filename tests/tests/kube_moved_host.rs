@@ -14,15 +14,8 @@ use kube::api::Api;
 use lab::{Lab, mac_of};
 use serde_json::json;
 
-async fn wait<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+async fn wait<T>(what: &str, secs: u64, f: impl AsyncFnMut() -> Option<T>) -> T {
+    kiln_tests::kube::eventually(what, Duration::from_secs(secs), f).await
 }
 
 /// A BareMetalHost moved from another management cluster into one served by a kiln that never knew it: it arrives
