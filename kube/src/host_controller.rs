@@ -315,7 +315,12 @@ async fn host_spec(host: &BareMetalHost, secrets: &Api<Secret>) -> Result<Result
             s.bmc.credentials_name
         )));
     };
-    own_credentials(secrets, host, &creds).await?;
+    if let Err(e) = own_credentials(secrets, host, &creds).await {
+        // Only `clusterctl move` needs the ownership (RBAC older than kiln's role may not allow it): never a reason
+        // to stop managing the host.
+        tracing::warn!(host = %host.name_any(), secret = %s.bmc.credentials_name, error = %e,
+            "cannot make the host an owner of its BMC credentials Secret; clusterctl move would leave it behind");
+    }
     let (Some(user), Some(pass)) = (secret_key(&creds, &["username"]), secret_key(&creds, &["password"])) else {
         return Ok(Err(format!(
             "Secret {} lacks username or password",
