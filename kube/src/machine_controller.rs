@@ -246,7 +246,13 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let Some(host_name) = claim_host(&ctx.client, &m, &claim, pool.as_deref()).await? else {
         let why = Ready::no(
             "WaitingForHost",
-            "no available BareMetalHost matches the hostSelector (and failure domain)".into(),
+            match &pool {
+                Some(p) => format!(
+                    "no available BareMetalHost matches the hostSelector (and failure domain), or the one kept for \
+                     {p} (nodeReuse) is not available yet"
+                ),
+                None => "no available BareMetalHost matches the hostSelector (and failure domain)".into(),
+            },
         );
         write_ready(&api, &m, why).await?;
         return Ok(wait);
