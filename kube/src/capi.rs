@@ -30,26 +30,28 @@ pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
 /// management cluster, so its deletion here must not release or deprovision anything.
 pub const DELETE_FOR_MOVE_ANNOTATION: &str = "clusterctl.cluster.x-k8s.io/delete-for-move";
 
-/// Whether an object of a Cluster is paused, as the Cluster API provider contract defines it: the object carries
-/// [`PAUSED_ANNOTATION`], or the Cluster named by its [`CLUSTER_NAME_LABEL`] has `spec.paused` (which
-/// `clusterctl move` sets for the whole move). A Cluster that cannot be read counts as not paused only when it does
-/// not exist.
+/// The Cluster an object belongs to, named by its [`CLUSTER_NAME_LABEL`]; `None` when it has no such label or the
+/// Cluster does not exist.
 ///
 /// # Errors
 /// A failed read of the Cluster.
-pub async fn is_paused(client: &kube::Client, obj: &impl kube::ResourceExt) -> Result<bool, kube::Error> {
-    if obj.annotations().contains_key(PAUSED_ANNOTATION) {
-        return Ok(true);
-    }
+pub async fn cluster_of(
+    client: &kube::Client,
+    obj: &impl kube::ResourceExt,
+) -> Result<Option<kube::api::DynamicObject>, kube::Error> {
     let (Some(cluster), Some(ns)) = (obj.labels().get(CLUSTER_NAME_LABEL), obj.namespace()) else {
-        return Ok(false);
+        return Ok(None);
     };
     let clusters: kube::Api<kube::api::DynamicObject> =
         kube::Api::namespaced_with(client.clone(), &ns, &cluster_resource());
-    Ok(clusters
-        .get_opt(cluster)
-        .await?
-        .is_some_and(|c| c.data["spec"]["paused"].as_bool() == Some(true)))
+    clusters.get_opt(cluster).await
+}
+
+/// Whether an object is paused, as the Cluster API provider contract defines it: it carries [`PAUSED_ANNOTATION`],
+/// or its Cluster ([`cluster_of`]) has `spec.paused` (which `clusterctl move` sets for the whole move).
+pub fn is_paused(obj: &impl kube::ResourceExt, cluster: Option<&kube::api::DynamicObject>) -> bool {
+    obj.annotations().contains_key(PAUSED_ANNOTATION)
+        || cluster.is_some_and(|c| c.data["spec"]["paused"].as_bool() == Some(true))
 }
 
 /// Whether `clusterctl move` is deleting this object (it now lives in the target management cluster).

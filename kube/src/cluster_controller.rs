@@ -19,7 +19,9 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::capi::{Initialization, KilnCluster, KilnClusterStatus, KilnMachine, KilnRemediation, is_paused};
+use crate::capi::{
+    Initialization, KilnCluster, KilnClusterStatus, KilnMachine, KilnRemediation, cluster_of, is_paused,
+};
 use crate::engine::{Engine, EngineError, HostKey};
 use crate::machine_controller::machine_resource;
 
@@ -64,7 +66,7 @@ async fn reconcile_cluster(c: Arc<KilnCluster>, client: Arc<Client>) -> Result<A
     if c.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    if is_paused(&client, &*c).await? {
+    if is_paused(&*c, cluster_of(&client, &*c).await?.as_ref()) {
         return Ok(Action::requeue(Duration::from_secs(10)));
     }
     let status = cluster_status(&c);
@@ -107,7 +109,7 @@ async fn reconcile_remediation<E: Engine>(r: Arc<KilnRemediation>, ctx: Arc<RemC
     if r.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    if is_paused(&ctx.client, &*r).await? {
+    if is_paused(&*r, cluster_of(&ctx.client, &*r).await?.as_ref()) {
         // Never reboot a host of a paused Cluster (`clusterctl move` pauses it): look again later.
         return Ok(Action::requeue(Duration::from_secs(10)));
     }

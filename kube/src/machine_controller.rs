@@ -28,8 +28,8 @@ use crate::bmh::{
     BareMetalHost, Image, PAUSED_ANNOTATION as BMH_PAUSED_ANNOTATION, ProvisioningState, STATUS_ANNOTATION,
 };
 use crate::capi::{
-    HostRef, Initialization, KilnMachine, KilnMachineStatus, MACHINE_FINALIZER, MachineAddress, deleted_for_move,
-    is_paused,
+    HostRef, Initialization, KilnMachine, KilnMachineStatus, MACHINE_FINALIZER, MachineAddress, cluster_of,
+    deleted_for_move, is_paused,
 };
 use crate::claim::{Claim, claim_host, release_host, reuse_pool};
 use crate::workload::{self, Decision, HostIdentity};
@@ -178,7 +178,9 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         }
         return Ok(Action::await_change());
     }
-    if is_paused(&ctx.client, &*m).await? {
+    // Read once: whether it is paused, and (for label sync) its KilnCluster.
+    let cluster = cluster_of(&ctx.client, &*m).await?;
+    if is_paused(&*m, cluster.as_ref()) {
         if let Some(host) = m.status.as_ref().and_then(|s| s.host_ref.as_ref()) {
             pause_host(&ctx.client, &ns, &host.name, &m).await?;
         }
@@ -355,7 +357,7 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     if let (true, Some(node), Some(cluster)) = (
         provisioned,
         machine.data["status"]["nodeRef"]["name"].as_str(),
-        machine.data["spec"]["clusterName"].as_str(),
+        cluster.as_ref(),
     ) {
         sync_node_labels(&ctx.client, &ns, cluster, node, &host).await;
     }
@@ -454,13 +456,10 @@ async fn write_ready(api: &Api<KilnMachine>, m: &KilnMachine, ready: Ready) -> R
 
 /// Keeps the labels of the host's Node under the KilnCluster's label-sync prefixes equal to the host's (CAPM3's label
 /// sync). Failures are logged and retried on the next reconcile: they never hold up the machine.
-async fn sync_node_labels(mgmt: &Client, ns: &str, cluster: &str, node: &str, host: &BareMetalHost) {
+async fn sync_node_labels(mgmt: &Client, ns: &str, cluster: &DynamicObject, node: &str, host: &BareMetalHost) {
+    let name = cluster.name_any();
     let result: Result<bool, Box<dyn std::error::Error + Send + Sync>> = async {
-        let clusters: Api<DynamicObject> = Api::namespaced_with(mgmt.clone(), ns, &crate::capi::cluster_resource());
-        let Some(c) = clusters.get_opt(cluster).await? else {
-            return Ok(false);
-        };
-        let Some(infra) = c.data["spec"]["infrastructureRef"]["name"].as_str() else {
+        let Some(infra) = cluster.data["spec"]["infrastructureRef"]["name"].as_str() else {
             return Ok(false);
         };
         let kcs: Api<crate::capi::KilnCluster> = Api::namespaced(mgmt.clone(), ns);
@@ -473,10 +472,10 @@ async fn sync_node_labels(mgmt: &Client, ns: &str, cluster: &str, node: &str, ho
         if prefixes.is_empty() {
             return Ok(false);
         }
-        let Some(client) = workload::client(mgmt, ns, cluster, WORKLOAD_TIMEOUT).await? else {
+        let Some(client) = workload::client(mgmt, ns, &name, WORKLOAD_TIMEOUT).await? else {
             return Ok(false);
         };
-        Ok(workload::sync_labels(&client, cluster, node, host.labels(), &prefixes, WORKLOAD_TIMEOUT).await?)
+        Ok(workload::sync_labels(&client, &name, node, host.labels(), &prefixes, WORKLOAD_TIMEOUT).await?)
     }
     .await;
     match result {
