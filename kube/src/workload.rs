@@ -106,6 +106,22 @@ pub fn label_sync_patch(
     (!labels.is_empty()).then(|| json!({"metadata": {"labels": labels}}))
 }
 
+/// One call to workload cluster `cluster`, given up after `timeout`; a failed call becomes the error `what` makes of it.
+async fn within<T>(
+    cluster: &str,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+    what: impl FnOnce(kube::Error) -> Error,
+) -> Result<T, Error> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| Error::Timeout {
+            cluster: cluster.into(),
+            after: timeout,
+        })?
+        .map_err(what)
+}
+
 /// Makes Node `node`'s labels under `prefixes` those of the host (see [`label_sync_patch`]); returns whether it
 /// changed anything.
 ///
@@ -119,33 +135,24 @@ pub async fn sync_labels(
     prefixes: &[String],
     timeout: Duration,
 ) -> Result<bool, Error> {
-    let timed_out = || Error::Timeout {
-        cluster: cluster.into(),
-        after: timeout,
-    };
     let nodes: Api<Node> = Api::all(workload.clone());
-    let n = tokio::time::timeout(timeout, nodes.get(node))
-        .await
-        .map_err(|_| timed_out())?
-        .map_err(|source| Error::ReadNode {
-            cluster: cluster.into(),
-            node: node.into(),
-            source,
-        })?;
-    let Some(patch) = label_sync_patch(host, n.labels(), prefixes) else {
-        return Ok(false);
-    };
-    tokio::time::timeout(
-        timeout,
-        nodes.patch(node, &PatchParams::default(), &Patch::Merge(patch)),
-    )
-    .await
-    .map_err(|_| timed_out())?
-    .map_err(|source| Error::LabelNode {
+    let n = within(cluster, timeout, nodes.get(node), |source| Error::ReadNode {
         cluster: cluster.into(),
         node: node.into(),
         source,
-    })?;
+    })
+    .await?;
+    let Some(patch) = label_sync_patch(host, n.labels(), prefixes) else {
+        return Ok(false);
+    };
+    let (pp, patch) = (PatchParams::default(), Patch::Merge(patch));
+    let call = nodes.patch(node, &pp, &patch);
+    within(cluster, timeout, call, |source| Error::LabelNode {
+        cluster: cluster.into(),
+        node: node.into(),
+        source,
+    })
+    .await?;
     Ok(true)
 }
 
@@ -300,32 +307,25 @@ pub async fn ensure_provider_id(
     provider_id: &str,
     timeout: Duration,
 ) -> Result<Decision, Error> {
-    let timed_out = || Error::Timeout {
-        cluster: cluster.into(),
-        after: timeout,
-    };
     let nodes: Api<Node> = Api::all(workload.clone());
-    let list = tokio::time::timeout(timeout, nodes.list(&ListParams::default()))
-        .await
-        .map_err(|_| timed_out())?
-        .map_err(|source| Error::ListNodes {
+    let list = within(cluster, timeout, nodes.list(&ListParams::default()), |source| {
+        Error::ListNodes {
             cluster: cluster.into(),
             source,
-        })?;
+        }
+    })
+    .await?;
     let decision = decide(&list.items, host, provider_id);
     if let Decision::Set { node, resource_version } = &decision {
         let patch = json!({"metadata": {"resourceVersion": resource_version}, "spec": {"providerID": provider_id}});
-        tokio::time::timeout(
-            timeout,
-            nodes.patch(node, &PatchParams::default(), &Patch::Merge(patch)),
-        )
-        .await
-        .map_err(|_| timed_out())?
-        .map_err(|source| Error::PatchNode {
+        let (pp, patch) = (PatchParams::default(), Patch::Merge(patch));
+        let call = nodes.patch(node, &pp, &patch);
+        within(cluster, timeout, call, |source| Error::PatchNode {
             cluster: cluster.into(),
             node: node.clone(),
             source,
-        })?;
+        })
+        .await?;
     }
     Ok(decision)
 }
