@@ -23,6 +23,7 @@ APT_PACKAGES=(
   chromium
   gzip
   etcd-server
+  docker-registry apache2-utils
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -57,9 +57,17 @@ impl Agent {
                 image,
                 root_device_hints,
                 config_drive,
-            } => crate::write::write_image(self, id, image, root_device_hints, config_drive.as_ref())
-                .await
-                .map(|d| (d, None)),
+                registry,
+            } => crate::write::write_image(
+                self,
+                id,
+                image,
+                root_device_hints,
+                config_drive.as_ref(),
+                registry.as_ref(),
+            )
+            .await
+            .map(|d| (d, None)),
             CommandKind::EraseMetadata => self.erase(id, false).await.map(|d| (d, None)),
             CommandKind::EraseDisks => self.erase(id, true).await.map(|d| (d, None)),
             CommandKind::Reboot => Ok((json!({}), Some(PowerAction::Reboot))),

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use kiln_images::protocol::{ConfigDrive, ImageSpec, RootDeviceHints};
+use kiln_images::protocol::{ConfigDrive, ImageSpec, RegistryAccess, RootDeviceHints};
 use serde_json::json;
 
 use crate::error::AgentError;
@@ -13,7 +13,8 @@ use crate::exec::Agent;
 use crate::inspect;
 
 /// Writes `image` to the disk chosen by `hints` and the config drive after it; returns the result detail
-/// (`disk`, `by_path`, `digest`, `verified`, `format`, `compression`, `bytes_written`, `config_drive`).
+/// (`disk`, `by_path`, `digest`, `verified`, `format`, `compression`, `bytes_written`, `config_drive`). `registry`
+/// says how to reach the registry of an `oci://` image; its credentials are never logged.
 ///
 /// # Errors
 /// [`AgentError::NoRootDevice`], [`AgentError::WriteImage`] (whose kind is the pipeline's, e.g.
@@ -24,12 +25,20 @@ pub async fn write_image(
     image: &ImageSpec,
     hints: &RootDeviceHints,
     config_drive: Option<&ConfigDrive>,
+    registry: Option<&RegistryAccess>,
 ) -> Result<serde_json::Value, AgentError> {
     let disks = inspect::read_disks(&agent.root);
     let disk = kiln_images::rootdev::select_root_device(&disks, hints)
         .map_err(|source| AgentError::NoRootDevice { source })?;
     let path = agent.root.join("dev").join(disk.name.trim_start_matches("/dev/"));
-    tracing::info!(disk = %disk.name, size = disk.size_bytes, url = %image.url, "writing image");
+    tracing::info!(
+        disk = %disk.name,
+        size = disk.size_bytes,
+        url = %kiln_images::source::redact_userinfo(&image.url),
+        registry_credentials = registry.is_some_and(|r| r.credentials.is_some()),
+        plain_http = registry.is_some_and(|r| r.plain_http),
+        "writing image"
+    );
     agent.log.marker(&format!("write-image {}", disk.name));
     let progress = kiln_images::Progress::new();
     let p = progress.clone();
@@ -37,7 +46,7 @@ pub async fn write_image(
         .with_progress(
             id,
             "writing",
-            kiln_images::write_image(image, &path, &progress),
+            kiln_images::write_image_with_registry(image, registry, &path, &progress),
             move || {
                 let s = p.snapshot();
                 (s.bytes_written, s.image_size.unwrap_or(0))

@@ -116,6 +116,7 @@ async fn agent_inspects_erases_writes_and_powers_off_in_a_vm() {
                 },
                 root_device_hints: RootDeviceHints::default(),
                 config_drive: None,
+                registry: None,
             },
             CommandKind::WriteImage {
                 image: ImageSpec {
@@ -133,6 +134,7 @@ async fn agent_inspects_erases_writes_and_powers_off_in_a_vm() {
                     user_data: Some(USER_DATA.into()),
                     network_data: None,
                 }),
+                registry: None,
             },
             CommandKind::PowerOff,
         ],

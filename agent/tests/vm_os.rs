@@ -85,6 +85,7 @@ async fn agent_deploys_debian_whose_cloud_init_reads_the_config_drive() {
                 user_data: Some(USER_DATA.into()),
                 network_data: None,
             }),
+            registry: None,
         },
         CommandKind::PowerOff,
     ]

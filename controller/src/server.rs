@@ -83,6 +83,9 @@ pub struct Config {
     pub tls: kiln_http::tls::TlsConfig,
     /// Simulator mode: hosts with `fake://` BMC addresses are simulated ([`kiln_engine::sim`]); off unless asked for.
     pub simulate: bool,
+    /// Registries (`host` or `host:port`) of `oci://` images that the agent reaches over plain HTTP instead of
+    /// HTTPS, like containerd's and Docker's insecure registries (a lab or an air-gapped mirror without TLS).
+    pub insecure_registries: Vec<String>,
     /// Where the plain-HTTP netboot routes (`/boot`) listen when `[pxe]` is configured; default: the host and port
     /// of `[pxe] http_base`.
     pub boot_listen: Option<std::net::SocketAddr>,
@@ -210,6 +213,7 @@ impl Default for Config {
             http: HttpLimits::default(),
             tls: Default::default(),
             simulate: false,
+            insecure_registries: Vec::new(),
             boot_listen: None,
             admin_listen: None,
             replica: None,
@@ -275,6 +279,7 @@ impl Appliance {
             policy: config.policy,
             max_concurrent_jobs: config.max_concurrent_jobs,
             bmc_calls_per_minute: config.bmc_calls_per_minute,
+            insecure_registries: config.insecure_registries.clone(),
             ..ExecutorConfig::default()
         };
         let sim = config

@@ -117,6 +117,7 @@ fn bmh(address: &str) -> HostSpec {
         online: false,
         consumer: None,
         image: None,
+        image_credentials: None,
         user_data: None,
         network_data: None,
         meta_data: None,

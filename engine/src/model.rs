@@ -82,8 +82,20 @@ pub struct HostSpec {
     /// it. Unset, the ramdisk asks DHCP.
     #[serde(default)]
     pub preprovisioning_network_data: Option<serde_json::Value>,
+    /// Credentials for the registry of an `oci://` image (Metal3's `ociAuthSecretName`); set and cleared with the
+    /// image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_credentials: Option<RegistryLogin>,
     #[serde(default)]
     pub options: HostOptions,
+}
+
+/// A user name and password (or token) for an image registry. Sealed in the store; serializes and prints the
+/// password as `***`; sent to the agent only in the command that pulls the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryLogin {
+    pub username: String,
+    pub password: Secret,
 }
 
 /// Per-host switches.

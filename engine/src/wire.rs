@@ -120,7 +120,8 @@ pub struct ImportRefusal {
 }
 
 /// The image to write: an http(s) URL and a checksum (`sha256:HEX`, `sha512:HEX`, `md5:HEX`, bare hex, or the URL
-/// of a checksum file).
+/// of a checksum file); or an `oci://registry/repository[:tag|@sha256:DIGEST]` reference to a disk image pushed to
+/// an OCI registry (as Ironic and Metal3 take it: the layer's registry digest verifies it, a checksum is optional).
 #[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageIn {
@@ -131,6 +132,19 @@ pub struct ImageIn {
     pub checksum_type: Option<ChecksumType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<ImageFormat>,
+    /// Credentials for the registry of an `oci://` image (anonymous pull without them); refused for other URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_credentials: Option<RegistryCredentialsIn>,
+}
+
+/// A registry user name and password (or token), for an `oci://` image. Never shown back.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredentialsIn {
+    pub username: String,
+    #[schemars(with = "String", extend("writeOnly" = true))]
+    #[serde(serialize_with = "Secret::serialize_exposed")]
+    pub password: Secret,
 }
 
 /// Body of `POST /api/v1/hosts/{name}/deprovision` (optional).
@@ -384,10 +398,22 @@ pub fn spec_from(c: &HostCreate) -> Result<(HostName, HostSpec), Invalid> {
 /// Validates an image request: an http(s) URL and a checksum given as `sha256:HEX`, `sha512:HEX`, bare hex or a
 /// checksum-file URL.
 pub fn image_from(i: &ImageIn) -> Result<ImageSpec, Invalid> {
+    if i.url.starts_with("oci://") {
+        return oci_image_from(i);
+    }
     let u =
         url::Url::parse(&i.url).map_err(|e| unprocessable("image.url", format!("{:?} is not a URL: {e}", i.url)))?;
     if !matches!(u.scheme(), "http" | "https") {
-        return Err(unprocessable("image.url", "image URL must be http:// or https://"));
+        return Err(unprocessable(
+            "image.url",
+            "image URL must be http://, https:// or oci:// (an image in an OCI registry)",
+        ));
+    }
+    if i.registry_credentials.is_some() {
+        return Err(unprocessable(
+            "image.registry_credentials",
+            "registry credentials are for oci:// images only; this image is fetched over http(s)",
+        ));
     }
     if i.format == Some(ImageFormat::LiveIso) {
         // The BMC fetches and boots a live ISO itself: kiln never sees its bytes, so it cannot check a checksum,
@@ -452,6 +478,97 @@ pub fn image_from(i: &ImageIn) -> Result<ImageSpec, Invalid> {
     })
 }
 
+/// An `oci://` image: a reference kiln-agent resolves in the registry, verified by the layer's digest. A checksum,
+/// if given, must be that sha256 digest (the agent refuses a layer with another); a live ISO must come over http(s)
+/// (the BMC fetches it, and BMCs do not speak to registries).
+fn oci_image_from(i: &ImageIn) -> Result<ImageSpec, Invalid> {
+    kiln_images::oci::OciReference::parse(&i.url).map_err(|e| unprocessable("image.url", e.to_string()))?;
+    if i.format == Some(ImageFormat::LiveIso) {
+        return Err(unprocessable(
+            "image.format",
+            "a live-iso image is fetched by the host's BMC, which cannot pull from an OCI registry: give its \
+             http(s) URL",
+        ));
+    }
+    if let Some(c) = &i.registry_credentials
+        && (c.username.trim().is_empty() || c.password.expose().trim().is_empty())
+    {
+        return Err(unprocessable(
+            "image.registry_credentials",
+            "registry credentials need a user name and a password (or token)",
+        ));
+    }
+    let checksum = match i.checksum.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+        None => String::new(),
+        Some(c) => {
+            let hex = c.strip_prefix("sha256:").unwrap_or(c);
+            let sha256 = matches!(i.checksum_type, None | Some(ChecksumType::Auto | ChecksumType::Sha256));
+            if !sha256 || hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(unprocessable(
+                    "image.checksum",
+                    "an oci:// image is verified by its registry digest: a checksum, if given, must be that sha256 \
+                     digest (or pin the manifest with @sha256:... in the URL)",
+                ));
+            }
+            hex.to_ascii_lowercase()
+        }
+    };
+    Ok(ImageSpec {
+        url: i.url.clone(),
+        checksum_type: if checksum.is_empty() {
+            ChecksumType::Auto
+        } else {
+            ChecksumType::Sha256
+        },
+        checksum,
+        format: i.format,
+    })
+}
+
+/// Metal3's `ociAuthSecretName`: the credentials that a `kubernetes.io/dockerconfigjson` Secret (or an older
+/// `kubernetes.io/dockercfg` one) holds for the registry of `image_url`, read as baremetal-operator reads them.
+/// `value` gives a key of the Secret's data. The error names the Secret and what is wrong, never a credential.
+pub fn registry_credentials_from_secret(
+    name: &str,
+    secret_type: &str,
+    value: impl Fn(&str) -> Option<Vec<u8>>,
+    image_url: &str,
+) -> Result<RegistryCredentialsIn, String> {
+    let reference = kiln_images::oci::OciReference::parse(image_url).map_err(|_| {
+        format!("{image_url:?} is not an oci:// image: a registry pull secret is for oci:// images only")
+    })?;
+    let key = match secret_type {
+        "kubernetes.io/dockerconfigjson" => ".dockerconfigjson",
+        "kubernetes.io/dockercfg" => ".dockercfg",
+        other => {
+            return Err(format!(
+                "Secret {name} has type {other:?}; a registry pull secret is of type kubernetes.io/dockerconfigjson \
+                 or kubernetes.io/dockercfg"
+            ));
+        }
+    };
+    let raw = value(key).ok_or_else(|| format!("Secret {name} has no {key}"))?;
+    match kiln_images::oci::credentials_from_docker_config(&raw, reference.registry()) {
+        Ok(Some(c)) => Ok(RegistryCredentialsIn {
+            username: c.username,
+            password: Secret::new(c.password),
+        }),
+        Ok(None) => Err(format!(
+            "Secret {name} holds no credentials for the registry {}",
+            reference.registry()
+        )),
+        Err(e) => Err(format!("Secret {name}: {e}")),
+    }
+}
+
+/// The registry credentials of an image request (already validated by [`image_from`]).
+pub fn image_credentials_from(i: &ImageIn) -> Option<crate::model::RegistryLogin> {
+    i.registry_credentials.as_ref().map(|c| crate::model::RegistryLogin {
+        username: c.username.trim().to_owned(),
+        password: Secret::new(c.password.expose().trim()),
+    })
+}
+
 /// A timing row as the API shows it.
 #[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TimingOut {
@@ -495,6 +612,7 @@ mod tests {
             checksum: checksum.map(str::to_owned),
             checksum_type: None,
             format: Some(ImageFormat::LiveIso),
+            registry_credentials: None,
         }
     }
 
@@ -512,6 +630,95 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.field, "image.checksum");
+    }
+
+    #[test]
+    fn oci_images_need_no_checksum_refuse_another_digest_and_credentials_belong_to_them_only() {
+        let oci = |url: &str, checksum: Option<&str>| ImageIn {
+            url: url.into(),
+            checksum: checksum.map(str::to_owned),
+            checksum_type: None,
+            format: None,
+            registry_credentials: None,
+        };
+        let spec = image_from(&oci("oci://registry.example.com:5000/images/debian:12", None)).unwrap();
+        assert_eq!((spec.checksum.as_str(), spec.checksum_type), ("", ChecksumType::Auto));
+        let digest = "ab".repeat(32);
+        let spec = image_from(&oci("oci://r.example/debian", Some(&format!("sha256:{digest}")))).unwrap();
+        assert_eq!((spec.checksum, spec.checksum_type), (digest, ChecksumType::Sha256));
+        for bad in [
+            "sha512:00",
+            "md5:0123456789abcdef0123456789abcdef",
+            "http://x/SHA256SUMS",
+        ] {
+            let e = image_from(&oci("oci://r.example/debian", Some(bad))).unwrap_err();
+            assert_eq!(e.field, "image.checksum", "{bad}");
+        }
+        for bad in [
+            "oci://r.example",
+            "oci://r.example/Upper/Case",
+            "oci://r.example/debian@sha256:abc",
+        ] {
+            let e = image_from(&oci(bad, None)).unwrap_err();
+            assert_eq!(e.field, "image.url", "{bad}");
+        }
+        let e = image_from(&ImageIn {
+            format: Some(ImageFormat::LiveIso),
+            ..oci("oci://r.example/live:1", None)
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "image.format");
+        // Credentials: for oci:// only, never empty, trimmed, and never printed.
+        let creds = |u: &str, p: &str| {
+            Some(RegistryCredentialsIn {
+                username: u.into(),
+                password: Secret::new(p),
+            })
+        };
+        let e = image_from(&ImageIn {
+            registry_credentials: creds("u", "p"),
+            ..oci("https://r.example/debian.qcow2", Some(&"ab".repeat(32)))
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "image.registry_credentials");
+        let e = image_from(&ImageIn {
+            registry_credentials: creds("u", " \n"),
+            ..oci("oci://r.example/debian", None)
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "image.registry_credentials");
+        let i = ImageIn {
+            registry_credentials: creds("puller", "tok-3n\n"),
+            ..oci("oci://r.example/debian", None)
+        };
+        image_from(&i).unwrap();
+        let login = image_credentials_from(&i).unwrap();
+        assert_eq!((login.username.as_str(), login.password.expose()), ("puller", "tok-3n"));
+        assert!(!format!("{i:?} {login:?}").contains("tok-3n"));
+    }
+
+    #[test]
+    fn a_pull_secret_is_a_docker_config_for_the_image_registry() {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode("puller:tok-3n");
+        let config = format!(r#"{{"auths": {{"r.example:5000": {{"auth": "{auth}"}}}}}}"#);
+        let data = |key: &str| (key == ".dockerconfigjson").then(|| config.clone().into_bytes());
+        let url = "oci://r.example:5000/images/debian:12";
+        let c = registry_credentials_from_secret("pull", "kubernetes.io/dockerconfigjson", data, url).unwrap();
+        assert_eq!((c.username.as_str(), c.password.expose()), ("puller", "tok-3n"));
+        let e = registry_credentials_from_secret("pull", "Opaque", data, url).unwrap_err();
+        assert!(e.contains("kubernetes.io/dockerconfigjson"), "{e}");
+        let e = registry_credentials_from_secret("pull", "kubernetes.io/dockercfg", data, url).unwrap_err();
+        assert!(e.contains(".dockercfg"), "{e}");
+        let e = registry_credentials_from_secret("pull", "kubernetes.io/dockerconfigjson", data, "oci://other/x")
+            .unwrap_err();
+        assert!(
+            e.contains("no credentials for the registry other") && !e.contains("tok-3n"),
+            "{e}"
+        );
+        let e = registry_credentials_from_secret("pull", "kubernetes.io/dockerconfigjson", data, "http://r.example/x")
+            .unwrap_err();
+        assert!(e.contains("oci://"), "{e}");
     }
 
     #[test]

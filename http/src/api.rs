@@ -22,7 +22,7 @@ use kiln_engine::store::{Event, PhaseRecord, StoreError};
 use kiln_engine::types::HostName;
 use kiln_engine::wire::{
     BmcTroubleOut, DeprovisionIn, HostCreate, HostOut, HostTimingOut, InspectionOut, PowerIn, ProvisionIn, TimingOut,
-    host_out, image_from, spec_from,
+    host_out, image_credentials_from, image_from, spec_from,
 };
 
 /// The authenticated routes under `/api/v1`.
@@ -247,6 +247,7 @@ async fn provision(
 ) -> Result<(StatusCode, Json<HostOut>), ApiError> {
     let p: ProvisionIn = parse_body(&body)?;
     let image = image_from(&p.image)?;
+    let credentials = image_credentials_from(&p.image);
     let h = modify(&app, &name, |h| {
         if h.spec.options.externally_provisioned {
             return Err(ApiError::new(
@@ -256,6 +257,7 @@ async fn provision(
         }
         let mut spec = h.spec.clone();
         spec.image = Some(image.clone());
+        spec.image_credentials = credentials.clone();
         spec.user_data = p.user_data.clone();
         spec.network_data = p.network_data.clone();
         spec.meta_data = p.meta_data.clone();
@@ -285,6 +287,7 @@ async fn deprovision(
     let h = modify(&app, &name, |h| {
         let mut spec = h.spec.clone();
         spec.image = None;
+        spec.image_credentials = None;
         if let Some(e) = d.erase {
             spec.options.erase = e;
         }

@@ -9,7 +9,7 @@ use kiln_images::protocol::{ChecksumType, ImageFormat, RootDeviceHints};
 use serde_json::{Value, json};
 
 use kiln_engine::model::{EraseMode, HostOptions};
-use kiln_engine::wire::{BmcIn, HostCreate, ImageIn};
+use kiln_engine::wire::{BmcIn, HostCreate, ImageIn, registry_credentials_from_secret};
 
 /// One host to enroll (REST body of `POST /api/v1/hosts`) and, if the manifest sets an image, its provision body:
 /// the API's own request types, validated by the server exactly as any other enrollment.
@@ -87,10 +87,13 @@ pub struct ImportError {
 
 /// A Secret's `data` value: base64 (whitespace inside ignored, as Kubernetes' decoder does), UTF-8 text.
 fn b64(s: &str) -> Option<String> {
+    String::from_utf8(b64_bytes(s)?).ok()
+}
+
+fn b64_bytes(s: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
     let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    let bytes = base64::engine::general_purpose::STANDARD.decode(compact).ok()?;
-    String::from_utf8(bytes).ok()
+    base64::engine::general_purpose::STANDARD.decode(compact).ok()
 }
 
 fn secret_value(secret: &Value, key: &str) -> Option<String> {
@@ -327,11 +330,32 @@ pub fn translate(docs: &[Value]) -> Result<Vec<ImportedHost>, ImportError> {
                         )
                     })?),
                 };
+                // Metal3's ociAuthSecretName: a docker-config Secret in the host's namespace.
+                let registry_credentials = match spec["image"]["ociAuthSecretName"].as_str() {
+                    None | Some("") => None,
+                    Some(sname) => {
+                        let field = "spec.image.ociAuthSecretName";
+                        let s = secrets
+                            .get(&(ns.clone(), sname.to_owned()))
+                            .ok_or_else(|| err(field, format!("Secret {sname} is not in the file")))?;
+                        let value = |key: &str| {
+                            s["stringData"][key]
+                                .as_str()
+                                .map(|v| v.as_bytes().to_vec())
+                                .or_else(|| s["data"][key].as_str().and_then(b64_bytes))
+                        };
+                        Some(
+                            registry_credentials_from_secret(sname, s["type"].as_str().unwrap_or("Opaque"), value, url)
+                                .map_err(|m| err(field, m))?,
+                        )
+                    }
+                };
                 Some(ImageIn {
                     url: url.to_owned(),
                     checksum: spec["image"]["checksum"].as_str().map(str::to_owned),
                     checksum_type,
                     format,
+                    registry_credentials,
                 })
             }
             None => None,

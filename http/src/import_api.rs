@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::http_util::{ApiError, AppState};
 use kiln_engine::executor::now;
-use kiln_engine::wire::{ImportOut, ImportRefusal, ImportedOut, image_from, spec_from};
+use kiln_engine::wire::{ImportOut, ImportRefusal, ImportedOut, image_credentials_from, image_from, spec_from};
 
 #[derive(Debug, Deserialize, Default)]
 pub(crate) struct ImportQuery {
@@ -122,7 +122,10 @@ pub(crate) async fn import(
         if let Some(i) = &h.image {
             match image_from(i) {
                 // Enrolled with its image: it is provisioned once inspected, as a Metal3 host with an image is.
-                Ok(image) => spec.image = Some(image),
+                Ok(image) => {
+                    spec.image = Some(image);
+                    spec.image_credentials = image_credentials_from(i);
+                }
                 Err(e) => {
                     out.refused.push(refusal(&h.doc, &manifest_field(&e.field), e.message));
                     continue;

@@ -10,6 +10,16 @@ use crate::qcow2::Qcow2Error;
 pub enum ImageError {
     #[error("invalid image source {source_str:?}")]
     InvalidSource { source_str: String },
+    #[error("invalid OCI image reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+    #[error("resolving {reference} in its registry failed: {message}")]
+    Registry { reference: String, message: String },
+    #[error("image declared as {declared} but {reference} is annotated disktype={disktype}")]
+    DisktypeMismatch {
+        reference: String,
+        declared: &'static str,
+        disktype: String,
+    },
     #[error("invalid checksum {checksum:?}: {reason}")]
     InvalidChecksum { checksum: String, reason: String },
     #[error("fetching checksum file {url} failed")]
@@ -121,14 +131,19 @@ impl ImageError {
     /// [`crate::protocol::Outcome::Failed`]`::kind`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::InvalidSource { .. } | Self::InvalidChecksum { .. } => "invalid_request",
+            Self::InvalidSource { .. } | Self::InvalidReference { .. } | Self::InvalidChecksum { .. } => {
+                "invalid_request"
+            }
+            Self::Registry { .. } => "registry",
             Self::ChecksumFile { .. } | Self::ChecksumEntryMissing { .. } => "checksum_file",
             Self::HttpClient(_) | Self::Download { .. } | Self::HttpStatus { .. } | Self::ReadSource { .. } => {
                 "download"
             }
             Self::Truncated { .. } => "truncated",
             Self::Decompress { .. } | Self::Qcow2(_) => "decode",
-            Self::FormatMismatch { .. } | Self::UnsupportedFormat { .. } => "unsupported_format",
+            Self::FormatMismatch { .. } | Self::DisktypeMismatch { .. } | Self::UnsupportedFormat { .. } => {
+                "unsupported_format"
+            }
             Self::ChecksumMismatch { .. } => "checksum_mismatch",
             Self::TargetTooSmall { .. } => "target_too_small",
             Self::OpenTarget { .. } | Self::Write { .. } | Self::Flush { .. } | Self::Wipe { .. } => "io",

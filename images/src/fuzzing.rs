@@ -4,6 +4,7 @@
 use std::hash::{DefaultHasher, Hash, Hasher as _};
 
 use crate::digest::{Algorithm, ChecksumSource, ExpectedDigest, Hasher, find_in_sums};
+use crate::oci::{OciReference, credentials_from_docker_config};
 use crate::protocol::ChecksumType;
 use crate::qcow2::{Decoder, Output, Qcow2Error, parse_header};
 use crate::source::file_name;
@@ -176,5 +177,85 @@ pub fn image_checksum(data: &[u8]) {
             parsed.ok(),
             Some(ChecksumSource::Inline(ExpectedDigest { algorithm, hex }))
         );
+    }
+}
+
+/// An `oci://` image reference (first line) and a Kubernetes pull secret (the rest). A parsed reference prints as
+/// a form that parses back to it and has a lower-case repository and a tag or a digest; a refused one's error does
+/// not depend on the user-info (`user:password@`) it may carry. The pull secret parser never panics, and its errors
+/// never repeat a password or `auth` value (nor what that decodes to).
+pub fn oci_reference(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (line, secret) = text.split_once('\n').unwrap_or((&text, ""));
+    let registry = match OciReference::parse(line) {
+        Ok(r) => {
+            let printed = r.to_string();
+            assert!(printed.starts_with(crate::oci::SCHEME), "{printed}");
+            let again = OciReference::parse(&printed).unwrap_or_else(|e| panic!("{printed} does not parse back: {e}"));
+            assert_eq!(again, r, "{printed}");
+            assert!(!r.repository().bytes().any(|b| b.is_ascii_uppercase()));
+            assert!(r.tag().is_some() || r.digest_hex().is_some(), "{printed}");
+            let c = r.to_client_reference();
+            assert_eq!((c.registry(), c.repository()), (r.registry(), r.repository()));
+            r.registry().to_owned()
+        }
+        Err(e) => {
+            // The same reference with other user-info must fail with the same words.
+            if let Some((scheme, rest)) = line.split_once("://") {
+                let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+                if let Some(at) = authority.rfind('@') {
+                    let other = "x".repeat(authority[..at].chars().count());
+                    let swapped = format!("{scheme}://{other}{}", &rest[at..]);
+                    let e2 = OciReference::parse(&swapped).expect_err("user-info changed the outcome");
+                    assert_eq!(e.to_string(), e2.to_string(), "the error shows the user-info");
+                    assert_eq!(format!("{e:?}"), format!("{e2:?}"), "the error shows the user-info");
+                }
+            }
+            line.trim().to_owned()
+        }
+    };
+    let message = match credentials_from_docker_config(secret.as_bytes(), &registry) {
+        Ok(_) => return,
+        Err(m) => m,
+    };
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(secret) else {
+        return;
+    };
+    let (mut keys, mut secrets) = (Vec::new(), Vec::new());
+    collect_secrets(&json, &mut keys, &mut secrets);
+    for s in secrets {
+        // Long enough and distinctive enough (a digit) not to be a word of the message by chance, and not also a
+        // key (keys are named in messages).
+        if s.chars().count() >= 12
+            && s.bytes().any(|b| b.is_ascii_digit())
+            && !keys.iter().any(|k| k.contains(&s))
+            && !registry.contains(&s)
+        {
+            assert!(!message.contains(&s), "the error {message:?} shows the secret {s:?}");
+        }
+    }
+}
+
+/// Every object key, and every string under an `auth` or `password` key (and what an `auth` decodes to).
+fn collect_secrets(v: &serde_json::Value, keys: &mut Vec<String>, secrets: &mut Vec<String>) {
+    use base64::Engine as _;
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                keys.push(k.clone());
+                if let (Some(s), "auth" | "password") = (v.as_str(), k.as_str()) {
+                    secrets.push(s.to_owned());
+                    if let Ok(d) = base64::engine::general_purpose::STANDARD.decode(s.trim())
+                        && let Ok(d) = String::from_utf8(d)
+                    {
+                        secrets.extend(d.split_once(':').map(|(_, p)| p.to_owned()));
+                        secrets.push(d);
+                    }
+                }
+                collect_secrets(v, keys, secrets);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| collect_secrets(i, keys, secrets)),
+        _ => {}
     }
 }

@@ -10,7 +10,8 @@
 //! the image: at most 6 file chunks and 4 decoded buffers of 4 MiB (peak RSS 28 MiB for a raw image, 47 MiB for
 //! raw.zst, 40 MiB for qcow2), plus the qcow2 decoder's side buffer for data met before its table
 //! ([`crate::qcow2::ORPHAN_LIMIT`], unused for the layouts qemu-img writes). This module wires stages; it does not
-//! parse formats (see [`crate::qcow2`]) or checksums (see [`crate::digest`]).
+//! parse formats (see [`crate::qcow2`]) or checksums (see [`crate::digest`]). An `oci://` source is resolved to
+//! its registry blob first ([`crate::oci`]), then streamed like any HTTP source, verified by the blob's digest.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -21,13 +22,15 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Duration;
 
 use bytes::Bytes;
+use reqwest::header::HeaderValue;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use crate::digest::{Algorithm, ChecksumSource, ExpectedDigest, Hasher};
 use crate::error::ImageError;
+use crate::oci::{self, OciReference};
 use crate::progress::{Phase, Progress};
-use crate::protocol::{ImageFormat, ImageSpec};
+use crate::protocol::{ImageFormat, ImageSpec, RegistryAccess};
 use crate::qcow2;
 use crate::source::SourceLocation;
 use crate::target::{ALIGN, AlignedBuf, BUF_COUNT, BUF_SIZE, BufPool, DirectIo, Target, WriteOp};
@@ -122,16 +125,37 @@ pub struct WriteReport {
     pub elapsed: Duration,
 }
 
-/// Writes the image described by `spec` to `target` (block device or regular file) and verifies its checksum.
+/// Writes the image described by `spec` to `target` (block device or regular file) and verifies its checksum. An
+/// `oci://` image is pulled anonymously over HTTPS; see [`write_image_with_registry`].
 ///
 /// # Errors
 /// An [`ImageError`] naming the failing stage; if anything was written the target's partition tables are wiped.
 pub async fn write_image(spec: &ImageSpec, target: &Path, progress: &Progress) -> Result<WriteReport, ImageError> {
-    let checksum = ChecksumSource::parse(&spec.checksum, spec.checksum_type)?;
-    run(
+    write_image_with_registry(spec, None, target, progress).await
+}
+
+/// [`write_image`], reaching the registry of an `oci://` image as `registry` says (credentials, plain HTTP). Such
+/// an image is verified by its layer's registry digest; `spec.checksum` may be empty, and if given it must be
+/// that sha256 digest.
+///
+/// # Errors
+/// As [`write_image`]; `Registry` when the reference cannot be resolved (nothing is written then).
+pub async fn write_image_with_registry(
+    spec: &ImageSpec,
+    registry: Option<&RegistryAccess>,
+    target: &Path,
+    progress: &Progress,
+) -> Result<WriteReport, ImageError> {
+    let checksum = if spec.url.starts_with(oci::SCHEME) && spec.checksum.trim().is_empty() {
+        None
+    } else {
+        Some(ChecksumSource::parse(&spec.checksum, spec.checksum_type)?)
+    };
+    run_with_registry(
         &spec.url,
-        Some(&checksum),
+        checksum.as_ref(),
         spec.format,
+        registry,
         Some(target),
         progress,
         &WriteOptions::default(),
@@ -140,7 +164,8 @@ pub async fn write_image(spec: &ImageSpec, target: &Path, progress: &Progress) -
 }
 
 /// The general entry point: `checksum = None` skips verification (the sha256 is still computed and reported),
-/// `target = None` decodes and hashes without writing (for `kiln image inspect`).
+/// `target = None` decodes and hashes without writing (for `kiln image inspect`). An `oci://` source is pulled
+/// anonymously over HTTPS; see [`run_with_registry`].
 ///
 /// # Errors
 /// As [`write_image`].
@@ -152,30 +177,160 @@ pub async fn run(
     progress: &Progress,
     opts: &WriteOptions,
 ) -> Result<WriteReport, ImageError> {
+    run_with_registry(source, checksum, declared, None, target, progress, opts).await
+}
+
+/// [`run`] for a source that may be `oci://`: the reference is resolved (with `registry`'s credentials and
+/// protocol) to its disk layer before the target is opened, and that blob is streamed and verified against its
+/// registry digest, whatever `checksum` says (it must be that sha256 digest, if given). A `disktype` annotation
+/// stands in for `declared` when that is `None`, and must agree with it otherwise. Other sources ignore
+/// `registry`.
+///
+/// # Errors
+/// As [`write_image`]; `Registry` when the reference cannot be resolved, `ChecksumMismatch` when `checksum` is
+/// not the layer's digest, `DisktypeMismatch` when `declared` contradicts the annotation (all before anything is
+/// written).
+pub async fn run_with_registry(
+    source: &str,
+    checksum: Option<&ChecksumSource>,
+    declared: Option<ImageFormat>,
+    registry: Option<&RegistryAccess>,
+    target: Option<&Path>,
+    progress: &Progress,
+    opts: &WriteOptions,
+) -> Result<WriteReport, ImageError> {
     use tracing::Instrument;
-    let span = tracing::info_span!("image_write", image = %source, target = ?target);
-    run_inner(source, checksum, declared, target, progress, opts)
+    let image = crate::source::redact_userinfo(source);
+    let span = tracing::info_span!("image_write", image = %image, target = ?target);
+    run_inner(source, checksum, declared, registry, target, progress, opts)
         .instrument(span)
         .await
+}
+
+/// Where the published bytes come from once the source is resolved, and what they must hash to.
+struct Resolved {
+    location: SourceLocation,
+    /// The `Authorization` header for an `oci://` blob (marked sensitive).
+    authorization: Option<HeaderValue>,
+    expected: Option<ExpectedDigest>,
+    declared: Option<ImageFormat>,
+    /// The source as named in errors (the `oci://` reference rather than its blob URL).
+    display: String,
+}
+
+/// Resolves an `oci://` reference to its blob, checks the user's checksum and declared format against what the
+/// registry says.
+async fn resolve_oci(
+    source: &str,
+    checksum: Option<&ChecksumSource>,
+    declared: Option<ImageFormat>,
+    registry: Option<&RegistryAccess>,
+) -> Result<Resolved, ImageError> {
+    let reference = OciReference::parse(source)?;
+    tracing::info!(reference = %reference, plain_http = registry.is_some_and(|r| r.plain_http),
+        credentials = registry.is_some_and(|r| r.credentials.is_some()), "resolving the OCI image");
+    let blob = oci::resolve(&reference, registry, oci::client_config()).await?;
+    tracing::info!(reference = %reference, blob = %blob.blob_url, size = blob.size, disktype = ?blob.format,
+        "OCI image resolved");
+    let layer = ExpectedDigest {
+        algorithm: Algorithm::Sha256,
+        hex: blob.digest_hex.clone(),
+    };
+    let display = reference.to_string();
+    match checksum {
+        None => {}
+        Some(ChecksumSource::Inline(d)) if *d == layer => {}
+        Some(ChecksumSource::Inline(d)) if d.algorithm == Algorithm::Sha256 => {
+            return Err(ImageError::ChecksumMismatch {
+                url: display,
+                algorithm: "sha256",
+                expected: d.hex.clone(),
+                actual: format!("{} (the registry's layer digest)", layer.hex),
+            });
+        }
+        Some(ChecksumSource::Inline(d)) => {
+            return Err(ImageError::ChecksumMismatch {
+                url: display,
+                algorithm: d.algorithm.name(),
+                expected: d.hex.clone(),
+                actual: format!("{layer} (the registry's layer digest, which verifies an oci:// image)"),
+            });
+        }
+        Some(ChecksumSource::Url { url, .. }) => {
+            return Err(ImageError::InvalidChecksum {
+                checksum: url.clone(),
+                reason: "an oci:// image is verified by its registry's sha256 layer digest: give that digest or no \
+                         checksum"
+                    .into(),
+            });
+        }
+    }
+    let declared = match (declared, blob.format) {
+        (Some(d), Some(hint)) if d != hint => {
+            return Err(ImageError::DisktypeMismatch {
+                reference: display,
+                declared: format_name(d),
+                disktype: format_name(hint).into(),
+            });
+        }
+        (d, hint) => d.or(hint),
+    };
+    let authorization = match &blob.authorization {
+        Some(a) => {
+            let mut v = HeaderValue::from_str(a).map_err(|_| ImageError::Registry {
+                reference: display.clone(),
+                message: "its token is not a valid HTTP header value".into(),
+            })?;
+            v.set_sensitive(true);
+            Some(v)
+        }
+        None => None,
+    };
+    Ok(Resolved {
+        location: SourceLocation::Http(blob.blob_url),
+        authorization,
+        expected: Some(layer),
+        declared,
+        display,
+    })
 }
 
 async fn run_inner(
     source: &str,
     checksum: Option<&ChecksumSource>,
     declared: Option<ImageFormat>,
+    registry: Option<&RegistryAccess>,
     target: Option<&Path>,
     progress: &Progress,
     opts: &WriteOptions,
 ) -> Result<WriteReport, ImageError> {
-    let location = SourceLocation::parse(source)?;
+    let Resolved {
+        location,
+        authorization,
+        expected,
+        declared,
+        display,
+    } = if source.starts_with(oci::SCHEME) {
+        resolve_oci(source, checksum, declared, registry).await?
+    } else {
+        let location = SourceLocation::parse(source)?;
+        Resolved {
+            display: location.display(),
+            location,
+            authorization: None,
+            expected: None,
+            declared,
+        }
+    };
     let client = match (&location, &opts.client) {
         (SourceLocation::Http(_), Some(c)) => Some(c.clone()),
         (SourceLocation::Http(_), None) => Some(crate::source::http_client()?),
         (SourceLocation::File(_), _) => None,
     };
-    let expected = match checksum {
-        Some(c) => Some(crate::digest::resolve(c, source, client.as_ref()).await?),
-        None => None,
+    let expected = match (expected, checksum) {
+        (Some(e), _) => Some(e),
+        (None, Some(c)) => Some(crate::digest::resolve(c, source, client.as_ref()).await?),
+        (None, None) => None,
     };
     let algorithm = expected.as_ref().map_or(Algorithm::Sha256, |e| e.algorithm);
     let target = match target {
@@ -186,6 +341,7 @@ async fn run_inner(
     let result = run_stages(
         &location,
         client.as_ref(),
+        authorization,
         algorithm,
         declared,
         target.clone(),
@@ -198,7 +354,7 @@ async fn run_inner(
             && exp.hex != actual
         {
             return Err(ImageError::ChecksumMismatch {
-                url: location.display(),
+                url: display,
                 algorithm: exp.algorithm.name(),
                 expected: exp.hex.clone(),
                 actual,
@@ -243,6 +399,7 @@ type StageOutput = (Compression, ImageFormat, u64, u64, String);
 async fn run_stages(
     location: &SourceLocation,
     client: Option<&reqwest::Client>,
+    authorization: Option<HeaderValue>,
     algorithm: Algorithm,
     declared: Option<ImageFormat>,
     target: Option<Arc<Target>>,
@@ -261,12 +418,21 @@ async fn run_stages(
         h.finish_hex()
     });
     let ok = Arc::new(AtomicBool::new(false));
-    let pump = crate::source::pump(location, client, data_tx, Some(hash_tx), progress, ok.clone());
+    let pump = crate::source::pump(
+        location,
+        client,
+        authorization.as_ref(),
+        data_tx,
+        Some(hash_tx),
+        progress,
+        ok.clone(),
+    );
     let refetch = match (location, client) {
         (SourceLocation::File(p), _) => Refetch::File(p.clone()),
         (SourceLocation::Http(u), Some(c)) => Refetch::Http {
             url: u.clone(),
             client: c.clone(),
+            authorization: authorization.clone(),
             rt: tokio::runtime::Handle::current(),
         },
         (SourceLocation::Http(_), None) => Refetch::None,
@@ -601,6 +767,8 @@ enum Refetch {
     Http {
         url: url::Url,
         client: reqwest::Client,
+        /// As for the download (see `crate::source::pump`).
+        authorization: Option<HeaderValue>,
         rt: tokio::runtime::Handle,
     },
 }
@@ -624,14 +792,18 @@ impl Refetch {
                 buf.truncate(got);
                 Ok(buf)
             }
-            Self::Http { url, client, rt } => rt.block_on(async {
+            Self::Http {
+                url,
+                client,
+                authorization,
+                rt,
+            } => rt.block_on(async {
                 let range = format!("bytes={at}-{}", at + len.max(1) - 1);
-                let resp = client
-                    .get(url.clone())
-                    .header(reqwest::header::RANGE, range)
-                    .send()
-                    .await
-                    .map_err(std::io::Error::other)?;
+                let mut req = client.get(url.clone()).header(reqwest::header::RANGE, range);
+                if let Some(a) = authorization {
+                    req = req.header(reqwest::header::AUTHORIZATION, a.clone());
+                }
+                let resp = req.send().await.map_err(std::io::Error::other)?;
                 if resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
                     return Err(std::io::Error::other(format!(
                         "range request answered with {} (the server does not support ranges)",

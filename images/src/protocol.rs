@@ -52,6 +52,9 @@ pub enum CommandKind {
         root_device_hints: RootDeviceHints,
         #[serde(default)]
         config_drive: Option<ConfigDrive>,
+        /// For an `oci://` image: how to reach its registry (credentials, plain HTTP).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        registry: Option<RegistryAccess>,
     },
     /// Erase partition tables and filesystem signatures (start and end of every disk).
     EraseMetadata,
@@ -74,6 +77,35 @@ pub struct ImageSpec {
     /// Disk format; `None` means detect from the bytes.
     #[serde(default)]
     pub format: Option<ImageFormat>,
+}
+
+/// How the agent reaches the registry of an `oci://` image.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RegistryAccess {
+    /// Credentials for the registry (Metal3's `ociAuthSecretName`, Ironic's `image_pull_secret`); anonymous when
+    /// `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<RegistryCredentials>,
+    /// Speak plain HTTP to the registry instead of HTTPS (a registry kiln's `images.insecure_registries` lists).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain_http: bool,
+}
+
+/// A registry user name and password (or token), sent to the agent only in the command that pulls the image.
+/// `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
 }
 
 /// Digest algorithm of an image checksum (Metal3's `checksumType`).
@@ -300,6 +332,7 @@ mod tests {
                     ..Default::default()
                 },
                 config_drive: None,
+                registry: None,
             },
         };
         let json = serde_json::to_value(&cmd).unwrap();

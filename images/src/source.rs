@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use reqwest::header::HeaderValue;
 use tokio::sync::mpsc;
 
 use crate::error::ImageError;
@@ -68,6 +69,19 @@ impl SourceLocation {
     }
 }
 
+/// `s` with the user-info of a URL (`scheme://user:password@host/...`) replaced by `***`, for logs and errors.
+/// Everything before the last `@` ahead of the first `/` goes, even characters a URL would not put in user-info.
+pub fn redact_userinfo(s: &str) -> String {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return s.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => s.to_owned(),
+    }
+}
+
 /// The last path component of a URL or path (the name looked up in checksum files).
 pub fn file_name(source: &str) -> String {
     let path = source.split(['?', '#']).next().unwrap_or(source);
@@ -89,12 +103,14 @@ pub fn http_client() -> Result<reqwest::Client, ImageError> {
 
 /// Sends the published bytes of `location` in order to `tx` (and a copy of each chunk to `hash_tx`), updating
 /// `progress.bytes_read`. Returns the number of bytes sent. Stops early without error if `tx` is closed.
+/// `authorization` goes with every HTTP request (the first and each resume).
 ///
 /// # Errors
 /// The download or read error, after resume attempts for HTTP.
 pub(crate) async fn pump(
     location: &SourceLocation,
     client: Option<&reqwest::Client>,
+    authorization: Option<&HeaderValue>,
     tx: mpsc::Sender<std::io::Result<Bytes>>,
     hash_tx: Option<mpsc::Sender<Bytes>>,
     progress: &Progress,
@@ -121,8 +137,8 @@ pub(crate) async fn pump(
             res
         }
         SourceLocation::Http(url) => match client {
-            Some(client) => pump_http(url, client, &mut emit).await,
-            None => pump_http(url, &http_client()?, &mut emit).await,
+            Some(client) => pump_http(url, client, authorization, &mut emit).await,
+            None => pump_http(url, &http_client()?, authorization, &mut emit).await,
         },
     };
     if let Err(e) = &res {
@@ -236,7 +252,12 @@ fn content_range_start_total(v: &str) -> Option<(u64, Option<u64>)> {
     Some((start.parse().ok()?, total.parse().ok()))
 }
 
-async fn pump_http(url: &url::Url, client: &reqwest::Client, emit: &mut Emitter) -> Result<(), ImageError> {
+async fn pump_http(
+    url: &url::Url,
+    client: &reqwest::Client,
+    authorization: Option<&HeaderValue>,
+    emit: &mut Emitter,
+) -> Result<(), ImageError> {
     let url_s = url.to_string();
     let mut offset = 0u64;
     let mut total: Option<u64> = None;
@@ -268,6 +289,12 @@ async fn pump_http(url: &url::Url, client: &reqwest::Client, emit: &mut Emitter)
             tokio::time::sleep(backoff.min(Duration::from_secs(5))).await;
         }
         let mut req = client.get(url.clone());
+        if let Some(a) = authorization {
+            // A registry's blob URL (see `crate::oci`). When the registry redirects it to another host, port or
+            // scheme (object storage, with a signed URL), reqwest drops this header from the redirected request:
+            // the credentials or token never leave the registry.
+            req = req.header(reqwest::header::AUTHORIZATION, a.clone());
+        }
         if offset > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
             if let Some(v) = &validator {
@@ -425,7 +452,71 @@ mod tests {
         );
         assert!(SourceLocation::parse("ftp://h/x").is_err());
         assert_eq!(file_name("http://h/a/b/disk.qcow2?x=1"), "disk.qcow2");
+        assert_eq!(redact_userinfo("oci://u:p@h:5000/r:t"), "oci://***@h:5000/r:t");
+        assert_eq!(redact_userinfo("https://u:p@h"), "https://***@h");
+        assert_eq!(redact_userinfo("oci://h/r@sha256:ab"), "oci://h/r@sha256:ab");
+        assert_eq!(redact_userinfo("/tmp/a@b"), "/tmp/a@b");
+        assert_eq!(redact_userinfo("oci://u?:p#@h/a"), "oci://***@h/a");
         assert_eq!(content_range_start_total("bytes 100-199/1000"), Some((100, Some(1000))));
         assert_eq!(content_range_start_total("bytes 5-9/*"), Some((5, None)));
+    }
+
+    /// A registry redirecting a blob to object storage elsewhere: the `Authorization` header goes to the registry
+    /// only.
+    #[tokio::test]
+    async fn authorization_is_not_sent_across_a_redirect_to_another_host() {
+        use axum::http::{HeaderMap, StatusCode, header};
+        use std::sync::Mutex;
+        type Seen = Arc<Mutex<Vec<(&'static str, Option<String>)>>>;
+        let seen: Seen = Arc::default();
+        let auth = |h: &HeaderMap| h.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
+        let storage = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let storage_url = format!("http://{}/signed-blob", storage.local_addr().unwrap());
+        let s = seen.clone();
+        let storage_app = axum::Router::new().route(
+            "/signed-blob",
+            axum::routing::get(move |h: HeaderMap| async move {
+                s.lock().unwrap().push(("storage", auth(&h)));
+                "disk image bytes"
+            }),
+        );
+        let s = seen.clone();
+        let registry_app = axum::Router::new().route(
+            "/v2/r/blobs/x",
+            axum::routing::get(move |h: HeaderMap| async move {
+                s.lock().unwrap().push(("registry", auth(&h)));
+                (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, storage_url)])
+            }),
+        );
+        let registry = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = url::Url::parse(&format!("http://{}/v2/r/blobs/x", registry.local_addr().unwrap())).unwrap();
+        let servers = [
+            tokio::spawn(async move { axum::serve(storage, storage_app).await.unwrap() }),
+            tokio::spawn(async move { axum::serve(registry, registry_app).await.unwrap() }),
+        ];
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut token = HeaderValue::from_static("Bearer s3cret-token");
+        token.set_sensitive(true);
+        let sent = pump(
+            &SourceLocation::Http(url),
+            Some(&http_client().unwrap()),
+            Some(&token),
+            tx,
+            None,
+            &Progress::new(),
+            Arc::new(AtomicBool::new(true)),
+        )
+        .await
+        .unwrap();
+        let mut body = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            body.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!((sent, body.as_slice()), (16, &b"disk image bytes"[..]));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![("registry", Some("Bearer s3cret-token".to_owned())), ("storage", None)]
+        );
+        servers.iter().for_each(tokio::task::JoinHandle::abort);
     }
 }

@@ -361,6 +361,35 @@ async fn host_spec(host: &BareMetalHost, secrets: &Api<Secret>) -> Result<Result
             }
         }
     };
+    // Metal3's ociAuthSecretName: a docker-config Secret in the host's namespace with the registry's credentials.
+    let image_credentials = match s
+        .image
+        .as_ref()
+        .and_then(|i| Some((i, i.oci_auth_secret_name.as_deref()?)))
+    {
+        None | Some((_, "")) => None,
+        Some((image, name)) => {
+            let Some(secret) = secrets.get_opt(name).await? else {
+                return Ok(Err(format!("spec.image.ociAuthSecretName: Secret {name} not found")));
+            };
+            let value = |key: &str| secret_key(&secret, &[key]).map(|b| b.0);
+            match kiln_engine::wire::registry_credentials_from_secret(
+                name,
+                secret.type_.as_deref().unwrap_or("Opaque"),
+                value,
+                &image.url,
+            ) {
+                Ok(c) => kiln_engine::wire::image_credentials_from(&kiln_engine::wire::ImageIn {
+                    url: image.url.clone(),
+                    checksum: None,
+                    checksum_type: None,
+                    format: None,
+                    registry_credentials: Some(c),
+                }),
+                Err(problem) => return Ok(Err(format!("spec.image.ociAuthSecretName: {problem}"))),
+            }
+        }
+    };
     // Never accept and ignore: what kiln would not act on is refused here, visibly in status (the same fields,
     // with the same reasons, as `kiln import`; an empty object is as good as absent).
     let set = |v: &Option<serde_json::Value>| {
@@ -429,6 +458,7 @@ async fn host_spec(host: &BareMetalHost, secrets: &Api<Secret>) -> Result<Result
             )
         }),
         image: s.image.clone().filter(|i| !i.url.is_empty()),
+        image_credentials,
         user_data,
         network_data,
         meta_data,

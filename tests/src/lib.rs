@@ -21,6 +21,7 @@ pub mod osimage;
 pub mod pg;
 pub mod qemu;
 pub mod ramdisk;
+pub mod registry;
 pub mod serve;
 pub mod state;
 pub mod sushy;

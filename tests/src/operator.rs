@@ -375,7 +375,7 @@ pub fn vm(name: &str, mac: &str) -> VmSpec {
     spec
 }
 
-/// Provisions `host` with `image` (a file staged by [`stage_files`]) and user data that prints a marker on the serial
+/// Provisions `host` with `image` (a file staged by [`stage_files`], or an `oci://` reference) and user data that prints a marker on the serial
 /// console and calls back to `callback`, plus `extra` arguments of `kiln host provision`; waits until the host is
 /// provisioned and its OS ran the user data. Returns the seconds from the request to `provisioned`.
 pub fn provision_and_run_user_data(
@@ -393,8 +393,15 @@ pub fn provision_and_run_user_data(
             "#!/bin/sh\necho KILN-E2E-USERDATA-$((6*7)) > /dev/ttyS0\ncurl -s http://{SERVER}:{CALLBACK_PORT}/joined-$(hostname) || true\n"
         ),
     )?;
-    let checksum = format!("sha256:{}", os.sha256(image)?);
-    let url = format!("http://{SERVER}:8080/boot/files/{image}");
+    // An `oci://` image is verified by its registry digest; a file of the lab's is served by kiln with its checksum.
+    let (url, checksum) = if image.starts_with("oci://") {
+        (image.to_owned(), None)
+    } else {
+        (
+            format!("http://{SERVER}:8080/boot/files/{image}"),
+            Some(format!("sha256:{}", os.sha256(image)?)),
+        )
+    };
     let user_data = user_data.display().to_string();
     let mut args = vec![
         "host",
@@ -402,11 +409,12 @@ pub fn provision_and_run_user_data(
         &host.name,
         "--image",
         &url,
-        "--checksum",
-        &checksum,
         "--user-data",
         &user_data,
     ];
+    if let Some(c) = &checksum {
+        args.extend(["--checksum", c.as_str()]);
+    }
     args.extend_from_slice(extra);
     let started = Instant::now();
     cli.run(&args)?;

@@ -9,16 +9,71 @@
 //! disk images of a passing run are deleted.
 //!
 //! The two hosts cover both firmware kinds and both BMC protocols: a UEFI host behind Redfish (imported from a
-//! Metal3 manifest, qcow2 image) and a BIOS host behind IPMI (enrolled with the CLI, raw.zst image).
+//! Metal3 manifest, qcow2 image served over HTTP) and a BIOS host behind IPMI (enrolled with the CLI, raw.zst image
+//! pulled by `oci://` reference from a real registry, Debian's `docker-registry`, with Basic authentication, the
+//! credentials given as a docker config file).
 
 use std::time::{Duration, Instant};
 
 use kiln_tests::{
     lab::{BmcKind, Lab, target_bin},
-    operator::{Callback, Cli, enroll, import, kiln_config, provision_and_run_user_data, stage_files, vm},
+    operator::{Callback, Cli, SERVER, enroll, import, kiln_config_with, provision_and_run_user_data, stage_files, vm},
     osimage::OsImage,
     qemu::{Firmware, VmSpec},
+    registry::{self, Registry},
 };
+
+/// Where the lab's registry listens, inside the lab's namespace.
+const REGISTRY_PORT: u16 = 5000;
+
+/// Where the image comes from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// A file kiln serves over HTTP, with its checksum.
+    Http(&'static str),
+    /// The file pushed to a registry in the lab (Basic authentication) and provisioned as `oci://`.
+    Registry(&'static str),
+}
+
+/// Pushes `file` of the OS image to a registry serving `dir` (through one on loopback, which the test reaches), then
+/// serves that registry inside the lab's namespace on the server's address. Returns the `oci://` reference, the
+/// registry and the docker config file with its credentials.
+fn lab_registry(lab: &Lab, os: &OsImage, file: &str) -> anyhow::Result<(String, Registry, std::path::PathBuf)> {
+    let dir = lab.dir.join("registry");
+    let (user, password) = ("kiln-puller", "lab-registry-pw");
+    let htpasswd = registry::htpasswd(&dir, &[(user, password)])?;
+    let data = std::fs::read(os.dir.join(file))?;
+    let repo_tag = format!("kiln/debian:{}", file.replace('.', "-"));
+    {
+        let local = Registry::on_loopback(&dir, &registry::htpasswd_auth(&htpasswd))?;
+        let auth = oci_client::secrets::RegistryAuth::Basic(user.into(), password.into());
+        let rt = tokio::runtime::Runtime::new()?;
+        let digest = rt.block_on(registry::push_disk_image(
+            &local.host,
+            &repo_tag,
+            data,
+            file,
+            "raw",
+            &auth,
+        ))?;
+        println!("pushed {file} as {repo_tag} ({digest})");
+    }
+    let listen = format!("{SERVER}:{REGISTRY_PORT}");
+    let mut command = lab.ns.command(registry::PROGRAM);
+    command.env_remove("HTTP_PROXY");
+    let probe = lab.ns.name().to_owned();
+    let url = format!("http://{listen}/v2/");
+    let served = Registry::start(command, &dir, &listen, &registry::htpasswd_auth(&htpasswd), move || {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &probe, "curl", "-s", "-o", "/dev/null", &url])
+            .status()
+            .is_ok_and(|s| s.success())
+    })?;
+    lab.record.add_pid(served.pid());
+    let config = lab.dir.join("docker-config.json");
+    std::fs::write(&config, registry::docker_config(&listen, user, password))?;
+    Ok((format!("oci://{listen}/{repo_tag}"), served, config))
+}
 
 /// How the operator tells kiln about the host.
 #[derive(Debug, Clone, Copy)]
@@ -27,11 +82,24 @@ enum Enrollment {
     Metal3Manifest,
 }
 
-fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, image: &str) -> anyhow::Result<()> {
+fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, source: Source) -> anyhow::Result<()> {
     let os = OsImage::get()?;
     let mut lab = Lab::start(&format!("e2e-{}", spec.name), &[(spec, kind)])?;
     let files = stage_files(&lab, &os)?;
-    let config = kiln_config(&lab, &files)?;
+    let (image, registry, extra, settings) = match source {
+        Source::Http(file) => (file.to_owned(), None, vec![], String::new()),
+        Source::Registry(file) => {
+            let (reference, registry, auth) = lab_registry(&lab, &os, file)?;
+            (
+                reference,
+                Some(registry),
+                vec!["--registry-auth".to_owned(), auth.display().to_string()],
+                // The lab's registry speaks plain HTTP.
+                format!("insecure_registries = [\"{SERVER}:{REGISTRY_PORT}\"]"),
+            )
+        }
+    };
+    let config = kiln_config_with(&lab, &files, &settings)?;
     lab.start_kiln(&["--config", &config.display().to_string()], None)?;
     let cli = Cli {
         lab: &lab,
@@ -86,8 +154,10 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, image: &str) -> 
     );
 
     // 2. Provision the Debian image with user data that calls back to the test.
-    let provision_secs = provision_and_run_user_data(&cli, &host, &os, image, &callback, &[])?;
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let provision_secs = provision_and_run_user_data(&cli, &host, &os, &image, &callback, &extra)?;
     let h = cli.host(&host.name)?;
+    assert_eq!(h["host"]["image"]["url"], image.as_str(), "{h}");
     let want_mode = match host.firmware {
         Firmware::Bios => "legacy",
         Firmware::Uefi => "uefi",
@@ -113,6 +183,7 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, image: &str) -> 
         "the deprovisioned disk still has a partition table"
     );
     drop(callback);
+    drop(registry);
     lab.finish()
 }
 
@@ -122,16 +193,16 @@ fn redfish_uefi_host_import_inspect_provision_qcow2_deprovision() -> anyhow::Res
         vm("e2e-rf", "52:54:00:99:00:31").uefi(),
         BmcKind::Redfish,
         Enrollment::Metal3Manifest,
-        "debian.qcow2",
+        Source::Http("debian.qcow2"),
     )
 }
 
 #[test]
-fn ipmi_bios_host_enroll_inspect_provision_raw_zst_deprovision() -> anyhow::Result<()> {
+fn ipmi_bios_host_enroll_inspect_provision_raw_zst_from_oci_registry_deprovision() -> anyhow::Result<()> {
     full_lifecycle(
         vm("e2e-ipmi", "52:54:00:99:00:32"),
         BmcKind::Ipmi,
         Enrollment::Cli,
-        "debian.raw.zst",
+        Source::Registry("debian.raw.zst"),
     )
 }

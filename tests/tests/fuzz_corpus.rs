@@ -82,3 +82,8 @@ fn agent_api() {
 fn import_manifest() {
     replay("import_manifest", kiln::fuzzing::import_manifest);
 }
+
+#[test]
+fn oci_reference() {
+    replay("oci_reference", kiln_images::fuzzing::oci_reference);
+}

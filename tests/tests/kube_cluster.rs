@@ -87,6 +87,7 @@ async fn cluster_becomes_provisioned_and_remediation_reboots_then_gives_up() {
         online: true,
         consumer: None,
         image: None,
+        image_credentials: None,
         user_data: None,
         network_data: None,
         meta_data: None,

@@ -566,6 +566,7 @@ async fn sqlite_store_suite() {
             user_data: Some("# kubeadm-join-token-abcdef\n".into()),
             network_data: None,
         }),
+        registry: None,
     };
     s.enqueue_command(h9.id, 1, 1, &write, Ts(0)).await.unwrap();
     assert_eq!(

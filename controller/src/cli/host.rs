@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 
 use kiln_bmc::Secret;
 use kiln_engine::model::{EraseMode, HostOptions};
-use kiln_engine::wire::{BmcIn, DeprovisionIn, HostCreate, HostOut, ImageIn, PowerIn, ProvisionIn, TimingOut};
+use kiln_engine::wire::{
+    BmcIn, DeprovisionIn, HostCreate, HostOut, ImageIn, PowerIn, ProvisionIn, RegistryCredentialsIn, TimingOut,
+};
 use kiln_images::protocol::RootDeviceHints;
 
 use super::{CliError, Client, ClientArgs, Output, print_value, read, read_json};
@@ -67,11 +69,18 @@ pub enum HostCmd {
     /// Write an image to a host.
     Provision {
         name: String,
+        /// An http(s) URL, or `oci://registry/repository[:tag|@sha256:DIGEST]` for a disk image in an OCI registry
+        /// (pushed with `oras push -a disktype=qcow2 ...`, as for Ironic).
         #[arg(long)]
         image: String,
-        /// sha256:HEX, sha512:HEX or the URL of a checksum file (required, except for --format live-iso).
+        /// sha256:HEX, sha512:HEX or the URL of a checksum file (required, except for --format live-iso and oci://
+        /// images, which their registry digest verifies).
         #[arg(long)]
         checksum: Option<String>,
+        /// For an oci:// image: a docker config file (`~/.docker/config.json`, podman's `auth.json`) with the
+        /// registry's credentials, as `docker login` writes it.
+        #[arg(long)]
+        registry_auth: Option<PathBuf>,
         /// raw or qcow2 (detected when not given), or live-iso: the BMC boots the ISO from virtual media and the
         /// host runs it diskless.
         #[arg(long, value_parser = ["raw", "qcow2", "live-iso"])]
@@ -328,11 +337,16 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
             image,
             checksum,
             format,
+            registry_auth,
             user_data,
             network_data,
             wait,
         } => {
             let network_data = network_data.as_ref().map(read_json).transpose()?;
+            let registry_credentials = match &registry_auth {
+                None => None,
+                Some(path) => Some(registry_login(path, &image)?),
+            };
             let body = ProvisionIn {
                 image: ImageIn {
                     url: image,
@@ -345,6 +359,7 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
                             what: "--format".into(),
                             message: e.to_string(),
                         })?,
+                    registry_credentials,
                 },
                 user_data: user_data.as_ref().map(read).transpose()?,
                 network_data,
@@ -441,5 +456,27 @@ async fn watch(c: &Client, name: Option<&str>) -> Result<(), CliError> {
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The credentials for `image`'s registry in a docker config file (as `docker login` or `podman login` write it).
+fn registry_login(path: &PathBuf, image: &str) -> Result<RegistryCredentialsIn, CliError> {
+    let bad = |message: String| CliError::Parse {
+        what: path.display().to_string(),
+        message,
+    };
+    let reference = kiln_images::oci::OciReference::parse(image)
+        .map_err(|e| bad(format!("--registry-auth is for oci:// images only: {e}")))?;
+    let raw = std::fs::read(path).map_err(|source| CliError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    match kiln_images::oci::credentials_from_docker_config(&raw, reference.registry()) {
+        Ok(Some(c)) => Ok(RegistryCredentialsIn {
+            username: c.username,
+            password: Secret::new(c.password),
+        }),
+        Ok(None) => Err(bad(format!("no credentials for the registry {}", reference.registry()))),
+        Err(e) => Err(bad(e)),
     }
 }

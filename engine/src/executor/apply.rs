@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use kiln_bmc::{BootPersistence, PowerAction, PowerState};
+use kiln_images::protocol::CommandKind;
 use tracing::{info, warn};
 
 use super::{ActionError, Executor, POWER_SETTLE};
@@ -291,7 +292,8 @@ impl Executor {
                     })
                 }
                 Action::Enqueue { boot, id, kind } => {
-                    self.store.enqueue_command(h.id, *boot, *id, kind, now).await?;
+                    let kind = self.with_registry_protocol(kind);
+                    self.store.enqueue_command(h.id, *boot, *id, &kind, now).await?;
                     Ok(())
                 }
                 Action::RevokeTokens => {
@@ -503,6 +505,31 @@ impl Executor {
                 .inc("kiln_state_transitions_total", vec![("to", next.name().into())]);
             info!(from = h.state.name(), to = next.name(), reason, "state change");
         }
+    }
+}
+
+impl Executor {
+    /// A command pulling an `oci://` image from a registry this appliance lists as insecure speaks plain HTTP to it.
+    fn with_registry_protocol(&self, kind: &CommandKind) -> CommandKind {
+        let mut kind = kind.clone();
+        if let CommandKind::WriteImage {
+            image,
+            registry: Some(access),
+            ..
+        } = &mut kind
+        {
+            let registry = image
+                .url
+                .strip_prefix("oci://")
+                .and_then(|rest| rest.split('/').next())
+                .unwrap_or_default();
+            access.plain_http = self
+                .config
+                .insecure_registries
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(registry));
+        }
+        kind
     }
 }
 

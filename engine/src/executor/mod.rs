@@ -50,7 +50,7 @@ pub fn now() -> Ts {
 const POWER_SETTLE: Duration = Duration::from_secs(20);
 
 /// Executor settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ExecutorConfig {
     pub policy: Policy,
     /// Agent jobs (inspect, prepare, provision, deprovision) running at once; more are queued as `delayed`.
@@ -61,6 +61,9 @@ pub struct ExecutorConfig {
     pub parallelism: usize,
     /// Longest sleep between passes when nothing pokes the executor.
     pub tick: Duration,
+    /// Registries (`host` or `host:port`) of `oci://` images that the agent reaches over plain HTTP rather than
+    /// HTTPS, as containerd's and Docker's insecure registries.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Default for ExecutorConfig {
@@ -71,6 +74,7 @@ impl Default for ExecutorConfig {
             bmc_calls_per_minute: 12,
             parallelism: 16,
             tick: Duration::from_millis(500),
+            insecure_registries: Vec::new(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! job ends. Pure, like the rest of the machine.
 
 use kiln_bmc::{BootMode, BootTarget, PowerAction, PowerState};
-use kiln_images::protocol::{CommandKind, ConfigDrive, ImageFormat, Outcome};
+use kiln_images::protocol::{CommandKind, ConfigDrive, ImageFormat, Outcome, RegistryAccess, RegistryCredentials};
 
 use super::{
     Action, Decision, HostView, Job, JobKind, JobPhase, Observed, Operation, State, command_id, decide, error,
@@ -198,9 +198,23 @@ fn command_for(host: &HostView, kind: JobKind) -> CommandKind {
                         .clone()
                         .or_else(|| host.spec.preprovisioning_network_data.clone()),
                 }),
+                registry: registry_access(&host.spec),
             }
         }
     }
+}
+
+/// For an `oci://` image: the credentials the agent pulls it with (plain HTTP is the executor's to set, from
+/// kiln's configuration).
+fn registry_access(spec: &crate::model::HostSpec) -> Option<RegistryAccess> {
+    let image = spec.image.as_ref()?;
+    image.url.starts_with("oci://").then(|| RegistryAccess {
+        credentials: spec.image_credentials.as_ref().map(|c| RegistryCredentials {
+            username: c.username.clone(),
+            password: c.password.expose().to_owned(),
+        }),
+        plain_http: false,
+    })
 }
 
 pub(super) fn run_job(host: &HostView, obs: &Observed, now: Ts, kind: JobKind, job: Job) -> Decision {

@@ -365,6 +365,8 @@ pub(crate) struct HostRow {
     pub network_data: Option<String>,
     /// Sealed like `network_data`.
     pub preprovisioning_network_data: Option<String>,
+    /// Sealed JSON `{username, password}` for the registry of an `oci://` image.
+    pub image_credentials: Option<String>,
     pub meta_data: Option<String>,
     pub options: String,
     pub requests: String,
@@ -432,6 +434,14 @@ impl HostRow {
             .preprovisioning_network_data
             .as_ref()
             .map(|v| seal(&to_json(v), "preprovisioning-network-data"))
+            .transpose()?;
+        self.image_credentials = spec
+            .image_credentials
+            .as_ref()
+            .map(|c| {
+                let exposed = serde_json::json!({ "username": c.username, "password": c.password.expose() });
+                seal(&exposed.to_string(), "image-credentials")
+            })
             .transpose()?;
         self.options = to_json(&spec.options);
         Ok(())
@@ -505,6 +515,13 @@ impl HostRow {
                 .map(|s| {
                     open_text(key, &s, &format!("preprovisioning-network-data:{name}"))
                         .and_then(|t| from_json(&t, "preprovisioning network data"))
+                })
+                .transpose()?,
+            image_credentials: self
+                .image_credentials
+                .map(|s| {
+                    open_text(key, &s, &format!("image-credentials:{name}"))
+                        .and_then(|t| from_json(&t, "image credentials"))
                 })
                 .transpose()?,
             options: from_json(&self.options, "options")?,

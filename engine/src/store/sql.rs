@@ -47,12 +47,13 @@ const MIGRATION_0003: &str = include_str!("../../migrations/0003_host_macs.sql")
 const MIGRATION_0004: &str = include_str!("../../migrations/0004_preprovisioning_network_data.sql");
 const MIGRATION_0005: &str = include_str!("../../migrations/0005_hosts_next_wake.sql");
 const MIGRATION_0006: &str = include_str!("../../migrations/0006_replicas.sql");
+const MIGRATION_0007: &str = include_str!("../../migrations/0007_image_credentials.sql");
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Db { op, source }
 }
 
-const HOST_COLUMNS: &str = "id, name, labels, bmc_address, bmc_username, bmc_password, bmc_tls, bmc_identity, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms, preprovisioning_network_data";
+const HOST_COLUMNS: &str = "id, name, labels, bmc_address, bmc_username, bmc_password, bmc_tls, bmc_identity, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms, preprovisioning_network_data, image_credentials";
 
 macro_rules! sql_store {
     ($store:ident, $db:ty, $backend:literal $(, { $($extra:tt)* })?) => {
@@ -74,6 +75,7 @@ macro_rules! sql_store {
                     user_data: r.try_get("user_data")?,
                     network_data: r.try_get("network_data")?,
                     preprovisioning_network_data: r.try_get("preprovisioning_network_data")?,
+                    image_credentials: r.try_get("image_credentials")?,
                     meta_data: r.try_get("meta_data")?,
                     options: r.try_get("options")?,
                     requests: r.try_get("requests")?,
@@ -142,15 +144,15 @@ macro_rules! sql_store {
                         next_wake: Some(now),
                     });
                     let r = sqlx::query(
-                        "INSERT INTO hosts (name, labels, bmc_address, bmc_username, bmc_password, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms, bmc_tls, bmc_identity, preprovisioning_network_data) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27) RETURNING id",
+                        "INSERT INTO hosts (name, labels, bmc_address, bmc_username, bmc_password, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms, bmc_tls, bmc_identity, preprovisioning_network_data, image_credentials) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28) RETURNING id",
                     )
                     .bind(&row.name).bind(&row.labels).bind(&row.bmc_address).bind(&row.bmc_username).bind(&row.bmc_password)
                     .bind(&row.boot_mac).bind(&row.boot_mode).bind(&row.root_device_hints).bind(&row.image).bind(&row.user_data)
                     .bind(&row.network_data).bind(&row.meta_data).bind(&row.options).bind(&row.requests).bind(&row.state_name)
                     .bind(&row.state).bind(&row.error_kind).bind(&row.error_message).bind(&row.power).bind(&row.counters)
                     .bind(row.generation).bind(row.next_wake_ms).bind(row.created_ms).bind(row.updated_ms)
-                    .bind(&row.bmc_tls).bind(&row.bmc_identity).bind(&row.preprovisioning_network_data)
+                    .bind(&row.bmc_tls).bind(&row.bmc_identity).bind(&row.preprovisioning_network_data).bind(&row.image_credentials)
                     .fetch_one(&mut *tx)
                     .await;
                     match r {
@@ -279,12 +281,13 @@ macro_rules! sql_store {
                 let r = sqlx::query(
                     "UPDATE hosts SET labels = $1, bmc_address = $2, bmc_username = $3, bmc_password = $4, boot_mac = $5, boot_mode = $6, \
                      root_device_hints = $7, image = $8, user_data = $9, network_data = $10, meta_data = $11, options = $12, requests = $13, \
-                     generation = generation + 1, next_wake_ms = $14, updated_ms = $14, bmc_tls = $16, bmc_identity = $17, preprovisioning_network_data = $19 WHERE id = $15 AND generation = $18",
+                     generation = generation + 1, next_wake_ms = $14, updated_ms = $14, bmc_tls = $16, bmc_identity = $17, preprovisioning_network_data = $19, image_credentials = $20 WHERE id = $15 AND generation = $18",
                 )
                 .bind(&row.labels).bind(&row.bmc_address).bind(&row.bmc_username).bind(&row.bmc_password).bind(&row.boot_mac)
                 .bind(&row.boot_mode).bind(&row.root_device_hints).bind(&row.image).bind(&row.user_data).bind(&row.network_data)
                 .bind(&row.meta_data).bind(&row.options).bind(json_text(requests)).bind(now.0).bind(id)
                 .bind(&row.bmc_tls).bind(&row.bmc_identity).bind(generation).bind(&row.preprovisioning_network_data)
+                .bind(&row.image_credentials)
                 .execute(&self.pool)
                 .await;
                 match r {
@@ -706,7 +709,7 @@ macro_rules! sql_store {
 macro_rules! sel_host {
     ($col:literal) => {
         concat!(
-            "SELECT id, name, labels, bmc_address, bmc_username, bmc_password, bmc_tls, bmc_identity, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms, preprovisioning_network_data FROM hosts WHERE ",
+            "SELECT id, name, labels, bmc_address, bmc_username, bmc_password, bmc_tls, bmc_identity, boot_mac, boot_mode, root_device_hints, image, user_data, network_data, meta_data, options, requests, state_name, state, error_kind, error_message, power, counters, generation, next_wake_ms, created_ms, updated_ms, preprovisioning_network_data, image_credentials FROM hosts WHERE ",
             $col,
             " = $1"
         )
@@ -774,6 +777,7 @@ impl SqliteStore {
             (4, "preprovisioning network data", MIGRATION_0004),
             (5, "hosts next wake index", MIGRATION_0005),
             (6, "replicas and host leases", MIGRATION_0006),
+            (7, "image credentials", MIGRATION_0007),
         ])
         .run(&pool)
         .await
@@ -808,6 +812,7 @@ impl PgStore {
             (4, "preprovisioning network data", MIGRATION_0004),
             (5, "hosts next wake index", MIGRATION_0005),
             (6, "replicas and host leases", MIGRATION_0006),
+            (7, "image credentials", MIGRATION_0007),
         ])
         .run(&pool)
         .await

@@ -671,6 +671,38 @@ fn checksums(c: &Corpus) {
     }
 }
 
+/// `oci://` references in the forms Ironic's documentation shows (tag, digest, none), each with a pull secret as
+/// Kubernetes stores it (`.dockerconfigjson`, the older `.dockercfg` map, user name and password fields).
+fn oci_references(c: &Corpus) {
+    let digest = "0a175cf13c651f44750d6a5cf0cf2f75d933bd591315d77e19105e5446b73a86";
+    // base64 of `puller:s3cr3t`
+    let auth = "cHVsbGVyOnMzY3IzdA==";
+    let seeds = [
+        (
+            "tag-dockerconfigjson",
+            format!(
+                "oci://registry.example.com:5000/images/debian:12\n{{\"auths\":{{\"registry.example.com:5000\":{{\"auth\":\"{auth}\"}}}}}}"
+            ),
+        ),
+        (
+            "digest-dockercfg",
+            format!("oci://quay.io/metal3/ubuntu@sha256:{digest}\n{{\"https://quay.io/v1/\":{{\"auth\":\"{auth}\"}}}}"),
+        ),
+        (
+            "tag-and-digest-fields",
+            format!(
+                "oci://[fd00::1]:5000/a/b/c:raw@sha256:{digest}\n{{\"auths\":{{\"[fd00::1]:5000\":{{\"username\":\"u\",\"password\":\"p\"}}}}}}"
+            ),
+        ),
+        ("no-tag", "oci://localhost/disk\n".to_string()),
+        ("userinfo", "oci://u:p@h/a\n{}".to_string()),
+        ("upper-case", "oci://h/Disk:1\n{\"auths\": 7}".to_string()),
+    ];
+    for (name, s) in seeds {
+        c.put("oci_reference", name, s);
+    }
+}
+
 fn agent(c: &Corpus) {
     let seeds: &[(&str, &str)] = &[
         ("heartbeat-idle", r#"{"agent_version": "0.1.0"}"#),
@@ -825,6 +857,7 @@ fn main() {
     addresses(&c);
     qcow2(&c);
     checksums(&c);
+    oci_references(&c);
     agent(&c);
     manifests(&c);
     let n: usize = std::fs::read_dir(&c.root)

@@ -56,6 +56,8 @@ pub struct HostSpec {
     /// `<kind>/<namespace>/<name>` of the consumer, when the host is in use.
     pub consumer: Option<String>,
     pub image: Option<Image>,
+    /// The registry credentials of an `oci://` image, from the docker-config Secret its `ociAuthSecretName` names.
+    pub image_credentials: Option<kiln_engine::model::RegistryLogin>,
     pub user_data: Option<SecretBytes>,
     pub network_data: Option<SecretBytes>,
     pub meta_data: Option<SecretBytes>,

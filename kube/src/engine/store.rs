@@ -296,6 +296,7 @@ pub fn kiln_spec(key: &HostKey, spec: &HostSpec) -> Result<model::HostSpec, Engi
             }
         },
         root_device_hints: spec.root_device_hints.as_ref().map(hints_in).unwrap_or_default(),
+        image_credentials: image.as_ref().and(spec.image_credentials.clone()),
         image,
         user_data,
         network_data,
@@ -345,6 +346,8 @@ fn image_spec(i: &Image) -> Result<ImageSpec, String> {
         checksum: i.checksum.clone(),
         checksum_type,
         format,
+        // The credentials come from the Secret `ociAuthSecretName` names, resolved by the controller.
+        registry_credentials: None,
     })
     .map_err(|e| format!("spec.{}: {}", e.field, e.message))
 }
@@ -720,6 +723,7 @@ mod tests {
                 disk_format: Some(DiskFormat::Qcow2),
                 oci_auth_secret_name: None,
             }),
+            image_credentials: None,
             user_data: Some(SecretBytes(b"#cloud-config\n".to_vec())),
             network_data: Some(SecretBytes(b"links: []\nnetworks: []\n".to_vec())),
             meta_data: None,

@@ -369,6 +369,7 @@ fn kiln_spec_changes(field: &str) -> bool {
             disk_format: Some(kiln_kube::bmh::DiskFormat::Qcow2),
             oci_auth_secret_name: None,
         }),
+        image_credentials: None,
         user_data: None,
         network_data: None,
         meta_data: None,
