@@ -196,6 +196,10 @@ pub struct MachineImage {
     /// `raw`, `qcow2`, `vdi`, `vmdk` or `live-iso`.
     #[serde(default, rename = "format", skip_serializing_if = "Option::is_none")]
     pub disk_format: Option<crate::bmh::DiskFormat>,
+    /// For an `oci://` image: a `kubernetes.io/dockerconfigjson` Secret in the machine's namespace with the
+    /// registry's credentials, set as the claimed BareMetalHost's `image.ociAuthSecretName`.
+    #[serde(default, rename = "ociAuthSecretName", skip_serializing_if = "Option::is_none")]
+    pub oci_auth_secret_name: Option<String>,
 }
 
 /// Desired state of a kiln machine.

@@ -235,7 +235,7 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
             checksum: i.checksum.clone(),
             checksum_type: i.checksum_type,
             disk_format: i.disk_format,
-            oci_auth_secret_name: None,
+            oci_auth_secret_name: i.oci_auth_secret_name.clone(),
         }),
         user_data_secret: Some(data_secret),
         network_data_secret: m.spec.network_data_name.clone(),
