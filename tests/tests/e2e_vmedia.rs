@@ -173,10 +173,10 @@ fn virtual_media_host_without_dhcp_inspect_provision_deprovision() -> anyhow::Re
         "the inspected NICs: {nics:?}"
     );
     let events = cli.events(&host.name)?;
-    assert!(
-        events.iter().any(|e| e["kind"] == "virtual_media"),
-        "no virtual_media event: {events:?}"
-    );
+    let inserted = events.iter().find(|e| e["kind"] == "virtual_media");
+    assert!(inserted.is_some(), "no virtual_media event: {events:?}");
+    // The ISO's size is in the event: "the BMC took kiln's agent ISO (N MiB)".
+    println!("{}", inserted.map(|e| e["message"].to_string()).unwrap_or_default());
     assert!(
         events.iter().any(|e| e["kind"] == "virtual_media_read"),
         "the BMC never read the ISO: {events:?}"
