@@ -15,7 +15,7 @@ use kiln_engine::wire::{
 };
 use kiln_images::protocol::RootDeviceHints;
 
-use super::{CliError, Client, ClientArgs, Output, print_value, read, read_json};
+use super::{CliError, Client, ClientArgs, Output, print_value, read, read_json, registry_login};
 
 /// `kiln host ...`
 #[derive(Debug, Subcommand)]
@@ -345,7 +345,13 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
             let network_data = network_data.as_ref().map(read_json).transpose()?;
             let registry_credentials = match &registry_auth {
                 None => None,
-                Some(path) => Some(registry_login(path, &image)?),
+                Some(path) => {
+                    let c = registry_login(path, &image)?;
+                    Some(RegistryCredentialsIn {
+                        username: c.username,
+                        password: Secret::new(c.password),
+                    })
+                }
             };
             let body = ProvisionIn {
                 image: ImageIn {
@@ -456,27 +462,5 @@ async fn watch(c: &Client, name: Option<&str>) -> Result<(), CliError> {
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// The credentials for `image`'s registry in a docker config file (as `docker login` or `podman login` write it).
-fn registry_login(path: &PathBuf, image: &str) -> Result<RegistryCredentialsIn, CliError> {
-    let bad = |message: String| CliError::Parse {
-        what: path.display().to_string(),
-        message,
-    };
-    let reference = kiln_images::oci::OciReference::parse(image)
-        .map_err(|e| bad(format!("--registry-auth is for oci:// images only: {e}")))?;
-    let raw = std::fs::read(path).map_err(|source| CliError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    match kiln_images::oci::credentials_from_docker_config(&raw, reference.registry()) {
-        Ok(Some(c)) => Ok(RegistryCredentialsIn {
-            username: c.username,
-            password: Secret::new(c.password),
-        }),
-        Ok(None) => Err(bad(format!("no credentials for the registry {}", reference.registry()))),
-        Err(e) => Err(bad(e)),
     }
 }

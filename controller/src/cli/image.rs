@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kiln_images::digest::ChecksumSource;
-use kiln_images::pipeline::{WriteOptions, WriteReport, run as run_pipeline};
-use kiln_images::protocol::{ChecksumType, ConfigDrive, ImageFormat};
+use kiln_images::pipeline::{WriteOptions, WriteReport, run_with_registry};
+use kiln_images::protocol::{ChecksumType, ConfigDrive, ImageFormat, RegistryAccess};
 use kiln_images::{DirectIo, Progress};
 
 /// `kiln image`.
@@ -31,7 +31,7 @@ pub enum FormatArg {
 pub enum ImageCommand {
     /// Write an image to a file or block device exactly as the agent would (decompress, decode qcow2, verify).
     Write {
-        /// Local path, file://, http:// or https:// URL.
+        /// Local path, file://, http:// or https:// URL, or an `oci://` reference (verified by its registry digest).
         source: String,
         /// Block device or regular file (created or truncated).
         target: PathBuf,
@@ -46,9 +46,15 @@ pub enum ImageCommand {
         /// No progress bar (for logs and scripts).
         #[arg(long)]
         quiet: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Decode an image without writing it: format, compression, virtual size and sha256 of the published bytes.
-    Inspect { source: String },
+    Inspect {
+        source: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
     /// Build an OpenStack config drive (VFAT, label config-2) image file.
     Configdrive {
         #[arg(long)]
@@ -61,6 +67,39 @@ pub enum ImageCommand {
         meta_data: Option<PathBuf>,
         out: PathBuf,
     },
+}
+
+/// How to reach the registry of an `oci://` source, as the agent is told.
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    /// For an oci:// source: a docker config file (`~/.docker/config.json`, podman's `auth.json`) with the
+    /// registry's credentials.
+    #[arg(long)]
+    registry_auth: Option<PathBuf>,
+    /// For an oci:// source: speak plain HTTP to the registry (kiln's `insecure_registries`).
+    #[arg(long)]
+    plain_http: bool,
+}
+
+impl RegistryArgs {
+    fn access(&self, source: &str) -> anyhow::Result<Option<RegistryAccess>> {
+        if !source.starts_with(kiln_images::oci::SCHEME) {
+            anyhow::ensure!(
+                self.registry_auth.is_none() && !self.plain_http,
+                "--registry-auth and --plain-http are for oci:// sources only"
+            );
+            return Ok(None);
+        }
+        let credentials = self
+            .registry_auth
+            .as_ref()
+            .map(|p| super::registry_login(p, source))
+            .transpose()?;
+        Ok(Some(RegistryAccess {
+            credentials,
+            plain_http: self.plain_http,
+        }))
+    }
 }
 
 /// Runs a `kiln image` subcommand.
@@ -76,11 +115,13 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
             format,
             direct,
             quiet,
+            registry,
         } => {
+            let access = registry.access(&source)?;
             let checksum = checksum
                 .map(|c| ChecksumSource::parse(&c, ChecksumType::Auto))
                 .transpose()?;
-            if checksum.is_none() {
+            if checksum.is_none() && access.is_none() {
                 eprintln!("warning: no --checksum given; the image will not be verified");
             }
             let format = format.map(|f| match f {
@@ -92,15 +133,24 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
                 client: None,
             };
             let progress = Progress::new();
-            let fut = run_pipeline(&source, checksum.as_ref(), format, Some(&target), &progress, &opts);
+            let fut = run_with_registry(
+                &source,
+                checksum.as_ref(),
+                format,
+                access.as_ref(),
+                Some(&target),
+                &progress,
+                &opts,
+            );
             let report = with_progress_bar(fut, &progress, quiet).await?;
             print_report(&report);
             Ok(())
         }
-        ImageCommand::Inspect { source } => {
+        ImageCommand::Inspect { source, registry } => {
+            let access = registry.access(&source)?;
             let progress = Progress::new();
             let opts = WriteOptions::default();
-            let fut = run_pipeline(&source, None, None, None, &progress, &opts);
+            let fut = run_with_registry(&source, None, None, access.as_ref(), None, &progress, &opts);
             let report = with_progress_bar(fut, &progress, true).await?;
             print_report(&report);
             Ok(())
@@ -265,5 +315,46 @@ mod tests {
             .output()
             .unwrap();
         assert!(String::from_utf8_lossy(&probe.stdout).contains("LABEL=config-2"));
+    }
+
+    /// `kiln image write oci://...` against a real registry (Debian's docker-registry behind Basic authentication),
+    /// with the credentials from a docker config file, as the agent pulls.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_pulls_an_oci_image_with_docker_config_credentials() {
+        use kiln_tests::registry::{self, Registry};
+        let dir = tempfile::tempdir().unwrap();
+        let (user, password) = ("puller", "pw-Reg1");
+        let htpasswd = registry::htpasswd(dir.path(), &[(user, password)]).unwrap();
+        let reg = Registry::on_loopback(&dir.path().join("registry"), &registry::htpasswd_auth(&htpasswd)).unwrap();
+        let data: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let auth = oci_client::secrets::RegistryAuth::Basic(user.into(), password.into());
+        registry::push_disk_image(&reg.host, "kiln/disk:v1", data.clone(), "disk.raw", "raw", &auth)
+            .await
+            .unwrap();
+        let config = dir.path().join("config.json");
+        std::fs::write(&config, registry::docker_config(&reg.host, user, password)).unwrap();
+        let source = format!("oci://{}/kiln/disk:v1", reg.host);
+        let out = dir.path().join("out.raw");
+        let write = |extra: &[&str]| {
+            let mut argv = vec!["kiln", "write", source.as_str(), out.to_str().unwrap(), "--quiet"];
+            argv.extend_from_slice(extra);
+            Cli::parse_from(argv).image
+        };
+        let cfg = config.to_str().unwrap();
+        run(write(&["--registry-auth", cfg, "--plain-http"])).await.unwrap();
+        assert!(
+            std::fs::read(&out).unwrap() == data,
+            "the written bytes are the pushed image's"
+        );
+        // Without the credentials, or over HTTPS to this plain-HTTP registry: refused, naming the registry.
+        for extra in [&["--plain-http"][..], &["--registry-auth", cfg][..]] {
+            let err = run(write(extra)).await.unwrap_err();
+            assert!(format!("{err:#}").contains("registry"), "{extra:?}: {err:#}");
+        }
+        // The registry flags are for oci:// sources only.
+        let err = run(Cli::parse_from(["kiln", "inspect", out.to_str().unwrap(), "--plain-http"]).image)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("oci://"), "{err:#}");
     }
 }

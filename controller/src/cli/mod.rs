@@ -220,6 +220,26 @@ fn read(path: &PathBuf) -> Result<String, CliError> {
     })
 }
 
+/// The credentials for `image`'s registry (an `oci://` reference) in a docker config file, as `docker login` or
+/// `podman login` write it.
+fn registry_login(path: &PathBuf, image: &str) -> Result<kiln_images::protocol::RegistryCredentials, CliError> {
+    let bad = |message: String| CliError::Parse {
+        what: path.display().to_string(),
+        message,
+    };
+    let reference = kiln_images::oci::OciReference::parse(image)
+        .map_err(|e| bad(format!("--registry-auth is for oci:// images only: {e}")))?;
+    let raw = std::fs::read(path).map_err(|source| CliError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    match kiln_images::oci::credentials_from_docker_config(&raw, reference.registry()) {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err(bad(format!("no credentials for the registry {}", reference.registry()))),
+        Err(e) => Err(bad(e)),
+    }
+}
+
 /// A JSON file's value (network data and the like), the file named in the error.
 fn read_json(path: &PathBuf) -> Result<serde_json::Value, CliError> {
     serde_json::from_str(&read(path)?).map_err(|e| CliError::Parse {
