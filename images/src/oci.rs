@@ -330,9 +330,10 @@ pub fn client_config() -> ClientConfig {
 }
 
 /// Resolves `reference` to the blob of its disk image: fetches the manifest (through an image index to the entry
-/// for this machine's architecture), picks the disk layer and reads the `disktype` hint. `config`'s protocol is
-/// set from `access.plain_http` (HTTPS without it) and its platform resolver is not used. Anonymous unless
-/// `access` carries credentials; registries that answer with a Bearer challenge get a token for them.
+/// for this machine's architecture and, among those, the `declared` format's or qcow2's; see [`pick_entry`]),
+/// picks the disk layer and reads the `disktype` hint. `config`'s protocol is set from `access.plain_http` (HTTPS
+/// without it) and its platform resolver is not used. Anonymous unless `access` carries credentials; registries
+/// that answer with a Bearer challenge get a token for them.
 ///
 /// # Errors
 /// `Registry` when the registry cannot be reached, refuses access, does not know the reference or holds no single
@@ -340,6 +341,7 @@ pub fn client_config() -> ClientConfig {
 pub async fn resolve(
     reference: &OciReference,
     access: Option<&RegistryAccess>,
+    declared: Option<ImageFormat>,
     mut config: ClientConfig,
 ) -> Result<ResolvedBlob, ImageError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -373,7 +375,8 @@ pub async fn resolve(
     let (manifest, entry_annotations) = match parse_manifest(&body).map_err(&fail)? {
         Manifest::Image(m) => (m, None),
         Manifest::Index(index) => {
-            let entry = pick_entry(&index, std::env::consts::ARCH).map_err(&fail)?;
+            let prefer = declared.unwrap_or(ImageFormat::Qcow2);
+            let entry = pick_entry(&index, std::env::consts::ARCH, prefer).map_err(&fail)?;
             tracing::debug!(reference = %reference, digest = %entry.digest, "image index entry chosen");
             let pinned = image.clone_with_digest(entry.digest.clone());
             let (body, _) = client
@@ -548,25 +551,30 @@ fn describe_entry(e: &ImageIndexEntry) -> String {
 }
 
 /// Picks the index entry for `arch` (a Rust or GOARCH name): entries of that architecture and entries without a
-/// platform are candidates (the OS is not looked at: a disk image may hold any OS); one annotated with a known
-/// `disktype` is preferred, then one that names the architecture. Two equally good candidates, or none, is an
-/// error listing the entries.
-pub fn pick_entry<'a>(index: &'a OciImageIndex, arch: &str) -> Result<&'a ImageIndexEntry, String> {
+/// platform are candidates (the OS is not looked at: a disk image may hold any OS). Preferred, in order: one whose
+/// `disktype` is the `prefer`red format (as Ironic weighs file types: the declared format, else qcow2, the smaller
+/// download that kiln decodes in flight), one with any known `disktype`, one that names the architecture. Two
+/// equally good candidates, or none, is an error listing the entries.
+pub fn pick_entry<'a>(
+    index: &'a OciImageIndex,
+    arch: &str,
+    prefer: ImageFormat,
+) -> Result<&'a ImageIndexEntry, String> {
     let want = goarch(arch);
-    let score = |e: &ImageIndexEntry| -> Option<(bool, bool)> {
+    let score = |e: &ImageIndexEntry| -> Option<(bool, bool, bool)> {
         let explicit = match &e.platform {
             Some(p) if goarch(&p.architecture.to_string()) == want => true,
             Some(_) => return None,
             None => false,
         };
-        let disktype = e
+        let format = e
             .annotations
             .as_ref()
             .and_then(|a| a.get(DISKTYPE))
-            .is_some_and(|d| disktype_format(d).is_some());
-        Some((disktype, explicit))
+            .and_then(|d| disktype_format(d));
+        Some((format == Some(prefer), format.is_some(), explicit))
     };
-    let scored: Vec<(&ImageIndexEntry, (bool, bool))> = index
+    let scored: Vec<(&ImageIndexEntry, (bool, bool, bool))> = index
         .manifests
         .iter()
         .filter_map(|e| score(e).map(|s| (e, s)))
@@ -837,9 +845,9 @@ mod tests {
     #[test]
     fn index_entries_are_chosen_by_architecture_then_disktype() {
         let i = index(vec![entry("a", Some("amd64"), None), entry("b", Some("arm64"), None)]);
-        assert_eq!(pick_entry(&i, "x86_64").unwrap().digest, "a");
-        assert_eq!(pick_entry(&i, "aarch64").unwrap().digest, "b");
-        let e = pick_entry(&i, "riscv64").unwrap_err();
+        assert_eq!(pick_entry(&i, "x86_64", ImageFormat::Qcow2).unwrap().digest, "a");
+        assert_eq!(pick_entry(&i, "aarch64", ImageFormat::Qcow2).unwrap().digest, "b");
+        let e = pick_entry(&i, "riscv64", ImageFormat::Qcow2).unwrap_err();
         assert!(
             e.contains("riscv64") && e.contains("a (linux/amd64)") && e.contains("b (linux/arm64)"),
             "{e}"
@@ -849,28 +857,35 @@ mod tests {
             entry("x", Some("x86_64"), None),
             entry("y", Some("aarch64"), None),
         ]);
-        assert_eq!(pick_entry(&i, "amd64").unwrap().digest, "x");
-        assert_eq!(pick_entry(&i, "arm64").unwrap().digest, "y");
+        assert_eq!(pick_entry(&i, "amd64", ImageFormat::Qcow2).unwrap().digest, "x");
+        assert_eq!(pick_entry(&i, "arm64", ImageFormat::Qcow2).unwrap().digest, "y");
         // Entries without a platform are candidates; a disktype annotation wins, then a named platform.
         let i = index(vec![entry("p", None, Some("qcow2")), entry("q", Some("amd64"), None)]);
-        assert_eq!(pick_entry(&i, "x86_64").unwrap().digest, "p");
+        assert_eq!(pick_entry(&i, "x86_64", ImageFormat::Qcow2).unwrap().digest, "p");
         let i = index(vec![entry("p", None, None), entry("q", Some("amd64"), None)]);
-        assert_eq!(pick_entry(&i, "x86_64").unwrap().digest, "q");
+        assert_eq!(pick_entry(&i, "x86_64", ImageFormat::Qcow2).unwrap().digest, "q");
         let i = index(vec![
             entry("p", Some("amd64"), Some("raw")),
             entry("q", Some("amd64"), None),
         ]);
-        assert_eq!(pick_entry(&i, "x86_64").unwrap().digest, "p");
+        assert_eq!(pick_entry(&i, "x86_64", ImageFormat::Qcow2).unwrap().digest, "p");
+        // A raw and a qcow2 entry: the declared format's, else qcow2 (as Ironic prefers it for local download).
         let i = index(vec![
             entry("p", Some("amd64"), Some("raw")),
             entry("q", Some("amd64"), Some("qcow2")),
         ]);
-        let e = pick_entry(&i, "x86_64").unwrap_err();
+        assert_eq!(pick_entry(&i, "x86_64", ImageFormat::Qcow2).unwrap().digest, "q");
+        assert_eq!(pick_entry(&i, "x86_64", ImageFormat::Raw).unwrap().digest, "p");
+        let i = index(vec![
+            entry("p", Some("amd64"), Some("raw")),
+            entry("q", Some("amd64"), Some("raw")),
+        ]);
+        let e = pick_entry(&i, "x86_64", ImageFormat::Qcow2).unwrap_err();
         assert!(
             e.contains("2 equally good") && e.contains("disktype=raw") && e.contains("pin one"),
             "{e}"
         );
-        assert!(pick_entry(&index(vec![]), "x86_64").is_err());
+        assert!(pick_entry(&index(vec![]), "x86_64", ImageFormat::Qcow2).is_err());
     }
 
     fn layer(media_type: &str, title: Option<&str>) -> OciDescriptor {

@@ -229,7 +229,7 @@ async fn resolve_oci(
     let reference = OciReference::parse(source)?;
     tracing::info!(reference = %reference, plain_http = registry.is_some_and(|r| r.plain_http),
         credentials = registry.is_some_and(|r| r.credentials.is_some()), "resolving the OCI image");
-    let blob = oci::resolve(&reference, registry, oci::client_config()).await?;
+    let blob = oci::resolve(&reference, registry, declared, oci::client_config()).await?;
     tracing::info!(reference = %reference, blob = %blob.blob_url, size = blob.size, disktype = ?blob.format,
         "OCI image resolved");
     let layer = ExpectedDigest {
