@@ -19,6 +19,18 @@ impl KilnServe {
     /// `data.toml`), `extra` arguments and `RUST_LOG=debug`, its output appended to `data.log`; returns once the port
     /// accepts connections (at most 20 s).
     pub fn start(bin: &Path, data: &Path, port: u16, config: &str, extra: &[&str]) -> KilnServe {
+        Self::start_logging(bin, data, port, config, extra, "debug")
+    }
+
+    /// [`KilnServe::start`] with `RUST_LOG=rust_log` (`info` for benches with thousands of hosts).
+    pub fn start_logging(
+        bin: &Path,
+        data: &Path,
+        port: u16,
+        config: &str,
+        extra: &[&str],
+        rust_log: &str,
+    ) -> KilnServe {
         let config_file = data.with_extension("toml");
         std::fs::write(&config_file, config).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -32,7 +44,7 @@ impl KilnServe {
             .arg("--data-dir")
             .arg(data)
             .args(extra)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
