@@ -262,7 +262,23 @@ impl Lab {
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGKILL,
         )?;
-        Ok(())
+        // SIGKILL is delivered asynchronously: until the process has exited (a zombie, or gone), its listening socket
+        // may still take a connection that then ends at once. Callers act on the replica being dead.
+        let stat = format!("/proc/{}/stat", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let state = std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| s.rsplit(')').next()?.split_whitespace().next().map(str::to_owned));
+            if state.as_deref().is_none_or(|s| s == "Z" || s == "X") {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "replica {name} still running 10 s after SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Kills `kiln serve` with SIGKILL (no shutdown path runs), as a crash or an OOM kill would.
