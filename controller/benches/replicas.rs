@@ -164,8 +164,9 @@ fn host(i: usize) -> String {
 /// Enrolls hosts `0..n` through the replicas in turn (not inspected: only deploys are measured); returns how many
 /// enrollments the API acknowledged.
 async fn enroll(api: &Api, replicas: &[&Replica], n: usize) -> usize {
-    let acked = futures::stream::iter(0..n)
-        .map(|i| {
+    post_all(
+        api,
+        (0..n).map(|i| {
             let name = host(i);
             let url = format!("{}/hosts", replicas[i % replicas.len()].base());
             let body = json!({
@@ -174,36 +175,35 @@ async fn enroll(api: &Api, replicas: &[&Replica], n: usize) -> usize {
                 "boot_mac": format!("52:54:03:{:02x}:{:02x}:{:02x}", i >> 16, (i >> 8) & 0xff, i & 0xff),
                 "options": {"inspect": false},
             });
-            async move { api.post(url, body).await }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
-    let failed: Vec<&Result<u16, String>> = acked.iter().filter(|r| !matches!(r, Ok(200..=299))).collect();
-    assert!(
-        failed.is_empty(),
-        "{} enrollments failed, e.g. {:?}",
-        failed.len(),
-        failed.first()
-    );
-    acked.len()
+            (url, body)
+        }),
+        "enrollments",
+    )
+    .await
 }
 
 /// Asks for `hosts` to be provisioned, through the live replicas in turn.
 async fn provision(api: &Api, replicas: &[&Replica], hosts: std::ops::Range<usize>) -> usize {
-    let acked = futures::stream::iter(hosts)
-        .map(|i| {
-            let url = format!("{}/hosts/{}/provision", replicas[i % replicas.len()].base(), host(i));
-            let body = json!({"image": {"url": "http://images.invalid/os.qcow2", "checksum": format!("sha256:{}", "ab".repeat(32))}});
-            async move { api.post(url, body).await }
-        })
+    let image =
+        json!({"image": {"url": "http://images.invalid/os.qcow2", "checksum": format!("sha256:{}", "ab".repeat(32))}});
+    let requests = hosts.map(|i| {
+        let url = format!("{}/hosts/{}/provision", replicas[i % replicas.len()].base(), host(i));
+        (url, image.clone())
+    });
+    post_all(api, requests, "provision requests").await
+}
+
+/// Sends `requests` 32 at a time; panics unless every one was acknowledged (2xx); returns how many were sent.
+async fn post_all(api: &Api, requests: impl Iterator<Item = (String, serde_json::Value)>, what: &str) -> usize {
+    let acked = futures::stream::iter(requests)
+        .map(|(url, body)| api.post(url, body))
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await;
     let failed: Vec<&Result<u16, String>> = acked.iter().filter(|r| !matches!(r, Ok(200..=299))).collect();
     assert!(
         failed.is_empty(),
-        "{} provision requests failed, e.g. {:?}",
+        "{} {what} failed, e.g. {:?}",
         failed.len(),
         failed.first()
     );
