@@ -25,8 +25,12 @@ pub struct PxeCounters {
     pub dhcp_journal_errors: AtomicU64,
     /// TFTP read requests served.
     pub tftp_reads: AtomicU64,
-    /// TFTP requests refused (traversal, missing file, writes).
+    /// TFTP requests refused (traversal, missing file, writes, too many transfers).
     pub tftp_refused: AtomicU64,
+    /// Datagrams on the TFTP port that are not a well-formed request: dropped.
+    pub tftp_malformed: AtomicU64,
+    /// TFTP transfers that ended before the last block was acknowledged (client error, timeout, I/O error).
+    pub tftp_aborted: AtomicU64,
     /// iPXE scripts rendered.
     pub http_scripts: AtomicU64,
     /// iPXE script requests answered 404 (unknown host, nothing to boot, bad MAC).
@@ -49,6 +53,8 @@ impl PxeCounters {
             ("dhcp_journal_errors", g(&self.dhcp_journal_errors)),
             ("tftp_reads", g(&self.tftp_reads)),
             ("tftp_refused", g(&self.tftp_refused)),
+            ("tftp_malformed", g(&self.tftp_malformed)),
+            ("tftp_aborted", g(&self.tftp_aborted)),
             ("http_scripts", g(&self.http_scripts)),
             ("http_scripts_not_found", g(&self.http_scripts_not_found)),
         ]

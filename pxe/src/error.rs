@@ -40,12 +40,12 @@ pub enum PxeError {
         #[source]
         source: std::io::Error,
     },
-    /// The TFTP server failed.
+    /// The TFTP server's socket failed.
     #[error("TFTP server failed")]
     Tftp {
         /// The cause.
         #[source]
-        source: async_tftp::Error,
+        source: std::io::Error,
     },
     /// A service task ended with a panic or was aborted.
     #[error("netboot task {task} ended abnormally")]

@@ -2,15 +2,11 @@
 //! `fuzz_corpus` test that replays every corpus file on stable. Each function takes untrusted bytes and panics when
 //! a property does not hold; returning means the input was handled correctly (refused or served).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::{Component, Path};
-use std::sync::Arc;
 
-use async_tftp::packet;
-use async_tftp::server::Handler;
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Encodable};
-use futures::AsyncReadExt;
 
 use crate::config::{BootConfig, DhcpConfig, DhcpMode, SubnetConfig};
 use crate::dhcp::decide::{self, Ctx, Decision};
@@ -18,7 +14,7 @@ use crate::dhcp::leases::{LeaseState, LeaseTable};
 use crate::dhcp::server::parse_request;
 use crate::lookup::{BootAction, BootHost};
 use crate::mac::MacAddr;
-use crate::tftp::{RootHandler, check_path, resolve_in_root};
+use crate::tftp::{Files, check_path, packet, resolve_in_root};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const NOW: u64 = 1_700_000_000;
@@ -208,43 +204,27 @@ pub fn tftp_root(dir: &Path) -> std::io::Result<()> {
     link("../..", "up")
 }
 
-/// The opcode and file name of a TFTP RRQ or WRQ (RFC 1350 §5, options RFC 2347): the framing async-tftp's
-/// decoder accepts before it hands kiln the name (opcode, NUL-terminated UTF-8 name, a known mode, complete
-/// option pairs). `None` for anything it drops.
-pub fn tftp_request_name(datagram: &[u8]) -> Option<(u16, &str)> {
-    fn nul_str(b: &[u8]) -> Option<(&str, &[u8])> {
-        let end = b.iter().position(|c| *c == 0)?;
-        Some((std::str::from_utf8(&b[..end]).ok()?, &b[end + 1..]))
-    }
-    let (op, rest) = datagram.split_first_chunk::<2>()?;
-    let opcode = u16::from_be_bytes(*op);
-    if opcode != 1 && opcode != 2 {
-        return None;
-    }
-    let (name, rest) = nul_str(rest)?;
-    let (mode, mut rest) = nul_str(rest)?;
-    if !["netascii", "octet", "mail"]
-        .iter()
-        .any(|m| m.eq_ignore_ascii_case(mode))
-    {
-        return None;
-    }
-    while !rest.is_empty() {
-        let (_, after_name) = nul_str(rest)?;
-        let (_, after_value) = nul_str(after_name)?;
-        rest = after_value;
-    }
-    Some((opcode, name))
-}
-
-/// One TFTP request datagram against the root made by [`tftp_root`]: whatever name a client sends, a read is
-/// served only from a regular file inside the root, with exactly its announced size; writes are always refused;
-/// and refused or completed transfers give their slot back (more requests than the per-client limit, one after
-/// the other, are never turned away as "too many transfers").
+/// One TFTP request datagram against the root made by [`tftp_root`]: the parser accepts exactly the well-formed
+/// RRQ and WRQ framing (opcode, NUL-terminated name and mode, complete option pairs) and keeps negotiated options
+/// in range; whatever name a client sends, a read is served only from a regular file inside the root, with
+/// exactly its bytes (netascii: converted); writes are always refused; and refused or completed transfers give
+/// their slot back (more requests than the per-client limit, one after the other, are never turned away as
+/// "too many transfers").
 pub fn tftp_request(root: &Path, datagram: &[u8]) {
-    let Some((opcode, name)) = tftp_request_name(datagram) else {
+    let Ok(request) = packet::parse_request(datagram) else {
         return;
     };
+    let o = request.options;
+    assert!(
+        o.blksize.is_none_or(|b| (8..=packet::MAX_BLKSIZE).contains(&b)),
+        "{o:?}"
+    );
+    assert!(
+        o.windowsize.is_none_or(|w| (1..=packet::MAX_WINDOW).contains(&w)),
+        "{o:?}"
+    );
+    assert!(o.timeout.is_none_or(|t| t >= 1), "{o:?}");
+    let name = request.filename;
     if let Ok(path) = check_path(name) {
         assert!(
             path.components().all(|c| matches!(c, Component::Normal(_))),
@@ -253,16 +233,16 @@ pub fn tftp_request(root: &Path, datagram: &[u8]) {
     }
     let canonical_root = std::fs::canonicalize(root).expect("the TFTP root exists");
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .expect("a runtime");
     runtime.block_on(async {
-        let mut handler = RootHandler::new(root, Arc::default(), None).expect("the TFTP root is a directory");
-        let client = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 123)), 2070);
-        let path = Path::new(name);
-        if opcode == 2 {
-            let refused = handler.write_req_open(&client, path, None).await;
+        let files = Files::new(root).expect("the TFTP root is a directory");
+        let client = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 123));
+        if request.kind == packet::Kind::Write || request.mode == packet::Mode::Mail {
+            let refused = files.open(client, &request).await;
             assert!(
-                matches!(refused, Err(packet::Error::IllegalOperation)),
+                matches!(refused, Err(ref r) if *r == packet::Refusal::READ_ONLY),
                 "a write was not refused"
             );
             return;
@@ -276,16 +256,22 @@ pub fn tftp_request(root: &Path, datagram: &[u8]) {
         }
         // One more than the per-client limit, each transfer finished before the next starts.
         for _ in 0..10 {
-            match handler.read_req_open(&client, path).await {
-                Ok((mut reader, size)) => {
+            match files.open(client, &request).await {
+                Ok(mut opened) => {
                     let real = resolved.as_ref().expect("a served file resolves inside the root");
-                    let want = std::fs::read(real).expect("the served file is readable");
-                    let mut got = Vec::new();
-                    reader.read_to_end(&mut got).await.expect("the transfer reads");
-                    assert_eq!(size, Some(want.len() as u64), "announced size of {name:?}");
-                    assert_eq!(got, want, "served bytes of {name:?}");
+                    let mut want = std::fs::read(real).expect("the served file is readable");
+                    if request.mode == packet::Mode::Netascii {
+                        want = packet::to_netascii(&want);
+                    }
+                    let len = opened.source.len();
+                    let got = opened
+                        .source
+                        .read_at(0, usize::try_from(len).expect("a small file"))
+                        .await
+                        .expect("the transfer reads");
+                    assert_eq!(got, &want[..], "served bytes of {name:?}");
                 }
-                Err(packet::Error::Msg(m)) => panic!("{name:?}: transfer slots leaked: {m}"),
+                Err(r) if r == packet::Refusal::BUSY => panic!("{name:?}: transfer slots leaked"),
                 Err(_) => assert!(
                     resolved.as_ref().is_err() || resolved.as_ref().is_ok_and(|p| !p.is_file()),
                     "{name:?} refused although it names a file inside the root"

@@ -52,7 +52,7 @@ async fn file(State(st): State<BootState>, Path(path): Path<String>, req: Reques
             Ok(r) => r.into_response(),
             Err(e) => match e {},
         },
-        Err(async_tftp::packet::Error::PermissionDenied) => {
+        Err(refusal) if crate::tftp::is_access_violation(&refusal) => {
             tracing::info!(path, "boot file refused: outside the files directory");
             StatusCode::FORBIDDEN.into_response()
         }

@@ -183,6 +183,7 @@ fn fetch_windowed(server: SocketAddr, name: &str, blksize: usize, window: u16) -
     let oack = String::from_utf8_lossy(&buf[2..n]).replace('\0', " ");
     assert!(oack.contains(&format!("windowsize {window}")), "{oack}");
     assert!(oack.contains(&format!("blksize {blksize}")), "{oack}");
+    assert!(oack.contains(" tsize "), "{oack}");
     s.send_to(&ack(0), peer).unwrap();
     let mut data = Vec::new();
     let mut expect: u16 = 1;
@@ -277,6 +278,144 @@ async fn windowsize_transfer_and_malformed_datagrams_on_loopback() {
     cancel.cancel();
     task.await.unwrap().unwrap();
     assert!(counters.tftp_reads.load(std::sync::atomic::Ordering::Relaxed) >= 5);
+    assert!(counters.tftp_malformed.load(std::sync::atomic::Ordering::Relaxed) >= 200);
+}
+
+/// One client transfer ID, talking to the server by hand.
+struct Peer {
+    s: UdpSocket,
+    server: SocketAddr,
+    tid: Option<SocketAddr>,
+}
+
+impl Peer {
+    fn new(server: SocketAddr) -> Self {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Peer { s, server, tid: None }
+    }
+    fn request(&self, datagram: &[u8]) {
+        self.s.send_to(datagram, self.server).unwrap();
+    }
+    /// The next datagram from the transfer: its opcode and what follows.
+    fn recv_raw(&mut self) -> Option<(u16, Vec<u8>)> {
+        let mut buf = vec![0u8; 70000];
+        let (n, from) = self.s.recv_from(&mut buf).ok()?;
+        self.tid.get_or_insert(from);
+        Some((u16::from_be_bytes([buf[0], buf[1]]), buf[2..n].to_vec()))
+    }
+    /// The next datagram: opcode, block number (or error code), payload.
+    fn recv(&mut self) -> Option<(u16, u16, Vec<u8>)> {
+        let (op, rest) = self.recv_raw()?;
+        let num = u16::from_be_bytes([rest[0], rest[1]]);
+        Some((op, num, rest[2..].to_vec()))
+    }
+    fn send(&self, datagram: &[u8]) {
+        self.s.send_to(datagram, self.tid.unwrap()).unwrap();
+    }
+}
+
+/// The protocol's corner cases against hand-driven clients: OACK values, netascii, files ending on a block
+/// boundary and empty ones, block-number roll-over, a repeated ACK (ignored with one block in flight; with a window,
+/// the window is sent again at once), a lost ACK (sent again after the timeout), and a client's ERROR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_corner_cases_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = make_root(dir.path());
+    std::fs::write(dir.path().join("text.cfg"), b"line one\nline two\r\nbare\rend").unwrap();
+    std::fs::write(dir.path().join("empty"), b"").unwrap();
+    std::fs::write(dir.path().join("exact"), vec![7u8; 1024]).unwrap();
+    // 65,549 blocks of 8 bytes: the block number rolls over.
+    let roll: Vec<u8> = (0..65_548u32 * 8 + 5).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("roll"), &roll).unwrap();
+    let (addr, counters, cancel, task) = serve_on_loopback(dir.path()).await;
+
+    tokio::task::spawn_blocking(move || {
+        // OACK carries what was agreed: tsize is the size, timeout is echoed, windowsize is capped.
+        let mut p = Peer::new(addr);
+        p.request(&rrq(
+            "big.bin",
+            &[
+                ("tsize", "0"),
+                ("timeout", "2"),
+                ("windowsize", "1000"),
+                ("blksize", "1400"),
+                ("x-unknown", "1"),
+            ],
+        ));
+        let (op, body) = p.recv_raw().unwrap();
+        assert_eq!(op, OACK);
+        let full = String::from_utf8_lossy(&body).replace('\0', " ");
+        assert!(full.starts_with("blksize 1400 "), "{full}");
+        assert!(full.contains(&format!("tsize {} ", big.len())), "{full}");
+        assert!(full.contains("timeout 2 ") && full.contains("windowsize 64 "), "{full}");
+        assert!(!full.contains("x-unknown"), "{full}");
+        p.send(&[0, 5, 0, 0, b'b', b'y', b'e', 0]); // the client gives up
+
+        // netascii: line ends become CR LF, a bare CR becomes CR NUL.
+        let mut p = Peer::new(addr);
+        let mut req = RRQ.to_be_bytes().to_vec();
+        req.extend(b"text.cfg\0netascii\0");
+        p.request(&req);
+        let (op, block, body) = p.recv().unwrap();
+        assert_eq!((op, block), (DATA, 1));
+        assert_eq!(body, b"line one\r\nline two\r\nbare\r\0end");
+        p.send(&ack(1));
+
+        // Without options: 512-byte blocks; a file of two full blocks ends with an empty third one; an empty file
+        // is one empty block.
+        for (name, blocks) in [("exact", 3u16), ("empty", 1)] {
+            let mut p = Peer::new(addr);
+            p.request(&rrq(name, &[]));
+            for want in 1..=blocks {
+                let (op, block, body) = p.recv().unwrap();
+                assert_eq!((op, block), (DATA, want), "{name}");
+                assert_eq!(body.len(), if want == blocks { 0 } else { 512 }, "{name}");
+                p.send(&ack(block));
+            }
+        }
+
+        // A repeated ACK with one block in flight does not double the traffic (Sorcerer's Apprentice); without an
+        // ACK the block comes again after the timeout.
+        let mut p = Peer::new(addr);
+        p.request(&rrq("big.bin", &[]));
+        assert_eq!(p.recv().unwrap().1, 1);
+        p.send(&ack(1));
+        assert_eq!(p.recv().unwrap().1, 2);
+        p.send(&ack(1));
+        p.s.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+        assert!(p.recv().is_none(), "a repeated ACK made the server send again at once");
+        p.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(p.recv().unwrap().1, 2, "block 2 is sent again after the timeout");
+        p.send(&[0, 5, 0, 0, 0]);
+
+        // With a window, a repeated ACK means a loss: the window is sent again at once, from the block after it.
+        let mut p = Peer::new(addr);
+        p.request(&rrq("big.bin", &[("windowsize", "4"), ("blksize", "512")]));
+        assert_eq!(p.recv().unwrap().0, OACK);
+        p.send(&ack(0));
+        let first: Vec<u16> = (0..4).map(|_| p.recv().unwrap().1).collect();
+        assert_eq!(first, [1, 2, 3, 4]);
+        p.send(&ack(2)); // 3 and 4 "lost"
+        let again: Vec<u16> = (0..4).map(|_| p.recv().unwrap().1).collect();
+        assert_eq!(again, [3, 4, 5, 6]);
+        p.send(&ack(2)); // nothing of that window arrived either
+        let third: Vec<u16> = (0..4).map(|_| p.recv().unwrap().1).collect();
+        assert_eq!(third, [3, 4, 5, 6]);
+        p.send(&[0, 5, 0, 0, 0]);
+    })
+    .await
+    .unwrap();
+
+    // Block numbers roll over from 65535 to 0.
+    let got = tokio::task::spawn_blocking(move || fetch_windowed(addr, "roll", 8, 64))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, roll);
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    assert!(counters.tftp_aborted.load(std::sync::atomic::Ordering::Relaxed) >= 3);
 }
 
 /// Resident memory of this process, from /proc.
