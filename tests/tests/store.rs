@@ -618,3 +618,156 @@ async fn postgres_store_suite() {
         assert_eq!(got, Some(want));
     }
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted (and the directory removed) when dropped, even when the
+/// test fails.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "kiln-test-small-disk",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    /// Fills the file system with one file until a write fails with "no space"; returns the file's path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0x5a_u8; 4096];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A status write for an unmanaged host, `boots` told apart.
+fn idle(boots: u32) -> StatusUpdate {
+    StatusUpdate {
+        state: State::Unmanaged,
+        requests: Requests::default(),
+        power: Some(PowerState::Off),
+        counters: Counters {
+            boots: boots.into(),
+            ..Default::default()
+        },
+        next_wake: None,
+    }
+}
+
+/// An appliance's disk fills up (logs, images) and is then freed: while full, writes fail with an error that says
+/// so; once space is back, every write succeeds again on every pooled connection, with nothing left locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_recovers_after_the_disk_was_full() {
+    let disk = SmallDisk::mount("3m");
+    let s = connect(None, disk.dir.path(), key()).await.unwrap();
+    let t = Ts(1_700_000_000_000);
+    let first = s
+        .create_host(&"before-0".parse().unwrap(), &spec("52:54:00:00:01:00"), t)
+        .await
+        .unwrap();
+    let filler = disk.fill();
+    let big = |i: u32| {
+        let mut sp = spec(&format!("52:54:00:00:02:{:02x}", i % 256 + 16));
+        sp.bmc = spec(&format!("52:54:00:00:03:{:02x}", i % 256 + 16)).bmc;
+        sp.user_data = Some(format!("#cloud-config\n# {}\n", "x".repeat(256 << 10)));
+        sp
+    };
+    let mut failures = Vec::new();
+    for i in 0..8u32 {
+        let name: HostName = format!("full-{i}").parse().unwrap();
+        if let Err(e) = s.create_host(&name, &big(i), t).await {
+            failures.push(kiln_engine::bmcs::chain(&e));
+        }
+        let st = idle(i);
+        let h = s.host_by_id(first.id).await;
+        if let Ok(Some(h)) = h
+            && let Err(e) = s.save_status(first.id, h.generation, &st, t).await
+        {
+            failures.push(kiln_engine::bmcs::chain(&e));
+        }
+        if let Err(e) = s
+            .put_inspection(first.id, &serde_json::json!({"blob": "y".repeat(128 << 10)}), t)
+            .await
+        {
+            failures.push(kiln_engine::bmcs::chain(&e));
+        }
+    }
+    assert!(!failures.is_empty(), "no write failed on a full disk");
+    assert!(
+        failures.iter().any(|f| f.contains("full")),
+        "the errors say the disk is full: {failures:?}"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    // Every connection of the pool writes again, at once and one after the other.
+    let deadline = std::time::Duration::from_secs(30);
+    let mut writers = Vec::new();
+    for i in 0..8u32 {
+        let s = s.clone();
+        writers.push(tokio::spawn(async move {
+            let name: HostName = format!("after-{i}").parse().unwrap();
+            s.create_host(&name, &spec(&format!("52:54:00:00:04:{:02x}", i + 0x40)), t)
+                .await
+                .map(|_| ())
+        }));
+    }
+    for w in writers {
+        tokio::time::timeout(deadline, w)
+            .await
+            .expect("a write hung after the disk was freed")
+            .unwrap()
+            .expect("a write failed after the disk was freed");
+    }
+    for i in 0..20u32 {
+        let h = s.host_by_id(first.id).await.unwrap().unwrap();
+        tokio::time::timeout(deadline, s.save_status(first.id, h.generation, &idle(100 + i), t))
+            .await
+            .expect("a status write hung after the disk was freed")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "status write {i} after the disk was freed: {}",
+                    kiln_engine::bmcs::chain(&e)
+                )
+            });
+    }
+    tokio::time::timeout(deadline, s.add_event("before-0", t, "note", "space is back"))
+        .await
+        .unwrap()
+        .unwrap();
+    drop(s);
+    drop(disk);
+}

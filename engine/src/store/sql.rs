@@ -767,6 +767,27 @@ impl SqliteStore {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // When a statement fails with SQLITE_FULL (or IOERR, NOMEM), SQLite may roll the transaction back by
+            // itself; sqlx's ROLLBACK on drop then fails and its transaction depth stays at one, so every later
+            // "transaction" on that connection is a SAVEPOINT inside nothing, and the first failure after that leaves
+            // SQLite's write lock held for good: every other connection reads "database is locked" long after the
+            // disk has space again. A connection that still counts a transaction once released is closed instead
+            // (closing rolls back whatever is open); the pool opens a fresh one.
+            .after_release(|conn, _meta| {
+                Box::pin(async move {
+                    use sqlx::Connection as _;
+                    // Runs the rollback a dropped transaction queued before looking at the depth.
+                    conn.ping().await?;
+                    if conn.is_in_transaction() {
+                        tracing::warn!(
+                            "a SQLite connection was released inside a transaction (a failed statement SQLite had \
+                             already rolled back, e.g. on a full disk): closed, a fresh one replaces it"
+                        );
+                        return Ok(false);
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(opts)
             .await
             .map_err(db("open sqlite"))?;
