@@ -141,7 +141,10 @@ fn child(spec: &str) {
         .enable_all()
         .build()
         .unwrap();
-    let opts = WriteOptions { direct, client: None };
+    let opts = WriteOptions {
+        direct,
+        ..WriteOptions::default()
+    };
     let t = Instant::now();
     let report = rt
         .block_on(run(src, checksum.as_ref(), None, target, &Progress::new(), &opts))

@@ -17,8 +17,13 @@ use oci_client::manifest::{self, ImageIndexEntry, OciDescriptor, OciImageIndex, 
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
 
+use reqwest::header::HeaderValue;
+
+use crate::digest::{Algorithm, ChecksumSource, ExpectedDigest};
 use crate::error::ImageError;
+use crate::pipeline::format_name;
 use crate::protocol::{ImageFormat, RegistryAccess, RegistryCredentials};
+use crate::source::SourceLocation;
 
 /// The scheme of an OCI image URL.
 pub const SCHEME: &str = "oci://";
@@ -722,6 +727,94 @@ fn registry_key(key: &str) -> String {
         "docker.io" | "index.docker.io" | "registry-1.docker.io" => "docker.io".into(),
         _ => host,
     }
+}
+
+/// Where the published bytes come from once the source is resolved, and what they must hash to.
+pub(crate) struct Resolved {
+    pub(crate) location: SourceLocation,
+    /// The `Authorization` header for an `oci://` blob (marked sensitive).
+    pub(crate) authorization: Option<HeaderValue>,
+    pub(crate) expected: Option<ExpectedDigest>,
+    pub(crate) declared: Option<ImageFormat>,
+    /// The source as named in errors (the `oci://` reference rather than its blob URL).
+    pub(crate) display: String,
+}
+
+/// Resolves an `oci://` reference to its blob, checks the user's checksum and declared format against what the
+/// registry says.
+pub(crate) async fn resolve_source(
+    source: &str,
+    checksum: Option<&ChecksumSource>,
+    declared: Option<ImageFormat>,
+    registry: Option<&RegistryAccess>,
+) -> Result<Resolved, ImageError> {
+    let reference = OciReference::parse(source)?;
+    tracing::info!(reference = %reference, plain_http = registry.is_some_and(|r| r.plain_http),
+        credentials = registry.is_some_and(|r| r.credentials.is_some()), "resolving the OCI image");
+    let blob = resolve(&reference, registry, declared, client_config()).await?;
+    tracing::info!(reference = %reference, blob = %blob.blob_url, size = blob.size, disktype = ?blob.format,
+        "OCI image resolved");
+    let layer = ExpectedDigest {
+        algorithm: Algorithm::Sha256,
+        hex: blob.digest_hex.clone(),
+    };
+    let display = reference.to_string();
+    match checksum {
+        None => {}
+        Some(ChecksumSource::Inline(d)) if *d == layer => {}
+        Some(ChecksumSource::Inline(d)) if d.algorithm == Algorithm::Sha256 => {
+            return Err(ImageError::ChecksumMismatch {
+                url: display,
+                algorithm: "sha256",
+                expected: d.hex.clone(),
+                actual: format!("{} (the registry's layer digest)", layer.hex),
+            });
+        }
+        Some(ChecksumSource::Inline(d)) => {
+            return Err(ImageError::ChecksumMismatch {
+                url: display,
+                algorithm: d.algorithm.name(),
+                expected: d.hex.clone(),
+                actual: format!("{layer} (the registry's layer digest, which verifies an oci:// image)"),
+            });
+        }
+        Some(ChecksumSource::Url { url, .. }) => {
+            return Err(ImageError::InvalidChecksum {
+                checksum: url.clone(),
+                reason: "an oci:// image is verified by its registry's sha256 layer digest: give that digest or no \
+                         checksum"
+                    .into(),
+            });
+        }
+    }
+    let declared = match (declared, blob.format) {
+        (Some(d), Some(hint)) if d != hint => {
+            return Err(ImageError::DisktypeMismatch {
+                reference: display,
+                declared: format_name(d),
+                disktype: format_name(hint).into(),
+            });
+        }
+        (d, hint) => d.or(hint),
+    };
+    let authorization = match &blob.authorization {
+        Some(a) => {
+            let mut v = HeaderValue::from_str(a).map_err(|_| ImageError::Registry {
+                reference: display.clone(),
+                message: "its token is not a valid HTTP header value".into(),
+            })?;
+            v.set_sensitive(true);
+            Some(v)
+        }
+        None => None,
+    };
+    Ok(Resolved {
+        location: SourceLocation::Http(blob.blob_url),
+        authorization,
+        expected: Some(layer),
+        declared,
+        display,
+    })
 }
 
 #[cfg(test)]

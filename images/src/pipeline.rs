@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::digest::{Algorithm, ChecksumSource, ExpectedDigest, Hasher};
 use crate::error::ImageError;
-use crate::oci::{self, OciReference};
+use crate::oci::{self, Resolved};
 use crate::progress::{Phase, Progress};
 use crate::protocol::{ImageFormat, ImageSpec, RegistryAccess};
 use crate::qcow2;
@@ -91,7 +91,7 @@ pub fn detect_format(prefix: &[u8]) -> Result<ImageFormat, ImageError> {
     }
 }
 
-fn format_name(f: ImageFormat) -> &'static str {
+pub(crate) fn format_name(f: ImageFormat) -> &'static str {
     match f {
         ImageFormat::Raw => "raw",
         ImageFormat::Qcow2 => "qcow2",
@@ -105,6 +105,9 @@ pub struct WriteOptions {
     pub direct: DirectIo,
     /// HTTP client to reuse (one is built when `None`).
     pub client: Option<reqwest::Client>,
+    /// How to reach the registry of an `oci://` source (credentials, plain HTTP); `None`: anonymously over HTTPS.
+    /// Other sources ignore it.
+    pub registry: Option<RegistryAccess>,
 }
 
 /// What a successful run did.
@@ -151,24 +154,25 @@ pub async fn write_image_with_registry(
     } else {
         Some(ChecksumSource::parse(&spec.checksum, spec.checksum_type)?)
     };
-    run_with_registry(
-        &spec.url,
-        checksum.as_ref(),
-        spec.format,
-        registry,
-        Some(target),
-        progress,
-        &WriteOptions::default(),
-    )
-    .await
+    let opts = WriteOptions {
+        registry: registry.cloned(),
+        ..WriteOptions::default()
+    };
+    run(&spec.url, checksum.as_ref(), spec.format, Some(target), progress, &opts).await
 }
 
 /// The general entry point: `checksum = None` skips verification (the sha256 is still computed and reported),
-/// `target = None` decodes and hashes without writing (for `kiln image inspect`). An `oci://` source is pulled
-/// anonymously over HTTPS; see [`run_with_registry`].
+/// `target = None` decodes and hashes without writing (for `kiln image inspect`).
+///
+/// An `oci://` source is resolved (with `opts.registry`'s credentials and protocol) to its disk layer before the
+/// target is opened, and that blob is streamed and verified against its registry digest, whatever `checksum` says
+/// (it must be that sha256 digest, if given). A `disktype` annotation stands in for `declared` when that is
+/// `None`, and must agree with it otherwise.
 ///
 /// # Errors
-/// As [`write_image`].
+/// As [`write_image`]; for `oci://`, `Registry` when the reference cannot be resolved, `ChecksumMismatch` when
+/// `checksum` is not the layer's digest, `DisktypeMismatch` when `declared` contradicts the annotation (all before
+/// anything is written).
 pub async fn run(
     source: &str,
     checksum: Option<&ChecksumSource>,
@@ -177,129 +181,18 @@ pub async fn run(
     progress: &Progress,
     opts: &WriteOptions,
 ) -> Result<WriteReport, ImageError> {
-    run_with_registry(source, checksum, declared, None, target, progress, opts).await
-}
-
-/// [`run`] for a source that may be `oci://`: the reference is resolved (with `registry`'s credentials and
-/// protocol) to its disk layer before the target is opened, and that blob is streamed and verified against its
-/// registry digest, whatever `checksum` says (it must be that sha256 digest, if given). A `disktype` annotation
-/// stands in for `declared` when that is `None`, and must agree with it otherwise. Other sources ignore
-/// `registry`.
-///
-/// # Errors
-/// As [`write_image`]; `Registry` when the reference cannot be resolved, `ChecksumMismatch` when `checksum` is
-/// not the layer's digest, `DisktypeMismatch` when `declared` contradicts the annotation (all before anything is
-/// written).
-pub async fn run_with_registry(
-    source: &str,
-    checksum: Option<&ChecksumSource>,
-    declared: Option<ImageFormat>,
-    registry: Option<&RegistryAccess>,
-    target: Option<&Path>,
-    progress: &Progress,
-    opts: &WriteOptions,
-) -> Result<WriteReport, ImageError> {
     use tracing::Instrument;
     let image = crate::source::redact_userinfo(source);
     let span = tracing::info_span!("image_write", image = %image, target = ?target);
-    run_inner(source, checksum, declared, registry, target, progress, opts)
+    run_inner(source, checksum, declared, target, progress, opts)
         .instrument(span)
         .await
-}
-
-/// Where the published bytes come from once the source is resolved, and what they must hash to.
-struct Resolved {
-    location: SourceLocation,
-    /// The `Authorization` header for an `oci://` blob (marked sensitive).
-    authorization: Option<HeaderValue>,
-    expected: Option<ExpectedDigest>,
-    declared: Option<ImageFormat>,
-    /// The source as named in errors (the `oci://` reference rather than its blob URL).
-    display: String,
-}
-
-/// Resolves an `oci://` reference to its blob, checks the user's checksum and declared format against what the
-/// registry says.
-async fn resolve_oci(
-    source: &str,
-    checksum: Option<&ChecksumSource>,
-    declared: Option<ImageFormat>,
-    registry: Option<&RegistryAccess>,
-) -> Result<Resolved, ImageError> {
-    let reference = OciReference::parse(source)?;
-    tracing::info!(reference = %reference, plain_http = registry.is_some_and(|r| r.plain_http),
-        credentials = registry.is_some_and(|r| r.credentials.is_some()), "resolving the OCI image");
-    let blob = oci::resolve(&reference, registry, declared, oci::client_config()).await?;
-    tracing::info!(reference = %reference, blob = %blob.blob_url, size = blob.size, disktype = ?blob.format,
-        "OCI image resolved");
-    let layer = ExpectedDigest {
-        algorithm: Algorithm::Sha256,
-        hex: blob.digest_hex.clone(),
-    };
-    let display = reference.to_string();
-    match checksum {
-        None => {}
-        Some(ChecksumSource::Inline(d)) if *d == layer => {}
-        Some(ChecksumSource::Inline(d)) if d.algorithm == Algorithm::Sha256 => {
-            return Err(ImageError::ChecksumMismatch {
-                url: display,
-                algorithm: "sha256",
-                expected: d.hex.clone(),
-                actual: format!("{} (the registry's layer digest)", layer.hex),
-            });
-        }
-        Some(ChecksumSource::Inline(d)) => {
-            return Err(ImageError::ChecksumMismatch {
-                url: display,
-                algorithm: d.algorithm.name(),
-                expected: d.hex.clone(),
-                actual: format!("{layer} (the registry's layer digest, which verifies an oci:// image)"),
-            });
-        }
-        Some(ChecksumSource::Url { url, .. }) => {
-            return Err(ImageError::InvalidChecksum {
-                checksum: url.clone(),
-                reason: "an oci:// image is verified by its registry's sha256 layer digest: give that digest or no \
-                         checksum"
-                    .into(),
-            });
-        }
-    }
-    let declared = match (declared, blob.format) {
-        (Some(d), Some(hint)) if d != hint => {
-            return Err(ImageError::DisktypeMismatch {
-                reference: display,
-                declared: format_name(d),
-                disktype: format_name(hint).into(),
-            });
-        }
-        (d, hint) => d.or(hint),
-    };
-    let authorization = match &blob.authorization {
-        Some(a) => {
-            let mut v = HeaderValue::from_str(a).map_err(|_| ImageError::Registry {
-                reference: display.clone(),
-                message: "its token is not a valid HTTP header value".into(),
-            })?;
-            v.set_sensitive(true);
-            Some(v)
-        }
-        None => None,
-    };
-    Ok(Resolved {
-        location: SourceLocation::Http(blob.blob_url),
-        authorization,
-        expected: Some(layer),
-        declared,
-        display,
-    })
 }
 
 async fn run_inner(
     source: &str,
     checksum: Option<&ChecksumSource>,
     declared: Option<ImageFormat>,
-    registry: Option<&RegistryAccess>,
     target: Option<&Path>,
     progress: &Progress,
     opts: &WriteOptions,
@@ -311,7 +204,7 @@ async fn run_inner(
         declared,
         display,
     } = if source.starts_with(oci::SCHEME) {
-        resolve_oci(source, checksum, declared, registry).await?
+        oci::resolve_source(source, checksum, declared, opts.registry.as_ref()).await?
     } else {
         let location = SourceLocation::parse(source)?;
         Resolved {

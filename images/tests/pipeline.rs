@@ -314,7 +314,10 @@ async fn block_device_holds_exactly_the_image_whatever_its_alignment() {
         std::io::Write::write_all(&mut dev, &noise(11, 32 << 20)).unwrap();
         dev.sync_all().unwrap();
         let sum = ChecksumSource::parse(&sha256_file(img), ChecksumType::Auto).unwrap();
-        let opts = WriteOptions { direct, client: None };
+        let opts = WriteOptions {
+            direct,
+            ..WriteOptions::default()
+        };
         let r = run(
             img.to_str().unwrap(),
             Some(&sum),
@@ -338,7 +341,7 @@ async fn block_device_holds_exactly_the_image_whatever_its_alignment() {
     let sum = ChecksumSource::parse(&sha256_file(&odd), ChecksumType::Auto).unwrap();
     let opts = WriteOptions {
         direct: DirectIo::Always,
-        client: None,
+        ..WriteOptions::default()
     };
     run(
         odd.to_str().unwrap(),

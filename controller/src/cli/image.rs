@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kiln_images::digest::ChecksumSource;
-use kiln_images::pipeline::{WriteOptions, WriteReport, run_with_registry};
+use kiln_images::pipeline::{self, WriteOptions, WriteReport};
 use kiln_images::protocol::{ChecksumType, ConfigDrive, ImageFormat, RegistryAccess};
 use kiln_images::{DirectIo, Progress};
 
@@ -131,17 +131,10 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
             let opts = WriteOptions {
                 direct: if direct { DirectIo::Always } else { DirectIo::Auto },
                 client: None,
+                registry: access,
             };
             let progress = Progress::new();
-            let fut = run_with_registry(
-                &source,
-                checksum.as_ref(),
-                format,
-                access.as_ref(),
-                Some(&target),
-                &progress,
-                &opts,
-            );
+            let fut = pipeline::run(&source, checksum.as_ref(), format, Some(&target), &progress, &opts);
             let report = with_progress_bar(fut, &progress, quiet).await?;
             print_report(&report);
             Ok(())
@@ -149,8 +142,11 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
         ImageCommand::Inspect { source, registry } => {
             let access = registry.access(&source)?;
             let progress = Progress::new();
-            let opts = WriteOptions::default();
-            let fut = run_with_registry(&source, None, None, access.as_ref(), None, &progress, &opts);
+            let opts = WriteOptions {
+                registry: access,
+                ..WriteOptions::default()
+            };
+            let fut = pipeline::run(&source, None, None, None, &progress, &opts);
             let report = with_progress_bar(fut, &progress, true).await?;
             print_report(&report);
             Ok(())

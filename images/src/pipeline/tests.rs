@@ -193,7 +193,7 @@ fn targets(dir: &Path) -> (Option<Loop>, PathBuf) {
 async fn write(img: &Path, checksum: &ChecksumSource, target: &Path) -> Result<WriteReport, ImageError> {
     let opts = WriteOptions {
         direct: DirectIo::Always,
-        client: None,
+        ..WriteOptions::default()
     };
     run(
         img.to_str().unwrap(),
