@@ -43,6 +43,8 @@ pub enum ServeError {
     Store(#[source] StoreError),
     #[error("cannot set up TLS")]
     Tls(#[source] kiln_http::tls::TlsError),
+    #[error("invalid configuration: {reason}")]
+    Invalid { reason: String },
     #[error("cannot read config file {path}")]
     Config {
         path: String,
@@ -83,6 +85,8 @@ pub struct Config {
     pub tls: kiln_http::tls::TlsConfig,
     /// Simulator mode: hosts with `fake://` BMC addresses are simulated ([`kiln_engine::sim`]); off unless asked for.
     pub simulate: bool,
+    /// How simulated hardware behaves (`[simulator]`); only with `simulate` (refused at start otherwise).
+    pub simulator: Option<SimulatorSettings>,
     /// Registries (`host` or `host:port`) of `oci://` images that the agent reaches over plain HTTP instead of
     /// HTTPS, like containerd's and Docker's insecure registries (a lab or an air-gapped mirror without TLS).
     pub insecure_registries: Vec<String>,
@@ -95,6 +99,27 @@ pub struct Config {
     /// This appliance as one of several replicas on one database (PostgreSQL): they divide the hosts by expiring
     /// leases. Every replica needs the same `secret.key` (it seals BMC passwords in the store) and `admin.token`.
     pub replica: Option<ReplicaSettings>,
+}
+
+/// Timing of simulated hosts. Defaults model real hardware; zeros make them answer at once, like Ironic's
+/// `fake-hardware`, so that what is measured is kiln's own work.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulatorSettings {
+    /// Milliseconds a power action takes to land.
+    pub power_delay_ms: u64,
+    /// Milliseconds a simulated image write takes.
+    pub write_ms: u64,
+}
+
+impl Default for SimulatorSettings {
+    fn default() -> Self {
+        let d = kiln_engine::sim::SimConfig::default();
+        Self {
+            power_delay_ms: d.power_delay.as_millis() as u64,
+            write_ms: d.write_time.as_millis() as u64,
+        }
+    }
 }
 
 /// One replica's identity among several on one database.
@@ -213,6 +238,7 @@ impl Default for Config {
             http: HttpLimits::default(),
             tls: Default::default(),
             simulate: false,
+            simulator: None,
             insecure_registries: Vec::new(),
             boot_listen: None,
             admin_listen: None,
@@ -282,9 +308,19 @@ impl Appliance {
             insecure_registries: config.insecure_registries.clone(),
             ..ExecutorConfig::default()
         };
-        let sim = config
-            .simulate
-            .then(|| kiln_engine::sim::Simulator::new(kiln_engine::sim::SimConfig::default()));
+        if config.simulator.is_some() && !config.simulate {
+            return Err(ServeError::Invalid {
+                reason: "the [simulator] section needs simulator mode (`simulate = true` or --simulate)".into(),
+            });
+        }
+        let sim = config.simulate.then(|| {
+            let s = config.simulator.clone().unwrap_or_default();
+            kiln_engine::sim::Simulator::new(kiln_engine::sim::SimConfig {
+                power_delay: std::time::Duration::from_millis(s.power_delay_ms),
+                write_time: std::time::Duration::from_millis(s.write_ms),
+                ..kiln_engine::sim::SimConfig::default()
+            })
+        });
         let connector: Arc<dyn BmcConnector> = match &sim {
             Some(sim) => {
                 tracing::warn!(
@@ -300,9 +336,8 @@ impl Appliance {
         let executor = Executor::new(store.clone(), connector, metrics.clone(), exec_cfg);
         if let Some(r) = &config.replica {
             if r.name.is_empty() || r.lease_ttl_secs < 3 {
-                return Err(ServeError::Config {
-                    path: "[replica]".into(),
-                    source: "a replica needs a name and lease_ttl_secs of at least 3".into(),
+                return Err(ServeError::Invalid {
+                    reason: "[replica] needs a name and lease_ttl_secs of at least 3".into(),
                 });
             }
             tracing::info!(replica = %r.name, lease_ttl_secs = r.lease_ttl_secs, store = store.backend(), "running as one of several replicas");
@@ -573,6 +608,29 @@ fn boot_listen_of(base: &url::Url) -> std::io::Result<std::net::SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn simulator_settings_need_simulator_mode() {
+        let cfg: Config = toml::from_str("[simulator]\npower_delay_ms = 0\nwrite_ms = 0\n").unwrap();
+        assert_eq!(
+            cfg.simulator.as_ref().map(|s| (s.power_delay_ms, s.write_ms)),
+            Some((0, 0))
+        );
+        let err = toml::from_str::<Config>("[simulator]\npower_delay = 0\n").unwrap_err();
+        assert!(err.to_string().contains("power_delay"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            data_dir: dir.path().join("data"),
+            ..cfg
+        };
+        let Err(err) = Appliance::open(cfg, Arc::new(kiln_engine::bmcs::NoDrivers)).await else {
+            panic!("[simulator] accepted without simulator mode");
+        };
+        assert!(
+            err.to_string().contains("[simulator]") && err.to_string().contains("--simulate"),
+            "{err}"
+        );
+    }
 
     #[tokio::test]
     async fn healthz_answers_ok_on_a_real_socket() {

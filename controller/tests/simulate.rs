@@ -11,11 +11,18 @@ use kiln_tests::serve::{KilnServe, ok};
 use serde_json::Value;
 
 fn serve(dir: &Path, port: u16, simulate: bool) -> KilnServe {
+    let mut config = "heartbeat_secs = 1\nmax_concurrent_jobs = 50\nbmc_calls_per_minute = 60\n\
+                      [policy]\nidle_poll_secs = 1\nbusy_poll_secs = 1\n"
+        .to_owned();
+    if simulate {
+        // Faster simulated hardware than the default (1 s power actions, 2 s writes).
+        config.push_str("[simulator]\npower_delay_ms = 300\nwrite_ms = 500\n");
+    }
     KilnServe::start(
         Path::new(env!("CARGO_BIN_EXE_kiln")),
         &dir.join("data"),
         port,
-        "heartbeat_secs = 1\nmax_concurrent_jobs = 50\nbmc_calls_per_minute = 60\n[policy]\nidle_poll_secs = 1\nbusy_poll_secs = 1\n",
+        &config,
         if simulate { &["--simulate"] } else { &[] },
     )
 }
