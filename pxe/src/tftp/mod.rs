@@ -4,7 +4,7 @@
 //!
 //! One task per transfer, each on its own socket connected to its client (the client's transfer ID), so the
 //! kernel filters strangers' datagrams. Files up to 8 MiB are served from memory, shared between transfers; bigger
-//! ones are read from disk a window at a time. Datagrams on the server port that are not requests are dropped and
+//! ones are read from disk block by block through a 128 KiB buffer. Datagrams on the server port that are not requests are dropped and
 //! counted. (async-tftp, used before, runs its own async-io reactor thread beside tokio: every datagram crossed
 //! threads, and a boot storm cost twice dnsmasq's CPU.)
 
@@ -43,6 +43,8 @@ const RETRY_INTERVALS: [Duration; 3] = [Duration::from_secs(1), Duration::from_s
 /// Sends of one window (or of the OACK) before the transfer is given up: a client that never ACKs holds its
 /// transfer for at most about 30 s.
 const MAX_SEND_RETRIES: u32 = 10;
+/// Read-ahead of a transfer streamed from disk.
+const FILE_BUFFER: usize = 128 << 10;
 /// The largest datagram accepted on the server port; a request is a few hundred bytes.
 const REQUEST_MAX: usize = 2048;
 
@@ -146,20 +148,21 @@ pub struct Files {
     transfers: Arc<Transfers>,
 }
 
-/// What a transfer reads from: shared bytes in memory, or a file read a window at a time.
+/// What a transfer reads from: shared bytes in memory, or a file read block by block.
 #[derive(Debug)]
 pub enum Source {
     /// Cached or converted bytes.
     Memory(Arc<Vec<u8>>),
-    /// A file too big to cache.
+    /// A file too big to cache, read block by block through a small buffer (a transfer holds [`FILE_BUFFER`]
+    /// bytes, whatever block and window sizes its client asked for).
     File {
         /// The open file.
-        file: tokio::fs::File,
+        file: tokio::io::BufReader<tokio::fs::File>,
         /// Its length when opened.
         len: u64,
         /// Where the file's cursor is.
         pos: u64,
-        /// The last window read.
+        /// The last block read.
         buf: Vec<u8>,
     },
 }
@@ -263,10 +266,10 @@ impl Files {
             if request.mode == Mode::Netascii {
                 return Err(Refusal::NETASCII_TOO_BIG);
             }
-            // Streamed: memory per transfer stays one window, whatever the file's size.
+            // Streamed: memory per transfer stays the read-ahead buffer, whatever the file's size.
             let file = tokio::fs::File::open(&real).await.map_err(|_| Refusal::NOT_FOUND)?;
             Source::File {
-                file,
+                file: tokio::io::BufReader::with_capacity(FILE_BUFFER, file),
                 len: meta.len(),
                 pos: 0,
                 buf: Vec::new(),
@@ -386,15 +389,12 @@ async fn send_source(sock: &UdpSocket, source: &mut Source, options: Options) ->
     let mut resent_on_repeat = false;
     loop {
         let end = (base + window - 1).min(last_block);
-        let offset = (base - 1) * blksize as u64;
-        let bytes = source.read_at(offset, (end - base + 1) as usize * blksize).await?;
         for block in base..=end {
-            let start = ((block - base) as usize * blksize).min(bytes.len());
-            let stop = (start + blksize).min(bytes.len());
+            let bytes = source.read_at((block - 1) * blksize as u64, blksize).await?;
             // Block numbers roll over to 0 after 65535, as tftp-hpa, dnsmasq and iPXE expect.
             datagram[2..4].copy_from_slice(&(block as u16).to_be_bytes());
-            datagram[4..4 + stop - start].copy_from_slice(&bytes[start..stop]);
-            sock.send(&datagram[..4 + stop - start]).await?;
+            datagram[4..4 + bytes.len()].copy_from_slice(bytes);
+            sock.send(&datagram[..4 + bytes.len()]).await?;
         }
         let deadline = Instant::now() + wait(attempt);
         loop {
