@@ -93,12 +93,16 @@ const Charts = (() => {
       const rest = RESTING.has(t.base);
       const w = rest ? REST_W : MIN_W + (t.end - t.start) * k;
       const g = node("g", { class: "phase" }, svg);
+      // Positions in tenths of a unit, as integers: a sub-phase clamped inside its phase stays inside it once written
+      // out (rounding each number on its own could push a sub-bar's end 0.1 past its phase's).
+      const X = Math.round(x * 10);
+      const WT = Math.round(w * 10);
       const rect = node(
         "rect",
         {
-          x: x.toFixed(1),
+          x: (X / 10).toFixed(1),
           y: 16,
-          width: w.toFixed(1),
+          width: (WT / 10).toFixed(1),
           height: 24,
           rx: 2,
           class: `bar top ${outcomeClass(t)}${rest ? " resting" : ""}${t.base === "error" ? " error-state" : ""}`,
@@ -124,8 +128,9 @@ const Charts = (() => {
       const span = Math.max(1, t.end - t.start);
       for (const s of subsOf.get(t)) {
         // To scale inside the phase, at least 2 units wide, never past the phase's end.
-        const sw = Math.min(w, Math.max(2, ((s.end - s.start) / span) * w));
-        const sx = Math.min(x + ((s.start - t.start) / span) * w, x + w - sw);
+        const SW = Math.min(WT, Math.max(20, Math.round(((s.end - s.start) / span) * WT)));
+        const SX = Math.min(X + Math.round(((s.start - t.start) / span) * WT), X + WT - SW);
+        const [sx, sw] = [SX / 10, SW / 10];
         const r = node(
           "rect",
           {
