@@ -437,20 +437,31 @@ async fn send_source(sock: &UdpSocket, source: &mut Source, options: Options) ->
     }
 }
 
+/// What every transfer of one server shares.
+struct Server {
+    files: Files,
+    /// The server port's socket (refusals are sent from it).
+    sock: UdpSocket,
+    counters: Arc<PxeCounters>,
+    events: Option<TftpEvents>,
+}
+
 /// One request: opened or refused, then served on its own socket.
-#[allow(clippy::too_many_arguments)]
 async fn serve_request(
-    files: Arc<Files>,
-    server: Arc<UdpSocket>,
+    shared: Arc<Server>,
     client: SocketAddr,
     filename: String,
     kind: Kind,
     mode: Mode,
     options: Options,
-    counters: Arc<PxeCounters>,
-    events: Option<TftpEvents>,
     cancel: CancellationToken,
 ) {
+    let Server {
+        files,
+        sock: server,
+        counters,
+        events,
+    } = &*shared;
     let request = Request {
         kind,
         filename: &filename,
@@ -528,15 +539,22 @@ pub async fn bind(
     events: Option<TftpEvents>,
     cancel: CancellationToken,
 ) -> Result<(SocketAddr, impl Future<Output = Result<(), PxeError>> + Send), PxeError> {
-    let files = Arc::new(Files::new(&root)?);
+    let files = Files::new(&root)?;
     let socket_error = |source| PxeError::Socket {
         what: "tftp",
         iface: addr.to_string(),
         source,
     };
-    let sock = Arc::new(UdpSocket::bind(addr).await.map_err(socket_error)?);
+    let sock = UdpSocket::bind(addr).await.map_err(socket_error)?;
     let local = sock.local_addr().map_err(socket_error)?;
+    let shared = Arc::new(Server {
+        files,
+        sock,
+        counters,
+        events,
+    });
     let fut = async move {
+        let Server { sock, counters, .. } = &*shared;
         let mut buf = vec![0u8; REQUEST_MAX];
         loop {
             let (n, client) = tokio::select! {
@@ -558,15 +576,12 @@ pub async fn bind(
                 }
             };
             tokio::spawn(serve_request(
-                files.clone(),
-                sock.clone(),
+                shared.clone(),
                 client,
                 request.filename.to_owned(),
                 request.kind,
                 request.mode,
                 request.options,
-                counters.clone(),
-                events.clone(),
                 cancel.child_token(),
             ));
         }
