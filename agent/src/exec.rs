@@ -212,21 +212,27 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
     let mut done: HashMap<u64, CommandResult> = HashMap::new();
     agent.log.marker("heartbeat");
     let mut first = true;
+    // Until the appliance says otherwise, the interval of kiln's default configuration.
+    let mut interval = Duration::from_secs(5);
     loop {
+        let asked = std::time::Instant::now();
         let reply = agent
             .api
             .heartbeat(&Heartbeat {
                 agent_version: version.clone(),
                 busy_with: None,
+                wait_secs: Some(long_poll_secs(interval)),
             })
             .await?;
         if first {
             agent.log.marker("connected");
             first = false;
         }
-        let interval = Duration::from_secs(u64::from(reply.interval_secs.clamp(1, 300)));
+        interval = Duration::from_secs(u64::from(reply.interval_secs.clamp(1, 300)));
         let Some(cmd) = reply.command else {
-            tokio::time::sleep(interval).await;
+            // An appliance that held the heartbeat has used up (most of) the interval already; one that answered
+            // at once (an older one) is asked again an interval after the question, as before.
+            tokio::time::sleep(interval.saturating_sub(asked.elapsed())).await;
             continue;
         };
         if let Some(r) = done.get(&cmd.id) {
@@ -253,6 +259,11 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
     }
 }
 
+/// How long an idle heartbeat offers to wait for a command: the interval, within the API client's request timeout.
+fn long_poll_secs(interval: Duration) -> u32 {
+    u32::try_from(interval.as_secs().min(30)).unwrap_or(30)
+}
+
 /// Runs a command in its own task and heartbeats `busy_with` until it ends.
 async fn run_command(agent: &Arc<Agent>, cmd: Command, interval: Duration) -> Result<Finished, AgentError> {
     let id = cmd.id;
@@ -267,7 +278,7 @@ async fn run_command(agent: &Arc<Agent>, cmd: Command, interval: Duration) -> Re
                 }));
             }
             _ = tokio::time::sleep(interval) => {
-                let hb = Heartbeat { agent_version: env!("CARGO_PKG_VERSION").into(), busy_with: Some(id) };
+                let hb = Heartbeat { agent_version: env!("CARGO_PKG_VERSION").into(), busy_with: Some(id), wait_secs: None };
                 // One attempt: a missed busy heartbeat must not hold up the command's result.
                 if let Err(e) = agent.api.heartbeat_once(&hb).await {
                     tracing::warn!(error = %chain(&e), "busy heartbeat failed");

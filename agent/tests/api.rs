@@ -13,6 +13,7 @@ fn hb() -> Heartbeat {
     Heartbeat {
         agent_version: "test".into(),
         busy_with: None,
+        wait_secs: None,
     }
 }
 

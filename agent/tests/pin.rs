@@ -99,6 +99,7 @@ async fn heartbeat(c: &ApiClient) -> Result<(), String> {
     let hb = Heartbeat {
         agent_version: "test".into(),
         busy_with: None,
+        wait_secs: None,
     };
     match tokio::time::timeout(Duration::from_secs(2), c.heartbeat(&hb)).await {
         Ok(Ok(_)) => Ok(()),

@@ -358,6 +358,7 @@ impl Appliance {
                 config.http.per_source_requests_per_second,
                 config.http.per_source_burst,
             )),
+            stopping: CancellationToken::new(),
         };
         Ok(Self {
             state,
@@ -545,13 +546,15 @@ pub async fn run(
         )));
         tracing::info!(admin = %addr, provisioning = %local, "the admin API listens apart from the agent API");
     }
-    let c = cancel.clone();
+    let (c, stopping) = (cancel.clone(), app.state.stopping.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     let served = kiln_http::listener::serve(listener, http, app.config.http, Some(acceptor), async move {
         tokio::select! {
             _ = shutdown => {}
             _ = c.cancelled() => {}
         }
+        // Held heartbeats are answered now, so the listener's graceful stop does not wait for them.
+        stopping.cancel();
     })
     .await;
     cancel.cancel();

@@ -724,3 +724,25 @@ async fn an_agent_ahead_of_its_boots_commit_is_told_to_retry() {
         "an old boot's token is refused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agents_heartbeat_is_answered_when_its_command_is_queued() {
+    // A heartbeat interval longer than any wait of the test: every command has to arrive on a held heartbeat
+    // (queued while the agent's request waits), since an agent answered "no command" asks again only 120 s later.
+    let mut lab = Lab::start(|c| c.heartbeat_secs = 120).await;
+    lab.agent_wait_secs.store(30, std::sync::atomic::Ordering::Relaxed);
+    lab.enroll("node-8").await;
+    lab.wait_state("node-8", "available").await;
+    let body = json!({ "image": { "url": "http://10.0.0.1/os.raw", "checksum": format!("sha256:{}", "ab".repeat(32)) }, "user_data": "#cloud-config\n" });
+    let (s, b) = lab
+        .api(reqwest::Method::POST, "/api/v1/hosts/node-8/provision", Some(body))
+        .await;
+    assert_eq!(s, 202, "{b}");
+    lab.wait_state("node-8", "provisioned").await;
+    let commands = lab.commands.lock().unwrap()["node-8"].clone();
+    for c in ["inspect", "write_image"] {
+        assert!(commands.iter().any(|k| k == c), "no {c} in {commands:?}");
+    }
+    // (Every other test's agents send no `wait_secs`, as agents before it: they are answered at once.)
+    lab.stop().await;
+}

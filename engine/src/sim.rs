@@ -300,9 +300,12 @@ impl SimAgent {
     async fn run(self) {
         let mut interval = Duration::from_secs(1);
         loop {
+            // Like kiln-agent: an idle heartbeat offers to wait an interval for the next command.
+            let asked = tokio::time::Instant::now();
             let hb = Heartbeat {
                 agent_version: format!("kiln-simulator-{}", env!("CARGO_PKG_VERSION")),
                 busy_with: None,
+                wait_secs: u32::try_from(interval.as_secs()).ok(),
             };
             match self.post("heartbeat", &hb).await {
                 Sent::Refused => return,
@@ -310,15 +313,16 @@ impl SimAgent {
                 Sent::Ok(r) => {
                     if let Ok(reply) = r.json::<HeartbeatReply>().await {
                         interval = Duration::from_secs(u64::from(reply.interval_secs.clamp(1, 60)));
-                        if let Some(cmd) = reply.command
-                            && !self.execute(cmd).await
-                        {
-                            return;
+                        if let Some(cmd) = reply.command {
+                            if !self.execute(cmd).await {
+                                return;
+                            }
+                            continue;
                         }
                     }
                 }
             }
-            tokio::time::sleep(interval).await;
+            tokio::time::sleep(interval.saturating_sub(asked.elapsed())).await;
         }
     }
 

@@ -2,6 +2,8 @@
 //! checked against the host's current boot and phase, heartbeats hand out the next queued command, reports are
 //! stored. It owns token checks; it must not change host states (the executor does, from what is stored here).
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
@@ -93,24 +95,61 @@ async fn heartbeat(
             .await?;
         app.executor.wake(host.id);
     }
-    let mut command = None;
-    if let Some(c) = app.store.pending_command(host.id, boot).await? {
-        // Hand the command out until the agent says it is busy with it (a lost reply is resent).
-        if hb.busy_with != Some(c.id) {
-            if c.status == CommandStatus::Queued {
-                app.store
-                    .set_command_status(host.id, c.id, CommandStatus::Sent, None, now())
-                    .await?;
+    let mut command = next_command(&app, host.id, boot, hb.busy_with).await?;
+    // An idle agent that says it can wait is answered when a command is queued for it, or after at most its wait
+    // and the heartbeat interval (so a lost ring costs one interval, as without the wait).
+    let wait = hb.wait_secs.unwrap_or(0).min(app.heartbeat_secs).min(MAX_HOLD_SECS);
+    if command.is_none() && hb.busy_with.is_none() && wait > 0 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
+        let waiter = app.executor.command_bells().wait_for(host.id);
+        loop {
+            let rung = waiter.bell().notified();
+            tokio::pin!(rung);
+            rung.as_mut().enable();
+            command = next_command(&app, host.id, boot, None).await?;
+            // A ring for something else (another replica's news of this host) waits again until the deadline.
+            if command.is_some() {
+                break;
             }
-            command = Some(Command {
-                id: c.id,
-                kind: c.command,
-            });
+            tokio::select! {
+                _ = &mut rung => {}
+                () = tokio::time::sleep_until(deadline) => break,
+                () = app.stopping.cancelled() => break,
+            }
         }
     }
     Ok(Json(HeartbeatReply {
         command,
         interval_secs: app.heartbeat_secs,
+    }))
+}
+
+/// The longest an idle heartbeat is held, whatever the agent and interval say (well below the agent's request
+/// timeout).
+const MAX_HOLD_SECS: u32 = 30;
+
+/// The command to hand out with a heartbeat: the boot's pending command, until the agent says it is busy with it (a
+/// lost reply is resent); marked sent when first handed out.
+async fn next_command(
+    app: &AppState,
+    host_id: i64,
+    boot: u64,
+    busy_with: Option<u64>,
+) -> Result<Option<Command>, ApiError> {
+    let Some(c) = app.store.pending_command(host_id, boot).await? else {
+        return Ok(None);
+    };
+    if busy_with == Some(c.id) {
+        return Ok(None);
+    }
+    if c.status == CommandStatus::Queued {
+        app.store
+            .set_command_status(host_id, c.id, CommandStatus::Sent, None, now())
+            .await?;
+    }
+    Ok(Some(Command {
+        id: c.id,
+        kind: c.command,
     }))
 }
 

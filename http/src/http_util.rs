@@ -30,6 +30,8 @@ pub struct AppState {
     pub simulate: bool,
     /// The per-source limit of the routes reachable without the admin token (agent API, `/boot`).
     pub source_limiter: Arc<crate::ratelimit::SourceLimiter>,
+    /// Cancelled when the appliance starts stopping: requests held open (idle agents' heartbeats) are answered.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// A JSON error: `{"error": "...", "field": "..."}`.

@@ -18,6 +18,11 @@ pub struct Heartbeat {
     /// The id of the command being executed, if any.
     #[serde(default)]
     pub busy_with: Option<u64>,
+    /// An idle agent (not busy) can wait this long for its next command: the appliance then answers as soon as a
+    /// command is queued, or after at most this many seconds and its heartbeat interval, with no command. Absent
+    /// (agents before it): answered at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_secs: Option<u32>,
 }
 
 /// The appliance's answer to a heartbeat.

@@ -63,6 +63,9 @@ pub struct Lab {
     pub credentials: Arc<Mutex<HashMap<String, (String, String)>>>,
     /// Stops the running appliance gracefully (see [`Lab::stop`]).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// What the simulated agents offer to wait for a command when idle (`wait_secs`, as kiln-agent does); 0: they
+    /// do not offer (the protocol of agents before it) and poll every [`AGENT_POLL_MS`].
+    pub agent_wait_secs: Arc<std::sync::atomic::AtomicU32>,
 }
 
 pub fn config(dir: &std::path::Path, tweak: fn(&mut Config)) -> Config {
@@ -115,6 +118,7 @@ impl Lab {
             engine: None,
             credentials: Arc::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            agent_wait_secs: Arc::default(),
         };
         lab.serve().await;
         lab.spawn_firmware(boots_rx);
@@ -203,6 +207,7 @@ impl Lab {
         );
         let current = self.lookup.clone();
         let data_dir = self.dir.path().to_path_buf();
+        let wait = self.agent_wait_secs.clone();
         tokio::spawn(async move {
             let mut agents: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
             while let Some((host, kind)) = rx.recv().await {
@@ -249,13 +254,16 @@ impl Lab {
                         agents.insert(
                             host.clone(),
                             tokio::spawn(agent(
-                                host,
-                                api_url,
-                                token,
+                                AgentBoot {
+                                    host,
+                                    api: api_url,
+                                    token,
+                                    fake,
+                                    client: http,
+                                    wait_secs: wait.load(Ordering::Relaxed),
+                                },
                                 commands.clone(),
                                 drives.clone(),
-                                fake,
-                                http,
                             )),
                         );
                     }
@@ -415,16 +423,30 @@ pub fn mac_of(name: &str) -> String {
 /// How often simulated agents heartbeat (the scale bench slows them to what real agents do).
 pub static AGENT_POLL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(100);
 
+/// What the simulated agents record, by host name.
+pub type Recorded<T> = Arc<Mutex<HashMap<String, T>>>;
+
+/// One boot of a simulated agent: the host, where and how it reaches kiln, and its host's BMC.
+pub struct AgentBoot {
+    pub host: String,
+    pub api: String,
+    pub token: String,
+    pub fake: FakeBmc,
+    pub client: reqwest::Client,
+    /// `wait_secs` offered on idle heartbeats (0: none, as agents before it).
+    pub wait_secs: u32,
+}
+
 /// A simulated kiln-agent: heartbeats, runs commands, reports; exits when its token is refused.
-pub async fn agent(
-    host: String,
-    api: String,
-    token: String,
-    commands: Arc<Mutex<HashMap<String, Vec<String>>>>,
-    drives: Arc<Mutex<HashMap<String, Value>>>,
-    fake: FakeBmc,
-    c: reqwest::Client,
-) {
+pub async fn agent(boot: AgentBoot, commands: Recorded<Vec<String>>, drives: Recorded<Value>) {
+    let AgentBoot {
+        host,
+        api,
+        token,
+        fake,
+        client: c,
+        wait_secs,
+    } = boot;
     let post = |path: &str, body: Value| {
         c.post(format!("{api}/agent/v1/{path}"))
             .bearer_auth(&token)
@@ -432,7 +454,12 @@ pub async fn agent(
             .send()
     };
     loop {
-        let Ok(r) = post("heartbeat", json!({ "agent_version": "sim-1" })).await else {
+        let asked = tokio::time::Instant::now();
+        let hb = match wait_secs {
+            0 => json!({ "agent_version": "sim-1" }),
+            w => json!({ "agent_version": "sim-1", "wait_secs": w }),
+        };
+        let Ok(r) = post("heartbeat", hb).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue; // the appliance is restarting
         };
@@ -440,7 +467,14 @@ pub async fn agent(
             return;
         }
         let reply: Value = r.json().await.unwrap_or(Value::Null);
-        if let Some(cmd) = reply.get("command").filter(|c| !c.is_null()) {
+        let command = reply.get("command").filter(|c| !c.is_null());
+        if wait_secs > 0 && command.is_none() {
+            // Like kiln-agent: the held heartbeat used up (most of) the interval.
+            let interval = Duration::from_secs(reply["interval_secs"].as_u64().unwrap_or(1));
+            tokio::time::sleep(interval.saturating_sub(asked.elapsed())).await;
+            continue;
+        }
+        if let Some(cmd) = command {
             let id = cmd["id"].as_u64().unwrap();
             let kind = cmd["command"].as_str().unwrap().to_owned();
             commands
@@ -484,6 +518,8 @@ pub async fn agent(
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(AGENT_POLL_MS.load(Ordering::Relaxed))).await;
+        if wait_secs == 0 {
+            tokio::time::sleep(Duration::from_millis(AGENT_POLL_MS.load(Ordering::Relaxed))).await;
+        }
     }
 }

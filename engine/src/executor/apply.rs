@@ -294,6 +294,7 @@ impl Executor {
                 Action::Enqueue { boot, id, kind } => {
                     let kind = self.with_registry_protocol(kind);
                     self.store.enqueue_command(h.id, *boot, *id, &kind, now).await?;
+                    self.command_queued(h.id);
                     Ok(())
                 }
                 Action::RevokeTokens => {

@@ -27,8 +27,11 @@ use crate::store::{Store, StoreError};
 use crate::types::{HostName, Ts};
 
 mod apply;
+mod bell;
 mod observe;
 mod ownership;
+
+pub use bell::{CommandBells, Waiter};
 
 pub use ownership::{Ownership, ReplicaConfig, RoundOutcome, owner_of};
 
@@ -106,6 +109,8 @@ pub struct Executor {
     media: std::sync::OnceLock<Arc<crate::vmedia::VirtualMedia>>,
     /// With several replicas on one database: the hosts this one holds leases for (it drives no other).
     ownership: std::sync::OnceLock<Arc<Ownership>>,
+    /// Idle agents' heartbeats held open until a command is queued for them.
+    bells: CommandBells,
 }
 
 /// A connected BMC and the address+username it was connected with.
@@ -140,6 +145,7 @@ impl Executor {
             changes: tokio::sync::broadcast::channel(1024).0,
             media: std::sync::OnceLock::new(),
             ownership: std::sync::OnceLock::new(),
+            bells: CommandBells::default(),
         })
     }
 
@@ -186,6 +192,18 @@ impl Executor {
         self.announce(Some(host_id));
     }
 
+    /// The signals of commands queued for agents (the agent API holds an idle heartbeat on them).
+    pub fn command_bells(&self) -> &CommandBells {
+        &self.bells
+    }
+
+    /// A command was queued for this host's agent: ends a held heartbeat here and, with several replicas, on the
+    /// replica the agent may be talking to.
+    fn command_queued(&self, host_id: i64) {
+        self.bells.ring(host_id);
+        self.announce(Some(host_id));
+    }
+
     fn wake_here(&self, host_id: i64) {
         self.woken.lock().expect("woken lock").insert(host_id);
         self.notify.notify_one();
@@ -215,7 +233,10 @@ impl Executor {
                         _ = cancel.cancelled() => return,
                         next = stream.next() => match next {
                             Some((from, _)) if from == me => {}
-                            Some((_, Some(id))) => self.wake_here(id),
+                            Some((_, Some(id))) => {
+                                self.bells.ring(id);
+                                self.wake_here(id);
+                            }
                             Some((_, None)) => self.notify.notify_one(),
                             None => break,
                         },
