@@ -8,9 +8,11 @@
 //! format. This module does not stream: the blob goes through the ordinary pipeline ([`crate::pipeline`]), verified
 //! by its registry digest.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use futures::FutureExt as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{self, ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest};
@@ -23,7 +25,7 @@ use crate::digest::{Algorithm, ChecksumSource, ExpectedDigest};
 use crate::error::ImageError;
 use crate::pipeline::format_name;
 use crate::protocol::{ImageFormat, RegistryAccess, RegistryCredentials};
-use crate::source::SourceLocation;
+use crate::source::{Authorization, Renew, SourceLocation};
 
 /// The scheme of an OCI image URL.
 pub const SCHEME: &str = "oci://";
@@ -347,27 +349,16 @@ pub async fn resolve(
     reference: &OciReference,
     access: Option<&RegistryAccess>,
     declared: Option<ImageFormat>,
-    mut config: ClientConfig,
+    config: ClientConfig,
 ) -> Result<ResolvedBlob, ImageError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let plain_http = access.is_some_and(|a| a.plain_http);
     let fail = |message: String| ImageError::Registry {
         reference: reference.to_string(),
         message,
     };
     let client_fail = |e: OciDistributionError| fail(describe(&e, plain_http));
-    config.protocol = if plain_http {
-        ClientProtocol::Http
-    } else {
-        ClientProtocol::Https
-    };
-    config.platform_resolver = None;
-    let client = Client::try_from(config).map_err(|e| fail(format!("building the registry client failed: {e}")))?;
+    let (client, auth) = registry_client(reference, access, config)?;
     let credentials = access.and_then(|a| a.credentials.as_ref());
-    let auth = match credentials {
-        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-        None => RegistryAuth::Anonymous,
-    };
     let image = reference.to_client_reference();
     let token = client
         .auth(&image, &auth, RegistryOperation::Pull)
@@ -434,6 +425,54 @@ pub async fn resolve(
         size,
         format,
     })
+}
+
+/// The registry client for `access` (HTTPS unless it says plain HTTP; `config`'s platform resolver is not used) and
+/// the credentials it presents (anonymous without any).
+fn registry_client(
+    reference: &OciReference,
+    access: Option<&RegistryAccess>,
+    mut config: ClientConfig,
+) -> Result<(Client, RegistryAuth), ImageError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    config.protocol = if access.is_some_and(|a| a.plain_http) {
+        ClientProtocol::Http
+    } else {
+        ClientProtocol::Https
+    };
+    config.platform_resolver = None;
+    let client = Client::try_from(config).map_err(|e| ImageError::Registry {
+        reference: reference.to_string(),
+        message: format!("building the registry client failed: {e}"),
+    })?;
+    let auth = match access.and_then(|a| a.credentials.as_ref()) {
+        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+        None => RegistryAuth::Anonymous,
+    };
+    Ok((client, auth))
+}
+
+/// A new Bearer token to pull `reference`, from the registry's token service (the one in use expired): the
+/// `Authorization` header value.
+///
+/// # Errors
+/// `Registry` when the token service refuses or cannot be reached, or the registry no longer asks for a token.
+async fn renew_token(reference: OciReference, access: Option<RegistryAccess>) -> Result<HeaderValue, ImageError> {
+    let plain_http = access.as_ref().is_some_and(|a| a.plain_http);
+    let fail = |message: String| ImageError::Registry {
+        reference: reference.to_string(),
+        message,
+    };
+    let (client, auth) = registry_client(&reference, access.as_ref(), client_config())?;
+    let token = client
+        .auth(&reference.to_client_reference(), &auth, RegistryOperation::Pull)
+        .await
+        .map_err(|e| fail(format!("renewing its expired token: {}", describe(&e, plain_http))))?
+        .ok_or_else(|| fail("renewing its expired token: the registry no longer hands out tokens".into()))?;
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| fail("its token is not a valid HTTP header value".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 /// The format a `disktype` annotation names (Ironic's values, case-insensitive).
@@ -732,8 +771,8 @@ fn registry_key(key: &str) -> String {
 /// Where the published bytes come from once the source is resolved, and what they must hash to.
 pub(crate) struct Resolved {
     pub(crate) location: SourceLocation,
-    /// The `Authorization` header for an `oci://` blob (marked sensitive).
-    pub(crate) authorization: Option<HeaderValue>,
+    /// The `Authorization` header for an `oci://` blob (marked sensitive), renewable when it is a Bearer token.
+    pub(crate) authorization: Option<Authorization>,
     pub(crate) expected: Option<ExpectedDigest>,
     pub(crate) declared: Option<ImageFormat>,
     /// The source as named in errors (the `oci://` reference rather than its blob URL).
@@ -804,7 +843,14 @@ pub(crate) async fn resolve_source(
                 message: "its token is not a valid HTTP header value".into(),
             })?;
             v.set_sensitive(true);
-            Some(v)
+            Some(if a.starts_with("Bearer ") {
+                // A token expires (and a resume or re-read may come after that): renewed from the token service.
+                let (reference, access) = (reference.clone(), registry.cloned());
+                let renew: Renew = Arc::new(move || renew_token(reference.clone(), access.clone()).boxed());
+                Authorization::renewable(v, renew)
+            } else {
+                Authorization::fixed(v)
+            })
         }
         None => None,
     };

@@ -22,7 +22,6 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::HeaderValue;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
@@ -32,7 +31,7 @@ use crate::oci::{self, Resolved};
 use crate::progress::{Phase, Progress};
 use crate::protocol::{ImageFormat, ImageSpec, RegistryAccess};
 use crate::qcow2;
-use crate::source::SourceLocation;
+use crate::source::{Authorization, SourceLocation};
 use crate::target::{ALIGN, AlignedBuf, BUF_COUNT, BUF_SIZE, BufPool, DirectIo, Target, WriteOp};
 
 /// Compression of the published bytes, detected by magic number.
@@ -292,7 +291,7 @@ type StageOutput = (Compression, ImageFormat, u64, u64, String);
 async fn run_stages(
     location: &SourceLocation,
     client: Option<&reqwest::Client>,
-    authorization: Option<HeaderValue>,
+    authorization: Option<Authorization>,
     algorithm: Algorithm,
     declared: Option<ImageFormat>,
     target: Option<Arc<Target>>,
@@ -661,7 +660,7 @@ enum Refetch {
         url: url::Url,
         client: reqwest::Client,
         /// As for the download (see `crate::source::pump`).
-        authorization: Option<HeaderValue>,
+        authorization: Option<Authorization>,
         rt: tokio::runtime::Handle,
     },
 }
@@ -692,11 +691,20 @@ impl Refetch {
                 rt,
             } => rt.block_on(async {
                 let range = format!("bytes={at}-{}", at + len.max(1) - 1);
-                let mut req = client.get(url.clone()).header(reqwest::header::RANGE, range);
-                if let Some(a) = authorization {
-                    req = req.header(reqwest::header::AUTHORIZATION, a.clone());
+                let send = || {
+                    let mut req = client.get(url.clone()).header(reqwest::header::RANGE, range.clone());
+                    if let Some(a) = authorization {
+                        req = req.header(reqwest::header::AUTHORIZATION, a.value());
+                    }
+                    req.send()
+                };
+                let mut resp = send().await.map_err(std::io::Error::other)?;
+                if resp.status() == reqwest::StatusCode::UNAUTHORIZED
+                    && let Some(a) = authorization
+                    && a.renew().await.map_err(std::io::Error::other)?
+                {
+                    resp = send().await.map_err(std::io::Error::other)?;
                 }
-                let resp = req.send().await.map_err(std::io::Error::other)?;
                 if resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
                     return Err(std::io::Error::other(format!(
                         "range request answered with {} (the server does not support ranges)",

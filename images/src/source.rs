@@ -31,6 +31,66 @@ pub(crate) const FILE_CHUNK: usize = crate::target::BUF_SIZE;
 /// File chunks in memory at once (read ahead, queued for the hasher or the decoder, being written).
 const FILE_CHUNKS: usize = 6;
 
+/// Renews an expired `Authorization` header (a registry's Bearer token) by asking for a new one.
+pub(crate) type Renew =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<HeaderValue, ImageError>> + Send + Sync>;
+
+/// The `Authorization` header of a download (an `oci://` blob's), shared by the download, its resumes and the
+/// decoder's re-reads. A registry's Bearer token is short-lived (Docker Hub's lasts 300 s) and is checked on every
+/// request, so a resume or re-read long after the first request may be refused with 401: with a way to renew it,
+/// the header is renewed once and the request sent again.
+#[derive(Clone)]
+pub(crate) struct Authorization {
+    current: Arc<std::sync::Mutex<HeaderValue>>,
+    renew: Option<Renew>,
+}
+
+impl std::fmt::Debug for Authorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorization")
+            .field("value", &"***")
+            .field("renewable", &self.renew.is_some())
+            .finish()
+    }
+}
+
+impl Authorization {
+    /// A header sent as it is (credentials that do not expire, or a token nothing can renew).
+    pub(crate) fn fixed(value: HeaderValue) -> Self {
+        Self {
+            current: Arc::new(std::sync::Mutex::new(value)),
+            renew: None,
+        }
+    }
+
+    /// A header `renew` makes anew when the server refuses it.
+    pub(crate) fn renewable(value: HeaderValue, renew: Renew) -> Self {
+        Self {
+            renew: Some(renew),
+            ..Self::fixed(value)
+        }
+    }
+
+    /// The header to send now.
+    pub(crate) fn value(&self) -> HeaderValue {
+        self.current.lock().expect("authorization lock").clone()
+    }
+
+    /// After a 401: renews the header, if it can be. `Ok(false)` when it cannot (the 401 stands).
+    ///
+    /// # Errors
+    /// Why the renewal failed (the registry's token service refused or could not be reached).
+    pub(crate) async fn renew(&self) -> Result<bool, ImageError> {
+        let Some(renew) = &self.renew else {
+            return Ok(false);
+        };
+        let mut value = renew().await?;
+        value.set_sensitive(true);
+        *self.current.lock().expect("authorization lock") = value;
+        Ok(true)
+    }
+}
+
 /// Where an image comes from, parsed at the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceLocation {
@@ -103,14 +163,14 @@ pub fn http_client() -> Result<reqwest::Client, ImageError> {
 
 /// Sends the published bytes of `location` in order to `tx` (and a copy of each chunk to `hash_tx`), updating
 /// `progress.bytes_read`. Returns the number of bytes sent. Stops early without error if `tx` is closed.
-/// `authorization` goes with every HTTP request (the first and each resume).
+/// `authorization` goes with every HTTP request (the first and each resume), renewed when the server refuses it.
 ///
 /// # Errors
 /// The download or read error, after resume attempts for HTTP.
 pub(crate) async fn pump(
     location: &SourceLocation,
     client: Option<&reqwest::Client>,
-    authorization: Option<&HeaderValue>,
+    authorization: Option<&Authorization>,
     tx: mpsc::Sender<std::io::Result<Bytes>>,
     hash_tx: Option<mpsc::Sender<Bytes>>,
     progress: &Progress,
@@ -255,7 +315,7 @@ fn content_range_start_total(v: &str) -> Option<(u64, Option<u64>)> {
 async fn pump_http(
     url: &url::Url,
     client: &reqwest::Client,
-    authorization: Option<&HeaderValue>,
+    authorization: Option<&Authorization>,
     emit: &mut Emitter,
 ) -> Result<(), ImageError> {
     let url_s = url.to_string();
@@ -265,6 +325,9 @@ async fn pump_http(
     let mut failures = 0u32;
     let mut last_err: Option<Box<dyn std::error::Error + Send + Sync>> = None;
     let mut unreachable_since: Option<tokio::time::Instant> = None;
+    // Whether the header was renewed since the last request that got data (a renewed header refused again is
+    // not renewed a second time: the refusal stands).
+    let mut renewed = false;
     loop {
         if failures > 0 {
             if failures > MAX_RETRIES {
@@ -293,7 +356,7 @@ async fn pump_http(
             // A registry's blob URL (see `crate::oci`). When the registry redirects it to another host, port or
             // scheme (object storage, with a signed URL), reqwest drops this header from the redirected request:
             // the credentials or token never leave the registry.
-            req = req.header(reqwest::header::AUTHORIZATION, a.clone());
+            req = req.header(reqwest::header::AUTHORIZATION, a.value());
         }
         if offset > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
@@ -380,6 +443,18 @@ async fn pump_http(
                 }
             }
             416 if total == Some(offset) => return Ok(()),
+            401 if !renewed && authorization.is_some() => {
+                let a = authorization.expect("checked");
+                if a.renew().await? {
+                    tracing::info!(url = %url_s, offset, "authorization refused (expired token); renewed it");
+                    renewed = true;
+                    continue;
+                }
+                return Err(ImageError::HttpStatus {
+                    url: url_s,
+                    status: 401,
+                });
+            }
             s if s >= 500 || s == 408 || s == 429 => {
                 failures += 1;
                 last_err = Some(format!("HTTP status {s}").into());
@@ -415,6 +490,7 @@ async fn pump_http(
         }
         if progressed {
             failures = 0;
+            renewed = false;
         }
         match (dropped, total) {
             (None, None) => return Ok(()),
@@ -497,6 +573,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let mut token = HeaderValue::from_static("Bearer s3cret-token");
         token.set_sensitive(true);
+        let token = Authorization::fixed(token);
         let sent = pump(
             &SourceLocation::Http(url),
             Some(&http_client().unwrap()),

@@ -481,6 +481,12 @@ impl Drop for TokenService {
 
 impl TokenService {
     async fn start(dir: &Path, user: &str, password: &str) -> Self {
+        Self::start_expiring(dir, user, password, 600).await
+    }
+
+    /// Like [`TokenService::start`], with tokens whose `exp` claim is `exp_from_now` seconds after they are made
+    /// (the registry accepts a token until 60 s past its `exp`, for clock skew).
+    async fn start_expiring(dir: &Path, user: &str, password: &str, exp_from_now: i64) -> Self {
         use axum::extract::{Query, State};
         use axum::http::{HeaderMap, StatusCode, header};
         use axum::response::{IntoResponse, Response};
@@ -492,6 +498,7 @@ impl TokenService {
             cert_der: String,
             basic: String,
             requests: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+            exp_from_now: i64,
         }
         async fn token(State(st): State<St>, Query(q): Query<Vec<(String, String)>>, headers: HeaderMap) -> Response {
             let authorized = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(&st.basic);
@@ -513,11 +520,12 @@ impl TokenService {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
-                .as_secs();
+                .as_secs()
+                .cast_signed();
             let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [st.cert_der]});
             let claims = serde_json::json!({
                 "iss": "kiln-test-issuer", "sub": "kiln", "aud": "kiln-test-registry",
-                "exp": now + 600, "nbf": now - 60, "iat": now, "jti": format!("{now}-{}", access.len()),
+                "exp": now + st.exp_from_now, "nbf": now - 60, "iat": now, "jti": format!("{now}-{}", access.len()),
                 "access": access,
             });
             let signing_input = format!(
@@ -555,6 +563,7 @@ impl TokenService {
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
             ),
             requests: requests.clone(),
+            exp_from_now,
         };
         let app = axum::Router::new()
             .route("/token", axum::routing::get(token))
@@ -612,4 +621,112 @@ async fn bearer_token_from_the_token_service_is_used() {
     assert_eq!(sha256_file(&target), reference_raw(&img, dir.path()));
     // The token service saw the credentials; the registry only ever the token (it accepts nothing else).
     assert_eq!(*tokens.requests.lock().unwrap(), vec![true]);
+}
+
+/// A TCP relay to `upstream` on loopback that, once, holds the first connection to carry more than `after` bytes
+/// downstream for `pause`, then calls `on_cut` and closes it (a download cut mid-body, resumed only after the
+/// pause).
+async fn cutting_relay(
+    upstream: String,
+    after: u64,
+    pause: std::time::Duration,
+    on_cut: impl Fn() + Send + Sync + 'static,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let on_cut = std::sync::Arc::new(on_cut);
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let cut = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((down, _)) = listener.accept().await else { return };
+            let (upstream, cut, on_cut) = (upstream.clone(), cut.clone(), on_cut.clone());
+            tokio::spawn(async move {
+                let up = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let (mut down_r, mut down_w) = down.into_split();
+                let (mut up_r, mut up_w) = up.into_split();
+                let requests = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut down_r, &mut up_w).await;
+                });
+                let mut relayed = 0u64;
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = match up_r.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if down_w.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    relayed += n as u64;
+                    if relayed > after && !cut.swap(true, Ordering::SeqCst) {
+                        tokio::time::sleep(pause).await;
+                        on_cut();
+                        break;
+                    }
+                }
+                requests.abort();
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_renewed_to_resume_a_cut_download() {
+    // Tokens valid for about 3 s (60 s of allowed skew past an `exp` 57 s ago); the blob's connection is cut after
+    // 1 MiB and held 6 s first, so the resume presents an expired token and is refused with 401.
+    let (user, password) = ("robot$kiln", "t0ken-service-secret");
+    let dir = tempfile::tempdir().unwrap();
+    let registry_dir = tempfile::tempdir().unwrap();
+    let tokens = TokenService::start_expiring(registry_dir.path(), user, password, -57).await;
+    let reg = Registry::start_with(registry_dir, &tokens.auth);
+    let raw = make_raw(dir.path());
+    let basic = RegistryAuth::Basic(user.into(), password.into());
+    let pushed = push(
+        &reg,
+        "private/expiring:v1",
+        std::fs::read(&raw).unwrap(),
+        "disk.raw",
+        &[(DISKTYPE, "raw")],
+        &basic,
+    )
+    .await;
+    let (seen, at_cut) = (
+        tokens.requests.clone(),
+        std::sync::Arc::new(std::sync::Mutex::new(None)),
+    );
+    let record = at_cut.clone();
+    let (relay, task) = cutting_relay(
+        reg.host.clone(),
+        1 << 20,
+        std::time::Duration::from_secs(6),
+        move || {
+            *record.lock().unwrap() = Some(seen.lock().unwrap().len());
+        },
+    )
+    .await;
+    let access = RegistryAccess {
+        credentials: Some(RegistryCredentials {
+            username: user.into(),
+            password: password.into(),
+        }),
+        plain_http: true,
+    };
+    tokens.requests.lock().unwrap().clear();
+    let target = dir.path().join("target");
+    let url = format!("oci://{relay}/private/expiring:v1");
+    let r = write(&url, "", None, Some(&access), &target).await;
+    task.abort();
+    let r = r.unwrap_or_else(|e| panic!("the cut download was not resumed with a renewed token: {e}"));
+    assert_eq!(r.digest.hex, pushed.layer_hex);
+    assert_eq!(sha256_file(&target), sha256_file(&raw));
+    // Exactly one token was asked for after the cut (the renewal for the resume), each time with the credentials;
+    // the registry itself never saw them.
+    let before = at_cut.lock().unwrap().expect("the relay cut the download");
+    let requests = tokens.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), before + 1, "{requests:?}, {before} before the cut");
+    assert!(requests.iter().all(|&authorized| authorized), "{requests:?}");
 }
