@@ -121,7 +121,7 @@ mod tests {
             ..Default::default()
         };
         let h = store
-            .create_host(&"node-11".parse().unwrap(), &spec, Ts(0))
+            .create_host(&"node-11".parse().unwrap(), &spec, "test", Ts(0))
             .await
             .unwrap();
         let p = PxeLookup {

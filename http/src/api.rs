@@ -186,10 +186,7 @@ async fn create_host(
         };
         return Ok((StatusCode::OK, Json(host_out(&preview, None))));
     }
-    let h = app.store.create_host(&name, &spec, now()).await?;
-    app.store
-        .add_event(name.as_str(), now(), "enrolled", "host enrolled")
-        .await?;
+    let h = app.store.create_host(&name, &spec, "host enrolled", now()).await?;
     app.executor.poke();
     Ok((StatusCode::CREATED, Json(host_out(&h, None))))
 }

@@ -142,7 +142,8 @@ pub(crate) async fn import(
             name: name.to_string(),
             outcome: outcome.into(),
         });
-        specs.push((name, spec));
+        let why = format!("imported from {} ({outcome})", h.doc);
+        specs.push((name, spec, why));
     }
     if !out.refused.is_empty() {
         out.hosts.clear();
@@ -154,16 +155,6 @@ pub(crate) async fn import(
     // 2. All in one transaction: a conflict that appeared since the check enrolls none.
     let t = now();
     app.store.create_hosts(&specs, t).await?;
-    for h in &out.hosts {
-        app.store
-            .add_event(
-                &h.name,
-                t,
-                "enrolled",
-                &format!("imported from {} ({})", h.document, h.outcome),
-            )
-            .await?;
-    }
     app.executor.poke();
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }

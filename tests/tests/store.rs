@@ -41,28 +41,28 @@ fn spec(mac: &str) -> HostSpec {
 async fn suite(s: Arc<dyn Store>) {
     let t = Ts(1_700_000_000_000);
     let n1: HostName = "node-1".parse().unwrap();
-    let h = s.create_host(&n1, &spec("52:54:00:00:00:01"), t).await.unwrap();
+    let h = s.create_host(&n1, &spec("52:54:00:00:00:01"), "test", t).await.unwrap();
     assert_eq!(
         (h.name.as_str(), h.state.clone(), h.generation),
         ("node-1", State::Unmanaged, 1)
     );
     assert_eq!(h.spec, spec("52:54:00:00:00:01"), "spec round trips, password unsealed");
     assert!(matches!(
-        s.create_host(&n1, &spec("52:54:00:00:00:09"), t).await,
+        s.create_host(&n1, &spec("52:54:00:00:00:09"), "test", t).await,
         Err(StoreError::HostExists { .. })
     ));
     let n2: HostName = "node-2".parse().unwrap();
     let mut same_mac = spec("52:54:00:00:00:01");
     same_mac.bmc = spec("52:54:00:00:00:02").bmc;
     assert!(matches!(
-        s.create_host(&n2, &same_mac, t).await,
+        s.create_host(&n2, &same_mac, "test", t).await,
         Err(StoreError::MacInUse { .. })
     ));
     // Two hosts never drive one machine: the same BMC (however the address spells its scheme) is refused, naming
     // the host that has it.
     let mut same_bmc = spec("52:54:00:00:00:02");
     same_bmc.bmc = spec("52:54:00:00:00:01").bmc;
-    match s.create_host(&n2, &same_bmc, t).await {
+    match s.create_host(&n2, &same_bmc, "test", t).await {
         Err(StoreError::BmcInUse { other, .. }) => assert_eq!(other, "node-1"),
         other => panic!("expected BmcInUse, got {other:?}"),
     }
@@ -70,7 +70,10 @@ async fn suite(s: Arc<dyn Store>) {
     let (n3, n4): (HostName, HostName) = ("node-3".parse().unwrap(), "node-4".parse().unwrap());
     assert!(matches!(
         s.create_hosts(
-            &[(n3.clone(), spec("52:54:00:00:00:03")), (n4.clone(), same_mac.clone())],
+            &[
+                (n3.clone(), spec("52:54:00:00:00:03"), "test".into()),
+                (n4.clone(), same_mac.clone(), "test".into())
+            ],
             t
         )
         .await,
@@ -80,7 +83,22 @@ async fn suite(s: Arc<dyn Store>) {
         s.host(&n3).await.unwrap().is_none(),
         "node-3 enrolled although node-4 was refused"
     );
-    let h2 = s.create_host(&n2, &HostSpec::default(), t).await.unwrap();
+    // An enrollment writes its event with the host; a refused one neither.
+    let enrolled = |host: &'static str| {
+        let s = s.clone();
+        async move {
+            s.events(Some(host), 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.kind, e.message))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(enrolled("node-1").await, [("enrolled".to_owned(), "test".to_owned())]);
+    assert_eq!(enrolled("node-3").await, []);
+    s.prune_events(t.plus_ms(1), 1000).await.unwrap(); // the event checks below start from none
+    let h2 = s.create_host(&n2, &HostSpec::default(), "test", t).await.unwrap();
     assert!(h2.spec.bmc.is_none());
     // Many enrollments at once (kubectl apply of an inventory) neither wait on each other for the pool nor fail.
     let started = std::time::Instant::now();
@@ -88,7 +106,7 @@ async fn suite(s: Arc<dyn Store>) {
         let s = s.clone();
         async move {
             let name: HostName = format!("burst-{i}").parse().unwrap();
-            s.create_host(&name, &HostSpec::default(), t).await
+            s.create_host(&name, &HostSpec::default(), "test", t).await
         }
     }))
     .await;
@@ -550,7 +568,7 @@ async fn sqlite_store_suite() {
     // Migrations are idempotent, passwords are not in the file, and another key cannot read them.
     let s = connect(None, dir.path(), key()).await.unwrap();
     let h9 = s
-        .create_host(&"node-9".parse().unwrap(), &spec("52:54:00:00:00:99"), Ts(0))
+        .create_host(&"node-9".parse().unwrap(), &spec("52:54:00:00:00:99"), "test", Ts(0))
         .await
         .unwrap();
     let write = CommandKind::WriteImage {
@@ -696,7 +714,7 @@ async fn sqlite_store_recovers_after_the_disk_was_full() {
     let s = connect(None, disk.dir.path(), key()).await.unwrap();
     let t = Ts(1_700_000_000_000);
     let first = s
-        .create_host(&"before-0".parse().unwrap(), &spec("52:54:00:00:01:00"), t)
+        .create_host(&"before-0".parse().unwrap(), &spec("52:54:00:00:01:00"), "test", t)
         .await
         .unwrap();
     let filler = disk.fill();
@@ -709,7 +727,7 @@ async fn sqlite_store_recovers_after_the_disk_was_full() {
     let mut failures = Vec::new();
     for i in 0..8u32 {
         let name: HostName = format!("full-{i}").parse().unwrap();
-        if let Err(e) = s.create_host(&name, &big(i), t).await {
+        if let Err(e) = s.create_host(&name, &big(i), "test", t).await {
             failures.push(kiln_engine::bmcs::chain(&e));
         }
         let st = idle(i);
@@ -740,7 +758,7 @@ async fn sqlite_store_recovers_after_the_disk_was_full() {
         let s = s.clone();
         writers.push(tokio::spawn(async move {
             let name: HostName = format!("after-{i}").parse().unwrap();
-            s.create_host(&name, &spec(&format!("52:54:00:00:04:{:02x}", i + 0x40)), t)
+            s.create_host(&name, &spec(&format!("52:54:00:00:04:{:02x}", i + 0x40)), "test", t)
                 .await
                 .map(|_| ())
         }));

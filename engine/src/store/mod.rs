@@ -198,14 +198,18 @@ pub type Announcements = futures::stream::BoxStream<'static, (String, Option<i64
 pub trait Store: Send + Sync + 'static {
     /// Which backend this is (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
-    async fn create_host(&self, name: &HostName, spec: &HostSpec, now: Ts) -> Result<Host, StoreError> {
-        let mut created = self.create_hosts(&[(name.clone(), spec.clone())], now).await?;
+    /// Enrolls one host, with an `enrolled` event saying `why` (e.g. "from BareMetalHost ns/name").
+    async fn create_host(&self, name: &HostName, spec: &HostSpec, why: &str, now: Ts) -> Result<Host, StoreError> {
+        let mut created = self
+            .create_hosts(&[(name.clone(), spec.clone(), why.to_owned())], now)
+            .await?;
         created
             .pop()
             .ok_or_else(|| StoreError::HostExists { host: name.to_string() })
     }
-    /// Enrolls every host or, when one is refused (its name, boot MAC or BMC taken), none.
-    async fn create_hosts(&self, hosts: &[(HostName, HostSpec)], now: Ts) -> Result<Vec<Host>, StoreError>;
+    /// Enrolls every host or, when one is refused (its name, boot MAC or BMC taken), none; each with its
+    /// `enrolled` event (the third of each triple is its message), in the same transaction.
+    async fn create_hosts(&self, hosts: &[(HostName, HostSpec, String)], now: Ts) -> Result<Vec<Host>, StoreError>;
     async fn host(&self, name: &HostName) -> Result<Option<Host>, StoreError>;
     async fn host_by_id(&self, id: i64) -> Result<Option<Host>, StoreError>;
     /// The host that boots by `mac`: its boot MAC, or one its BMC reported ([`Store::set_learned_macs`]).

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use kiln_bmc::Secret;
@@ -48,6 +47,12 @@ const MIGRATION_0004: &str = include_str!("../../migrations/0004_preprovisioning
 const MIGRATION_0005: &str = include_str!("../../migrations/0005_hosts_next_wake.sql");
 const MIGRATION_0006: &str = include_str!("../../migrations/0006_replicas.sql");
 const MIGRATION_0007: &str = include_str!("../../migrations/0007_image_credentials.sql");
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Db { op, source }
@@ -127,11 +132,11 @@ macro_rules! sql_store {
 
             $($($extra)*)?
 
-            async fn create_hosts(&self, hosts: &[(HostName, HostSpec)], now: Ts) -> Result<Vec<Host>, StoreError> {
+            async fn create_hosts(&self, hosts: &[(HostName, HostSpec, String)], now: Ts) -> Result<Vec<Host>, StoreError> {
                 // One transaction: every host is enrolled, or (the first refusal returned) none is.
                 let mut tx = self.pool.begin().await.map_err(db("create hosts"))?;
                 let mut out = Vec::with_capacity(hosts.len());
-                for (name, spec) in hosts {
+                for (name, spec, why) in hosts {
                     // No lookups on other pooled connections while this transaction holds one (concurrent imports
                     // would wait on each other for the pool): the unique keys refuse a taken name, MAC or BMC.
                     let mut row = HostRow { name: name.to_string(), generation: 1, created_ms: now.0, updated_ms: now.0, ..Default::default() };
@@ -176,6 +181,10 @@ macro_rules! sql_store {
                         }
                         Err(e) => return Err(db("create host")(e)),
                     }
+                    // With the host, in its transaction: one commit (one fsync) per enrollment.
+                    sqlx::query("INSERT INTO events (host_name, at_ms, kind, message) VALUES ($1, $2, 'enrolled', $3)")
+                        .bind(name.to_string()).bind(now.0).bind(why.clone())
+                        .execute(&mut *tx).await.map_err(db("create host"))?;
                 }
                 tx.commit().await.map_err(db("create hosts"))?;
                 Ok(out)
@@ -636,14 +645,14 @@ macro_rules! sql_store {
                      ON CONFLICT (host_id, boot) DO UPDATE SET last_heartbeat_ms = excluded.last_heartbeat_ms",
                 )
                 .bind(host_id).bind(boot as i64).bind(now.0)
-                .execute(&self.pool).await.map_err(db("record heartbeat"))?;
+                .execute(&self.relaxed).await.map_err(db("record heartbeat"))?;
                 Ok(())
             }
 
             async fn set_progress(&self, host_id: i64, boot: u64, progress: &serde_json::Value) -> Result<(), StoreError> {
                 sqlx::query("UPDATE agent_boots SET progress = $1 WHERE host_id = $2 AND boot = $3")
                     .bind(json_text(progress)).bind(host_id).bind(boot as i64)
-                    .execute(&self.pool).await.map_err(db("record progress"))?;
+                    .execute(&self.relaxed).await.map_err(db("record progress"))?;
                 Ok(())
             }
 
@@ -721,126 +730,8 @@ enum HostKey<'a> {
     Text(&'a str),
 }
 
-/// The embedded SQLite store: one file in the data directory.
-pub struct SqliteStore {
-    pool: sqlx::SqlitePool,
-    key: SecretKey,
-}
-
-impl SqliteStore {
-    /// Opens (creating if needed) the database file and runs the migrations.
-    ///
-    /// # Errors
-    /// [`StoreError::Db`] or [`StoreError::Migrate`].
-    pub async fn open(path: &Path, key: SecretKey) -> Result<Self, StoreError> {
-        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-        // The database holds sealed BMC passwords and agent tokens, user data and inventories: 0600. SQLite gives its
-        // -wal and -shm files the database file's mode, so making the file first is enough.
-        {
-            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-            let io = |source: std::io::Error| StoreError::Db {
-                op: "create the database file",
-                source: sqlx::Error::Io(source),
-            };
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(path)
-                .map_err(io)?;
-            for suffix in ["", "-wal", "-shm"] {
-                let p = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
-                if p.exists() {
-                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-                }
-            }
-        }
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a transaction kiln acknowledged survives a power loss too (NORMAL may lose the last ones in WAL
-            // mode); an appliance's intents and states are worth an fsync per commit.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            // When a statement fails with SQLITE_FULL (or IOERR, NOMEM), SQLite may roll the transaction back by
-            // itself; sqlx's ROLLBACK on drop then fails and its transaction depth stays at one, so every later
-            // "transaction" on that connection is a SAVEPOINT inside nothing, and the first failure after that leaves
-            // SQLite's write lock held for good: every other connection reads "database is locked" long after the
-            // disk has space again. A connection that still counts a transaction once released is closed instead
-            // (closing rolls back whatever is open); the pool opens a fresh one.
-            .after_release(|conn, _meta| {
-                Box::pin(async move {
-                    use sqlx::Connection as _;
-                    // Runs the rollback a dropped transaction queued before looking at the depth.
-                    conn.ping().await?;
-                    if conn.is_in_transaction() {
-                        tracing::warn!(
-                            "a SQLite connection was released inside a transaction (a failed statement SQLite had \
-                             already rolled back, e.g. on a full disk): closed, a fresh one replaces it"
-                        );
-                        return Ok(false);
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_with(opts)
-            .await
-            .map_err(db("open sqlite"))?;
-        migrator(&[
-            (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
-            (2, "bmc tls and identity", MIGRATION_0002),
-            (3, "host macs", MIGRATION_0003),
-            (4, "preprovisioning network data", MIGRATION_0004),
-            (5, "hosts next wake index", MIGRATION_0005),
-            (6, "replicas and host leases", MIGRATION_0006),
-            (7, "image credentials", MIGRATION_0007),
-        ])
-        .run(&pool)
-        .await
-        .map_err(StoreError::Migrate)?;
-        Ok(Self { pool, key })
-    }
-}
 sql_store!(SqliteStore, sqlx::Sqlite, "sqlite");
 
-/// The PostgreSQL store, for several replicas or large fleets.
-pub struct PgStore {
-    pool: sqlx::PgPool,
-    key: SecretKey,
-}
-
-impl PgStore {
-    /// Connects and runs the migrations.
-    ///
-    /// # Errors
-    /// [`StoreError::Db`] or [`StoreError::Migrate`].
-    pub async fn connect(url: &str, key: SecretKey) -> Result<Self, StoreError> {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await
-            .map_err(db("connect postgres"))?;
-        migrator(&[
-            (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
-            (2, "bmc tls and identity", MIGRATION_0002),
-            (3, "host macs", MIGRATION_0003),
-            (4, "preprovisioning network data", MIGRATION_0004),
-            (5, "hosts next wake index", MIGRATION_0005),
-            (6, "replicas and host leases", MIGRATION_0006),
-            (7, "image credentials", MIGRATION_0007),
-        ])
-        .run(&pool)
-        .await
-        .map_err(StoreError::Migrate)?;
-        Ok(Self { pool, key })
-    }
-}
 sql_store!(PgStore, sqlx::Postgres, "postgres", {
     async fn announce(&self, from: &str, host: Option<i64>) -> Result<(), StoreError> {
         self.pg_announce(from, host).await
@@ -850,42 +741,6 @@ sql_store!(PgStore, sqlx::Postgres, "postgres", {
         self.pg_announcements().await
     }
 });
-
-/// The channel replicas announce host changes on (`from:host id`, or `from:*`).
-const ANNOUNCE_CHANNEL: &str = "kiln_hosts";
-
-impl PgStore {
-    /// `NOTIFY` of [`Store::announce`].
-    pub(super) async fn pg_announce(&self, from: &str, host: Option<i64>) -> Result<(), StoreError> {
-        let payload = format!("{from}:{}", host.map_or_else(|| "*".to_owned(), |h| h.to_string()));
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(ANNOUNCE_CHANNEL)
-            .bind(payload)
-            .execute(&self.pool)
-            .await
-            .map_err(db("announce"))?;
-        Ok(())
-    }
-
-    /// `LISTEN` of [`Store::announcements`], on a connection of its own; payloads that do not parse are dropped.
-    pub(super) async fn pg_announcements(&self) -> Result<Option<super::Announcements>, StoreError> {
-        use futures::StreamExt;
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
-            .await
-            .map_err(db("listen"))?;
-        listener.listen(ANNOUNCE_CHANNEL).await.map_err(db("listen"))?;
-        let stream = listener.into_stream().filter_map(|n| async move {
-            let n = n.ok()?;
-            let (from, host) = n.payload().rsplit_once(':')?;
-            let host = match host {
-                "*" => None,
-                h => Some(h.parse().ok()?),
-            };
-            Some((from.to_owned(), host))
-        });
-        Ok(Some(stream.boxed()))
-    }
-}
 
 /// Opens the store named by `url`: `postgres://...`, `sqlite:PATH`, or `None` for `<data_dir>/kiln.db`.
 ///

@@ -570,7 +570,8 @@ impl Engine for StoreEngine {
             break match self.owned(key).await? {
                 None => {
                     let name = Self::host_name(key)?;
-                    let h = match self.store.create_host(&name, &desired, now()).await {
+                    let why = format!("from BareMetalHost {key}");
+                    let h = match self.store.create_host(&name, &desired, &why, now()).await {
                         Ok(h) => h,
                         Err(StoreError::MacInUse { mac }) => {
                             return Err(rejected(
@@ -583,10 +584,6 @@ impl Engine for StoreEngine {
                         }
                         Err(e) => return Err(store_err(e)),
                     };
-                    let _ = self
-                        .store
-                        .add_event(name.as_str(), now(), "enrolled", &format!("from BareMetalHost {key}"))
-                        .await;
                     self.executor.poke();
                     h
                 }
