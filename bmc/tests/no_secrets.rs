@@ -8,8 +8,9 @@ mod support;
 use std::time::Duration;
 
 use kiln_bmc::{Bmc, BmcAddress, BmcOptions, BootMode, BootPersistence, BootTarget, Credentials, PowerAction};
+use kiln_tests::sushy_loopback::{NODE0, Sushy, SushyOptions};
+use support::IpmiSim;
 use support::mock_redfish::{self, Mock};
-use support::{IpmiSim, NODE0, Sushy, SushyOptions};
 
 fn opts() -> BmcOptions {
     BmcOptions {
@@ -51,10 +52,10 @@ async fn redfish_basic_auth_leaks_nothing() {
     let logs = support::capture_logs();
     let good = "G00d-Sushy-Pw";
     let wrong = "Wr0ng-Sushy-Pw";
-    let sushy = Sushy::start(
+    let sushy = Sushy::start_with(
         &[NODE0],
         SushyOptions {
-            users: vec![("admin", good)],
+            users: vec![("admin".into(), good.into())],
             tls: false,
         },
     );

@@ -9,7 +9,7 @@ use kiln_bmc::{
     AnyBmc, Bmc, BmcAddress, BmcError, BmcErrorKind, BmcOptions, BootMode, BootPersistence, BootTarget, Credentials,
     PowerAction, PowerState, RedfishBmc,
 };
-use support::{NODE0, NODE1, Sushy, SushyOptions};
+use kiln_tests::sushy_loopback::{NODE0, NODE1, Sushy, SushyOptions};
 
 fn opts() -> BmcOptions {
     BmcOptions {
@@ -59,7 +59,7 @@ fn install_crypto() {
 
 #[tokio::test]
 async fn discovers_the_only_system_and_its_capabilities() {
-    let sushy = Sushy::start(&[NODE0], SushyOptions::default());
+    let sushy = Sushy::start_with(&[NODE0], SushyOptions::default());
     let bmc = connect(&sushy.address(None)).await.unwrap();
     assert_eq!(bmc.system_path(), format!("/redfish/v1/Systems/{}", NODE0.uuid));
     assert!(!bmc.uses_session(), "sushy has no SessionService: basic auth");
@@ -70,7 +70,7 @@ async fn discovers_the_only_system_and_its_capabilities() {
 
 #[tokio::test]
 async fn system_by_name_follows_the_redirect() {
-    let sushy = Sushy::start(&[NODE0], SushyOptions::default());
+    let sushy = Sushy::start_with(&[NODE0], SushyOptions::default());
     let bmc = connect(&sushy.address(Some(NODE0.name))).await.unwrap();
     assert_eq!(bmc.system_path(), format!("/redfish/v1/Systems/{}", NODE0.uuid));
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
@@ -78,7 +78,7 @@ async fn system_by_name_follows_the_redirect() {
 
 #[tokio::test]
 async fn ambiguous_and_missing_systems() {
-    let sushy = Sushy::start(&[NODE0, NODE1], SushyOptions::default());
+    let sushy = Sushy::start_with(&[NODE0, NODE1], SushyOptions::default());
     let e = connect(&sushy.address(None)).await.unwrap_err();
     let BmcError::AmbiguousSystem { systems, .. } = &e else {
         panic!("{e}")
@@ -94,7 +94,7 @@ async fn ambiguous_and_missing_systems() {
 
 #[tokio::test]
 async fn power_on_and_force_off_are_idempotent() {
-    let sushy = Sushy::start(&[NODE0], SushyOptions::default());
+    let sushy = Sushy::start_with(&[NODE0], SushyOptions::default());
     let bmc = connect(&sushy.address(Some(NODE0.uuid))).await.unwrap();
     let resets = || sushy.count_requests("ComputerSystem.Reset");
 
@@ -115,7 +115,7 @@ async fn power_on_and_force_off_are_idempotent() {
 
 #[tokio::test]
 async fn graceful_off_and_reset() {
-    let sushy = Sushy::start(&[NODE1], SushyOptions::default());
+    let sushy = Sushy::start_with(&[NODE1], SushyOptions::default());
     let bmc = connect(&sushy.address(Some(NODE1.name))).await.unwrap();
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::On);
     // Reset of a running host is a ForceRestart: accepted, the host stays (or comes back) on.
@@ -128,7 +128,7 @@ async fn graceful_off_and_reset() {
 
 #[tokio::test]
 async fn boot_override_once_and_persistent() {
-    let sushy = Sushy::start(&[NODE0], SushyOptions::default());
+    let sushy = Sushy::start_with(&[NODE0], SushyOptions::default());
     let bmc = connect(&sushy.address(None)).await.unwrap();
     let system = format!("/redfish/v1/Systems/{}", NODE0.uuid);
     let patches = || sushy.count_requests("\"PATCH ");
@@ -165,7 +165,7 @@ async fn boot_override_once_and_persistent() {
 #[tokio::test]
 async fn virtual_media_insert_and_eject() {
     install_crypto();
-    let sushy = Sushy::start(&[NODE0], SushyOptions::default());
+    let sushy = Sushy::start_with(&[NODE0], SushyOptions::default());
     let (base, server) = support::serve_file(b"not really an ISO").await;
     let image = format!("{base}/kiln.iso");
     let bmc = connect(&sushy.address(None)).await.unwrap();
@@ -192,7 +192,7 @@ async fn virtual_media_insert_and_eject() {
 
 #[tokio::test]
 async fn inventory_copes_with_absent_collections() {
-    let sushy = Sushy::start(&[NODE0], SushyOptions::default());
+    let sushy = Sushy::start_with(&[NODE0], SushyOptions::default());
     let bmc = connect(&sushy.address(None)).await.unwrap();
     let inv = bmc.inventory().await.unwrap();
     assert_eq!(inv.manufacturer.as_deref(), Some("Sushy Emulator"));
@@ -202,10 +202,10 @@ async fn inventory_copes_with_absent_collections() {
 
 #[tokio::test]
 async fn basic_auth_and_wrong_credentials() {
-    let sushy = Sushy::start(
+    let sushy = Sushy::start_with(
         &[NODE0],
         SushyOptions {
-            users: vec![("admin", "password")],
+            users: vec![("admin".into(), "password".into())],
             tls: false,
         },
     );
@@ -225,7 +225,7 @@ async fn basic_auth_and_wrong_credentials() {
 #[tokio::test]
 async fn tls_verification_is_on_by_default() {
     install_crypto();
-    let sushy = Sushy::start(
+    let sushy = Sushy::start_with(
         &[NODE0],
         SushyOptions {
             users: vec![],

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use kiln_tests::serve::{KilnServe, ok};
-use kiln_tests::sushy_loopback::Sushy;
+use kiln_tests::sushy_loopback::{NODE0, NODE7, Sushy};
 use serde_json::Value;
 
 fn serve(data: &Path, port: u16) -> KilnServe {
@@ -48,7 +48,7 @@ fn operator_enrolls_with_the_cli_and_kiln_survives_kill_9() {
     let mut server = serve(&data, port);
     let pwfile = tmp.path().join("pw");
     std::fs::write(&pwfile, "cli-Redfish-pw\n").unwrap();
-    let addr = sushy.address();
+    let addr = sushy.address_of(&NODE0);
     let pw = pwfile.to_str().unwrap();
 
     let out = ok(kiln(
@@ -139,7 +139,7 @@ fn operator_enrolls_with_the_cli_and_kiln_survives_kill_9() {
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: node-7-bmc\nstringData:\n  username: admin\n  password: cli-Redfish-pw\n---\n\
              apiVersion: metal3.io/v1alpha1\nkind: BareMetalHost\nmetadata:\n  name: node-7\n  labels:\n    rack: r7\nspec:\n  online: true\n  \
              bootMACAddress: 52:54:00:aa:00:07\n  externallyProvisioned: true\n  bmc:\n    address: {addr7}\n    credentialsName: node-7-bmc\n",
-            addr7 = sushy.address_of(kiln_tests::sushy_loopback::UUID2)
+            addr7 = sushy.address_of(&NODE7)
         ),
     )
     .unwrap();
@@ -237,7 +237,7 @@ fn cli_errors_are_one_line_and_bmc_options_go_anywhere_on_the_line() {
     let sushy = Sushy::start(("admin", "cli-bmc-pw"));
     let pw = tmp.path().join("bmc-pw");
     std::fs::write(&pw, "cli-bmc-pw\n").unwrap();
-    let address = sushy.address();
+    let address = sushy.address_of(&NODE0);
     let before: [&[&str]; 2] = [
         &[
             "bmc",

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kiln_tests::serve::{KilnServe, ok};
-use kiln_tests::sushy_loopback::Sushy;
+use kiln_tests::sushy_loopback::{NODE0, Sushy};
 use serde_json::Value;
 
 const MAC: &str = "52:54:00:5e:c0:01";
@@ -52,7 +52,7 @@ async fn netboot_hands_out_one_token_per_boot_and_keeps_boot_files_in_their_dire
         "enroll",
         "node-s",
         "--bmc",
-        &sushy.address(),
+        &sushy.address_of(&NODE0),
         "--username",
         "admin",
         "--password-file",

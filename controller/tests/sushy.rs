@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kiln::server::{Appliance, Config};
 use kiln_engine::machine::Policy;
-use kiln_tests::sushy_loopback::Sushy;
+use kiln_tests::sushy_loopback::{FakeSystem, NODE0, NODE7, Sushy};
 use serde_json::{Value, json};
 
 async fn api(
@@ -81,14 +81,14 @@ async fn executor_registers_and_powers_a_redfish_host_and_reports_bad_credential
     } = appliance(1 + Policy::default().max_retries).await;
     let c = kiln_tests::inproc::https_client(_dir.path());
 
-    let enroll = |name: &str, system: &str, password: &str| json!({ "name": name, "bmc": { "address": sushy.address_of(system), "username": "admin", "password": password }, "options": { "inspect": false } });
+    let enroll = |name: &str, system: &FakeSystem, password: &str| json!({ "name": name, "bmc": { "address": sushy.address_of(system), "username": "admin", "password": password }, "options": { "inspect": false } });
     let (s, b) = api(
         &c,
         &base,
         &token,
         reqwest::Method::POST,
         "/api/v1/hosts",
-        Some(enroll("node-0", kiln_tests::sushy_loopback::UUID, "s3cret-redfish")),
+        Some(enroll("node-0", &NODE0, "s3cret-redfish")),
     )
     .await;
     assert_eq!(s, 201, "{b}");
@@ -98,7 +98,7 @@ async fn executor_registers_and_powers_a_redfish_host_and_reports_bad_credential
         &token,
         reqwest::Method::POST,
         "/api/v1/hosts",
-        Some(enroll("node-bad", kiln_tests::sushy_loopback::UUID2, "wrong-password")),
+        Some(enroll("node-bad", &NODE7, "wrong-password")),
     )
     .await;
     assert_eq!(s, 201);
@@ -193,20 +193,20 @@ async fn per_host_tls_verification_reaches_the_redfish_driver() {
     let c = kiln_tests::inproc::https_client(_dir.path());
     let post = |body: Value| api(&c, &base, &token, reqwest::Method::POST, "/api/v1/hosts", Some(body));
     let (s, b) = post(
-        json!({ "name": "insecure", "bmc": { "address": sushy.address_of(kiln_tests::sushy_loopback::UUID), "username": "admin",
+        json!({ "name": "insecure", "bmc": { "address": sushy.address_of(&NODE0), "username": "admin",
         "password": "tls-redfish-pw", "disable_certificate_verification": true }, "options": { "inspect": false } }),
     )
     .await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["bmc"]["tls"]["disable_certificate_verification"], true, "{b}");
     let (s, b) = post(
-        json!({ "name": "verifying", "bmc": { "address": sushy.address_of(kiln_tests::sushy_loopback::UUID2), "username": "admin",
+        json!({ "name": "verifying", "bmc": { "address": sushy.address_of(&NODE7), "username": "admin",
         "password": "tls-redfish-pw" }, "options": { "inspect": false } }),
     )
     .await;
     assert_eq!(s, 201, "{b}");
     let (s, b) = post(
-        json!({ "name": "bad-ca", "bmc": { "address": sushy.address(), "username": "admin",
+        json!({ "name": "bad-ca", "bmc": { "address": sushy.address_of(&NODE0), "username": "admin",
         "password": "x", "ca_cert": "not a pem" } }),
     )
     .await;

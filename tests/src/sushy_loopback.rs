@@ -1,20 +1,59 @@
-//! sushy-emulator (Redfish, fake driver) on loopback with basic auth, for kiln's component tests that need a real
-//! Redfish service but no lab: two Systems, stopped by PID on drop.
+//! sushy-emulator (Redfish, fake driver) on loopback, for component tests that need a real Redfish service but no
+//! lab (kiln-bmc's driver tests, kiln's REST and CLI tests): fake Systems of the test's choosing, optional HTTP Basic
+//! users (bcrypt htpasswd) and HTTPS with a certificate from a test CA; its own free port and temporary directory,
+//! stopped by PID on drop.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::venv_bin;
 
-pub const UUID: &str = "27946b59-9e44-4fa7-8e91-f3527a1ef094";
-/// A second System on the same emulator, for a second host (two hosts never share one machine).
-pub const UUID2: &str = "9f0e1a3c-5b7d-4e2f-8a6b-1c3d5e7f9a0b";
+/// A fake System of the emulator.
+#[derive(Debug, Clone, Copy)]
+pub struct FakeSystem {
+    pub uuid: &'static str,
+    pub name: &'static str,
+    /// `On` or `Off`.
+    pub power: &'static str,
+    pub mac: &'static str,
+}
 
+pub const NODE0: FakeSystem = FakeSystem {
+    uuid: "27946b59-9e44-4fa7-8e91-f3527a1ef094",
+    name: "node-0",
+    power: "Off",
+    mac: "52:54:00:aa:00:01",
+};
+pub const NODE1: FakeSystem = FakeSystem {
+    uuid: "5d1e0a9c-3c64-4b0e-9d0c-2a6f4c1f7e11",
+    name: "node-1",
+    power: "On",
+    mac: "52:54:00:aa:00:02",
+};
+/// A second powered-off System beside [`NODE0`], for a second host (two hosts never share one machine).
+pub const NODE7: FakeSystem = FakeSystem {
+    uuid: "9f0e1a3c-5b7d-4e2f-8a6b-1c3d5e7f9a0b",
+    name: "node-7",
+    power: "Off",
+    mac: "52:54:00:aa:00:07",
+};
+
+#[derive(Debug, Default)]
+pub struct SushyOptions {
+    /// (user, password) pairs for an htpasswd file with bcrypt hashes; none: no authentication.
+    pub users: Vec<(String, String)>,
+    /// HTTPS with a certificate for 127.0.0.1 from a test CA ([`Sushy::ca_pem`]), which nothing trusts by default
+    /// (like a BMC's factory certificate).
+    pub tls: bool,
+}
+
+/// A running sushy-emulator with the fake driver.
 pub struct Sushy {
     pub port: u16,
     pub dir: tempfile::TempDir,
     child: Child,
-    tls: bool,
+    pub https: bool,
 }
 
 impl Drop for Sushy {
@@ -25,104 +64,186 @@ impl Drop for Sushy {
 }
 
 impl Sushy {
+    /// [`NODE0`] and [`NODE7`] behind one user, over HTTP.
     pub fn start(user: (&str, &str)) -> Sushy {
-        Self::launch(user, false)
+        Self::start_with(&[NODE0, NODE7], Self::one_user(user, false))
     }
 
-    /// sushy-emulator serving HTTPS with a freshly made self-signed certificate (a BMC's factory certificate).
+    /// As [`Sushy::start`], over HTTPS.
     pub fn start_tls(user: (&str, &str)) -> Sushy {
-        Self::launch(user, true)
+        Self::start_with(&[NODE0, NODE7], Self::one_user(user, true))
     }
 
-    fn launch(user: (&str, &str), tls: bool) -> Sushy {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let out = Command::new(venv_bin("python3"))
-            .args([
-                "-c",
-                "import bcrypt,sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt(4)).decode())",
-                user.1,
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "bcrypt: {}", String::from_utf8_lossy(&out.stderr));
-        std::fs::write(
-            dir.path().join("htpasswd"),
-            format!("{}:{}\n", user.0, String::from_utf8_lossy(&out.stdout).trim()),
-        )
-        .unwrap();
-        let conf = format!(
-            "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\nSUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_STATE_DIR = '{}'\n\
-             SUSHY_EMULATOR_AUTH_FILE = '{}'\n\
-             SUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{UUID}', 'name': 'node-0', 'power_state': 'Off', 'external_notifier': False, 'nics': [{{'mac': '52:54:00:aa:00:01', 'ip': '10.99.0.100'}}]}}, \
-             {{'uuid': '{UUID2}', 'name': 'node-7', 'power_state': 'Off', 'external_notifier': False, 'nics': [{{'mac': '52:54:00:aa:00:07', 'ip': '10.99.0.107'}}]}}]\n",
-            dir.path().join("state").display(),
-            dir.path().join("htpasswd").display()
-        );
-        std::fs::write(dir.path().join("sushy.conf"), conf).unwrap();
-        let log = std::fs::File::create(dir.path().join("sushy.log")).unwrap();
-        let mut cmd = Command::new(venv_bin("sushy-emulator"));
-        if tls {
-            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-            let out = Command::new("openssl")
-                .args([
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "1",
-                    "-subj",
-                    "/CN=bmc.invalid",
-                ])
-                .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "openssl: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            cmd.arg("--ssl-certificate").arg(&cert).arg("--ssl-key").arg(&key);
+    fn one_user(user: (&str, &str), tls: bool) -> SushyOptions {
+        SushyOptions {
+            users: vec![(user.0.to_owned(), user.1.to_owned())],
+            tls,
         }
-        let child = cmd
+    }
+
+    pub fn start_with(systems: &[FakeSystem], options: SushyOptions) -> Sushy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = crate::free_port();
+        let mut conf = String::new();
+        conf += "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\n";
+        conf += "SUSHY_EMULATOR_FAKE_DRIVER = True\n";
+        conf += &format!("SUSHY_EMULATOR_STATE_DIR = '{}'\n", dir.path().join("state").display());
+        conf += "SUSHY_EMULATOR_FAKE_SYSTEMS = [\n";
+        for s in systems {
+            conf += &format!(
+                "  {{'uuid': '{}', 'name': '{}', 'power_state': '{}', 'external_notifier': False, \
+                 'nics': [{{'mac': '{}', 'ip': '10.99.0.100'}}]}},\n",
+                s.uuid, s.name, s.power, s.mac
+            );
+        }
+        conf += "]\n";
+        if !options.users.is_empty() {
+            let mut lines = String::new();
+            for (user, password) in &options.users {
+                let out = Command::new(venv_bin("python3"))
+                    .args([
+                        "-c",
+                        "import bcrypt,sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt(4)).decode())",
+                    ])
+                    .arg(password)
+                    .output()
+                    .expect("run python bcrypt");
+                assert!(out.status.success(), "bcrypt: {}", String::from_utf8_lossy(&out.stderr));
+                lines += &format!("{user}:{}\n", String::from_utf8_lossy(&out.stdout).trim());
+            }
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, lines).unwrap();
+            conf += &format!("SUSHY_EMULATOR_AUTH_FILE = '{}'\n", htpasswd.display());
+        }
+        if options.tls {
+            let (cert, key) = test_ca_certificate(dir.path());
+            conf += &format!(
+                "SUSHY_EMULATOR_SSL_CERT = '{}'\nSUSHY_EMULATOR_SSL_KEY = '{}'\n",
+                cert.display(),
+                key.display()
+            );
+        }
+        let conf_path = dir.path().join("sushy.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = std::fs::File::create(dir.path().join("sushy.log")).unwrap();
+        let child = Command::new(venv_bin("sushy-emulator"))
             .arg("--config")
-            .arg(dir.path().join("sushy.conf"))
+            .arg(&conf_path)
             .args(["--port", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start sushy-emulator");
-        let s = Sushy { port, dir, child, tls };
+        let sushy = Sushy {
+            port,
+            dir,
+            child,
+            https: options.tls,
+        };
         let t = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 t.elapsed() < Duration::from_secs(30),
-                "sushy did not start: {}",
-                s.log()
+                "sushy-emulator did not start; log:\n{}",
+                sushy.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        s
+        sushy
     }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sushy.log")).unwrap_or_default()
     }
-    pub fn address(&self) -> String {
-        self.address_of(UUID)
+
+    /// `redfish+http://127.0.0.1:PORT` (or `redfish+https`) with an optional Systems path.
+    pub fn address(&self, system: Option<&str>) -> String {
+        let scheme = if self.https { "redfish+https" } else { "redfish+http" };
+        match system {
+            Some(id) => format!("{scheme}://127.0.0.1:{}/redfish/v1/Systems/{id}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
+        }
     }
-    pub fn address_of(&self, uuid: &str) -> String {
-        let scheme = if self.tls { "redfish+https" } else { "redfish+http" };
-        format!("{scheme}://127.0.0.1:{}/redfish/v1/Systems/{uuid}", self.port)
+
+    /// The address of one System.
+    pub fn address_of(&self, system: &FakeSystem) -> String {
+        self.address(Some(system.uuid))
     }
+
+    /// The CA that signed the emulator's certificate (with [`SushyOptions::tls`]).
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("ca.pem")).unwrap()
+    }
+
+    /// How many requests with `needle` in their log line the emulator has served.
+    pub fn count_requests(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
+/// A test CA (`ca.pem` in `dir`) and a certificate for 127.0.0.1 signed by it (openssl CLI): (cert.pem, key.pem).
+pub fn test_ca_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=kiln test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    (dir.join("cert.pem"), dir.join("key.pem"))
 }
