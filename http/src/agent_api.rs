@@ -15,7 +15,7 @@ use crate::http_util::{ApiError, AppState, bearer, parse_body};
 use kiln_engine::crypto::hash_token;
 use kiln_engine::executor::{now, outcome_label};
 use kiln_engine::model::Host;
-use kiln_engine::store::CommandStatus;
+use kiln_engine::store::{CommandStatus, Finish};
 
 /// The routes under `/agent/v1`.
 pub fn router() -> Router<AppState> {
@@ -37,19 +37,17 @@ async fn authenticate(app: &AppState, headers: &HeaderMap, endpoint: &'static st
         ApiError::unauthorized()
     };
     let token = bearer(headers).ok_or_else(|| deny("no_token"))?;
-    let rec = app
-        .store
-        .token(&hash_token(token))
-        .await?
-        .ok_or_else(|| deny("unknown_token"))?;
+    let hash = hash_token(token);
+    let Some((rec, host)) = app.store.token_host(&hash).await? else {
+        // Which refusal it is, for the counter: a token nobody minted, or one whose host was deleted.
+        return Err(match app.store.token(&hash).await? {
+            Some(_) => deny("host_gone"),
+            None => deny("unknown_token"),
+        });
+    };
     if rec.revoked {
         return Err(deny("revoked_token"));
     }
-    let host = app
-        .store
-        .host_by_id(rec.host_id)
-        .await?
-        .ok_or_else(|| deny("host_gone"))?;
     // Valid only for the boot and phase it was minted for: an old boot's agent is turned away. A token of the boot
     // being started (minted, and the host powered on, before the executor commits the boot) is not refused: the
     // agent is told to come back, since a fast boot (virtual media read at LAN speed, a simulated host) can reach
@@ -82,8 +80,7 @@ async fn heartbeat(
 ) -> Result<Json<HeartbeatReply>, ApiError> {
     let (host, boot) = authenticate(&app, &headers, "heartbeat").await?;
     let hb: Heartbeat = parse_body(&body)?;
-    let first = app.store.agent_boot(host.id, boot).await?.is_none();
-    app.store.heartbeat(host.id, boot, now()).await?;
+    let first = app.store.heartbeat(host.id, boot, now()).await?;
     if first {
         app.store
             .add_event(
@@ -180,8 +177,11 @@ async fn progress(AxState(app): AxState<AppState>, headers: HeaderMap, body: Byt
     let (host, boot) = authenticate(&app, &headers, "progress").await?;
     let p: Progress = parse_body(&body)?;
     let value = serde_json::to_value(&p).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-    let previous = app.store.agent_boot(host.id, boot).await?.and_then(|b| b.progress);
-    if previous.as_ref().and_then(|v| v.get("phase")).and_then(|v| v.as_str()) != Some(p.phase.as_str()) {
+    let changed = app
+        .store
+        .record_progress(host.id, boot, &p.phase, &value, now())
+        .await?;
+    if changed {
         app.store
             .add_event(
                 host.name.as_str(),
@@ -191,44 +191,29 @@ async fn progress(AxState(app): AxState<AppState>, headers: HeaderMap, body: Byt
             )
             .await?;
     }
-    app.store.heartbeat(host.id, boot, now()).await?;
-    app.store.set_progress(host.id, boot, &value).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn result(AxState(app): AxState<AppState>, headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
     let (host, boot) = authenticate(&app, &headers, "result").await?;
     let r: CommandResult = parse_body(&body)?;
-    let cmd = app
+    let message = format!("command {} {}", r.command_id, outcome_label(&r.outcome));
+    let event = (host.name.as_str(), "agent", message.as_str());
+    match app
         .store
-        .command(host.id, r.command_id)
+        .finish_command(host.id, boot, r.command_id, &r.outcome, event, now())
         .await?
-        .filter(|c| c.boot == boot);
-    let Some(cmd) = cmd else {
-        return Err(ApiError::field(
-            StatusCode::NOT_FOUND,
-            "command_id",
-            format!("no command {} for this boot", r.command_id),
-        ));
-    };
-    if matches!(cmd.status, CommandStatus::Succeeded | CommandStatus::Failed) {
-        return Ok(StatusCode::NO_CONTENT); // a retried report
+    {
+        Finish::Recorded => {}
+        Finish::AlreadyFinished => return Ok(StatusCode::NO_CONTENT), // a retried report
+        Finish::NotFound => {
+            return Err(ApiError::field(
+                StatusCode::NOT_FOUND,
+                "command_id",
+                format!("no command {} for this boot", r.command_id),
+            ));
+        }
     }
-    let status = match &r.outcome {
-        kiln_images::protocol::Outcome::Succeeded { .. } => CommandStatus::Succeeded,
-        kiln_images::protocol::Outcome::Failed { .. } => CommandStatus::Failed,
-    };
-    app.store
-        .set_command_status(host.id, r.command_id, status, Some(&r.outcome), now())
-        .await?;
-    app.store
-        .add_event(
-            host.name.as_str(),
-            now(),
-            "agent",
-            &format!("command {} {}", r.command_id, outcome_label(&r.outcome)),
-        )
-        .await?;
     app.executor.wake(host.id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -397,6 +397,14 @@ async fn suite(s: Arc<dyn Store>) {
         })
     );
     assert!(s.token("hash-b").await.unwrap().is_none());
+    let (rec, host) = s.token_host("hash-a").await.unwrap().unwrap();
+    assert_eq!((rec.boot, host.id, host.name.as_str()), (3, h.id, "node-1"));
+    assert_eq!(
+        host.spec,
+        s.host_by_id(h.id).await.unwrap().unwrap().spec,
+        "the host as read alone"
+    );
+    assert!(s.token_host("hash-b").await.unwrap().is_none());
     // Handed out once, sealed until then.
     assert_eq!(s.take_token(h.id, 4).await.unwrap(), TokenHandout::None);
     assert_eq!(
@@ -407,11 +415,20 @@ async fn suite(s: Arc<dyn Store>) {
     s.revoke_tokens(h.id).await.unwrap();
     assert!(s.token("hash-a").await.unwrap().is_none(), "revoked tokens are deleted");
     assert!(s.agent_boot(h.id, 3).await.unwrap().is_none());
-    s.heartbeat(h.id, 3, t).await.unwrap();
-    s.heartbeat(h.id, 3, t.plus_ms(10)).await.unwrap();
-    s.set_progress(h.id, 3, &serde_json::json!({"bytes_written": 5}))
-        .await
-        .unwrap();
+    assert!(s.heartbeat(h.id, 3, t).await.unwrap(), "the boot's first heartbeat");
+    assert!(!s.heartbeat(h.id, 3, t.plus_ms(10)).await.unwrap());
+    let report = |n: u64| serde_json::json!({"phase": "writing", "bytes_written": n});
+    assert!(
+        s.record_progress(h.id, 3, "writing", &report(5), t.plus_ms(20))
+            .await
+            .unwrap(),
+        "the first report of a phase is a change"
+    );
+    assert!(
+        !s.record_progress(h.id, 3, "writing", &report(7), t.plus_ms(30))
+            .await
+            .unwrap()
+    );
     let b = s.agent_boot(h.id, 3).await.unwrap().unwrap();
     assert_eq!(
         (
@@ -419,8 +436,18 @@ async fn suite(s: Arc<dyn Store>) {
             b.last_heartbeat,
             b.progress.unwrap()["bytes_written"].as_u64()
         ),
-        (t, t.plus_ms(10), Some(5))
+        (t, t.plus_ms(30), Some(7)),
+        "a progress report is a heartbeat"
     );
+    assert!(
+        s.record_progress(h.id, 3, "verifying", &report(9), t.plus_ms(40))
+            .await
+            .unwrap()
+    );
+    // A report before any heartbeat (a boot kiln has not seen yet) starts the boot's record.
+    assert!(s.record_progress(h.id, 5, "writing", &report(1), t).await.unwrap());
+    assert_eq!(s.agent_boot(h.id, 5).await.unwrap().unwrap().first_heartbeat, t);
+    assert!(!s.heartbeat(h.id, 5, t.plus_ms(1)).await.unwrap());
     s.enqueue_command(h.id, 3, 3, &CommandKind::Inspect, t).await.unwrap();
     s.enqueue_command(h.id, 3, 3, &CommandKind::EraseDisks, t)
         .await
@@ -446,7 +473,35 @@ async fn suite(s: Arc<dyn Store>) {
             .unwrap()
     );
     assert!(s.pending_command(h.id, 3).await.unwrap().is_none());
-    assert_eq!(s.command(h.id, 3).await.unwrap().unwrap().result, Some(ok));
+    assert_eq!(s.command(h.id, 3).await.unwrap().unwrap().result, Some(ok.clone()));
+    // The agent's result and its event, in one transaction; a retried report writes nothing.
+    s.enqueue_command(h.id, 3, 4, &CommandKind::Reboot, t).await.unwrap();
+    let failed = Outcome::Failed {
+        kind: "io".into(),
+        message: "no".into(),
+    };
+    let event = ("node-1", "agent", "command 4 failed");
+    let events = s.events(Some("node-1"), 100).await.unwrap().len();
+    assert_eq!(
+        s.finish_command(h.id, 2, 4, &failed, event, t).await.unwrap(),
+        Finish::NotFound,
+        "a command of another boot"
+    );
+    assert_eq!(
+        s.finish_command(h.id, 3, 9, &failed, event, t).await.unwrap(),
+        Finish::NotFound
+    );
+    assert_eq!(
+        s.finish_command(h.id, 3, 4, &failed, event, t).await.unwrap(),
+        Finish::Recorded
+    );
+    assert_eq!(
+        s.finish_command(h.id, 3, 4, &ok, event, t).await.unwrap(),
+        Finish::AlreadyFinished
+    );
+    let c = s.command(h.id, 4).await.unwrap().unwrap();
+    assert_eq!((c.status, c.result), (CommandStatus::Failed, Some(failed)));
+    assert_eq!(s.events(Some("node-1"), 100).await.unwrap().len(), events + 1);
 
     // Deleting a host drops its tokens, commands and timing, but keeps its events.
     s.delete_host(h.id).await.unwrap();
@@ -454,7 +509,7 @@ async fn suite(s: Arc<dyn Store>) {
     assert!(s.token("hash-a").await.unwrap().is_none());
     assert!(s.command(h.id, 3).await.unwrap().is_none());
     assert!(s.phases(h.id).await.unwrap().is_empty());
-    assert_eq!(s.events(Some("node-1"), 10).await.unwrap().len(), 5);
+    assert_eq!(s.events(Some("node-1"), 10).await.unwrap().len(), 6);
     assert!(matches!(
         s.update_spec(h.id, h.generation, &sp, &Requests::default(), t).await,
         Err(StoreError::HostNotFound { .. })

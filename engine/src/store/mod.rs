@@ -320,10 +320,22 @@ pub trait Store: Send + Sync + 'static {
     /// Hands out the token of `boot` once: the first call gets it, later ones learn that it was already taken.
     async fn take_token(&self, host_id: i64, boot: u64) -> Result<TokenHandout, StoreError>;
     async fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// A token and its host, in one read (every agent request starts with it).
+    async fn token_host(&self, hash: &str) -> Result<Option<(TokenRecord, Host)>, StoreError>;
     async fn revoke_tokens(&self, host_id: i64) -> Result<(), StoreError>;
 
-    async fn heartbeat(&self, host_id: i64, boot: u64, now: Ts) -> Result<(), StoreError>;
-    async fn set_progress(&self, host_id: i64, boot: u64, progress: &serde_json::Value) -> Result<(), StoreError>;
+    /// Records an agent's heartbeat; `true` when it is the boot's first.
+    async fn heartbeat(&self, host_id: i64, boot: u64, now: Ts) -> Result<bool, StoreError>;
+    /// Records an agent's progress report (a heartbeat too); `true` when its `phase` differs from the boot's
+    /// previous report (or there was none). A report of the same phase is one statement.
+    async fn record_progress(
+        &self,
+        host_id: i64,
+        boot: u64,
+        phase: &str,
+        progress: &serde_json::Value,
+        now: Ts,
+    ) -> Result<bool, StoreError>;
     async fn agent_boot(&self, host_id: i64, boot: u64) -> Result<Option<AgentBoot>, StoreError>;
 
     /// Queues a command; idempotent on (`host_id`, `id`).
@@ -346,6 +358,28 @@ pub trait Store: Send + Sync + 'static {
         result: Option<&Outcome>,
         now: Ts,
     ) -> Result<bool, StoreError>;
+    /// Records the agent's result of command `id` of `boot` and its event (host name, kind, message) in one
+    /// transaction, unless the command is already finished (a retried report) or is not one of that boot.
+    async fn finish_command(
+        &self,
+        host_id: i64,
+        boot: u64,
+        id: u64,
+        outcome: &Outcome,
+        event: (&str, &str, &str),
+        now: Ts,
+    ) -> Result<Finish, StoreError>;
+}
+
+/// What [`Store::finish_command`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The result and its event are recorded.
+    Recorded,
+    /// The command had its result already: nothing written.
+    AlreadyFinished,
+    /// The boot has no such command.
+    NotFound,
 }
 
 /// A host row as plain text and integers: the shape both SQL dialects read and write.

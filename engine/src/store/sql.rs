@@ -12,7 +12,7 @@ use sqlx::Row;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use super::{
-    AgentBoot, AgentCommand, CommandStatus, Event, Fence, HostRow, Journal, PhaseRecord, Store, StoreError,
+    AgentBoot, AgentCommand, CommandStatus, Event, Fence, Finish, HostRow, Journal, PhaseRecord, Store, StoreError,
     TokenHandout, TokenRecord, command_from_parts, json_text, json_value, open_text, seal_text,
 };
 use crate::crypto::SecretKey;
@@ -47,6 +47,7 @@ const MIGRATION_0004: &str = include_str!("../../migrations/0004_preprovisioning
 const MIGRATION_0005: &str = include_str!("../../migrations/0005_hosts_next_wake.sql");
 const MIGRATION_0006: &str = include_str!("../../migrations/0006_replicas.sql");
 const MIGRATION_0007: &str = include_str!("../../migrations/0007_image_credentials.sql");
+const MIGRATION_0008: &str = include_str!("../../migrations/0008_agent_progress_phase.sql");
 
 mod postgres;
 mod sqlite;
@@ -590,7 +591,7 @@ macro_rules! sql_store {
                     .map_err(|source| StoreError::Crypto { host: host_id.to_string(), source })?;
                 sqlx::query("INSERT INTO agent_tokens (token_hash, host_id, boot, phase, created_ms, revoked, handout) VALUES ($1, $2, $3, $4, $5, 0, $6)")
                     .bind(hash.to_owned()).bind(host_id).bind(boot as i64).bind(phase.to_owned()).bind(now.0).bind(sealed)
-                    .execute(&self.pool).await.map_err(db("add agent token"))?;
+                    .execute(&self.relaxed).await.map_err(db("add agent token"))?;
                 Ok(())
             }
 
@@ -632,28 +633,71 @@ macro_rules! sql_store {
                 .map_err(db("read agent token"))
             }
 
+            async fn token_host(&self, hash: &str) -> Result<Option<(TokenRecord, Host)>, StoreError> {
+                let r = sqlx::query(
+                    "SELECT t.host_id, t.boot, t.phase, t.revoked, h.id, h.name, h.labels, h.bmc_address, h.bmc_username, h.bmc_password, h.bmc_tls, h.bmc_identity, h.boot_mac, h.boot_mode, h.root_device_hints, h.image, h.user_data, h.network_data, h.meta_data, h.options, h.requests, h.state_name, h.state, h.error_kind, h.error_message, h.power, h.counters, h.generation, h.next_wake_ms, h.created_ms, h.updated_ms, h.preprovisioning_network_data, h.image_credentials \
+                     FROM agent_tokens t JOIN hosts h ON h.id = t.host_id WHERE t.token_hash = $1",
+                )
+                .bind(hash.to_owned()).fetch_optional(&self.pool).await.map_err(db("read agent token"))?;
+                let Some(r) = r else { return Ok(None) };
+                let token = TokenRecord {
+                    host_id: r.try_get("host_id").map_err(db("read agent token"))?,
+                    boot: r.try_get::<i64, _>("boot").map_err(db("read agent token"))? as u64,
+                    phase: r.try_get("phase").map_err(db("read agent token"))?,
+                    revoked: r.try_get::<i64, _>("revoked").map_err(db("read agent token"))? != 0,
+                };
+                let host = Self::row(&r).map_err(db("decode host"))?.into_host(&self.key)?;
+                Ok(Some((token, host)))
+            }
+
             async fn revoke_tokens(&self, host_id: i64) -> Result<(), StoreError> {
                 // Deleted, not marked: a token whose boot is over is worth nothing, and rows must not pile up.
                 sqlx::query("DELETE FROM agent_tokens WHERE host_id = $1")
-                    .bind(host_id).execute(&self.pool).await.map_err(db("revoke agent tokens"))?;
+                    .bind(host_id).execute(&self.relaxed).await.map_err(db("revoke agent tokens"))?;
                 Ok(())
             }
 
-            async fn heartbeat(&self, host_id: i64, boot: u64, now: Ts) -> Result<(), StoreError> {
-                sqlx::query(
+            async fn heartbeat(&self, host_id: i64, boot: u64, now: Ts) -> Result<bool, StoreError> {
+                // Every heartbeat but the first is one UPDATE; of two first ones at once, one inserts.
+                let updated = sqlx::query("UPDATE agent_boots SET last_heartbeat_ms = $1 WHERE host_id = $2 AND boot = $3")
+                    .bind(now.0).bind(host_id).bind(boot as i64)
+                    .execute(&self.relaxed).await.map_err(db("record heartbeat"))?;
+                if updated.rows_affected() > 0 {
+                    return Ok(false);
+                }
+                let inserted = sqlx::query(
                     "INSERT INTO agent_boots (host_id, boot, first_heartbeat_ms, last_heartbeat_ms) VALUES ($1, $2, $3, $3) \
-                     ON CONFLICT (host_id, boot) DO UPDATE SET last_heartbeat_ms = excluded.last_heartbeat_ms",
+                     ON CONFLICT (host_id, boot) DO NOTHING",
                 )
                 .bind(host_id).bind(boot as i64).bind(now.0)
                 .execute(&self.relaxed).await.map_err(db("record heartbeat"))?;
-                Ok(())
+                if inserted.rows_affected() > 0 {
+                    return Ok(true);
+                }
+                sqlx::query("UPDATE agent_boots SET last_heartbeat_ms = $1 WHERE host_id = $2 AND boot = $3")
+                    .bind(now.0).bind(host_id).bind(boot as i64)
+                    .execute(&self.relaxed).await.map_err(db("record heartbeat"))?;
+                Ok(false)
             }
 
-            async fn set_progress(&self, host_id: i64, boot: u64, progress: &serde_json::Value) -> Result<(), StoreError> {
-                sqlx::query("UPDATE agent_boots SET progress = $1 WHERE host_id = $2 AND boot = $3")
-                    .bind(json_text(progress)).bind(host_id).bind(boot as i64)
-                    .execute(&self.relaxed).await.map_err(db("record progress"))?;
-                Ok(())
+            async fn record_progress(&self, host_id: i64, boot: u64, phase: &str, progress: &serde_json::Value, now: Ts) -> Result<bool, StoreError> {
+                let progress = json_text(progress);
+                let same = sqlx::query(
+                    "UPDATE agent_boots SET last_heartbeat_ms = $1, progress = $2 WHERE host_id = $3 AND boot = $4 AND progress_phase = $5",
+                )
+                .bind(now.0).bind(progress.clone()).bind(host_id).bind(boot as i64).bind(phase.to_owned())
+                .execute(&self.relaxed).await.map_err(db("record progress"))?;
+                if same.rows_affected() > 0 {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "INSERT INTO agent_boots (host_id, boot, first_heartbeat_ms, last_heartbeat_ms, progress, progress_phase) \
+                     VALUES ($1, $2, $3, $3, $4, $5) ON CONFLICT (host_id, boot) DO UPDATE SET \
+                     last_heartbeat_ms = excluded.last_heartbeat_ms, progress = excluded.progress, progress_phase = excluded.progress_phase",
+                )
+                .bind(host_id).bind(boot as i64).bind(now.0).bind(progress).bind(phase.to_owned())
+                .execute(&self.relaxed).await.map_err(db("record progress"))?;
+                Ok(true)
             }
 
             async fn agent_boot(&self, host_id: i64, boot: u64) -> Result<Option<AgentBoot>, StoreError> {
@@ -676,7 +720,7 @@ macro_rules! sql_store {
                      ON CONFLICT (host_id, id) DO NOTHING",
                 )
                 .bind(host_id).bind(id as i64).bind(boot as i64).bind(sealed).bind(now.0)
-                .execute(&self.pool).await.map_err(db("queue agent command"))?;
+                .execute(&self.relaxed).await.map_err(db("queue agent command"))?;
                 Ok(())
             }
 
@@ -697,8 +741,35 @@ macro_rules! sql_store {
             async fn set_command_status(&self, host_id: i64, id: u64, status: CommandStatus, result: Option<&Outcome>, now: Ts) -> Result<bool, StoreError> {
                 let r = sqlx::query("UPDATE agent_commands SET status = $1, result = $2, updated_ms = $3 WHERE host_id = $4 AND id = $5")
                     .bind(status.as_str()).bind(result.map(json_text)).bind(now.0).bind(host_id).bind(id as i64)
-                    .execute(&self.pool).await.map_err(db("update agent command"))?;
+                    .execute(&self.relaxed).await.map_err(db("update agent command"))?;
                 Ok(r.rows_affected() == 1)
+            }
+
+            async fn finish_command(&self, host_id: i64, boot: u64, id: u64, outcome: &Outcome, event: (&str, &str, &str), now: Ts) -> Result<Finish, StoreError> {
+                let status = match outcome {
+                    Outcome::Succeeded { .. } => CommandStatus::Succeeded,
+                    Outcome::Failed { .. } => CommandStatus::Failed,
+                };
+                let mut tx = self.pool.begin().await.map_err(db("finish agent command"))?;
+                let r = sqlx::query(
+                    "UPDATE agent_commands SET status = $1, result = $2, updated_ms = $3 WHERE host_id = $4 AND id = $5 AND boot = $6 \
+                     AND status IN ('queued', 'sent')",
+                )
+                .bind(status.as_str()).bind(json_text(outcome)).bind(now.0).bind(host_id).bind(id as i64).bind(boot as i64)
+                .execute(&mut *tx).await.map_err(db("finish agent command"))?;
+                if r.rows_affected() == 1 {
+                    let (host, kind, message) = event;
+                    sqlx::query("INSERT INTO events (host_name, at_ms, kind, message) VALUES ($1, $2, $3, $4)")
+                        .bind(host.to_owned()).bind(now.0).bind(kind.to_owned()).bind(message.to_owned())
+                        .execute(&mut *tx).await.map_err(db("add event"))?;
+                    tx.commit().await.map_err(db("finish agent command"))?;
+                    return Ok(Finish::Recorded);
+                }
+                drop(tx);
+                let known = sqlx::query("SELECT 1 AS one FROM agent_commands WHERE host_id = $1 AND id = $2 AND boot = $3")
+                    .bind(host_id).bind(id as i64).bind(boot as i64)
+                    .fetch_optional(&self.pool).await.map_err(db("read agent command"))?;
+                Ok(if known.is_some() { Finish::AlreadyFinished } else { Finish::NotFound })
             }
         }
 

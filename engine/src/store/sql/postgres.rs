@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::{
-    MIGRATION_0002, MIGRATION_0003, MIGRATION_0004, MIGRATION_0005, MIGRATION_0006, MIGRATION_0007, db, migrator,
+    MIGRATION_0002, MIGRATION_0003, MIGRATION_0004, MIGRATION_0005, MIGRATION_0006, MIGRATION_0007, MIGRATION_0008, db,
+    migrator,
 };
 use crate::crypto::SecretKey;
 use crate::store::StoreError;
@@ -12,8 +13,9 @@ use crate::store::StoreError;
 /// The PostgreSQL store, for several replicas or large fleets.
 pub struct PgStore {
     pub(super) pool: sqlx::PgPool,
-    /// For agents' heartbeats and progress: `synchronous_commit = off` (as SQLite's relaxed pool; a crash can lose
-    /// the last of these commits, never corrupt anything).
+    /// `synchronous_commit = off`, for the writes SQLite's relaxed pool takes (see there): a later synchronous
+    /// commit flushes the WAL up to its own record, these included; a crash can lose the last of these commits,
+    /// never corrupt anything.
     pub(super) relaxed: sqlx::PgPool,
     pub(super) key: SecretKey,
 }
@@ -39,6 +41,7 @@ impl PgStore {
             (5, "hosts next wake index", MIGRATION_0005),
             (6, "replicas and host leases", MIGRATION_0006),
             (7, "image credentials", MIGRATION_0007),
+            (8, "agent progress phase", MIGRATION_0008),
         ])
         .run(&pool)
         .await

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{
-    MIGRATION_0002, MIGRATION_0003, MIGRATION_0004, MIGRATION_0005, MIGRATION_0006, MIGRATION_0007, db, migrator,
+    MIGRATION_0002, MIGRATION_0003, MIGRATION_0004, MIGRATION_0005, MIGRATION_0006, MIGRATION_0007, MIGRATION_0008, db,
+    migrator,
 };
 use crate::crypto::SecretKey;
 use crate::store::StoreError;
@@ -13,10 +14,13 @@ use crate::store::StoreError;
 /// The embedded SQLite store: one file in the data directory.
 pub struct SqliteStore {
     pub(super) pool: sqlx::SqlitePool,
-    /// For what is rewritten every few seconds and worthless after a power loss (agents' heartbeats and
-    /// progress): commits not fsynced one by one (`synchronous = NORMAL`). In WAL mode the log is appended in
-    /// order, so the next commit of `pool` (fsynced) makes these durable too; a power loss can only lose the last
-    /// heartbeats, never a state or an intent, and never corrupts the file.
+    /// Commits not fsynced one by one (`synchronous = NORMAL`), for two kinds of writes: what agents rewrite every
+    /// few seconds and is worthless after a power loss (heartbeats, progress, a command marked sent), and what the
+    /// executor writes just before the fsynced commit of the state it belongs to (queued commands, agent tokens
+    /// minted or revoked). In WAL mode the log is appended in order, so the next commit of `pool` (fsynced) makes
+    /// these durable too: a power loss can lose the last heartbeats, or the writes of a state change whose own
+    /// commit it also lost (decided again after the restart, idempotently), never a committed state, an
+    /// operator's intent or an event, and never corrupts the file.
     pub(super) relaxed: sqlx::SqlitePool,
     pub(super) key: SecretKey,
 }
@@ -71,6 +75,7 @@ impl SqliteStore {
             (5, "hosts next wake index", MIGRATION_0005),
             (6, "replicas and host leases", MIGRATION_0006),
             (7, "image credentials", MIGRATION_0007),
+            (8, "agent progress phase", MIGRATION_0008),
         ])
         .run(&pool)
         .await
