@@ -142,12 +142,29 @@ impl Api {
         out
     }
 
+    /// The hosts in `error` with their error, to say why the bench failed.
+    async fn errors(&self, via: &Replica) -> String {
+        let url = format!("{}/hosts", via.base());
+        let hosts: Vec<serde_json::Value> = match self.http.get(&url).bearer_auth(&self.token).send().await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(e) => return format!("(could not list hosts: {e})"),
+        };
+        hosts
+            .iter()
+            .filter(|h| h["state"] == "error")
+            .map(|h| format!("{}: {}", h["name"], h["error"]))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// Waits until `n` hosts are in `state` (asked of `via`); panics on a host in `error`.
     async fn wait(&self, via: &Replica, state: &str, n: u64, timeout: Duration) -> Duration {
         let t = Instant::now();
         loop {
             let s = self.states(via).await;
-            assert_eq!(s.get("error"), None, "hosts in error: {s:?}");
+            if s.contains_key("error") {
+                panic!("hosts in error: {s:?}; {}", self.errors(via).await);
+            }
             if s.get(state).copied().unwrap_or(0) >= n {
                 return t.elapsed();
             }
