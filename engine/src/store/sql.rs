@@ -20,34 +20,60 @@ use crate::machine::State;
 use crate::model::{Counters, Host, HostSpec, Requests, StatusUpdate};
 use crate::types::{HostName, MacAddr, Ts};
 
-/// The dialect's migrations, in order: (version, description, SQL).
-fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
+/// The migrations of a dialect whose first one (the schema, written per dialect) is `init`; every later one is
+/// the same SQL in both dialects.
+fn migrator(init: &'static str) -> Migrator {
+    let migrations: [(i64, &'static str, &'static str); 8] = [
+        (1, "init", init),
+        // Per-host BMC TLS settings and the BMC identity that keeps two hosts from driving one machine (existing
+        // rows get `NULL`, which a unique index allows any number of times, until their spec is next written).
+        (
+            2,
+            "bmc tls and identity",
+            include_str!("../../migrations/0002_bmc_tls_identity.sql"),
+        ),
+        (3, "host macs", include_str!("../../migrations/0003_host_macs.sql")),
+        (
+            4,
+            "preprovisioning network data",
+            include_str!("../../migrations/0004_preprovisioning_network_data.sql"),
+        ),
+        (
+            5,
+            "hosts next wake index",
+            include_str!("../../migrations/0005_hosts_next_wake.sql"),
+        ),
+        (
+            6,
+            "replicas and host leases",
+            include_str!("../../migrations/0006_replicas.sql"),
+        ),
+        (
+            7,
+            "image credentials",
+            include_str!("../../migrations/0007_image_credentials.sql"),
+        ),
+        (
+            8,
+            "agent progress phase",
+            include_str!("../../migrations/0008_agent_progress_phase.sql"),
+        ),
+    ];
     Migrator::with_migrations(
         migrations
-            .iter()
+            .into_iter()
             .map(|(version, name, sql)| {
                 Migration::new(
-                    *version,
-                    (*name).into(),
+                    version,
+                    name.into(),
                     MigrationType::Simple,
-                    sqlx::SqlSafeStr::into_sql_str(*sql),
+                    sqlx::SqlSafeStr::into_sql_str(sql),
                     false,
                 )
             })
             .collect(),
     )
 }
-
-/// Per-host BMC TLS settings and the BMC identity that keeps two hosts from driving one machine (existing rows get
-/// `NULL`, which a unique index allows any number of times, until their spec is next written). Same SQL in both
-/// dialects.
-const MIGRATION_0002: &str = include_str!("../../migrations/0002_bmc_tls_identity.sql");
-const MIGRATION_0003: &str = include_str!("../../migrations/0003_host_macs.sql");
-const MIGRATION_0004: &str = include_str!("../../migrations/0004_preprovisioning_network_data.sql");
-const MIGRATION_0005: &str = include_str!("../../migrations/0005_hosts_next_wake.sql");
-const MIGRATION_0006: &str = include_str!("../../migrations/0006_replicas.sql");
-const MIGRATION_0007: &str = include_str!("../../migrations/0007_image_credentials.sql");
-const MIGRATION_0008: &str = include_str!("../../migrations/0008_agent_progress_phase.sql");
 
 mod postgres;
 mod sqlite;

@@ -3,10 +3,7 @@
 
 use std::time::Duration;
 
-use super::{
-    MIGRATION_0002, MIGRATION_0003, MIGRATION_0004, MIGRATION_0005, MIGRATION_0006, MIGRATION_0007, MIGRATION_0008, db,
-    migrator,
-};
+use super::{db, migrator};
 use crate::crypto::SecretKey;
 use crate::store::StoreError;
 
@@ -33,19 +30,10 @@ impl PgStore {
             .connect_with(opts.clone())
             .await
             .map_err(db("connect postgres"))?;
-        migrator(&[
-            (1, "init", include_str!("../../../migrations/postgres/0001_init.sql")),
-            (2, "bmc tls and identity", MIGRATION_0002),
-            (3, "host macs", MIGRATION_0003),
-            (4, "preprovisioning network data", MIGRATION_0004),
-            (5, "hosts next wake index", MIGRATION_0005),
-            (6, "replicas and host leases", MIGRATION_0006),
-            (7, "image credentials", MIGRATION_0007),
-            (8, "agent progress phase", MIGRATION_0008),
-        ])
-        .run(&pool)
-        .await
-        .map_err(StoreError::Migrate)?;
+        migrator(include_str!("../../../migrations/postgres/0001_init.sql"))
+            .run(&pool)
+            .await
+            .map_err(StoreError::Migrate)?;
         let relaxed = sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(10))

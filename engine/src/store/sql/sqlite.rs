@@ -4,10 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{
-    MIGRATION_0002, MIGRATION_0003, MIGRATION_0004, MIGRATION_0005, MIGRATION_0006, MIGRATION_0007, MIGRATION_0008, db,
-    migrator,
-};
+use super::{db, migrator};
 use crate::crypto::SecretKey;
 use crate::store::StoreError;
 
@@ -67,19 +64,10 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await
             .map_err(db("open sqlite"))?;
-        migrator(&[
-            (1, "init", include_str!("../../../migrations/sqlite/0001_init.sql")),
-            (2, "bmc tls and identity", MIGRATION_0002),
-            (3, "host macs", MIGRATION_0003),
-            (4, "preprovisioning network data", MIGRATION_0004),
-            (5, "hosts next wake index", MIGRATION_0005),
-            (6, "replicas and host leases", MIGRATION_0006),
-            (7, "image credentials", MIGRATION_0007),
-            (8, "agent progress phase", MIGRATION_0008),
-        ])
-        .run(&pool)
-        .await
-        .map_err(StoreError::Migrate)?;
+        migrator(include_str!("../../../migrations/sqlite/0001_init.sql"))
+            .run(&pool)
+            .await
+            .map_err(StoreError::Migrate)?;
         let relaxed = pool_options(2)
             .connect_with(opts.synchronous(SqliteSynchronous::Normal))
             .await
