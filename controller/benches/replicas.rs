@@ -9,8 +9,16 @@
 //! undisturbed, then D more under the two faults. Prints the takeover time, deploys/s with three replicas against
 //! one, RSS and CPU at rest per replica; fails unless every host converged, none was written twice (the agent
 //! commands of each deployed host, counted in the store) and no acknowledged API write was lost.
+//!
+//! One limit of the simulation, and how the bench accounts for it: a simulated host's firmware and agent are tasks
+//! of the replica whose BMC call booted it, so the SIGKILL of kiln-b is also a power loss of the hosts kiln-b had
+//! booted and not yet finished (a real agent would go on writing and report to another replica; the lab test
+//! `controller/tests/replicas.rs` shows that with two real replicas). Their new owner finds the agent gone
+//! (`agent_lost`, after 60 s of silence here instead of the default 300 s) and the policy's retry deploys them again.
+//! So the bench lets exactly those hosts pass through `agent_lost` and be written twice, prints how many were, and
+//! fails on any other error or second write. The SIGSTOPped kiln-c's agents only pause, and must not be written twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,6 +28,9 @@ use kiln_tests::serve::KilnServe;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
+
+/// Silence after which a replica declares a simulated agent lost (the policy's default is 300 s).
+const AGENT_LOST_SECS: u64 = 60;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -50,7 +61,7 @@ impl Replica {
         let port = kiln_tests::free_port();
         let config = format!(
             "database_url = \"{db}\"\nheartbeat_secs = 5\nmax_concurrent_jobs = 5000\n[replica]\nname = \"{name}\"\n\
-             lease_ttl_secs = {ttl}\n"
+             lease_ttl_secs = {ttl}\n[policy]\nheartbeat_timeout_secs = {AGENT_LOST_SECS}\n"
         );
         let serve = KilnServe::start_logging(bin(), &data, port, &config, &["--simulate"], "info");
         Self {
@@ -157,13 +168,29 @@ impl Api {
             .join("; ")
     }
 
-    /// Waits until `n` hosts are in `state` (asked of `via`); panics on a host in `error`.
-    async fn wait(&self, via: &Replica, state: &str, n: u64, timeout: Duration) -> Duration {
+    /// Waits until `n` hosts are in `state` (asked of `via`); panics on a host in `error`, except a host of
+    /// `lost` whose agent was lost (it is retried).
+    async fn wait(
+        &self,
+        via: &Replica,
+        state: &str,
+        n: u64,
+        timeout: Duration,
+        lost: Option<(&PgCluster, &str, &BTreeSet<String>)>,
+    ) -> Duration {
         let t = Instant::now();
         loop {
             let s = self.states(via).await;
             if s.contains_key("error") {
-                panic!("hosts in error: {s:?}; {}", self.errors(via).await);
+                let allowed = match lost {
+                    Some((pg, db, lost)) => hosts_in_error(pg, db)
+                        .iter()
+                        .all(|(host, kind, _)| kind == "agent_lost" && lost.contains(host)),
+                    None => false,
+                };
+                if !allowed {
+                    panic!("hosts in error: {s:?}; {}", self.errors(via).await);
+                }
             }
             if s.get(state).copied().unwrap_or(0) >= n {
                 return t.elapsed();
@@ -227,20 +254,59 @@ async fn post_all(api: &Api, requests: impl Iterator<Item = (String, serde_json:
     acked.len()
 }
 
-/// Agent commands per deployed host, from the store: `(commands, hosts with that many)`.
-fn commands_per_host(pg: &PgCluster, db: &str) -> BTreeMap<u64, u64> {
-    let out = pg
-        .query(
-            db,
-            "SELECT n, count(*) FROM (SELECT host_id, count(*) AS n FROM agent_commands GROUP BY host_id) t GROUP BY n",
-        )
-        .unwrap();
-    out.lines()
-        .filter_map(|l| {
-            let (n, hosts) = l.split_once('|')?;
-            Some((n.trim().parse().ok()?, hosts.trim().parse().ok()?))
-        })
+/// Rows of `sql`'s `-At` output, split at `|`.
+fn rows(pg: &PgCluster, db: &str, sql: &str) -> Vec<Vec<String>> {
+    pg.query(db, sql)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('|').map(str::to_owned).collect())
         .collect()
+}
+
+/// Hosts in `error`, from the store: `(name, kind, message)`.
+fn hosts_in_error(pg: &PgCluster, db: &str) -> Vec<(String, String, String)> {
+    rows(
+        pg,
+        db,
+        "SELECT name, coalesce(error_kind, ''), coalesce(error_message, '') FROM hosts WHERE state_name = 'error'",
+    )
+    .into_iter()
+    .map(|mut r| {
+        r.resize(3, String::new());
+        (r[0].clone(), r[1].clone(), r[2].clone())
+    })
+    .collect()
+}
+
+/// The hosts whose lease `replica` holds and that are not provisioned (yet).
+fn unfinished_hosts_of(pg: &PgCluster, db: &str, replica: &str) -> BTreeSet<String> {
+    let sql = format!(
+        "SELECT h.name FROM hosts h JOIN host_leases l ON l.host_id = h.id \
+         WHERE l.replica = '{replica}' AND h.state_name <> 'provisioned'"
+    );
+    rows(pg, db, &sql).into_iter().map(|r| r[0].clone()).collect()
+}
+
+/// Agent commands per deployed host, from the store.
+fn commands_per_host(pg: &PgCluster, db: &str) -> BTreeMap<String, u64> {
+    rows(
+        pg,
+        db,
+        "SELECT h.name, count(*) FROM agent_commands c JOIN hosts h ON h.id = c.host_id GROUP BY h.name",
+    )
+    .into_iter()
+    .filter_map(|r| Some((r[0].clone(), r.get(1)?.parse().ok()?)))
+    .collect()
+}
+
+/// `(commands, hosts with that many)`.
+fn histogram(counts: impl Iterator<Item = u64>) -> BTreeMap<u64, u64> {
+    let mut h = BTreeMap::new();
+    for n in counts {
+        *h.entry(n).or_default() += 1;
+    }
+    h
 }
 
 /// CPU share of one core used by each replica over `secs` seconds at rest.
@@ -280,22 +346,30 @@ async fn main() {
     let t = Instant::now();
     let enrolled = enroll(&api, &[&a, &b, &c], n).await;
     let enroll_secs = t.elapsed().as_secs_f64();
-    let to_available = api.wait(&a, "available", n as u64, Duration::from_secs(3600)).await;
+    let to_available = api
+        .wait(&a, "available", n as u64, Duration::from_secs(3600), None)
+        .await;
     println!(
         "enrolled {enrolled} hosts in {enroll_secs:.1} s ({:.0}/s); all available after {:.1} s",
         n as f64 / enroll_secs,
         to_available.as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
+    let pg_before = pg.cpu_secs();
     let cpu = cpu_at_rest(&[&a, &b, &c], 30).await;
     for (r, cpu) in [&a, &b, &c].iter().zip(&cpu) {
         println!("{} at rest: {cpu:.1}% of one core, RSS {:.0} MiB", r.name, r.rss_mib());
     }
+    println!(
+        "PostgreSQL at rest (its server processes): {:.1}% of one core",
+        (pg.cpu_secs() - pg_before) / 30.0 * 100.0
+    );
 
     // D deploys, undisturbed.
     let t = Instant::now();
     let mut acked = provision(&api, &[&a, &b, &c], 0..d).await;
-    api.wait(&a, "provisioned", d as u64, Duration::from_secs(3600)).await;
+    api.wait(&a, "provisioned", d as u64, Duration::from_secs(3600), None)
+        .await;
     let deploy3 = t.elapsed();
     println!(
         "3 replicas: {d} deploys in {:.1} s ({:.1}/s)",
@@ -306,9 +380,16 @@ async fn main() {
     // D more; once a tenth are provisioned, SIGKILL kiln-b and SIGSTOP kiln-c for the lease time and more.
     let t = Instant::now();
     acked += provision(&api, &[&a, &b, &c], d..2 * d).await;
-    api.wait(&a, "provisioned", (d + d / 10).max(1) as u64, Duration::from_secs(3600))
-        .await;
+    api.wait(
+        &a,
+        "provisioned",
+        (d + d / 10).max(1) as u64,
+        Duration::from_secs(3600),
+        None,
+    )
+    .await;
     let a_lines = a.log().lines().count();
+    let lost = unfinished_hosts_of(&pg, &db, "kiln-b");
     let killed = Instant::now();
     drop(b);
     kill(c.pid(), Signal::SIGSTOP).unwrap();
@@ -324,8 +405,14 @@ async fn main() {
     };
     tokio::time::sleep(Duration::from_secs(ttl + 5).saturating_sub(killed.elapsed())).await;
     kill(c.pid(), Signal::SIGCONT).unwrap();
-    api.wait(&a, "provisioned", 2 * d as u64, Duration::from_secs(3600))
-        .await;
+    api.wait(
+        &a,
+        "provisioned",
+        2 * d as u64,
+        Duration::from_secs(3600),
+        Some((&pg, &db, &lost)),
+    )
+    .await;
     let faulted = t.elapsed();
     let states = api.states(&a).await;
     let per_host = commands_per_host(&pg, &db);
@@ -337,7 +424,15 @@ async fn main() {
         ttl + 5,
         takeover.as_secs_f64()
     );
-    println!("  hosts by state: {states:?}; agent commands per deployed host (commands: hosts): {per_host:?}");
+    let (of_b, others): (BTreeMap<String, u64>, BTreeMap<String, u64>) =
+        per_host.clone().into_iter().partition(|(h, _)| lost.contains(h));
+    let (hist_b, hist) = (histogram(of_b.values().copied()), histogram(others.values().copied()));
+    println!("  hosts by state: {states:?}");
+    println!("  agent commands per deployed host (commands: hosts): {hist:?}");
+    println!(
+        "  kiln-b's {} unfinished hosts at the kill (simulated hardware lost with it): {hist_b:?}",
+        lost.len()
+    );
     println!("  kiln-a RSS {:.0} MiB, kiln-c RSS {:.0} MiB", a.rss_mib(), c.rss_mib());
     assert_eq!(acked, 2 * d, "every provision request was acknowledged");
     assert_eq!(
@@ -346,11 +441,17 @@ async fn main() {
         "every host converged and no acknowledged write was lost: {states:?}"
     );
     assert_eq!(
-        per_host.len(),
+        hist.len(),
         1,
-        "every deployed host got the same agent commands; a host written twice would have more: {per_host:?}"
+        "every deployed host outside kiln-b's share got the same agent commands; a host written twice would have \
+         more: {hist:?}"
     );
-    assert_eq!(per_host.values().sum::<u64>(), 2 * d as u64, "{per_host:?}");
+    let once = hist.keys().next().copied().unwrap_or(0);
+    assert!(
+        of_b.values().all(|n| *n >= once),
+        "kiln-b's hosts got at least one deploy's commands: {hist_b:?}"
+    );
+    assert_eq!(per_host.len(), 2 * d, "{hist:?} {hist_b:?}");
     assert!(!c.log().contains("panicked") && !a.log().contains("panicked"));
     c.serve.take();
     drop(a);
@@ -360,16 +461,20 @@ async fn main() {
     let one = Replica::start(tmp.path(), "kiln-one", &db1, ttl, None);
     let api = Api::new(&one);
     enroll(&api, &[&one], n).await;
-    api.wait(&one, "available", n as u64, Duration::from_secs(3600)).await;
+    api.wait(&one, "available", n as u64, Duration::from_secs(3600), None)
+        .await;
+    let pg_before = pg.cpu_secs();
     let cpu = cpu_at_rest(&[&one], 30).await;
     println!(
-        "1 replica at rest: {:.1}% of one core, RSS {:.0} MiB",
+        "1 replica at rest: {:.1}% of one core, RSS {:.0} MiB; PostgreSQL {:.1}% of one core",
         cpu[0],
-        one.rss_mib()
+        one.rss_mib(),
+        (pg.cpu_secs() - pg_before) / 30.0 * 100.0
     );
     let t = Instant::now();
     provision(&api, &[&one], 0..d).await;
-    api.wait(&one, "provisioned", d as u64, Duration::from_secs(3600)).await;
+    api.wait(&one, "provisioned", d as u64, Duration::from_secs(3600), None)
+        .await;
     let deploy1 = t.elapsed();
     println!(
         "1 replica: {d} deploys in {:.1} s ({:.1}/s); deploys/s, 3 replicas / 1: {:.2}",

@@ -146,6 +146,35 @@ impl PgCluster {
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
+
+    /// CPU seconds (user + system) used so far by the cluster's processes: the postmaster and its children
+    /// (backends, writers, autovacuum) that are running now.
+    pub fn cpu_secs(&self) -> f64 {
+        let Some(postmaster) = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .ok()
+            .and_then(|p| p.lines().next()?.trim().parse::<u32>().ok())
+        else {
+            return 0.0;
+        };
+        // Fields after the command name: state is 0, ppid 1, utime 11, stime 12 (clock ticks, 100 per second).
+        let stat = |pid: &str| -> Option<(u32, f64)> {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let fields: Vec<&str> = text.rsplit(')').next()?.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            Some((fields.get(1)?.parse().ok()?, (ticks(11) + ticks(12)) / 100.0))
+        };
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return 0.0;
+        };
+        procs
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|pid| {
+                let (ppid, secs) = stat(&pid)?;
+                (pid == postmaster.to_string() || ppid == postmaster).then_some(secs)
+            })
+            .sum()
+    }
 }
 
 impl Drop for PgCluster {
