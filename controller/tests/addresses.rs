@@ -327,6 +327,28 @@ async fn the_rest_import_names_every_refusal_and_enrolls_all_or_none() {
     assert!(out["error"].as_str().unwrap().contains("nothing was imported"), "{out}");
     assert_eq!(lab.host_names().await, Vec::<String>::new(), "nothing enrolled");
 
+    // Documents that conflict with each other (the same MAC, the same BMC) are refused by document too, before
+    // anything is written, as a conflict with an enrolled host is.
+    let mac = "  bootMACAddress: 52:54:00:aa:00:01\n";
+    for (second, field, what) in [
+        (
+            host("r2-b", "ipmi://192.0.2.32", mac),
+            "spec.bootMACAddress",
+            "52:54:00:aa:00:01",
+        ),
+        (host("r2-b", "ipmi://192.0.2.31", ""), "spec.bmc.address", "192.0.2.31"),
+    ] {
+        let clash = format!("{secret}{}{second}", host("r2-a", "ipmi://192.0.2.31", mac));
+        let (code, out) = post("/api/v1/import?dry_run=true", clash).await;
+        assert_eq!(code, 422, "{out}");
+        let refused = out["refused"].as_array().unwrap();
+        assert_eq!(refused.len(), 1, "{out}");
+        assert_eq!(refused[0]["document"], "BareMetalHost rack1/r2-b", "{out}");
+        assert_eq!(refused[0]["field"], field, "{out}");
+        let error = refused[0]["error"].as_str().unwrap_or_default();
+        assert!(error.contains(what) && error.contains("r2-a"), "{out}");
+    }
+
     let (code, out) = post("/api/v1/import?dry_run=true", good.clone()).await;
     assert_eq!(code, 200, "{out}");
     assert_eq!(out["dry_run"], true);

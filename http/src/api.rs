@@ -131,29 +131,58 @@ struct DryRun {
 
 /// Refuses a new host whose name, boot MAC or BMC another host already has (what the store's unique keys would
 /// refuse), for a dry run that writes nothing.
-pub(crate) async fn check_free(app: &AppState, name: &HostName, spec: &HostSpec) -> Result<(), ApiError> {
-    let identity = spec.bmc.as_ref().map(|b| b.address.identity());
-    for h in app.store.hosts().await? {
-        if h.name == *name {
-            return Err(kiln_engine::store::StoreError::HostExists { host: name.to_string() }.into());
+/// What the enrolled hosts already use: names, boot MACs and BMC identities (read once per request, so a manifest
+/// of many hosts is checked against the store in one read, not one per document).
+#[derive(Default)]
+pub(crate) struct Taken {
+    names: std::collections::HashSet<HostName>,
+    macs: std::collections::HashSet<kiln_engine::types::MacAddr>,
+    /// BMC identity (an address's endpoint and System) → the host using it, with its address as written.
+    bmcs: std::collections::HashMap<String, (HostName, String)>,
+}
+
+impl Taken {
+    pub(crate) async fn load(app: &AppState) -> Result<Self, ApiError> {
+        let mut taken = Self::default();
+        for h in app.store.hosts().await? {
+            taken.add(&h.name, &h.spec);
         }
-        if spec.boot_mac.is_some() && h.spec.boot_mac == spec.boot_mac {
-            return Err(kiln_engine::store::StoreError::MacInUse {
-                mac: spec.boot_mac.map(|m| m.to_string()).unwrap_or_default(),
-            }
-            .into());
+        Ok(taken)
+    }
+
+    /// Counts `name` and what `spec` uses as taken (a manifest's earlier documents, say).
+    pub(crate) fn add(&mut self, name: &HostName, spec: &HostSpec) {
+        self.names.insert(name.clone());
+        if let Some(mac) = spec.boot_mac {
+            self.macs.insert(mac);
         }
-        if let (Some(id), Some(b)) = (&identity, &h.spec.bmc)
-            && b.address.identity() == *id
-        {
-            return Err(kiln_engine::store::StoreError::BmcInUse {
-                address: b.address.to_string(),
-                other: h.name.to_string(),
-            }
-            .into());
+        if let Some(b) = &spec.bmc {
+            self.bmcs
+                .insert(b.address.identity(), (name.clone(), b.address.to_string()));
         }
     }
-    Ok(())
+
+    /// Refuses a host whose name, boot MAC or BMC is taken, as the store would.
+    pub(crate) fn check(&self, name: &HostName, spec: &HostSpec) -> Result<(), ApiError> {
+        if self.names.contains(name) {
+            return Err(kiln_engine::store::StoreError::HostExists { host: name.to_string() }.into());
+        }
+        if let Some(mac) = spec.boot_mac
+            && self.macs.contains(&mac)
+        {
+            return Err(kiln_engine::store::StoreError::MacInUse { mac: mac.to_string() }.into());
+        }
+        if let Some(b) = &spec.bmc
+            && let Some((other, address)) = self.bmcs.get(&b.address.identity())
+        {
+            return Err(kiln_engine::store::StoreError::BmcInUse {
+                address: address.clone(),
+                other: other.to_string(),
+            }
+            .into());
+        }
+        Ok(())
+    }
 }
 
 async fn create_host(
@@ -169,7 +198,7 @@ async fn create_host(
             .map_err(|m| unprocessable("bmc.address", m))?;
     }
     if q.dry_run {
-        check_free(&app, &name, &spec).await?;
+        Taken::load(&app).await?.check(&name, &spec)?;
         let t = now();
         let preview = Host {
             id: 0,

@@ -91,7 +91,8 @@ pub(crate) async fn import(
             "no BareMetalHost in the manifest",
         ));
     }
-    // 1. Validate every document as the API would, conflicts with enrolled hosts included.
+    // 1. Validate every document as the API would, conflicts with enrolled hosts and earlier documents included.
+    let mut taken = crate::api::Taken::load(&app).await?;
     let mut specs = Vec::new();
     for h in &hosts {
         let (name, mut spec) = match spec_from(&h.enroll) {
@@ -107,7 +108,7 @@ pub(crate) async fn import(
             out.refused.push(refusal(&h.doc, "spec.bmc.address", m));
             continue;
         }
-        if let Err(e) = crate::api::check_free(&app, &name, &spec).await {
+        if let Err(e) = taken.check(&name, &spec) {
             out.refused.push(refusal(
                 &h.doc,
                 &manifest_field(e.field.as_deref().unwrap_or("name")),
@@ -142,6 +143,7 @@ pub(crate) async fn import(
             name: name.to_string(),
             outcome: outcome.into(),
         });
+        taken.add(&name, &spec);
         let why = format!("imported from {} ({outcome})", h.doc);
         specs.push((name, spec, why));
     }
