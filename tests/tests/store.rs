@@ -296,8 +296,21 @@ async fn suite(s: Arc<dyn Store>) {
         n.sort();
         n
     };
-    assert_eq!(due(s.due_hosts(t).await.unwrap()), ["node-2"], "node-1 wakes later");
-    assert_eq!(due(s.due_hosts(t.plus_ms(5)).await.unwrap()), ["node-1", "node-2"]);
+    let due_at = |at: Ts| {
+        let s = s.clone();
+        async move {
+            let ids = s.due_host_ids(at).await.unwrap();
+            let hosts = s.hosts_by_ids(&ids).await.unwrap();
+            assert_eq!(hosts.len(), ids.len(), "every due id reads as a host");
+            hosts
+        }
+    };
+    assert_eq!(due(due_at(t).await), ["node-2"], "node-1 wakes later");
+    assert_eq!(due(due_at(t.plus_ms(5)).await), ["node-1", "node-2"]);
+    assert!(
+        s.hosts_by_ids(&[-7]).await.unwrap().is_empty(),
+        "an id without a host reads as nothing"
+    );
     assert!(s.job_states().await.unwrap().is_empty(), "node-1 failed: no job runs");
 
     // A status write and its records are one transaction: a stale write records nothing, a current one ends and
@@ -608,6 +621,35 @@ async fn leases(s: &dyn Store, a: i64, b: i64, st: &StatusUpdate, t: Ts) {
         Some(4)
     );
     s.leave("kiln-b").await.unwrap();
+    // A takeover claims many at once: both freed leases, each with a new epoch, the missing host left out; claimed
+    // again by their holder, the epochs stay; another replica gets none.
+    let mut took = s
+        .claim_leases(&[a, b, -7], "kiln-c", later, later.plus_ms(ttl))
+        .await
+        .unwrap();
+    took.sort_unstable();
+    let mut want = vec![(a, 5), (b, 2)];
+    want.sort_unstable();
+    assert_eq!(took, want);
+    let mut again = s
+        .claim_leases(&[b, a], "kiln-c", later, later.plus_ms(ttl))
+        .await
+        .unwrap();
+    again.sort_unstable();
+    assert_eq!(again, want);
+    assert!(
+        s.claim_leases(&[a, b], "kiln-d", later, later.plus_ms(ttl))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.claim_leases(&[], "kiln-d", later, later.plus_ms(ttl))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.leave("kiln-c").await.unwrap();
 }
 
 #[tokio::test]

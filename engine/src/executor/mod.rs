@@ -347,8 +347,7 @@ impl Executor {
             let mut jobs = self.store.job_states().await?;
             if let Some(o) = self.ownership.get() {
                 // Each replica runs at most max_concurrent_jobs of its own hosts' jobs.
-                let held = o.held();
-                jobs.retain(|(id, _)| held.contains(id));
+                jobs.retain(|(id, _)| o.owns(*id));
             }
             let mut slots = self.slots.lock().expect("slots lock");
             slots.retain(|id| inflight.contains(id));
@@ -375,19 +374,16 @@ impl Executor {
             .into_iter()
             .partition(|id| inflight.contains(id) || backing_off.contains(id));
         self.woken.lock().expect("woken lock").extend(later);
-        let mut due: Vec<Host> = self.store.due_hosts(now).await?;
-        for id in woken {
-            if !due.iter().any(|h| h.id == id)
-                && let Some(h) = self.store.host_by_id(id).await?
-            {
-                due.push(h);
-            }
-        }
-        due.retain(|h| !inflight.contains(&h.id) && !backing_off.contains(&h.id));
+        // Ids first (an index probe); rows only of the hosts this replica will reconcile now, so a replica never
+        // reads or unseals another replica's share.
+        let mut ids: HashSet<i64> = self.store.due_host_ids(now).await?.into_iter().collect();
+        ids.extend(woken);
+        ids.retain(|id| !inflight.contains(id) && !backing_off.contains(id));
         if let Some(o) = self.ownership.get() {
-            let held = o.held();
-            due.retain(|h| held.contains(&h.id));
+            ids.retain(|id| o.owns(*id));
         }
+        let ids: Vec<i64> = ids.into_iter().collect();
+        let mut due: Vec<Host> = self.store.hosts_by_ids(&ids).await?;
         // Queued hosts go first, oldest first, so the delayed queue is FIFO (the semaphore is fair).
         due.sort_by_key(|h| {
             (

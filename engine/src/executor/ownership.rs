@@ -102,14 +102,6 @@ impl Ownership {
         self.fence(id).is_some()
     }
 
-    /// The hosts held now (empty while the leases are not trusted).
-    pub fn held(&self) -> HashSet<i64> {
-        if !self.valid() {
-            return HashSet::new();
-        }
-        self.held.lock().expect("ownership lock").keys().copied().collect()
-    }
-
     /// Heartbeats, renews this replica's leases, takes the free leases of the hosts it should own and releases the
     /// hosts another live replica should own (except those in `busy`, whose reconcile is running).
     ///
@@ -140,18 +132,21 @@ impl Ownership {
             replicas: replicas.len(),
             ..RoundOutcome::default()
         };
+        let mut to_claim = Vec::new();
         for id in store.host_ids().await? {
             let mine = owner_of(&replicas, id) == Some(name);
             if mine && !held.contains_key(&id) {
-                if let Some(epoch) = store.claim_lease(id, name, now, until).await? {
-                    held.insert(id, epoch);
-                    out.gained += 1;
-                }
+                to_claim.push(id);
             } else if !mine && held.contains_key(&id) && !busy.contains(&id) {
                 store.release_lease(id, name).await?;
                 held.remove(&id);
                 out.released += 1;
             }
+        }
+        // A takeover (or the first round) claims a whole share: in batches, not a statement per host.
+        for (id, epoch) in store.claim_leases(&to_claim, name, now, until).await? {
+            held.insert(id, epoch);
+            out.gained += 1;
         }
         out.held = held.len();
         *self.held.lock().expect("ownership lock") = held;

@@ -220,11 +220,14 @@ pub trait Store: Send + Sync + 'static {
     /// it) is left out. Returns the MACs kept.
     async fn set_learned_macs(&self, id: i64, macs: &[MacAddr]) -> Result<Vec<MacAddr>, StoreError>;
     async fn hosts(&self) -> Result<Vec<Host>, StoreError>;
-    /// The hosts due for a look at `now` (next wake at or before it, or none set), in no particular order: what the
-    /// executor reads on each pass (an index probe, so hosts at rest cost nothing until they are due).
-    async fn due_hosts(&self, now: Ts) -> Result<Vec<Host>, StoreError>;
+    /// The ids of the hosts due for a look at `now` (next wake at or before it, or none set), in no particular order:
+    /// what the executor asks on each pass (an index probe, so hosts at rest cost nothing until they are due). Ids
+    /// only: with several replicas, each then reads the rows of its own share ([`Store::hosts_by_ids`]).
+    async fn due_host_ids(&self, now: Ts) -> Result<Vec<i64>, StoreError>;
+    /// The hosts with these ids (those that exist), in no particular order.
+    async fn hosts_by_ids(&self, ids: &[i64]) -> Result<Vec<Host>, StoreError>;
     /// The id and state of every host whose stored state runs an agent job (the executor's job-slot count), without
-    /// reading (or unsealing) anything else.
+    /// reading (or unsealing) anything else; a partial index holds exactly these rows.
     async fn job_states(&self) -> Result<Vec<(i64, State)>, StoreError>;
     /// The operator's write: spec and requests, only if the host is still at `generation` (the one the writer read;
     /// [`StoreError::Changed`] otherwise, so that a request is never lost to, or revived by, a write made in
@@ -269,7 +272,14 @@ pub trait Store: Send + Sync + 'static {
     /// Takes host `id`'s lease for `replica` until `until`, if it is free (never taken, expired at `now`, or already
     /// this replica's); returns the epoch held, which is new whenever the holder changed or the lease had expired.
     /// `None`: another replica holds it (or the host is gone).
-    async fn claim_lease(&self, id: i64, replica: &str, now: Ts, until: Ts) -> Result<Option<u64>, StoreError>;
+    async fn claim_lease(&self, id: i64, replica: &str, now: Ts, until: Ts) -> Result<Option<u64>, StoreError> {
+        let claimed = self.claim_leases(&[id], replica, now, until).await?;
+        Ok(claimed.first().map(|(_, epoch)| *epoch))
+    }
+    /// [`Store::claim_lease`] for many hosts in a few statements (a takeover claims a whole replica's share at
+    /// once); returns the (host id, epoch) of those taken, in no particular order.
+    async fn claim_leases(&self, ids: &[i64], replica: &str, now: Ts, until: Ts)
+    -> Result<Vec<(i64, u64)>, StoreError>;
     /// Extends every lease `replica` holds unexpired at `now` to `until`; returns those leases' (host id, epoch).
     async fn renew_leases(&self, replica: &str, now: Ts, until: Ts) -> Result<Vec<(i64, u64)>, StoreError>;
     /// Ends `replica`'s lease of host `id` (another replica is to drive it).
