@@ -1,9 +1,11 @@
 //! The appliance's agent API client (`/agent/v1/*`, see [`kiln_images::protocol`]): one POST per call, bearer
-//! token, and a retry loop with capped exponential backoff and jitter for when the appliance is unreachable.
+//! token (none for a discovery boot's `/agent/v1/discover`, which returns it), and a retry loop with capped exponential backoff and jitter for when the appliance is unreachable.
 
 use std::time::Duration;
 
-use kiln_images::protocol::{CommandResult, HardwareInventory, Heartbeat, HeartbeatReply, Progress};
+use kiln_images::protocol::{
+    CommandResult, Discover, DiscoverReply, HardwareInventory, Heartbeat, HeartbeatReply, Progress,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -35,12 +37,12 @@ impl Backoff {
     }
 }
 
-/// A client for one appliance and one boot token.
+/// A client for one appliance and one boot token (`None` until a discovery boot has been given its token).
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
     base: ApiBase,
-    token: Token,
+    token: Option<Token>,
     backoff: Backoff,
 }
 
@@ -48,14 +50,19 @@ impl ApiClient {
     /// # Errors
     /// [`AgentError::Client`] when the TLS stack cannot be set up.
     pub fn new(base: ApiBase, token: Token, backoff: Backoff) -> Result<Self, AgentError> {
-        Self::with_ca(base, token, backoff, None)
+        Self::with_ca(base, Some(token), backoff, None)
     }
 
     /// A client that trusts the appliance through the pinned CA `ca` (`kiln.ca=`), or the system's roots if `None`.
     ///
     /// # Errors
     /// [`AgentError::Client`] when the TLS stack cannot be set up.
-    pub fn with_ca(base: ApiBase, token: Token, backoff: Backoff, ca: Option<CaPin>) -> Result<Self, AgentError> {
+    pub fn with_ca(
+        base: ApiBase,
+        token: Option<Token>,
+        backoff: Backoff,
+        ca: Option<CaPin>,
+    ) -> Result<Self, AgentError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let builder = || {
             reqwest::Client::builder()
@@ -97,14 +104,11 @@ impl ApiClient {
             url: url.clone(),
             source,
         };
-        let resp = self
-            .http
-            .post(&url)
-            .bearer_auth(self.token.expose())
-            .json(body)
-            .send()
-            .await
-            .map_err(http_err)?;
+        let mut req = self.http.post(&url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token.expose());
+        }
+        let resp = req.json(body).send().await.map_err(http_err)?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
@@ -139,6 +143,39 @@ impl ApiClient {
                 Err(e) if e.is_transient() => {
                     let delay = self.backoff.delay(attempt, rand::random::<f64>() * 2.0 - 1.0);
                     tracing::warn!(endpoint = ep, attempt, ?delay, error = %crate::error::chain(&e), "appliance unreachable, retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `POST /agent/v1/discover` (no token): asks which host this discovery boot is, until the appliance binds it.
+    /// A 404 (no host waiting has a BMC at these addresses, yet) or 409 (more than one has: the appliance never
+    /// guesses) is retried like an unreachable appliance, since an operator can resolve either while the host waits;
+    /// the host's own boot timeout ends the wait. On success the client carries the returned token from then on.
+    ///
+    /// # Errors
+    /// A permanent failure (a malformed reply, a refused request).
+    pub async fn discover(&mut self, d: &Discover) -> Result<String, AgentError> {
+        let mut attempt = 0u32;
+        loop {
+            match self.post_once::<_, DiscoverReply>("discover", d).await {
+                Ok(Some(reply)) => {
+                    self.token = Some(Token::new(reply.token));
+                    return Ok(reply.host);
+                }
+                Ok(None) => {
+                    return Err(AgentError::Status {
+                        url: self.base.endpoint("discover"),
+                        status: 204,
+                        body: "empty discover reply".into(),
+                    });
+                }
+                Err(e) if e.is_transient() || matches!(e, AgentError::Status { status: 404 | 409, .. }) => {
+                    let delay = self.backoff.delay(attempt, rand::random::<f64>() * 2.0 - 1.0);
+                    tracing::warn!(attempt, ?delay, error = %crate::error::chain(&e), "not bound to a host yet, retrying");
                     tokio::time::sleep(delay).await;
                     attempt = attempt.saturating_add(1);
                 }

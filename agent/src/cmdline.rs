@@ -90,8 +90,9 @@ pub struct BootConfig {
     pub api: ApiBase,
     /// The appliance's CA, for an `https://` API; `None` trusts the ramdisk's system roots.
     pub ca: Option<CaPin>,
-    pub token: Token,
-    /// The NIC the host booted from (PXE `BOOTIF`-like); `None` means any.
+    /// The boot's token; `None` for a discovery boot (`kiln.discover=1`), which asks for it by BMC address.
+    pub token: Option<Token>,
+    /// The NIC the host booted from (PXE `BOOTIF`-like); `None` means any. A discovery boot always has one.
     pub mac: Option<Mac>,
     pub debug: bool,
 }
@@ -101,13 +102,15 @@ pub struct BootConfig {
 /// The last occurrence of a key wins, as with the kernel's own parameters.
 ///
 /// # Errors
-/// [`AgentError::Cmdline`] when `kiln.api` or `kiln.token` is missing or malformed.
+/// [`AgentError::Cmdline`] when `kiln.api` is missing or malformed, or `kiln.token` is missing or empty without
+/// `kiln.discover=1` (which needs `kiln.mac`).
 pub fn parse_cmdline(text: &str) -> Result<BootConfig, AgentError> {
     let mut api = None;
     let mut token = None;
     let mut ca = None;
     let mut mac = None;
     let mut debug = false;
+    let mut discover = false;
     for word in text.split_whitespace() {
         let (key, value) = match word.split_once('=') {
             Some((k, v)) => (k, v.trim_matches('"')),
@@ -120,26 +123,36 @@ pub fn parse_cmdline(text: &str) -> Result<BootConfig, AgentError> {
             "kiln.mac" => mac = Some(value.to_string()),
             // `kiln.debug` alone or `kiln.debug=1|true|yes`
             "kiln.debug" => debug = matches!(value, "" | "1" | "true" | "yes" | "on"),
+            "kiln.discover" => discover = matches!(value, "" | "1" | "true" | "yes" | "on"),
             _ => {}
         }
     }
     let api = api.ok_or_else(|| AgentError::Cmdline {
         reason: "kiln.api= is missing".into(),
     })?;
-    let token = token.filter(|t| !t.is_empty()).ok_or_else(|| AgentError::Cmdline {
-        reason: "kiln.token= is missing or empty".into(),
-    })?;
+    let token = token.filter(|t| !t.is_empty()).map(Token);
+    let mac = mac
+        .map(|m| {
+            m.parse::<Mac>().map_err(|_| AgentError::Cmdline {
+                reason: format!("not a MAC address: {m:?}"),
+            })
+        })
+        .transpose()?;
+    if token.is_none() && !discover {
+        return Err(AgentError::Cmdline {
+            reason: "kiln.token= is missing or empty".into(),
+        });
+    }
+    if token.is_none() && mac.is_none() {
+        return Err(AgentError::Cmdline {
+            reason: "kiln.discover=1 needs kiln.mac= (the NIC the host booted from)".into(),
+        });
+    }
     Ok(BootConfig {
         api: ApiBase::parse(&api)?,
         ca: ca.as_deref().map(CaPin::parse).transpose()?,
-        token: Token(token),
-        mac: mac
-            .map(|m| {
-                m.parse::<Mac>().map_err(|_| AgentError::Cmdline {
-                    reason: format!("not a MAC address: {m:?}"),
-                })
-            })
-            .transpose()?,
+        token,
+        mac,
         debug,
     })
 }
@@ -157,7 +170,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.api.to_string(), "http://10.0.2.2:8080");
         assert_eq!(c.api.endpoint("heartbeat"), "http://10.0.2.2:8080/agent/v1/heartbeat");
-        assert_eq!(c.token.expose(), "s3cret");
+        assert_eq!(c.token.as_ref().map(Token::expose), Some("s3cret"));
         assert_eq!(c.mac.unwrap().to_string(), "52:54:00:ab:cd:01");
         assert!(c.debug);
     }
@@ -176,7 +189,7 @@ mod tests {
     fn token_never_prints() {
         let c = parse_cmdline("kiln.api=https://kiln kiln.token=hunter2").unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
-        assert_eq!(c.token.to_string(), "***");
+        assert_eq!(c.token.unwrap().to_string(), "***");
         assert!(!c.debug);
         assert_eq!(c.mac, None);
     }
@@ -201,9 +214,21 @@ mod tests {
             "kiln.api=https://a kiln.token=t kiln.ca=00ff",
             "kiln.api=https://a kiln.token=t kiln.ca=sha256:00ff",
             "kiln.api=https://a kiln.token=t kiln.ca=md5:d41d8cd98f00b204e9800998ecf8427e",
+            "kiln.api=https://a kiln.discover=1",
+            "kiln.api=https://a kiln.discover=0 kiln.mac=52:54:00:ab:cd:01",
         ] {
             assert!(parse_cmdline(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_discovery_boot_has_a_mac_and_no_token() {
+        let c = parse_cmdline("kiln.api=https://10.0.0.1:8443 kiln.discover=1 kiln.mac=52:54:00:ab:cd:01").unwrap();
+        assert_eq!(c.token, None);
+        assert_eq!(c.mac, Some("52:54:00:ab:cd:01".parse().unwrap()));
+        // A token, when given, is used (the discovery flag is then moot).
+        let c = parse_cmdline("kiln.api=https://a kiln.discover kiln.token=t").unwrap();
+        assert!(c.token.is_some());
     }
 
     proptest::proptest! {

@@ -5,6 +5,7 @@
 //! top of `kiln_images`), the API client in [`api`], boot parameters in [`cmdline`].
 
 pub mod api;
+pub mod bmc_lan;
 pub mod cmdline;
 pub mod console;
 pub mod erase;

@@ -39,7 +39,10 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = rt.block_on(async {
-        let api = ApiClient::with_ca(cfg.api.clone(), cfg.token.clone(), Backoff::default(), cfg.ca)?;
+        let mut api = ApiClient::with_ca(cfg.api.clone(), cfg.token.clone(), Backoff::default(), cfg.ca)?;
+        if cfg.token.is_none() {
+            discover(&mut api, &cfg, &log).await?;
+        }
         let agent = Arc::new(Agent {
             api,
             root: PathBuf::from("/"),
@@ -55,4 +58,36 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A discovery boot (`kiln.discover=1`: a host enrolled without a boot MAC that netbooted from a MAC kiln did not
+/// know): reports its NICs and the addresses its BMC gives in-band, and waits until kiln binds it to the host with
+/// that BMC and hands over the boot's token.
+async fn discover(api: &mut ApiClient, cfg: &cmdline::BootConfig, log: &LogTail) -> Result<(), kiln_agent::AgentError> {
+    use kiln_agent::{bmc_lan, inspect};
+    log.marker("discover");
+    let Some(boot_mac) = cfg.mac else {
+        return Err(kiln_agent::AgentError::Cmdline {
+            reason: "kiln.discover=1 needs kiln.mac=".into(),
+        });
+    };
+    let macs = inspect::read_nics(std::path::Path::new("/"), &Default::default())
+        .iter()
+        .filter_map(|n| n.mac.parse().ok())
+        .collect();
+    let bmc_addresses = tokio::task::spawn_blocking(|| bmc_lan::bmc_addresses(std::time::Duration::from_secs(20)))
+        .await
+        .unwrap_or_default();
+    tracing::info!(%boot_mac, ?bmc_addresses, "discovery boot: asking kiln which host this is");
+    let host = api
+        .discover(&kiln_images::protocol::Discover {
+            boot_mac,
+            macs,
+            bmc_addresses,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .await?;
+    tracing::info!(host, "bound by BMC address");
+    log.marker("discovered");
+    Ok(())
 }

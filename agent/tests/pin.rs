@@ -85,7 +85,7 @@ fn client(port: u16, pin: &CertificateDer<'_>) -> ApiClient {
     let pin = CaPin(Sha256::digest(pin.as_ref()).into());
     ApiClient::with_ca(
         ApiBase::parse(&format!("https://127.0.0.1:{port}")).unwrap(),
-        Token::new("boot-token"),
+        Some(Token::new("boot-token")),
         Backoff {
             base: Duration::from_millis(20),
             cap: Duration::from_millis(50),

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 use axum::http::StatusCode;
-use kiln_images::protocol::{CommandResult, HardwareInventory, Heartbeat, HeartbeatReply, Progress};
+use kiln_images::protocol::{
+    CommandResult, Discover, DiscoverReply, HardwareInventory, Heartbeat, HeartbeatReply, Progress,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -46,6 +48,8 @@ pub fn agent_api(body: &[u8]) {
     agent_body::<Progress>(body);
     agent_body::<CommandResult>(body);
     agent_body::<HeartbeatReply>(body);
+    agent_body::<Discover>(body);
+    agent_body::<DiscoverReply>(body);
 }
 
 /// A `kiln import` file (multi-document YAML). Each BareMetalHost document that reads as the operator's CRD type

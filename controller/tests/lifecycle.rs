@@ -540,18 +540,8 @@ async fn a_bmc_action_being_retried_is_visible_on_the_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_without_a_boot_mac_is_netbooted_by_the_macs_its_bmc_reports() {
     let lab = Lab::start(|_| {}).await;
-    lab.add_fake("node-m");
-    let (s, b) = lab
-        .api(
-            reqwest::Method::POST,
-            "/api/v1/hosts",
-            Some(json!({
-                "name": "node-m",
-                "bmc": { "address": "redfish+http://127.0.0.1:9/redfish/v1/Systems/node-m", "username": "admin", "password": PASSWORD },
-            })),
-        )
+    lab.enroll_without_boot_mac("node-m", "redfish+http://127.0.0.1:9/redfish/v1/Systems/node-m")
         .await;
-    assert_eq!(s, 201, "{b}");
     let h = lab.wait_state("node-m", "available").await;
     assert!(h["boot_mac"].is_null(), "{h}");
     assert_eq!(h["learned_macs"], json!([mac_of("node-m")]), "{h}");
@@ -565,6 +555,90 @@ async fn a_host_without_a_boot_mac_is_netbooted_by_the_macs_its_bmc_reports() {
         .api(reqwest::Method::GET, "/api/v1/hosts/node-m/inspection", None)
         .await;
     assert_eq!(inv["inventory"]["nics"][0]["mac"], mac.as_str(), "{inv}");
+}
+
+/// An IPMI host enrolled without a boot MAC (Metal3's own smallest example): its BMC cannot report NICs, so kiln
+/// boots it all the same and answers the netboot of a MAC it does not know with a discovery boot; the agent reports
+/// its BMC's address (read in-band on real hardware) and kiln binds the boot to the one waiting host with that BMC,
+/// learns the MAC and hands over the boot's token, once. Then it is inspected like any host. An address no waiting
+/// host has is refused, and two waiting hosts behind one BMC address are never guessed between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipmi_host_without_a_boot_mac_is_bound_by_the_bmc_address_its_agent_reports() {
+    let lab = Lab::start(|_| {}).await;
+    lab.enroll_without_boot_mac("node-i", "ipmi://192.0.2.77:6230").await;
+    let h = lab.wait_state("node-i", "available").await;
+    assert!(h["boot_mac"].is_null(), "{h}");
+    let mac = mac_of("node-i");
+    assert_eq!(h["learned_macs"], json!([mac]), "{h}");
+    let events = events_of(&lab, "node-i").await;
+    for want in ["discovery_boot_offered", "discovered"] {
+        assert!(events.iter().any(|e| e.starts_with(want)), "no {want}: {events:?}");
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("discovered") && e.contains("192.0.2.77") && e.contains(&mac)),
+        "{events:?}"
+    );
+    let (_, inv) = lab
+        .api(reqwest::Method::GET, "/api/v1/hosts/node-i/inspection", None)
+        .await;
+    assert_eq!(inv["inventory"]["nics"][0]["mac"], mac.as_str(), "{inv}");
+
+    // No host waits any more: a discovery request, token or not, gets nothing.
+    let discover = |addresses: Value| {
+        let lab = &lab;
+        async move {
+            lab.req(
+                reqwest::Method::POST,
+                "/agent/v1/discover",
+                None,
+                Some(json!({
+                    "boot_mac": "52:54:00:de:ad:01",
+                    "macs": ["52:54:00:de:ad:01"],
+                    "bmc_addresses": addresses,
+                    "agent_version": "test",
+                })),
+            )
+            .await
+        }
+    };
+    let (s, b) = discover(json!(["192.0.2.77"])).await;
+    assert_eq!(s, 404, "{b}");
+    let (s, b) = discover(json!([])).await;
+    assert_eq!((s, b["field"].as_str()), (404, Some("bmc_addresses")), "{b}");
+    let (s, b) = discover(json!(["not an address"])).await;
+    assert_eq!(s, 422, "{b}");
+
+    // Two hosts waiting behind the same BMC address (two ports of one IP): neither is bound, both are told why.
+    lab.enroll_without_boot_mac("node-j", "ipmi://192.0.2.90:6230").await;
+    lab.enroll_without_boot_mac("node-k", "ipmi://192.0.2.90:6231").await;
+    let mut both = false;
+    for _ in 0..200 {
+        let (j, k) = (events_of(&lab, "node-j").await, events_of(&lab, "node-k").await);
+        if [j, k].iter().all(|ev| {
+            ev.iter()
+                .any(|e| e.starts_with("discovery_ambiguous") && e.contains("node-j, node-k"))
+        }) {
+            both = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        both,
+        "{:?} {:?}",
+        events_of(&lab, "node-j").await,
+        events_of(&lab, "node-k").await
+    );
+    for n in ["node-j", "node-k"] {
+        let (_, h) = lab.api(reqwest::Method::GET, &format!("/api/v1/hosts/{n}"), None).await;
+        assert_eq!(
+            (h["state"].as_str(), h["learned_macs"].is_null()),
+            (Some("inspecting"), true),
+            "{h}"
+        );
+    }
 }
 
 async fn events_of(lab: &Lab, host: &str) -> Vec<String> {

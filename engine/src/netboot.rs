@@ -26,6 +26,14 @@ pub enum BootInstructions {
         /// certificate (the agent then trusts its system roots).
         ca_pin: Option<String>,
     },
+    /// A MAC kiln does not know, while a host without any known MAC is booting for a job: boot kiln-agent with
+    /// `kiln.discover=1` and no token; the agent reports its BMC's address and is bound to that host
+    /// (`/agent/v1/discover`), which hands it the boot's token.
+    Discover {
+        mac: MacAddr,
+        api_url: String,
+        ca_pin: Option<String>,
+    },
     /// Boot from the local disk.
     LocalDisk { host: String },
     /// A known host that should not network-boot now (lease it an address, offer no boot file).
@@ -52,6 +60,14 @@ impl BootInstructions {
                     args.push_str(&format!(" kiln.token={}", token.expose()));
                 }
                 args.push_str(&format!(" kiln.mac={mac} kiln.host={host}"));
+                Some(args)
+            }
+            BootInstructions::Discover { mac, api_url, ca_pin } => {
+                let mut args = format!("kiln.api={api_url}");
+                if let Some(pin) = ca_pin {
+                    args.push_str(&format!(" kiln.ca={pin}"));
+                }
+                args.push_str(&format!(" kiln.discover=1 kiln.mac={mac}"));
                 Some(args)
             }
             BootInstructions::LocalDisk { .. } | BootInstructions::Nothing { .. } => None,
@@ -104,6 +120,17 @@ impl EventThrottle {
     }
 }
 
+/// Whether a host running a job is waiting for a discovery boot now: it has no known MAC, netboots, and its job has
+/// powered it on.
+pub fn awaits_discovery_boot(h: &crate::model::Host) -> bool {
+    let vmedia = h
+        .spec
+        .bmc
+        .as_ref()
+        .is_some_and(|b| b.address.boot_method() == kiln_bmc::BootMethod::VirtualMedia);
+    h.spec.boot_mac.is_none() && !vmedia && h.state.job().is_some_and(|j| j.phase != JobPhase::Delayed)
+}
+
 /// Looks hosts up in the store by boot MAC.
 #[derive(Clone)]
 pub struct StoreLookup {
@@ -117,7 +144,8 @@ pub struct StoreLookup {
 }
 
 impl StoreLookup {
-    /// Instructions for `mac`, or `None` for a MAC kiln does not own (the DHCP server must then stay silent). With
+    /// Instructions for `mac`, or `None` for a MAC kiln does not own (the DHCP server must then stay silent) unless a
+    /// host that kiln knows by no MAC is booting for a job: an unknown MAC then gets a discovery boot. With
     /// [`Handout::Take`], the boot's token comes along the first time; a second take of the same boot gets none, and
     /// an event says so (re-booting the host, by inspecting or provisioning it again, mints a new one).
     ///
@@ -130,7 +158,7 @@ impl StoreLookup {
         handout: Handout,
     ) -> Result<Option<BootInstructions>, StoreError> {
         let Some(h) = self.store.host_by_mac(mac).await? else {
-            return Ok(None);
+            return self.discovery(mac, now, handout).await;
         };
         let host = h.name.to_string();
         match &h.state {
@@ -173,5 +201,44 @@ impl StoreLookup {
             | State::Deleting { .. }
             | State::Error(_) => Ok(Some(BootInstructions::Nothing { host })),
         }
+    }
+
+    /// A discovery boot for the unknown `mac` while some host waits for one ([`awaits_discovery_boot`]); `None`
+    /// (silence) otherwise. The iPXE script fetch records an event on each waiting host, so that an operator sees
+    /// which MACs were offered the boot.
+    async fn discovery(
+        &self,
+        mac: &MacAddr,
+        now: Ts,
+        handout: Handout,
+    ) -> Result<Option<BootInstructions>, StoreError> {
+        let waiting: Vec<_> = self
+            .store
+            .discovery_hosts()
+            .await?
+            .into_iter()
+            .filter(awaits_discovery_boot)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(None);
+        }
+        if handout == Handout::Take {
+            for h in &waiting {
+                if self.events.allow(h.name.as_str(), "discovery_boot_offered") {
+                    let msg = format!(
+                        "unknown MAC {mac} network-booted while this host (no boot MAC) waits: it was given a discovery \
+                         boot, and is bound to the waiting host whose BMC address its agent reports"
+                    );
+                    self.store
+                        .add_event(h.name.as_str(), now, "discovery_boot_offered", &msg)
+                        .await?;
+                }
+            }
+        }
+        Ok(Some(BootInstructions::Discover {
+            mac: *mac,
+            api_url: self.api_url.clone(),
+            ca_pin: self.ca_pin.clone(),
+        }))
     }
 }

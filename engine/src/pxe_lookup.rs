@@ -57,6 +57,15 @@ impl PxeLookup {
                     hostname: Some(host),
                     action: BootAction::Nothing,
                 },
+                BootInstructions::Discover { .. } => BootHost {
+                    ipv4: None,
+                    hostname: None,
+                    action: BootAction::Agent {
+                        kernel_url: self.kernel_url.clone(),
+                        initrd_url: self.initrd_url.clone(),
+                        cmdline: cmdline.unwrap_or_default(),
+                    },
+                },
             })
         }
     }

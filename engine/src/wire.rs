@@ -187,8 +187,8 @@ pub struct HostOut {
     /// on `GET /api/v1/hosts/{name}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmc_trouble: Option<BmcTroubleOut>,
-    /// For a host enrolled without a boot MAC: the NIC MACs its BMC reported, by which netboot recognises it; only
-    /// on `GET /api/v1/hosts/{name}`.
+    /// For a host enrolled without a boot MAC: the NIC MACs its BMC reported, or its discovery boot's agent did (bound
+    /// by BMC address), by which netboot recognises it; only on `GET /api/v1/hosts/{name}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub learned_macs: Vec<String>,
     pub counters: Counters,

@@ -1,6 +1,7 @@
 //! The agent API under `/agent/v1` (endpoints documented in `kiln_images::protocol`): one-time boot tokens are
 //! checked against the host's current boot and phase, heartbeats hand out the next queued command, reports are
-//! stored. It owns token checks; it must not change host states (the executor does, from what is stored here).
+//! stored, and a discovery boot is bound to its host by BMC address (and handed its boot's token). It owns token
+//! checks; it must not change host states (the executor does, from what is stored here).
 
 use std::time::Duration;
 
@@ -9,13 +10,15 @@ use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use kiln_images::protocol::{Command, CommandResult, HardwareInventory, Heartbeat, HeartbeatReply, Progress};
+use kiln_images::protocol::{
+    Command, CommandResult, Discover, DiscoverReply, HardwareInventory, Heartbeat, HeartbeatReply, Progress,
+};
 
 use crate::http_util::{ApiError, AppState, bearer, parse_body};
 use kiln_engine::crypto::hash_token;
 use kiln_engine::executor::{now, outcome_label};
 use kiln_engine::model::Host;
-use kiln_engine::store::{CommandStatus, Finish};
+use kiln_engine::store::{CommandStatus, Finish, TokenHandout};
 
 /// The routes under `/agent/v1`.
 pub fn router() -> Router<AppState> {
@@ -24,6 +27,7 @@ pub fn router() -> Router<AppState> {
         .route("/agent/v1/inventory", post(inventory))
         .route("/agent/v1/progress", post(progress))
         .route("/agent/v1/result", post(result))
+        .route("/agent/v1/discover", post(discover))
 }
 
 /// The host and boot a token is valid for, right now.
@@ -216,4 +220,145 @@ async fn result(AxState(app): AxState<AppState>, headers: HeaderMap, body: Bytes
     }
     app.executor.wake(host.id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The IP addresses a host's BMC address names: the address itself, or what its name resolves to (bounded: a
+/// resolver that does not answer makes the host no candidate, never a stalled request).
+async fn bmc_ips(h: &Host) -> Vec<std::net::IpAddr> {
+    let host = match h.spec.bmc.as_ref().map(|b| &b.address) {
+        Some(kiln_bmc::BmcAddress::Ipmi(a)) => a.host.clone(),
+        Some(kiln_bmc::BmcAddress::Redfish(a)) => a.host.clone(),
+        Some(kiln_bmc::BmcAddress::Fake(_)) | None => return Vec::new(),
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse() {
+        return vec![ip];
+    }
+    match tokio::time::timeout(Duration::from_secs(3), tokio::net::lookup_host((bare, 0))).await {
+        Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `POST /agent/v1/discover` (no token): binds a discovery boot to the one waiting host whose BMC is at an address
+/// the agent read in-band, learns the agent's NIC MACs for that host, and hands over the boot's token, once. Never
+/// guesses: several candidates are refused (409) and each gets an event naming the others.
+async fn discover(AxState(app): AxState<AppState>, body: Bytes) -> Result<Json<DiscoverReply>, ApiError> {
+    let d: Discover = parse_body(&body)?;
+    let outcome = |why: &'static str| {
+        app.metrics.inc(
+            "kiln_agent_requests_total",
+            vec![("endpoint", "discover".into()), ("outcome", why.into())],
+        );
+    };
+    let addresses = d
+        .bmc_addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if d.bmc_addresses.is_empty() {
+        outcome("no_bmc_address");
+        return Err(ApiError::field(
+            StatusCode::NOT_FOUND,
+            "bmc_addresses",
+            format!(
+                "the agent booted from {} could read no BMC address in-band (no IPMI system interface?): kiln cannot \
+                 tell which host it is; set the host's boot MAC",
+                d.boot_mac
+            ),
+        ));
+    }
+    let mut matches = Vec::new();
+    for h in app.store.discovery_hosts().await? {
+        if !kiln_engine::netboot::awaits_discovery_boot(&h) {
+            continue;
+        }
+        if bmc_ips(&h).await.iter().any(|ip| d.bmc_addresses.contains(ip)) {
+            matches.push(h);
+        }
+    }
+    let host = match matches.len() {
+        0 => {
+            outcome("no_candidate");
+            tracing::info!(mac = %d.boot_mac, bmc = %addresses, "discovery boot matches no waiting host");
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no host waiting for a discovery boot has a BMC at {addresses}"),
+            ));
+        }
+        1 => matches.remove(0),
+        _ => {
+            outcome("ambiguous");
+            let names = matches
+                .iter()
+                .map(|h| h.name.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let msg = format!(
+                "the agent booted from {} reports BMC address {addresses}, which is the BMC of several hosts waiting \
+                 for a discovery boot ({names}): kiln does not guess; set bootMACAddress on them",
+                d.boot_mac
+            );
+            for h in &matches {
+                app.store
+                    .add_event(h.name.as_str(), now(), "discovery_ambiguous", &msg)
+                    .await?;
+            }
+            return Err(ApiError::new(StatusCode::CONFLICT, msg));
+        }
+    };
+    let Some(job) = host.state.job() else {
+        outcome("no_candidate");
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "the host stopped waiting"));
+    };
+    let token = match app.store.take_token(host.id, job.boot).await? {
+        TokenHandout::Token(t) => t,
+        TokenHandout::None => {
+            outcome("boot_starting");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("boot {} of this host is still being started; retry", job.boot),
+            ));
+        }
+        TokenHandout::AlreadyTaken => {
+            outcome("already_bound");
+            let msg = format!(
+                "a second agent (booted from {}) reported this host's BMC address {addresses} after boot {} was \
+                 already bound: refused; inspect or provision the host again to boot it anew",
+                d.boot_mac, job.boot
+            );
+            app.store
+                .add_event(host.name.as_str(), now(), "discovery_refused", &msg)
+                .await?;
+            return Err(ApiError::new(StatusCode::CONFLICT, msg));
+        }
+    };
+    let mut macs = vec![kiln_engine::types::MacAddr(d.boot_mac.0)];
+    macs.extend(
+        d.macs
+            .iter()
+            .filter(|m| **m != d.boot_mac)
+            .map(|m| kiln_engine::types::MacAddr(m.0)),
+    );
+    let kept = app.store.set_learned_macs(host.id, &macs).await?;
+    let kept = kept.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    app.store
+        .add_event(
+            host.name.as_str(),
+            now(),
+            "discovered",
+            &format!(
+                "the agent booted from {} reports BMC address {addresses}: bound to this host (boot {}); kiln now \
+                 recognises it by {kept}",
+                d.boot_mac, job.boot
+            ),
+        )
+        .await?;
+    outcome("bound");
+    app.executor.wake(host.id);
+    Ok(Json(DiscoverReply {
+        host: host.name.to_string(),
+        token: token.expose().to_owned(),
+    }))
 }

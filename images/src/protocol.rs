@@ -8,6 +8,11 @@
 //! - `/agent/v1/inventory`  body [`HardwareInventory`] → 204
 //! - `/agent/v1/progress`   body [`Progress`]       → 204
 //! - `/agent/v1/result`     body [`CommandResult`]  → 204
+//!
+//! One endpoint takes no token: `/agent/v1/discover`, body [`Discover`] → [`DiscoverReply`] (200), 404 while no host
+//! waiting for a discovery boot has a BMC at the reported addresses, 409 when more than one has. An agent booted with
+//! `kiln.discover=1` instead of a token (a host enrolled without a boot MAC that netbooted from an unknown MAC) asks
+//! it for its host and token, giving the addresses its BMC reports in-band, as Ironic's lookup by BMC address does.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +28,35 @@ pub struct Heartbeat {
     /// (agents before it): answered at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_secs: Option<u32>,
+}
+
+/// A discovery boot's request for its host (see the module header).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discover {
+    /// The NIC the host network-booted from (`kiln.mac=` of the discovery boot).
+    pub boot_mac: MacAddr,
+    /// Every physical NIC's MAC, which kiln then recognises the host by.
+    pub macs: Vec<MacAddr>,
+    /// The IP addresses of the host's BMC, read in-band (IPMI Get LAN Configuration Parameters over the system
+    /// interface, every LAN channel), unspecified addresses left out.
+    pub bmc_addresses: Vec<std::net::IpAddr>,
+    pub agent_version: String,
+}
+
+/// The host a discovery boot was bound to, and the boot's token for every later request.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoverReply {
+    pub host: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for DiscoverReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscoverReply")
+            .field("host", &self.host)
+            .field("token", &"***")
+            .finish()
+    }
 }
 
 /// The appliance's answer to a heartbeat.
@@ -317,9 +351,43 @@ impl std::fmt::Display for MacAddr {
     }
 }
 
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|_| serde::de::Error::custom(format!("not a MAC address: {s:?}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn discover_round_trips_and_its_reply_hides_the_token() {
+        let d = Discover {
+            boot_mac: "52:54:00:AA:00:01".parse().unwrap(),
+            macs: vec!["52:54:00:aa:00:01".parse().unwrap()],
+            bmc_addresses: vec!["10.0.0.5".parse().unwrap()],
+            agent_version: "1".into(),
+        };
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(json.contains(r#""boot_mac":"52:54:00:aa:00:01""#), "{json}");
+        assert_eq!(serde_json::from_str::<Discover>(&json).unwrap(), d);
+        let bad = json.replacen("52:54:00:aa:00:01", "52:54:00:aa:00", 1);
+        assert!(serde_json::from_str::<Discover>(&bad).is_err(), "{bad}");
+        let r = DiscoverReply {
+            host: "node-1".into(),
+            token: "s3cret".into(),
+        };
+        assert!(!format!("{r:?}").contains("s3cret"));
+    }
 
     #[test]
     fn write_image_command_round_trips_with_flattened_tag() {

@@ -30,7 +30,14 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "ixgbe",
     "tg3",
     "r8169",
+    // The BMC's in-band interface, for a discovery boot's lookup by BMC address (`/dev/ipmi0`); `ipmi_si` finds
+    // nothing on hosts without one, which is not an error.
+    "ipmi_si",
+    "ipmi_devintf",
 ];
+
+/// Modules whose load fails, silently, on hosts without their hardware.
+const OPTIONAL_MODULES: &[&str] = &["ipmi_si"];
 
 /// The ramdisk may not grow past this (kernel + initramfs), so that PXE/HTTP boot stays quick.
 pub const MAX_TOTAL_BYTES: u64 = 64 * 1024 * 1024;
@@ -373,7 +380,7 @@ m() { echo "KILN-AGENT $*" > /dev/console; }
 m init
 arg() { for w in $(cat /proc/cmdline); do case $w in $1=*) echo "${w#*=}"; return;; esac; done; }
 for mod in $(cat /lib/modules/order); do
-  insmod /lib/modules/$mod.ko 2>/dev/null || m "insmod-failed $mod"
+  insmod /lib/modules/$mod.ko 2>/dev/null || grep -qx "$mod" /lib/modules/optional || m "insmod-failed $mod"
 done
 m modules-loaded
 MAC=$(arg kiln.mac | tr A-F a-f | tr - :)
@@ -671,6 +678,14 @@ pub fn build(spec: &RamdiskSpec) -> Result<Ramdisk, RamdiskError> {
         "lib/modules/order".into(),
         Entry::File {
             data: order.into_bytes(),
+            executable: false,
+        },
+    );
+    let optional: String = OPTIONAL_MODULES.iter().map(|m| format!("{m}\n")).collect();
+    entries.insert(
+        "lib/modules/optional".into(),
+        Entry::File {
+            data: optional.into_bytes(),
             executable: false,
         },
     );

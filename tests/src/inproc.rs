@@ -227,22 +227,33 @@ impl Lab {
                                 .await
                                 .unwrap()
                             {
-                                Some(i @ BootInstructions::Agent { token: Some(_), .. }) => {
-                                    instr = Some(i);
+                                Some(BootInstructions::Agent {
+                                    token: Some(token),
+                                    api_url,
+                                    ..
+                                }) => {
+                                    instr = Some((token.expose().to_owned(), api_url));
                                     break;
+                                }
+                                Some(BootInstructions::Discover { api_url, .. }) => {
+                                    // A discovery boot: the simulated agent reports the address kiln has for this
+                                    // host's BMC, as a real one reads it in-band.
+                                    if let Some(token) =
+                                        discover(&lookup, &https_client(&data_dir), &api_url, &host, mac).await
+                                    {
+                                        instr = Some((token, api_url));
+                                        break;
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
                                 }
                                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
                             }
                         }
-                        let Some(BootInstructions::Agent {
-                            token: Some(token),
-                            api_url,
-                            ..
-                        }) = instr
-                        else {
-                            panic!("{host} network-booted but kiln gave no agent instructions with a token")
+                        let Some((token, api_url)) = instr else {
+                            // As a real host's PXE firmware gives up: the job's boot timeout follows.
+                            eprintln!("{host} network-booted but kiln gave no agent instructions with a token");
+                            continue;
                         };
-                        let token = token.expose().to_owned();
                         tokens
                             .lock()
                             .unwrap()
@@ -340,19 +351,29 @@ impl Lab {
     }
 
     pub async fn enroll_fake(&self, name: &str, options: Value) {
-        let (s, b) = self
-            .api(
-                reqwest::Method::POST,
-                "/api/v1/hosts",
-                Some(json!({
-                    "name": name,
-                    "bmc": { "address": format!("redfish+http://127.0.0.1:9/redfish/v1/Systems/{name}"), "username": "admin", "password": PASSWORD },
-                    "boot_mac": mac_of(name),
-                    "labels": { "rack": "r1" },
-                    "options": options,
-                })),
-            )
-            .await;
+        self.create(json!({
+            "name": name,
+            "bmc": { "address": format!("redfish+http://127.0.0.1:9/redfish/v1/Systems/{name}"), "username": "admin", "password": PASSWORD },
+            "boot_mac": mac_of(name),
+            "labels": { "rack": "r1" },
+            "options": options,
+        }))
+        .await;
+    }
+
+    /// Enrolls `name` behind a fake BMC at `address`, without a boot MAC (as Metal3 allows).
+    pub async fn enroll_without_boot_mac(&self, name: &str, address: &str) {
+        self.add_fake(name);
+        self.create(json!({
+            "name": name,
+            "bmc": { "address": address, "username": "admin", "password": PASSWORD },
+        }))
+        .await;
+    }
+
+    /// `POST /api/v1/hosts`, which must enroll the host.
+    async fn create(&self, host: Value) {
+        let (s, b) = self.api(reqwest::Method::POST, "/api/v1/hosts", Some(host)).await;
         assert_eq!(s, 201, "{b}");
     }
 
@@ -522,4 +543,40 @@ pub async fn agent(boot: AgentBoot, commands: Recorded<Vec<String>>, drives: Rec
             tokio::time::sleep(Duration::from_millis(AGENT_POLL_MS.load(Ordering::Relaxed))).await;
         }
     }
+}
+
+/// A simulated discovery boot's `POST /agent/v1/discover`: the token kiln hands over, or `None` while it refuses.
+async fn discover(
+    lookup: &StoreLookup,
+    http: &reqwest::Client,
+    api_url: &str,
+    host: &str,
+    mac: MacAddr,
+) -> Option<String> {
+    let h = lookup.store.host(&host.parse().ok()?).await.ok()??;
+    let ip = match h.spec.bmc?.address {
+        kiln_bmc::BmcAddress::Ipmi(a) => a.host,
+        kiln_bmc::BmcAddress::Redfish(a) => a.host,
+        kiln_bmc::BmcAddress::Fake(_) => return None,
+    };
+    let ip: std::net::IpAddr = ip.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let body = kiln_images::protocol::Discover {
+        boot_mac: kiln_images::protocol::MacAddr(mac.0),
+        macs: vec![kiln_images::protocol::MacAddr(mac.0)],
+        bmc_addresses: vec![ip],
+        agent_version: "simulated".into(),
+    };
+    let resp = http
+        .post(format!("{}/agent/v1/discover", api_url.trim_end_matches('/')))
+        .json(&body)
+        .send()
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json::<kiln_images::protocol::DiscoverReply>()
+        .await
+        .ok()
+        .map(|r| r.token)
 }

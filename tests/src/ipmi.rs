@@ -1,6 +1,9 @@
 //! An IPMI-over-LAN BMC for one lab VM: OpenIPMI's `ipmi_sim` on the lab namespace's loopback (RMCP+, cipher suite 3) with a
 //! `chassis_control` program that starts and stops the VM's QEMU inside the lab namespace, so both power and
-//! `chassis bootdev pxe|disk` work. Killed (with its VM) on drop.
+//! `chassis bootdev pxe|disk` work. The VM also has the BMC in-band, as a server does: a KCS system interface (QEMU's
+//! `isa-ipmi-kcs` + `ipmi-bmc-extern`) wired to the same ipmi_sim (its `VM` serial codec), whose LAN configuration
+//! (`lan_config_program`) reports the address ipmi_sim listens on, so `ipmitool lan print` in the VM, or kiln-agent's
+//! discovery boot, reads the BMC address kiln has. Killed (with its VM) on drop.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -60,6 +63,25 @@ esac
 exit 0
 "#;
 
+/// ipmi_sim's `lan_config_program`: `THIS DEVICE get PARAM...` prints `PARAM:VALUE` for each; the BMC's address is the
+/// one ipmi_sim listens on (the first argument), the rest fixed. `set` and `check` accept and keep nothing.
+const LAN_SCRIPT: &str = r#"#!/bin/sh
+ip=${1:?address}; shift; shift; op=$1; shift
+[ "$op" = get ] || exit 0
+for p in "$@"; do case $p in
+  ip_addr) echo "ip_addr:$ip";;
+  ip_addr_src) echo "ip_addr_src:static";;
+  mac_addr) echo "mac_addr:02:00:00:00:06:23";;
+  subnet_mask) echo "subnet_mask:255.0.0.0";;
+  default_gw_ip_addr|backup_gw_ip_addr) echo "$p:0.0.0.0";;
+  default_gw_mac_addr|backup_gw_mac_addr) echo "$p:00:00:00:00:00:00";;
+  *) echo "Invalid parameter: $p"; exit 1;;
+esac; done
+"#;
+
+/// The address every lab ipmi_sim listens on (inside the lab's namespace).
+const LISTEN: &str = "127.0.0.1";
+
 /// A running `ipmi_sim` wired to one VM.
 #[derive(Debug)]
 pub struct IpmiSim {
@@ -79,18 +101,28 @@ impl IpmiSim {
         let tap = crate::qemu::tap_name(&spec.name);
         ns.add_tap(&tap)?;
         let serial_log = logs.file(&format!("console-{}.log", spec.name));
-        std::fs::write(
-            state_dir.join("qemu-pxe.args"),
-            spec.qemu_args(dir, &tap, &serial_log, true).join("\n"),
-        )?;
-        std::fs::write(
-            state_dir.join("qemu-disk.args"),
-            spec.qemu_args(dir, &tap, &serial_log, false).join("\n"),
-        )?;
+        // The VM's KCS interface connects to ipmi_sim's VM port (and reconnects after ipmi_sim restarts).
+        let vm_port = crate::free_port();
+        let in_band = [
+            "-chardev".to_owned(),
+            format!("socket,id=ipmi0,host={LISTEN},port={vm_port},reconnect=1"),
+            "-device".to_owned(),
+            "ipmi-bmc-extern,id=bmc0,chardev=ipmi0".to_owned(),
+            "-device".to_owned(),
+            "isa-ipmi-kcs,bmc=bmc0".to_owned(),
+        ];
+        for (file, pxe) in [("qemu-pxe.args", true), ("qemu-disk.args", false)] {
+            let mut args = spec.qemu_args(dir, &tap, &serial_log, pxe);
+            args.extend(in_band.iter().cloned());
+            std::fs::write(state_dir.join(file), args.join("\n"))?;
+        }
         std::fs::write(state_dir.join("netns"), ns.name())?;
         let script = state_dir.join("chassis.sh");
         std::fs::write(&script, CHASSIS_SCRIPT)?;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        let lan_script = state_dir.join("lan.sh");
+        std::fs::write(&lan_script, LAN_SCRIPT)?;
+        std::fs::set_permissions(&lan_script, std::fs::Permissions::from_mode(0o755))?;
         record.add_pidfile(&state_dir.join("qemu.pid"));
 
         let port = crate::free_udp_port();
@@ -98,19 +130,22 @@ impl IpmiSim {
             r#"name "kiln-{name}"
 set_working_mc 0x20
   startlan 1
-    addr 127.0.0.1 {port}
+    addr {LISTEN} {port}
     priv_limit admin
     allowed_auths_callback none md2 md5 straight
     allowed_auths_user none md2 md5 straight
     allowed_auths_operator none md2 md5 straight
     allowed_auths_admin none md2 md5 straight
     guid a123456789abcdefa123456789abcdef
+    lan_config_program "{lan_script} {LISTEN} lan0"
   endlan
+  serial kcs {LISTEN} {vm_port} codec VM
   chassis_control "{script} {state}"
   user 2 true "{USERNAME}" "{PASSWORD}" admin 10 none md2 md5 straight
 "#,
             name = spec.name,
             script = script.display(),
+            lan_script = lan_script.display(),
             state = state_dir.display(),
         );
         std::fs::write(state_dir.join("lan.conf"), lan_conf)?;
@@ -174,7 +209,7 @@ set_working_mc 0x20
 
     /// The BMC address in kiln's (Metal3's) syntax.
     pub fn address(&self) -> String {
-        format!("ipmi://127.0.0.1:{}", self.port)
+        format!("ipmi://{LISTEN}:{}", self.port)
     }
 
     /// Whether the VM's QEMU is running.

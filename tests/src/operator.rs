@@ -252,13 +252,24 @@ cmdline = "console=ttyS0"
 }
 
 pub fn enroll(cli: &Cli, lab: &Lab, host: &LabHost) -> anyhow::Result<()> {
+    enroll_with(cli, lab, host, true)
+}
+
+/// [`enroll`] without `--boot-mac`, as Metal3 allows: kiln learns the host's MACs from its BMC (Redfish) or binds
+/// its discovery boot by the BMC address its agent reads in-band (IPMI).
+pub fn enroll_without_boot_mac(cli: &Cli, lab: &Lab, host: &LabHost) -> anyhow::Result<()> {
+    enroll_with(cli, lab, host, false)
+}
+
+fn enroll_with(cli: &Cli, lab: &Lab, host: &LabHost, boot_mac: bool) -> anyhow::Result<()> {
     let pw = lab.dir.join("bmc-password");
     std::fs::write(&pw, ipmi::PASSWORD)?;
     let mode = match host.firmware {
         crate::qemu::Firmware::Bios => "legacy",
         crate::qemu::Firmware::Uefi => "uefi",
     };
-    cli.run(&[
+    let pw = pw.display().to_string();
+    let mut args = vec![
         "host",
         "enroll",
         &host.name,
@@ -267,14 +278,16 @@ pub fn enroll(cli: &Cli, lab: &Lab, host: &LabHost) -> anyhow::Result<()> {
         "--username",
         ipmi::USERNAME,
         "--password-file",
-        &pw.display().to_string(),
-        "--boot-mac",
-        &host.mac,
+        &pw,
         "--boot-mode",
         mode,
         "--label",
         "rack=lab",
-    ])?;
+    ];
+    if boot_mac {
+        args.extend(["--boot-mac", &host.mac]);
+    }
+    cli.run(&args)?;
     Ok(())
 }
 
@@ -288,6 +301,8 @@ pub struct Bmh<'a> {
     pub spec: &'a str,
     /// Documents put before the host's (each ending in a newline, without the `---` separators).
     pub docs: Vec<String>,
+    /// Leave `bootMACAddress` out (Metal3 allows it; kiln then learns the MACs from the BMC, or by discovery).
+    pub no_boot_mac: bool,
 }
 
 /// `s` in base64, as a Secret's `data` holds it.
@@ -328,8 +343,7 @@ metadata:
     rack: lab
 spec:
   online: {online}
-  bootMACAddress: {mac}
-  bootMode: {mode}
+{mac}  bootMode: {mode}
 {extra}  bmc:
     address: {address}
     credentialsName: {name}-bmc-secret
@@ -337,7 +351,11 @@ spec:
         name = host.name,
         user = b64(ipmi::USERNAME),
         password = b64(ipmi::PASSWORD),
-        mac = host.mac,
+        mac = if bmh.no_boot_mac {
+            String::new()
+        } else {
+            format!("  bootMACAddress: {}\n", host.mac)
+        },
         online = bmh.online,
         extra = bmh.spec,
         address = bmh.address.as_deref().unwrap_or(&host.bmc_address),
@@ -356,13 +374,20 @@ pub fn import_manifests(cli: &Cli, lab: &Lab, file: &str, manifests: &[String]) 
 
 /// Enrolls a lab host the Metal3 way (`online: true`). Returns the manifest path.
 pub fn import(cli: &Cli, lab: &Lab, host: &LabHost) -> anyhow::Result<PathBuf> {
-    let manifest = bmh_manifest(
+    import_bmh(
+        cli,
+        lab,
         host,
         &Bmh {
             online: true,
             ..Bmh::default()
         },
-    );
+    )
+}
+
+/// Enrolls a lab host the Metal3 way, with its manifest shaped by `bmh`. Returns the manifest path.
+pub fn import_bmh(cli: &Cli, lab: &Lab, host: &LabHost, bmh: &Bmh) -> anyhow::Result<PathBuf> {
+    let manifest = bmh_manifest(host, bmh);
     import_manifests(cli, lab, &format!("{}-bmh.yaml", host.name), &[manifest])
 }
 

@@ -8,16 +8,22 @@
 //! emulators, the VMs, and the CLI. Logs (serial consoles, kiln, emulators) are kept under target/lab-logs/; the VM
 //! disk images of a passing run are deleted.
 //!
-//! The two hosts cover both firmware kinds and both BMC protocols: a UEFI host behind Redfish (imported from a
-//! Metal3 manifest, qcow2 image served over HTTP) and a BIOS host behind IPMI (enrolled with the CLI, raw.zst image
-//! pulled by `oci://` reference from a real registry, Debian's `docker-registry`, with Basic authentication, the
-//! credentials given as a docker config file).
+//! Both hosts are enrolled without a boot MAC, as Metal3 allows, and cover both firmware kinds and both BMC
+//! protocols: a UEFI host behind Redfish (imported from a Metal3 manifest without `bootMACAddress`: kiln reads its NICs
+//! from sushy-tools' EthernetInterfaces; qcow2 image served over HTTP) and a BIOS host behind IPMI (enrolled with the CLI without a boot
+//! MAC, as Metal3 allows: the VM network-boots from a MAC kiln does not know, its agent reads the BMC's address
+//! in-band from the VM's KCS interface wired to the same ipmi_sim, and kiln binds the boot to the host with that BMC;
+//! raw.zst image pulled by `oci://` reference from a real registry, Debian's `docker-registry`, with Basic
+//! authentication, the credentials given as a docker config file).
 
 use std::time::{Duration, Instant};
 
 use kiln_tests::{
     lab::{BmcKind, Lab, target_bin},
-    operator::{Callback, Cli, SERVER, enroll, import, kiln_config_with, provision_and_run_user_data, stage_files, vm},
+    operator::{
+        Bmh, Callback, Cli, SERVER, enroll_without_boot_mac, import_bmh, kiln_config_with, provision_and_run_user_data,
+        stage_files, vm,
+    },
     osimage::OsImage,
     qemu::{Firmware, VmSpec},
     registry::{self, Registry},
@@ -78,7 +84,8 @@ fn lab_registry(lab: &Lab, os: &OsImage, file: &str) -> anyhow::Result<(String, 
 /// How the operator tells kiln about the host.
 #[derive(Debug, Clone, Copy)]
 enum Enrollment {
-    Cli,
+    /// With the CLI, without `--boot-mac` (the other lab tests enroll with it).
+    CliWithoutBootMac,
     Metal3Manifest,
 }
 
@@ -112,16 +119,31 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, source: Source) 
     // 1. Enroll -> registering -> inspecting (the VM netboots the agent) -> available, powered off (or on again when
     //    the manifest says `online: true`).
     match how {
-        Enrollment::Cli => enroll(&cli, &lab, &host)?,
+        Enrollment::CliWithoutBootMac => enroll_without_boot_mac(&cli, &lab, &host)?,
         Enrollment::Metal3Manifest => {
-            let manifest = import(&cli, &lab, &host)?;
+            // Without bootMACAddress, as Metal3 allows: kiln reads the NICs from sushy-tools' EthernetInterfaces.
+            let bmh = Bmh {
+                online: true,
+                no_boot_mac: true,
+                ..Bmh::default()
+            };
+            let manifest = import_bmh(&cli, &lab, &host, &bmh)?;
             println!("imported {}", manifest.display());
         }
     }
     let h = cli.wait_state(&host.name, "available", Duration::from_secs(600))?;
     let inspect_secs = started.elapsed().as_secs();
     match how {
-        Enrollment::Cli => assert_eq!(h["host"]["power"], "off", "an available host is powered off: {h}"),
+        Enrollment::CliWithoutBootMac => {
+            assert_eq!(h["host"]["power"], "off", "an available host is powered off: {h}");
+            // Bound by its BMC's address, and known by its MAC from then on.
+            let events = cli.events(&host.name)?;
+            let bound = events
+                .iter()
+                .find(|e| e["kind"] == "discovered")
+                .ok_or_else(|| anyhow::anyhow!("no discovered event: {events:?}"))?;
+            println!("{}", bound["message"]);
+        }
         Enrollment::Metal3Manifest => {
             // The manifest says `online: true`: as with Metal3, the available host is powered (back) on.
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -135,6 +157,14 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, source: Source) 
             }
         }
     }
+    // Enrolled without a boot MAC either way: known by the MACs learned (from the BMC, or by the discovery boot).
+    let learned = h["host"]["learned_macs"].as_array().cloned().unwrap_or_default();
+    assert!(
+        learned
+            .iter()
+            .any(|m| m.as_str().is_some_and(|m| m.eq_ignore_ascii_case(&host.mac))),
+        "the boot NIC's MAC is not learned: {h}"
+    );
     let inventory = cli.inspection(&host.name)?;
     println!("inventory: {inventory}");
     let inv = &inventory["inventory"];
@@ -200,11 +230,12 @@ fn redfish_uefi_host_import_inspect_provision_qcow2_deprovision() -> anyhow::Res
 }
 
 #[test]
-fn ipmi_bios_host_enroll_inspect_provision_raw_zst_from_oci_registry_deprovision() -> anyhow::Result<()> {
+fn ipmi_bios_host_without_boot_mac_discovered_inspect_provision_raw_zst_from_oci_registry_deprovision()
+-> anyhow::Result<()> {
     full_lifecycle(
         vm("e2e-ipmi", "52:54:00:99:00:32"),
         BmcKind::Ipmi,
-        Enrollment::Cli,
+        Enrollment::CliWithoutBootMac,
         Source::Registry("debian.raw.zst"),
     )
 }

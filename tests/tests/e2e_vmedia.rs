@@ -47,6 +47,7 @@ fn manifest(host: &kiln_tests::lab::LabHost, ip: &str, online: bool) -> String {
             online,
             spec: &spec,
             docs: vec![secret],
+            no_boot_mac: false,
         },
     )
 }

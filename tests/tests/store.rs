@@ -227,6 +227,20 @@ async fn suite(s: Arc<dyn Store>) {
     // The states that run a job, read without the rest of the host (the executor's slot count).
     let jobs = s.job_states().await.unwrap();
     assert_eq!(jobs, [(h.id, st.state.clone())]);
+    // Hosts a discovery boot may be bound to: running a job, with neither a boot MAC nor a learned MAC. node-1 has
+    // a boot MAC and node-2 runs no job; a host without MACs running one is listed until it learns one.
+    assert!(s.discovery_hosts().await.unwrap().is_empty());
+    let w = s
+        .create_host(&"wait-1".parse().unwrap(), &HostSpec::default(), "test", t)
+        .await
+        .unwrap();
+    assert!(s.save_status(w.id, w.generation, &st, t).await.unwrap());
+    let waiting = s.discovery_hosts().await.unwrap();
+    assert_eq!(waiting.iter().map(|h| h.id).collect::<Vec<_>>(), [w.id]);
+    assert_eq!(waiting[0].state, st.state);
+    s.set_learned_macs(w.id, &[mac("52:54:00:00:00:31")]).await.unwrap();
+    assert!(s.discovery_hosts().await.unwrap().is_empty());
+    s.delete_host(w.id).await.unwrap();
     let h = s.host(&n1).await.unwrap().unwrap();
     assert_eq!(
         (h.state.clone(), h.power, h.counters.boots, h.generation, h.next_wake),

@@ -327,7 +327,10 @@ pub async fn host(args: &ClientArgs, cmd: HostCmd) -> Result<(), CliError> {
                     println!("BMC trouble since {}: {}", t.at, t.message);
                 }
                 if !h.learned_macs.is_empty() {
-                    println!("NIC MACs from the BMC (netboot): {}", h.learned_macs.join(", "));
+                    println!(
+                        "Known by NIC MACs (from its BMC or its discovery boot): {}",
+                        h.learned_macs.join(", ")
+                    );
                 }
                 println!("{}", timing_table(&timings));
             }

@@ -8,7 +8,7 @@ use kiln_images::protocol::{CommandKind, ConfigDrive, ImageFormat, Outcome, Regi
 use super::{
     Action, Decision, HostView, Job, JobKind, JobPhase, Observed, Operation, State, command_id, decide, error,
 };
-use crate::model::{BmcAddress, EraseMode};
+use crate::model::EraseMode;
 use crate::types::Ts;
 
 fn pxe_target(mode: BootMode) -> BootTarget {
@@ -48,19 +48,6 @@ pub(super) fn start_job(
             now,
             format!("{reason}; cleaning disabled: powered off, disks left as they are"),
         );
-    }
-    if host.spec.boot_mac.is_none() && host.learned_macs.is_empty() && !host.by_virtual_media() {
-        // kiln tells a netbooting host by its MAC (DHCP, the iPXE script): without one, the agent could never be
-        // handed its token, and the job would only end in a boot timeout minutes later. Say so now.
-        let bmc = match host.spec.bmc.as_ref().map(|b| &b.address) {
-            Some(BmcAddress::Ipmi(_)) => "an IPMI BMC cannot report the host's NICs",
-            _ => "its BMC reported no NIC MAC address either (Redfish EthernetInterfaces)",
-        };
-        let msg = format!(
-            "{reason}, but the host has no boot MAC address and {bmc}, and kiln recognises a network-booting host \
-             only by a MAC: set bootMACAddress (kiln: --boot-mac) to the MAC of the NIC it PXE-boots from"
-        );
-        return error(host, now, kind.operation(), "no_boot_mac", msg, retries, obs.jitter);
     }
     let boot = host.boots + 1;
     let job = Job {
@@ -268,6 +255,16 @@ pub(super) fn run_job(host: &HostView, obs: &Observed, now: Ts, kind: JobKind, j
                          fetch kiln's ISO (kiln's events and log say when it was read), that the host boots it \
                          (UEFI; Secure Boot off), that the ramdisk's network (preprovisioning network data, or DHCP) \
                          reaches kiln, and the host's console",
+                        p.boot_timeout_secs
+                    )
+                } else if host.awaits_discovery() {
+                    format!(
+                        "no heartbeat from kiln-agent within {}s of network boot: the host has no boot MAC (and its \
+                         BMC reported none), so kiln offered a discovery boot to unknown MACs and waited for an agent \
+                         reporting this host's BMC address. Check that the host PXE-boots, that its agent can read its \
+                         BMC's address in-band (an IPMI system interface; the events say which addresses were \
+                         reported), that no other waiting host has a BMC at the same address, or set bootMACAddress \
+                         (kiln: --boot-mac)",
                         p.boot_timeout_secs
                     )
                 } else {

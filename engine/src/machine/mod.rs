@@ -245,6 +245,12 @@ impl HostView {
             .is_some_and(|b| b.address.boot_method() == kiln_bmc::BootMethod::VirtualMedia)
     }
 
+    /// Whether kiln can recognise this host's network boot only by a discovery boot (an agent reporting this host's
+    /// BMC address): no boot MAC, none learned from the BMC, and not booted by virtual media.
+    pub fn awaits_discovery(&self) -> bool {
+        self.spec.boot_mac.is_none() && self.learned_macs.is_empty() && !self.by_virtual_media()
+    }
+
     /// What ends the agent boot under way (if any): its token is revoked and, with virtual media, the ISO ejected.
     pub fn end_boot(&self) -> Vec<Action> {
         let mut actions = vec![Action::RevokeTokens];

@@ -220,6 +220,10 @@ pub trait Store: Send + Sync + 'static {
     /// it) is left out. Returns the MACs kept.
     async fn set_learned_macs(&self, id: i64, macs: &[MacAddr]) -> Result<Vec<MacAddr>, StoreError>;
     async fn hosts(&self) -> Result<Vec<Host>, StoreError>;
+    /// The hosts running an agent job with neither a boot MAC nor a MAC learned from their BMC: those a discovery
+    /// boot (an unknown MAC netbooting) may be bound to. Callers leave out hosts that boot by virtual media or whose
+    /// job has not booted yet.
+    async fn discovery_hosts(&self) -> Result<Vec<Host>, StoreError>;
     /// The ids of the hosts due for a look at `now` (next wake at or before it, or none set), in no particular order:
     /// what the executor asks on each pass (an index probe, so hosts at rest cost nothing until they are due). Ids
     /// only: with several replicas, each then reads the rows of its own share ([`Store::hosts_by_ids`]).

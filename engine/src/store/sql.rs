@@ -336,6 +336,18 @@ macro_rules! sql_store {
                     .collect()
             }
 
+            async fn discovery_hosts(&self) -> Result<Vec<Host>, StoreError> {
+                // Within the partial index `hosts_running_jobs`; few rows, and none on most calls.
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {HOST_COLUMNS} FROM hosts WHERE state_name IN ('inspecting', 'preparing', 'provisioning', 'deprovisioning') \
+                     AND boot_mac IS NULL AND NOT EXISTS (SELECT 1 FROM host_macs WHERE host_macs.host_id = hosts.id)"
+                )))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("list hosts awaiting a discovery boot"))?;
+                rows.iter().map(|r| Self::row(r).map_err(db("decode host"))?.into_host(&self.key)).collect()
+            }
+
             async fn update_spec(&self, id: i64, generation: i64, spec: &HostSpec, requests: &Requests, now: Ts) -> Result<Host, StoreError> {
                 let current = self.host_by_id(id).await?.ok_or(StoreError::HostNotFound { host: id.to_string() })?;
                 let mut row = HostRow { name: current.name.to_string(), ..Default::default() };

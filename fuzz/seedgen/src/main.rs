@@ -742,6 +742,11 @@ fn agent(c: &Corpus) {
             "reply-erase",
             r#"{"command": {"id": 9, "command": "erase_metadata"}, "interval_secs": 5}"#,
         ),
+        (
+            "discover",
+            r#"{"boot_mac": "52:54:00:12:34:01", "macs": ["52:54:00:12:34:01", "52:54:00:12:34:02"], "bmc_addresses": ["10.0.0.23", "fd00::23"], "agent_version": "0.1.0"}"#,
+        ),
+        ("discover-reply", r#"{"host": "rack1-node-a", "token": "3f2a9c"}"#),
         ("not-json", "agent_version=0.1.0"),
     ];
     for (name, body) in seeds {

@@ -61,29 +61,13 @@ enum FrontEnd {
 /// Corpus files where a front-end does not do what the file's `# expect:` (Metal3's semantics) says: (file, front-end,
 /// a phrase of what that front-end does instead, why). The test asserts each one still differs, and that the
 /// front-end's outcome contains the phrase.
-const KNOWN_DIFFERENCES: &[(&str, FrontEnd, &str, &str)] = &[
-    (
-        "01-ipmi-minimal.yaml",
-        FrontEnd::Import,
-        "the host has no boot MAC address and an IPMI BMC cannot report the host's NICs",
-        "Metal3 inspects an IPMI host without bootMACAddress and learns its MAC from inspection (NeedsMAC() is \
-         false for ipmi://); kiln registers it, then fails inspection because it recognises a network-booting host \
-         only by its MAC. The REST API accepts the host, so the refusal comes late, as an inspection error",
-    ),
-    (
-        "01-ipmi-minimal.yaml",
-        FrontEnd::Kube,
-        "the host has no boot MAC address and an IPMI BMC cannot report the host's NICs",
-        "as through kiln import: an inspection error after registration, where Metal3 would inspect the host",
-    ),
-    (
-        "15-consumer-ref.yaml",
-        FrontEnd::Import,
-        "kiln does not act on consumerRef",
-        "http/src/import.rs refuses consumerRef, the controller accepts it (it is the claim's record on the \
+const KNOWN_DIFFERENCES: &[(&str, FrontEnd, &str, &str)] = &[(
+    "15-consumer-ref.yaml",
+    FrontEnd::Import,
+    "kiln does not act on consumerRef",
+    "http/src/import.rs refuses consumerRef, the controller accepts it (it is the claim's record on the \
          BareMetalHost)",
-    ),
-];
+)];
 
 /// The kiln host fields compared between the two front-ends for every file both enrolled.
 const COMPARED: &[&str] = &[

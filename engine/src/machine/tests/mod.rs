@@ -459,7 +459,7 @@ fn registration_failures_are_actionable() {
 }
 
 #[test]
-fn a_host_without_a_boot_mac_learns_its_macs_from_the_bmc_or_fails_at_once_naming_the_field() {
+fn a_host_without_a_boot_mac_learns_its_macs_from_the_bmc_or_boots_for_discovery() {
     // A Redfish host enrolled without a boot MAC (Metal3 allows it): the BMC is asked for its NICs first.
     let mut h = HostView::test().in_state(State::Registering {
         since: T0,
@@ -482,45 +482,31 @@ fn a_host_without_a_boot_mac_learns_its_macs_from_the_bmc_or_fails_at_once_namin
     learned.learned_macs = vec!["52:54:00:00:00:22".parse().unwrap()];
     let d = step(&learned, &read(PowerState::Off), T0);
     assert!(matches!(d.next, State::Inspecting(_)), "{:?}", d.next);
-    // The BMC reported none: the job fails at once, saying what to set.
+    // The BMC reported none: the host is booted all the same, for a discovery boot (kiln binds an unknown MAC's
+    // agent that reports this host's BMC address), and a boot timeout then says what to check.
     let asked = h.clone().in_state(State::Registering {
         since: T0,
         attempt: 0,
         macs_asked: true,
     });
+    assert!(asked.awaits_discovery());
     let d = step(&asked, &read(PowerState::Off), T0);
-    let State::Error(e) = &d.next else {
-        panic!("{:?}", d.next)
-    };
-    assert_eq!((e.operation, e.kind.as_str()), (Operation::Inspecting, "no_boot_mac"));
-    assert!(e.message.contains("bootMACAddress"), "{}", e.message);
-    assert!(e.message.contains("EthernetInterfaces"), "{}", e.message);
-    // An IPMI BMC cannot tell: no question is asked, the error says why.
+    assert!(matches!(d.next, State::Inspecting(_)), "{:?}", d.next);
+    assert!(
+        d.actions.iter().any(|a| matches!(a, Action::MintToken { .. })),
+        "the discovery boot has its token: {:?}",
+        d.actions
+    );
+    // An IPMI BMC cannot tell: no question is asked, the host is booted for discovery.
     let mut ipmi = h.clone();
     ipmi.spec.bmc.as_mut().unwrap().address = "ipmi://127.0.0.1:6230".parse().unwrap();
     let d = step(&ipmi, &read(PowerState::Off), T0);
-    let State::Error(e) = &d.next else {
-        panic!("{:?}", d.next)
-    };
-    assert!(e.message.contains("IPMI"), "{}", e.message);
-    assert!(
-        !d.actions
-            .iter()
-            .any(|a| matches!(a, Action::MintToken { .. } | Action::SetBoot { .. })),
-        "nothing is booted: {:?}",
-        d.actions
-    );
-    // Provisioning such a host (adopted, say) says the same.
-    let mut p = HostView::test()
-        .in_state(State::Available { since: T0 })
-        .with_image("http://x/os.img");
-    p.spec.boot_mac = None;
-    let d = step(&p, &read(PowerState::Off), T0);
-    assert!(
-        matches!(&d.next, State::Error(e) if e.kind == "no_boot_mac" && e.operation == Operation::Provisioning),
-        "{:?}",
-        d.next
-    );
+    assert!(matches!(d.next, State::Inspecting(_)), "{:?}", d.next);
+    assert!(!d.actions.contains(&Action::LearnMacs), "{:?}", d.actions);
+    // Once bound (its MACs learned), it no longer waits for a discovery boot.
+    let mut bound = ipmi.clone();
+    bound.learned_macs = vec!["52:54:00:00:00:22".parse().unwrap()];
+    assert!(!bound.awaits_discovery());
 }
 
 #[test]
