@@ -2,7 +2,8 @@
 //! with `kiln import` of a Metal3 `BareMetalHost` manifest and its credentials `Secret`), registers and is inspected (it netboots the agent ramdisk from kiln's own DHCP/TFTP/HTTP), becomes available,
 //! is provisioned with the debootstrapped Debian test image and user data, boots that OS from its disk, and its
 //! cloud-init runs the user data, which calls back to an HTTP endpoint of the test (where a kubeadm or RKE2 join would
-//! run). Then it is deprovisioned and available again, with a disk that no longer boots.
+//! run). Then it is deprovisioned and available again, with a disk that no longer boots, or, for the manifest that says
+//! `automatedCleaningMode: disabled`, with the written OS's partition table intact.
 //!
 //! Everything runs inside the lab's private namespace: kiln serve (DHCP full mode on the lab bridge), the BMC
 //! emulators, the VMs, and the CLI. Logs (serial consoles, kiln, emulators) are kept under target/lab-logs/; the VM
@@ -122,9 +123,11 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, source: Source) 
         Enrollment::CliWithoutBootMac => enroll_without_boot_mac(&cli, &lab, &host)?,
         Enrollment::Metal3Manifest => {
             // Without bootMACAddress, as Metal3 allows: kiln reads the NICs from sushy-tools' EthernetInterfaces.
+            // And with cleaning disabled: the deprovisioned disk must keep its data.
             let bmh = Bmh {
                 online: true,
                 no_boot_mac: true,
+                spec: "  automatedCleaningMode: disabled\n",
                 ..Bmh::default()
             };
             let manifest = import_bmh(&cli, &lab, &host, &bmh)?;
@@ -197,7 +200,8 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, source: Source) 
     assert_eq!(h["host"]["boot_mode"], want_mode, "{h}");
     cli.run(&["host", "show", &host.name])?;
 
-    // 3. Deprovision -> available; the disk no longer boots (its partition tables are gone).
+    // 3. Deprovision -> available; the disk no longer boots (its partition tables are gone), unless the manifest said
+    //    `automatedCleaningMode: disabled`: then the written OS is left exactly as it was.
     let deprovision_started = Instant::now();
     cli.run(&["host", "deprovision", &host.name])?;
     cli.wait_state(&host.name, "available", Duration::from_secs(600))?;
@@ -210,10 +214,25 @@ fn full_lifecycle(spec: VmSpec, kind: BmcKind, how: Enrollment, source: Source) 
     let mut head = vec![0u8; 1024];
     use std::io::Read;
     std::fs::File::open(&host.disks[0])?.read_exact(&mut head)?;
-    assert!(
-        head[510..512] != [0x55, 0xaa] && &head[512..520] != b"EFI PART",
-        "the deprovisioned disk still has a partition table"
-    );
+    let partitioned = head[510..512] == [0x55, 0xaa] || &head[512..520] == b"EFI PART";
+    match how {
+        Enrollment::CliWithoutBootMac => assert!(!partitioned, "the deprovisioned disk still has a partition table"),
+        Enrollment::Metal3Manifest => {
+            assert!(
+                partitioned,
+                "cleaning was disabled, yet the disk lost its partition table"
+            );
+            // Straight to available, no agent booted to erase anything.
+            let events = cli.events(&host.name)?;
+            assert!(
+                events.iter().any(|e| e["kind"] == "state"
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("provisioned -> available") && m.contains("cleaning disabled"))),
+                "{events:?}"
+            );
+        }
+    }
     drop(callback);
     drop(registry);
     lab.finish()
