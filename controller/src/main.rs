@@ -122,6 +122,10 @@ enum RamdiskCmd {
         /// Cache of the kernel package and its extracted modules.
         #[arg(long, default_value = "./kiln-data/ramdisk-cache")]
         cache: PathBuf,
+        /// A PEM file of CA certificates the agent trusts besides this machine's system CAs (image servers and OCI
+        /// registries behind a private CA); may be repeated.
+        #[arg(long = "ca-file", value_name = "PEM")]
+        ca_files: Vec<PathBuf>,
     },
 }
 
@@ -230,8 +234,19 @@ async fn run() -> anyhow::Result<()> {
             agent_binary,
             out,
             cache,
+            ca_files,
         }) => {
-            let spec = kiln_images::ramdisk::RamdiskSpec::new(agent_binary, cache, out);
+            let mut spec = kiln_images::ramdisk::RamdiskSpec::new(agent_binary, cache, out);
+            for f in &ca_files {
+                let pem = anyhow::Context::with_context(std::fs::read(f), || format!("--ca-file {}", f.display()))?;
+                let n = kiln_images::ramdisk::count_ca_certificates(&pem)
+                    .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", f.display()))?;
+                println!("trusting {n} extra CA certificate(s) from {}", f.display());
+                spec.extra_ca_pem.extend_from_slice(&pem);
+                if !spec.extra_ca_pem.ends_with(b"\n") {
+                    spec.extra_ca_pem.push(b'\n');
+                }
+            }
             let r = tokio::task::spawn_blocking(move || kiln_images::ramdisk::build(&spec)).await??;
             println!(
                 "kernel {} ({})\ninitramfs {}\n{} bytes in all{}",

@@ -315,3 +315,78 @@ fn completions_and_man_pages_cover_every_subcommand() {
     let provision = std::fs::read_to_string(dir.path().join("kiln-host-provision.1")).unwrap();
     assert!(provision.contains("live\\-iso"), "{provision}");
 }
+
+/// Images behind a private CA: `kiln ramdisk build --ca-file` appends the CA to the ramdisk's bundle
+/// (`/etc/ssl/certs/ca-certificates.crt`), which the image client reads as the system's trust store (the standard
+/// bundle path, or `SSL_CERT_FILE` where set). Here the agent's own download code (`kiln image write`) fetches from a
+/// real TLS peer, `openssl s_server`, whose certificate a private CA signed: refused with a bundle without that CA,
+/// written and verified with the bundle `ramdisk::ca_bundle` makes.
+#[test]
+fn an_image_behind_a_private_ca_is_fetched_with_the_ramdisk_bundle_and_refused_without() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&leaf_key, &Issuer::new(ca_params, ca_key))
+        .unwrap();
+    let served = dir.path().join("www");
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::write(served.join("leaf.pem"), leaf.pem()).unwrap();
+    std::fs::write(served.join("leaf.key"), leaf_key.serialize_pem()).unwrap();
+    let image: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    std::fs::write(served.join("disk.img"), &image).unwrap();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &image);
+    let checksum = format!("sha256:{}", hex::encode(digest.as_ref()));
+
+    let port = kiln_tests::free_port();
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-quiet", "-WWW", "-accept", &format!("127.0.0.1:{port}")])
+        .args(["-cert", "leaf.pem", "-key", "leaf.key"])
+        .current_dir(&served)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let url = format!("https://127.0.0.1:{port}/disk.img");
+    let write = |bundle: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["image", "write", &url])
+            .arg(dir.path().join("out.img"))
+            .args(["--checksum", &checksum, "--quiet"])
+            .env("SSL_CERT_FILE", bundle)
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .unwrap()
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A bundle with another CA only: the private CA is not trusted.
+    let other = rcgen::generate_simple_self_signed(vec!["other.example".into()])
+        .unwrap()
+        .cert
+        .pem();
+    let without = dir.path().join("without.pem");
+    std::fs::write(&without, &other).unwrap();
+    let refused = write(&without);
+    let said = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.to_lowercase().contains("certificate"), "{said}");
+    // The ramdisk's bundle: the system's (here: the other CA) and the extra one.
+    let bundle = kiln_images::ramdisk::ca_bundle(Some(other.into_bytes()), ca.pem().as_bytes()).unwrap();
+    assert_eq!(kiln_images::ramdisk::count_ca_certificates(&bundle), Ok(2));
+    let with = dir.path().join("with.pem");
+    std::fs::write(&with, &bundle).unwrap();
+    let written = write(&with);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(written.status.success(), "{}", String::from_utf8_lossy(&written.stderr));
+    assert_eq!(std::fs::read(dir.path().join("out.img")).unwrap(), image);
+}

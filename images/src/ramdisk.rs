@@ -75,6 +75,8 @@ pub enum RamdiskError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the extra CA certificates: {reason}")]
+    ExtraCa { reason: String },
     #[error("the ramdisk is {bytes} bytes, over the {limit}-byte limit")]
     TooBig { bytes: u64, limit: u64 },
 }
@@ -100,6 +102,9 @@ pub struct RamdiskSpec {
     /// The kernel metapackage whose `linux-image-<version>` dependency is used.
     pub kernel_metapackage: String,
     pub modules: Vec<String>,
+    /// PEM certificates the agent trusts besides the build host's system CAs (image servers and registries behind a
+    /// private CA), appended to the ramdisk's CA bundle; empty for none.
+    pub extra_ca_pem: Vec<u8>,
 }
 
 impl RamdiskSpec {
@@ -112,8 +117,43 @@ impl RamdiskSpec {
             busybox: PathBuf::from("/bin/busybox"),
             kernel_metapackage: "linux-image-amd64".into(),
             modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
+            extra_ca_pem: Vec::new(),
         }
     }
+}
+
+/// The number of certificates in `pem`, which must hold at least one and nothing unreadable.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn count_ca_certificates(pem: &[u8]) -> Result<usize, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut n = 0;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        cert.map_err(|e| format!("not a readable PEM certificate: {e}"))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into());
+    }
+    Ok(n)
+}
+
+/// The ramdisk's CA bundle: the build host's system bundle, then `extra` (each ending in a newline); `None` when
+/// both are empty.
+pub fn ca_bundle(system: Option<Vec<u8>>, extra: &[u8]) -> Option<Vec<u8>> {
+    let mut out = system.unwrap_or_default();
+    if !extra.is_empty() {
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(extra);
+        if !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// A built ramdisk.
@@ -546,6 +586,9 @@ fn stripped(binary: &Path, scratch: &Path) -> Option<Vec<u8>> {
 /// # Errors
 /// A [`RamdiskError`] naming the tool or file that failed, or [`RamdiskError::TooBig`].
 pub fn build(spec: &RamdiskSpec) -> Result<Ramdisk, RamdiskError> {
+    if !spec.extra_ca_pem.is_empty() {
+        count_ca_certificates(&spec.extra_ca_pem).map_err(|reason| RamdiskError::ExtraCa { reason })?;
+    }
     let (tree, kver, package) = kernel_tree(spec)?;
     let efi_loader = build_grub_efi(&spec.out_dir)?;
     let bios_loader = build_grub_bios(&spec.out_dir)?;
@@ -567,6 +610,7 @@ pub fn build(spec: &RamdiskSpec) -> Result<Ramdisk, RamdiskError> {
     fnv1a(&mut key, &busybox);
     fnv1a(&mut key, &agent);
     fnv1a(&mut key, &fs::read(CA_BUNDLE).unwrap_or_default());
+    fnv1a(&mut key, &spec.extra_ca_pem);
     for (n, _) in &mods {
         fnv1a(&mut key, n.as_bytes());
     }
@@ -651,7 +695,7 @@ pub fn build(spec: &RamdiskSpec) -> Result<Ramdisk, RamdiskError> {
         },
     );
     // The host's CA bundle, so that HTTPS image sources and appliances with public certificates verify.
-    if let Ok(data) = fs::read(CA_BUNDLE) {
+    if let Some(data) = ca_bundle(fs::read(CA_BUNDLE).ok(), &spec.extra_ca_pem) {
         entries.insert("etc/ssl".into(), Entry::Dir);
         entries.insert("etc/ssl/certs".into(), Entry::Dir);
         entries.insert(
@@ -761,6 +805,30 @@ pub fn build_static_agent(workspace: &Path, target_dir: &Path) -> Result<PathBuf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_cas_are_appended_to_the_system_bundle_and_checked() {
+        let cert = rcgen::generate_simple_self_signed(vec!["registry.example".into()])
+            .unwrap()
+            .cert
+            .pem();
+        assert_eq!(count_ca_certificates(cert.as_bytes()), Ok(1));
+        assert_eq!(count_ca_certificates(format!("{cert}{cert}").as_bytes()), Ok(2));
+        assert!(
+            count_ca_certificates(b"hello")
+                .unwrap_err()
+                .contains("no PEM certificate")
+        );
+        let broken = cert.replace("MII", "M!I");
+        assert!(count_ca_certificates(broken.as_bytes()).is_err(), "{broken}");
+        let system = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----".to_vec();
+        let both = ca_bundle(Some(system.clone()), cert.trim_end().as_bytes()).unwrap();
+        assert!(both.starts_with(&system) && both.ends_with(b"-----END CERTIFICATE-----\n"));
+        assert_eq!(&both[system.len()..system.len() + 1], b"\n");
+        assert_eq!(ca_bundle(Some(system.clone()), b""), Some(system));
+        assert_eq!(ca_bundle(None, b""), None);
+        assert_eq!(ca_bundle(None, cert.as_bytes()), Some(cert.into_bytes()));
+    }
 
     #[test]
     fn kernel_package_from_apt_cache() {

@@ -148,6 +148,29 @@ pub fn file_name(source: &str) -> String {
     path.rsplit('/').next().unwrap_or(path).to_owned()
 }
 
+/// Whether a request failed because the server's TLS certificate was refused (its issuer is not trusted, it names
+/// another host, it expired): unlike a server that is not up yet, retrying cannot help.
+fn is_certificate_error(e: &reqwest::Error) -> bool {
+    let refused = |r: &rustls::Error| {
+        matches!(
+            r,
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+        )
+    };
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return refused(r);
+        }
+        // hyper-util and tokio-rustls hand rustls' error up inside io::Errors, whose `source` skips what they wrap.
+        cur = match err.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
+}
+
 /// An HTTP client for image downloads (rustls with the ring provider).
 ///
 /// # Errors
@@ -371,6 +394,13 @@ async fn pump_http(
             Ok(r) => {
                 unreachable_since = None;
                 r
+            }
+            Err(e) if is_certificate_error(&e) => {
+                // The server's certificate was refused (an issuer not trusted, another name, expired): waiting
+                // cannot change that. Fail now, naming it.
+                failures = MAX_RETRIES + 1;
+                last_err = Some(e.into());
+                continue;
             }
             Err(e) if e.is_connect() => {
                 // Nothing listening (or no route): the server may be restarting. Wait for it within the budget;
