@@ -7,6 +7,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${KILN_CACHE:-$ROOT/.cache}
 mkdir -p "$CACHE"
+# The physical path: a clone's .cache is a symlink into a cache shared by clones (.ci/run), and what is built there
+# (the venv's scripts name their interpreter by absolute path) must not depend on the clone that built it.
+CACHE=$(cd "$CACHE" && pwd -P)
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 APT_PACKAGES=(
@@ -36,15 +39,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Python venv with the BMC emulators (pinned). Rebuilt only when the pin list changes.
+# Python venv with the BMC emulators (pinned). Rebuilt when the pin list or its own path changes, or when its
+# scripts' interpreter is gone (a venv built through another path).
 PY_PINS="sushy-tools==2.2.0 virtualbmc==3.3.0 libvirt-python==9.0.0"
 VENV=$CACHE/venv
-if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$PY_PINS" ]; then
+STAMP="$PY_PINS @ $VENV"
+if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$STAMP" ] || [ "$(head -1 "$VENV/bin/sushy-emulator" 2>/dev/null)" != "#!$VENV/bin/python3" ]; then
   log "building Python venv $VENV ($PY_PINS)"
   rm -rf "$VENV"
   /usr/bin/python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check $PY_PINS
-  echo "$PY_PINS" > "$VENV/.pins"
+  echo "$STAMP" > "$VENV/.pins"
 fi
 
 # /dev/kvm as Debian's udev rule would leave it, or libvirt re-probes QEMU on every call (TESTBED.md).
