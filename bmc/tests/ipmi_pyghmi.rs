@@ -10,7 +10,7 @@ use kiln_bmc::{
     Bmc, BmcAddress, BmcErrorKind, BmcOptions, BootMode, BootPersistence, BootTarget, Credentials, IpmiBmc,
     PowerAction, PowerState,
 };
-use support::PyghmiBmc;
+use kiln_tests::ipmi_loopback::PyghmiBmc;
 
 fn opts() -> BmcOptions {
     BmcOptions {

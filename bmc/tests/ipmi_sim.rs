@@ -10,7 +10,7 @@ use kiln_bmc::{
     Bmc, BmcAddress, BmcError, BmcErrorKind, BmcOptions, BootMode, BootPersistence, BootTarget, Credentials, IpmiBmc,
     IpmiPrivilege, PowerAction, PowerState,
 };
-use support::{IPMI_PASSWORD, IPMI_USER, IpmiSim};
+use kiln_tests::ipmi_loopback::{IPMI_PASSWORD, IPMI_USER, IpmiSim};
 
 fn opts() -> BmcOptions {
     BmcOptions {

@@ -8,8 +8,8 @@ mod support;
 use std::time::Duration;
 
 use kiln_bmc::{Bmc, BmcAddress, BmcOptions, BootMode, BootPersistence, BootTarget, Credentials, PowerAction};
+use kiln_tests::ipmi_loopback::{self, IpmiSim};
 use kiln_tests::sushy_loopback::{NODE0, Sushy, SushyOptions};
-use support::IpmiSim;
 use support::mock_redfish::{self, Mock};
 
 fn opts() -> BmcOptions {
@@ -139,7 +139,7 @@ async fn ipmi_leaks_nothing() {
     let address: BmcAddress = sim.address().parse().unwrap();
     let bmc = kiln_bmc::connect(
         &address,
-        Credentials::new(support::IPMI_USER, support::IPMI_PASSWORD),
+        Credentials::new(ipmi_loopback::IPMI_USER, ipmi_loopback::IPMI_PASSWORD),
         opts(),
     )
     .await
@@ -149,10 +149,14 @@ async fn ipmi_leaks_nothing() {
         .await
         .unwrap();
     bmc.close().await.unwrap();
-    let e = kiln_bmc::connect(&address, Credentials::new(support::IPMI_USER, "Wr0ng-Ipmi-Pw"), opts())
-        .await
-        .unwrap_err();
+    let e = kiln_bmc::connect(
+        &address,
+        Credentials::new(ipmi_loopback::IPMI_USER, "Wr0ng-Ipmi-Pw"),
+        opts(),
+    )
+    .await
+    .unwrap_err();
     let all = logs.text() + &format!("{e} {e:?}");
     assert!(all.contains("IPMI session open"), "driver logs captured");
-    assert_clean(&all, &[support::IPMI_PASSWORD, "Wr0ng-Ipmi-Pw"]);
+    assert_clean(&all, &[ipmi_loopback::IPMI_PASSWORD, "Wr0ng-Ipmi-Pw"]);
 }

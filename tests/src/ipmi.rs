@@ -79,6 +79,96 @@ for p in "$@"; do case $p in
 esac; done
 "#;
 
+/// What one ipmi_sim runs with, shared by the lab's launcher and the loopback one
+/// ([`crate::ipmi_loopback::IpmiSim`]): one management controller without SDRs, one LAN channel on `listen:port`
+/// (RMCP+; ipmi_sim offers cipher suite 3), a `chassis_control` program and the users it accepts.
+pub(crate) struct SimConfig<'a> {
+    pub name: &'a str,
+    pub listen: &'a str,
+    pub port: u16,
+    /// More lines inside the LAN channel's block (e.g. a `lan_config_program`).
+    pub lan_extra: &'a str,
+    /// More lines after it (e.g. a `serial kcs` system interface).
+    pub extra: &'a str,
+    /// The chassis control program and its arguments.
+    pub chassis_control: &'a str,
+    /// (user id, name, password, privilege).
+    pub users: &'a [(u8, &'a str, &'a str, &'a str)],
+}
+
+impl SimConfig<'_> {
+    /// Writes `lan.conf`, `sim.emu` and the state directory `sim/` into `dir`.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let mut conf = format!(
+            r#"name "{name}"
+set_working_mc 0x20
+  startlan 1
+    addr {listen} {port}
+    priv_limit admin
+    allowed_auths_callback none md2 md5 straight
+    allowed_auths_user none md2 md5 straight
+    allowed_auths_operator none md2 md5 straight
+    allowed_auths_admin none md2 md5 straight
+    guid a123456789abcdefa123456789abcdef
+    {lan_extra}
+  endlan
+  {extra}
+  chassis_control "{chassis_control}"
+"#,
+            name = self.name,
+            listen = self.listen,
+            port = self.port,
+            lan_extra = self.lan_extra,
+            extra = self.extra,
+            chassis_control = self.chassis_control,
+        );
+        for (id, user, password, privilege) in self.users {
+            conf += &format!("  user {id} true \"{user}\" \"{password}\" {privilege} 10 none md2 md5 straight\n");
+        }
+        std::fs::write(dir.join("lan.conf"), conf)?;
+        std::fs::write(
+            dir.join("sim.emu"),
+            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n\
+             sel_enable 0x20 1000 0x0a\nmc_enable 0x20\n",
+        )?;
+        std::fs::create_dir_all(dir.join("sim"))
+    }
+
+    /// ipmi_sim's arguments for a directory [`Self::write`] filled: no console (`-n`).
+    pub fn args(dir: &Path) -> Vec<std::ffi::OsString> {
+        vec![
+            "-c".into(),
+            dir.join("lan.conf").into(),
+            "-f".into(),
+            dir.join("sim.emu").into(),
+            "-s".into(),
+            dir.join("sim").into(),
+            "-n".into(),
+        ]
+    }
+}
+
+/// ipmitool's arguments for an RMCP+ session with cipher suite 3 (all ipmi_sim offers) to a BMC on loopback.
+pub fn lanplus_args(port: u16, user: &str, password: &str) -> Vec<String> {
+    let port = port.to_string();
+    [
+        "-I",
+        "lanplus",
+        "-C",
+        "3",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        user,
+        "-P",
+        password,
+    ]
+    .map(String::from)
+    .into()
+}
+
 /// The address every lab ipmi_sim listens on (inside the lab's namespace).
 const LISTEN: &str = "127.0.0.1";
 
@@ -126,43 +216,23 @@ impl IpmiSim {
         record.add_pidfile(&state_dir.join("qemu.pid"));
 
         let port = crate::free_udp_port();
-        let lan_conf = format!(
-            r#"name "kiln-{name}"
-set_working_mc 0x20
-  startlan 1
-    addr {LISTEN} {port}
-    priv_limit admin
-    allowed_auths_callback none md2 md5 straight
-    allowed_auths_user none md2 md5 straight
-    allowed_auths_operator none md2 md5 straight
-    allowed_auths_admin none md2 md5 straight
-    guid a123456789abcdefa123456789abcdef
-    lan_config_program "{lan_script} {LISTEN} lan0"
-  endlan
-  serial kcs {LISTEN} {vm_port} codec VM
-  chassis_control "{script} {state}"
-  user 2 true "{USERNAME}" "{PASSWORD}" admin 10 none md2 md5 straight
-"#,
-            name = spec.name,
-            script = script.display(),
-            lan_script = lan_script.display(),
-            state = state_dir.display(),
-        );
-        std::fs::write(state_dir.join("lan.conf"), lan_conf)?;
-        std::fs::write(
-            state_dir.join("sim.emu"),
-            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n",
-        )?;
+        let lan_config_program = format!("lan_config_program \"{} {LISTEN} lan0\"", lan_script.display());
+        let kcs = format!("serial kcs {LISTEN} {vm_port} codec VM");
+        let chassis_control = format!("{} {}", script.display(), state_dir.display());
+        let conf = SimConfig {
+            name: &format!("kiln-{}", spec.name),
+            listen: LISTEN,
+            port,
+            lan_extra: &lan_config_program,
+            extra: &kcs,
+            chassis_control: &chassis_control,
+            users: &[(2, USERNAME, PASSWORD, "admin")],
+        };
+        conf.write(&state_dir)?;
         let log = std::fs::File::create(logs.file(&format!("ipmi_sim-{}.log", spec.name)))?;
         let child = ns
             .command("ipmi_sim")
-            .arg("-c")
-            .arg(state_dir.join("lan.conf"))
-            .arg("-f")
-            .arg(state_dir.join("sim.emu"))
-            .arg("-s")
-            .arg(state_dir.join("sim"))
-            .arg("-n")
+            .args(SimConfig::args(&state_dir))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -184,27 +254,10 @@ set_working_mc 0x20
 
     /// Runs `ipmitool -I lanplus -C 3` (ipmi_sim speaks suite 3 only) against this BMC, inside the lab namespace.
     pub fn ipmitool(&self, args: &[&str]) -> anyhow::Result<String> {
-        let port = self.port.to_string();
-        let mut full = vec![
-            "netns",
-            "exec",
-            &self.netns,
-            "ipmitool",
-            "-I",
-            "lanplus",
-            "-C",
-            "3",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            USERNAME,
-            "-P",
-            PASSWORD,
-        ];
-        full.extend_from_slice(args);
-        cmd::run("ip", &full)
+        let mut full: Vec<String> = ["netns", "exec", &self.netns, "ipmitool"].map(String::from).into();
+        full.extend(lanplus_args(self.port, USERNAME, PASSWORD));
+        full.extend(args.iter().map(|a| a.to_string()));
+        cmd::run("ip", &full.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// The BMC address in kiln's (Metal3's) syntax.

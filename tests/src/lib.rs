@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod failover;
 pub mod inproc;
 pub mod ipmi;
+pub mod ipmi_loopback;
 pub mod kube;
 pub mod lab;
 pub mod libvirt;

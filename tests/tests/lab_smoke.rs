@@ -132,31 +132,10 @@ fn ipmi_powers_a_lab_vm_into_ipxe_and_off_again() -> anyhow::Result<()> {
     assert!(bmc.ipmitool(&["chassis", "power", "status"])?.contains("off"));
 
     // A wrong password is refused by the BMC.
-    let port = bmc.port.to_string();
-    let wrong = cmd::output(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            ns.name(),
-            "ipmitool",
-            "-I",
-            "lanplus",
-            "-C",
-            "3",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "admin",
-            "-P",
-            "wrong",
-            "chassis",
-            "power",
-            "status",
-        ],
-    )?;
+    let mut args: Vec<String> = ["netns", "exec", ns.name(), "ipmitool"].map(String::from).into();
+    args.extend(kiln_tests::ipmi::lanplus_args(bmc.port, "admin", "wrong"));
+    args.extend(["chassis", "power", "status"].map(String::from));
+    let wrong = cmd::output("ip", &args.iter().map(String::as_str).collect::<Vec<_>>())?;
     assert!(!wrong.status.success());
     Ok(())
 }
