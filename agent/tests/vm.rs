@@ -9,8 +9,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Vm, VmSpec};
 use kiln_images::protocol::{ChecksumType, CommandKind, ConfigDrive, ImageSpec, Outcome, RootDeviceHints};
+use kiln_tests::qemu_user::{Vm, VmSpec};
 use sha2::Digest;
 
 const MIB: usize = 1024 * 1024;
@@ -67,7 +67,10 @@ fn run(cmd: &mut Command) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_inspects_erases_writes_and_powers_off_in_a_vm() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let ramdisk = tokio::task::spawn_blocking(common::ramdisk).await.unwrap();
+    let ramdisk = tokio::task::spawn_blocking(kiln_tests::ramdisk::get)
+        .await
+        .unwrap()
+        .expect("the agent ramdisk");
     assert!(ramdisk.bytes < 64 * 1024 * 1024, "ramdisk is {} bytes", ramdisk.bytes);
 
     let logs = LogDir(Some(

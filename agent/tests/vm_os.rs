@@ -8,52 +8,29 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Vm, VmSpec};
 use kiln_images::protocol::{ChecksumType, CommandKind, ConfigDrive, ImageSpec, Outcome, RootDeviceHints};
+use kiln_tests::qemu_user::{Vm, VmSpec};
 use sha2::Digest;
 
 /// The shell computes the marker, so the literal never appears in the user data itself.
 const USER_DATA: &str = "#cloud-config\nruncmd:\n  - [ sh, -c, 'echo KILN-CLOUD-INIT-$((6*7)) > /dev/ttyS0' ]\n";
 const MARKER: &str = "KILN-CLOUD-INIT-42";
 
-/// The project's end-to-end OS image (Debian 12 + cloud-init, BIOS-bootable, GPT), built and cached by
-/// `tests/os-image/build.sh`, which prints its output directory.
-fn debian_image() -> PathBuf {
-    let root = common::workspace_root();
-    let t = Instant::now();
-    let out = Command::new("bash")
-        .arg(root.join("tests/os-image/build.sh"))
-        .env("KILN_CACHE", root.join(".cache"))
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "tests/os-image/build.sh failed");
-    let dir = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .lines()
-            .last()
-            .unwrap_or_default(),
-    );
-    assert!(
-        dir.join("debian.raw.zst").is_file(),
-        "no debian.raw.zst in {}",
-        dir.display()
-    );
-    eprintln!("debian image ready in {:?}: {}", t.elapsed(), dir.display());
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "slow: debootstraps a Debian image on first run and boots it under TCG; run with --ignored"]
 async fn agent_deploys_debian_whose_cloud_init_reads_the_config_drive() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let ramdisk = tokio::task::spawn_blocking(common::ramdisk).await.unwrap();
-    let os = tokio::task::spawn_blocking(debian_image).await.unwrap();
+    let ramdisk = tokio::task::spawn_blocking(kiln_tests::ramdisk::get)
+        .await
+        .unwrap()
+        .expect("the agent ramdisk");
+    let os = tokio::task::spawn_blocking(kiln_tests::osimage::OsImage::get)
+        .await
+        .unwrap()
+        .expect("the test OS image")
+        .dir;
 
     let tmp = tempfile::Builder::new().prefix("kiln-agent-os-").tempdir().unwrap();
     let dir = tmp.path().to_path_buf();

@@ -66,13 +66,10 @@ async fn written_image_boots_and_cloud_init_runs_the_config_drive_user_data() {
     assert!(String::from_utf8_lossy(&verify.stdout).contains("No problems found"));
 
     let console = dir.path().join("console.log");
-    let accel = match std::env::var("KILN_ACCEL") {
-        Ok(a) if a == "kvm" && Path::new("/dev/kvm").exists() => "kvm",
-        _ => "tcg",
-    };
+    let accel = kiln_tests::qemu::accel();
     let qemu = Command::new("qemu-system-x86_64")
         .args([
-            "-accel", accel, "-m", "1024", "-display", "none", "-monitor", "none", "-nic", "none",
+            "-accel", &accel, "-m", "1024", "-display", "none", "-monitor", "none", "-nic", "none",
         ])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))

@@ -21,6 +21,7 @@ pub mod operator;
 pub mod osimage;
 pub mod pg;
 pub mod qemu;
+pub mod qemu_user;
 pub mod ramdisk;
 pub mod registry;
 pub mod serve;
