@@ -234,6 +234,17 @@ pub struct KilnMachineSpec {
     /// Secret with network data for the host's config drive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_data_name: Option<String>,
+    /// A KilnDataTemplate (same namespace) rendering this machine's network data, with addresses from IP pools
+    /// (CAPM3's `dataTemplate`). Not together with `networkDataName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_template: Option<DataTemplateRef>,
+}
+
+/// A reference to a KilnDataTemplate.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct DataTemplateRef {
+    /// The KilnDataTemplate's name (same namespace).
+    pub name: String,
 }
 
 /// A reference to the claimed host.

@@ -14,6 +14,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::bmh::{BareMetalHost, Image, ProvisioningState};
 use crate::capi::{HostSelector, KilnMachine};
+use crate::data::NetworkPlan;
 
 /// Label that puts a host into a failure domain: CAPM3's, so that a Metal3 inventory's labels keep working.
 pub const FAILURE_DOMAIN_LABEL: &str = "infrastructure.cluster.x-k8s.io/failure-domain";
@@ -146,6 +147,10 @@ pub struct Claim {
     /// The bootstrap data Secret (same namespace), written to the config drive as user data.
     pub user_data_secret: Option<String>,
     pub network_data_secret: Option<String>,
+    /// Network data to render for the claimed host (its KilnDataTemplate with the machine's addresses): written as
+    /// the machine's network data Secret just before the host is claimed, and only hosts it can be rendered for
+    /// (their inspection found every NIC it names) are claimed.
+    pub network_data: Option<NetworkPlan>,
 }
 
 /// The `consumerRef` for a KilnMachine.
@@ -172,7 +177,10 @@ pub async fn claim_host(
     let api: Api<BareMetalHost> = Api::namespaced(client.clone(), &ns);
     let consumer = consumer_ref(machine);
     for _ in 0..10 {
-        let hosts = api.list(&ListParams::default()).await?.items;
+        let mut hosts = api.list(&ListParams::default()).await?.items;
+        if let Some(plan) = &claim.network_data {
+            hosts.retain(|h| consumed_by(h, &consumer) || plan.render(h).is_ok());
+        }
         let Some(host) = choose_host(
             &hosts,
             &machine.spec.host_selector,
@@ -203,6 +211,12 @@ pub async fn claim_host(
         }
         if let Some(s) = &claim.network_data_secret {
             taken.spec.network_data = Some(secret(s));
+        }
+        if let Some(plan) = &claim.network_data {
+            // Rendered for this host and written before the host names it: a lost race renders for the next one.
+            let data = plan.render(host).expect("hosts it cannot render for were left out");
+            let name = crate::data::write_network_data(client, machine, &data).await?;
+            taken.spec.network_data = Some(secret(&name));
         }
         match api.replace(&host.name_any(), &PostParams::default(), &taken).await {
             Ok(h) => return Ok(Some(h.name_any())),

@@ -12,6 +12,7 @@ use crate::bmh::BareMetalHost;
 use crate::capi::{
     KilnCluster, KilnClusterTemplate, KilnMachine, KilnMachineTemplate, KilnRemediation, KilnRemediationTemplate,
 };
+use crate::data::KilnDataTemplate;
 
 /// Every CRD kiln serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
@@ -19,6 +20,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         BareMetalHost::crd(),
         KilnCluster::crd(),
         KilnClusterTemplate::crd(),
+        KilnDataTemplate::crd(),
         KilnMachine::crd(),
         KilnMachineTemplate::crd(),
         KilnRemediation::crd(),

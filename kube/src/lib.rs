@@ -9,6 +9,7 @@ pub mod capi;
 pub mod claim;
 pub mod cluster_controller;
 pub mod crds;
+pub mod data;
 pub mod engine;
 pub mod host_controller;
 pub mod machine_controller;

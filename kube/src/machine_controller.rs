@@ -32,6 +32,7 @@ use crate::capi::{
     deleted_for_move, is_paused,
 };
 use crate::claim::{Claim, claim_host, release_host, reuse_pool};
+use crate::data::{self, Addresses, KilnDataTemplate, NetworkPlan};
 use crate::workload::{self, Decision, HostIdentity};
 
 /// The KilnMachine condition about the host's Node carrying the providerID.
@@ -192,6 +193,9 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         if has_finalizer {
             let pool = reuse_pool(&ctx.client, &m).await?;
             release_host(&ctx.client, &m, pool.as_deref()).await?;
+            if m.spec.data_template.is_some() {
+                data::release(&ctx.client, &m).await?;
+            }
             let f: Vec<&String> = m.finalizers().iter().filter(|f| *f != MACHINE_FINALIZER).collect();
             let patch = json!({"metadata": {"finalizers": f, "resourceVersion": m.resource_version()}});
             api.patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(patch))
@@ -229,6 +233,22 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         return Ok(wait);
     };
 
+    // Network data from a KilnDataTemplate: addresses claimed from their pools before a host is (only while the
+    // machine has none: the held host's Secret was written when it was claimed).
+    let mut network_data = None;
+    if let (Some(r), None) = (
+        &m.spec.data_template,
+        m.status.as_ref().and_then(|s| s.host_ref.as_ref()),
+    ) {
+        match network_plan(&ctx.client, &m, &r.name).await? {
+            Ok(plan) => network_data = Some(plan),
+            Err(why) => {
+                write_ready(&api, &m, why).await?;
+                return Ok(wait);
+            }
+        }
+    }
+    let template_named = network_data.is_some();
     let claim = Claim {
         image: m.spec.image.as_ref().map(|i| Image {
             url: i.url.clone(),
@@ -239,6 +259,7 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         }),
         user_data_secret: Some(data_secret),
         network_data_secret: m.spec.network_data_name.clone(),
+        network_data,
     };
     // Only a machine without a host looks for one; the one it holds is found without its pool.
     let pool = match m.status.as_ref().and_then(|s| s.host_ref.as_ref()) {
@@ -246,16 +267,17 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         Some(_) => None,
     };
     let Some(host_name) = claim_host(&ctx.client, &m, &claim, pool.as_deref()).await? else {
-        let why = Ready::no(
-            "WaitingForHost",
-            match &pool {
-                Some(p) => format!(
-                    "no available BareMetalHost matches the hostSelector (and failure domain), or the one kept for \
-                     {p} (nodeReuse) is not available yet"
-                ),
-                None => "no available BareMetalHost matches the hostSelector (and failure domain)".into(),
-            },
-        );
+        let mut message = match &pool {
+            Some(p) => format!(
+                "no available BareMetalHost matches the hostSelector (and failure domain), or the one kept for \
+                 {p} (nodeReuse) is not available yet"
+            ),
+            None => "no available BareMetalHost matches the hostSelector (and failure domain)".into(),
+        };
+        if let (true, Some(r)) = (template_named, &m.spec.data_template) {
+            message += &format!(" and has the NICs KilnDataTemplate {} names", r.name);
+        }
+        let why = Ready::no("WaitingForHost", message);
         write_ready(&api, &m, why).await?;
         return Ok(wait);
     };
@@ -387,6 +409,36 @@ async fn reconcile(m: Arc<KilnMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         .await?;
     }
     Ok(next)
+}
+
+/// The machine's network data plan from its KilnDataTemplate `name`, or the `Ready` condition saying why there is
+/// none yet (the template is missing or invalid, an address is not allocated yet).
+async fn network_plan(client: &Client, m: &KilnMachine, name: &str) -> Result<Result<NetworkPlan, Ready>, Error> {
+    if m.spec.network_data_name.is_some() {
+        return Ok(Err(Ready::no(
+            "InvalidSpec",
+            "spec.dataTemplate and spec.networkDataName are both set: the network data comes from one of them".into(),
+        )));
+    }
+    let ns = m.namespace().unwrap_or_else(|| "default".into());
+    let templates: Api<KilnDataTemplate> = Api::namespaced(client.clone(), &ns);
+    let Some(t) = templates.get_opt(name).await? else {
+        return Ok(Err(Ready::no(
+            "WaitingForDataTemplate",
+            format!("KilnDataTemplate {name} not found"),
+        )));
+    };
+    let template = t.spec.network_data;
+    if let Err(e) = template.validate() {
+        return Ok(Err(Ready::no(
+            "InvalidDataTemplate",
+            format!("KilnDataTemplate {name}: {e}"),
+        )));
+    }
+    Ok(match data::claim_addresses(client, m, &template).await? {
+        Addresses::Waiting(why) => Err(Ready::no("WaitingForIPAddresses", why)),
+        Addresses::Bound(addresses) => Ok(NetworkPlan { template, addresses }),
+    })
 }
 
 /// The KilnMachine's `Ready` condition (Cluster API v1beta2 contract: the Machine's `InfrastructureReady` mirrors it,

@@ -670,3 +670,79 @@ pub async fn eventually<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
 }
+
+/// Applies `deploy/config/{manager,rbac}` (kiln's namespace, ServiceAccount and ClusterRole) with `admin` and returns
+/// a client acting as that ServiceAccount, so controllers run by a test have exactly the rights kiln's deployment
+/// grants.
+pub async fn controller_client(server: &KubeApiServer, admin: &kube::Client) -> anyhow::Result<kube::Client> {
+    let deploy = crate::repo_root().join("deploy/config");
+    apply_manifest_dir(admin, &deploy.join("manager")).await?;
+    let applied = apply_manifest_dir(admin, &deploy.join("rbac")).await?;
+    anyhow::ensure!(
+        applied.contains(&"ClusterRole/kiln-controller".to_string()),
+        "deploy/config/rbac has no ClusterRole kiln-controller: {applied:?}"
+    );
+    server
+        .client_as(
+            "system:serviceaccount:kiln-system:kiln-controller",
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:kiln-system",
+                "system:authenticated",
+            ],
+        )
+        .await
+}
+
+/// A real kube-apiserver with kiln's CRDs and Cluster API's (the pinned release's, IPAM kinds included) installed,
+/// and an admin client.
+pub async fn server_with_crds() -> anyhow::Result<(KubeApiServer, kube::Client)> {
+    let server = KubeApiServer::start().await?;
+    let client = server.client().await?;
+    let mut crds = parse_crds(&kiln_kube::crds::crds_yaml())?;
+    crds.extend(read_crd_dir(&capi_crd_dir())?);
+    install_crds(&client, &crds).await?;
+    Ok((server, client))
+}
+
+/// kiln's BareMetalHost and KilnMachine controllers on an engine, as a client, with a test's short requeues.
+pub struct MachineControllers {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl MachineControllers {
+    pub fn start<E: kiln_kube::engine::Engine + 'static>(client: &kube::Client, engine: std::sync::Arc<E>) -> Self {
+        use kiln_kube::{host_controller, machine_controller};
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let hc = host_controller::Config {
+            busy_requeue: Duration::from_millis(200),
+            idle_requeue: Duration::from_secs(1),
+            error_requeue: Duration::from_millis(500),
+            ..Default::default()
+        };
+        let mc = machine_controller::Config {
+            wait_requeue: Duration::from_millis(300),
+            idle_requeue: Duration::from_secs(2),
+        };
+        let tasks = vec![
+            tokio::spawn(host_controller::run(client.clone(), engine, hc, stopped(rx.clone()))),
+            tokio::spawn(machine_controller::run(client.clone(), mc, stopped(rx))),
+        ];
+        Self { stop, tasks }
+    }
+
+    /// Stops both and waits (10 s at most) for them to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("controller stops")
+                .expect("controller task");
+        }
+    }
+}

@@ -11,11 +11,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kiln_kube::bmh::{BareMetalHost, ProvisioningState as S};
 use kiln_kube::capi::KilnMachine;
-use kiln_kube::{host_controller, machine_controller};
+use kiln_kube::machine_controller;
 use kiln_tests::inproc::{Lab, mac_of};
-use kiln_tests::kube::{
-    KubeApiServer, apply_manifest_dir, capi_crd_dir, create, install_crds, parse_crds, read_crd_dir,
-};
+use kiln_tests::kube::{MachineControllers, controller_client, create, server_with_crds};
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use serde_json::json;
 
@@ -25,36 +23,11 @@ async fn wait<T>(what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
-    let server = KubeApiServer::start().await.expect("start etcd + kube-apiserver");
-    let client = server.client().await.unwrap();
-    let mut crds = parse_crds(&kiln_kube::crds::crds_yaml()).unwrap();
-    crds.extend(read_crd_dir(&capi_crd_dir()).unwrap());
-    install_crds(&client, &crds).await.unwrap();
+    let (server, client) = server_with_crds().await.expect("kube-apiserver with the CRDs");
 
     // deploy/'s namespace, ServiceAccount and RBAC; the controllers run as that ServiceAccount, proving the role
     // grants enough.
-    let deploy = kiln_tests::repo_root().join("deploy/config");
-    apply_manifest_dir(&client, &deploy.join("manager"))
-        .await
-        .expect("apply deploy/config/manager");
-    let applied = apply_manifest_dir(&client, &deploy.join("rbac"))
-        .await
-        .expect("apply deploy/config/rbac");
-    assert!(
-        applied.contains(&"ClusterRole/kiln-controller".to_string()),
-        "{applied:?}"
-    );
-    let sa = server
-        .client_as(
-            "system:serviceaccount:kiln-system:kiln-controller",
-            &[
-                "system:serviceaccounts",
-                "system:serviceaccounts:kiln-system",
-                "system:authenticated",
-            ],
-        )
-        .await
-        .unwrap();
+    let sa = controller_client(&server, &client).await.unwrap();
     // Sanity: the ServiceAccount is really restricted (no rights on, e.g., ConfigMaps).
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(sa.clone(), "default");
     assert!(
@@ -65,27 +38,7 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
     // kiln's appliance in-process, with hardware (a fake BMC, simulated firmware and agent) for the host default/h0.
     let mut lab = Lab::start(|_| {}).await;
     lab.add_fake("default.h0");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let hc = host_controller::Config {
-        busy_requeue: Duration::from_millis(200),
-        idle_requeue: Duration::from_secs(1),
-        error_requeue: Duration::from_millis(500),
-        ..Default::default()
-    };
-    let mc = machine_controller::Config {
-        wait_requeue: Duration::from_millis(300),
-        idle_requeue: Duration::from_secs(2),
-    };
-    let t1 = tokio::spawn(host_controller::run(
-        sa.clone(),
-        lab.engine(),
-        hc,
-        stopped(stop_rx.clone()),
-    ));
-    let t2 = tokio::spawn(machine_controller::run(sa.clone(), mc, stopped(stop_rx.clone())));
+    let controllers = MachineControllers::start(&sa, lab.engine());
 
     let hosts: Api<BareMetalHost> = Api::namespaced(client.clone(), "default");
     let kms: Api<KilnMachine> = Api::namespaced(client.clone(), "default");
@@ -272,13 +225,7 @@ async fn kilnmachine_claims_host_with_bootstrap_data_and_releases_it() {
             .is_empty()
     );
 
-    let _ = stop_tx.send(true);
-    for t in [t1, t2] {
-        tokio::time::timeout(Duration::from_secs(10), t)
-            .await
-            .expect("controller stops")
-            .unwrap();
-    }
+    controllers.stop().await;
     lab.stop().await;
     drop(server);
 }
