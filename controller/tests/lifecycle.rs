@@ -613,8 +613,10 @@ async fn an_ipmi_host_without_a_boot_mac_is_bound_by_the_bmc_address_its_agent_r
     // Two hosts waiting behind the same BMC address (two ports of one IP): neither is bound, both are told why.
     lab.enroll_without_boot_mac("node-j", "ipmi://192.0.2.90:6230").await;
     lab.enroll_without_boot_mac("node-k", "ipmi://192.0.2.90:6231").await;
+    // The simulated agents retry their discovery with backoff: on a loaded machine the second host's boot can take
+    // a while, so wait up to a minute.
     let mut both = false;
-    for _ in 0..200 {
+    for _ in 0..600 {
         let (j, k) = (events_of(&lab, "node-j").await, events_of(&lab, "node-k").await);
         if [j, k].iter().all(|ev| {
             ev.iter()

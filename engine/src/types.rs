@@ -65,29 +65,14 @@ impl fmt::Display for HostName {
 }
 string_newtype_serde!(HostName);
 
-/// An Ethernet MAC address, printed lowercase with colons.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MacAddr(pub [u8; 6]);
+/// An Ethernet MAC address (kiln's one definition), printed lowercase with colons.
+pub use kiln_types::MacAddr;
 
-impl FromStr for MacAddr {
-    type Err = ParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse::<kiln_images::protocol::MacAddr>()
-            .map(|m| Self(m.0))
-            .map_err(|_| {
-                ParseError(format!(
-                    "{s:?} is not a MAC address (expected six hex pairs like 52:54:00:12:34:56)"
-                ))
-            })
+impl From<kiln_types::ParseMacError> for ParseError {
+    fn from(e: kiln_types::ParseMacError) -> Self {
+        ParseError(e.to_string())
     }
 }
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        kiln_images::protocol::MacAddr(self.0).fmt(f)
-    }
-}
-string_newtype_serde!(MacAddr);
 
 /// Milliseconds since the Unix epoch: the only time type the store and the state machine use.
 #[derive(

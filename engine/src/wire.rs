@@ -361,7 +361,10 @@ pub fn spec_from(c: &HostCreate) -> Result<(HostName, HostSpec), Invalid> {
     let boot_mac = c
         .boot_mac
         .as_deref()
-        .map(|m| m.parse::<MacAddr>().map_err(|e| unprocessable("boot_mac", e.0)))
+        .map(|m| {
+            m.parse::<MacAddr>()
+                .map_err(|e| unprocessable("boot_mac", e.to_string()))
+        })
         .transpose()?;
     let boot_mode = c
         .boot_mode

@@ -334,13 +334,8 @@ async fn discover(AxState(app): AxState<AppState>, body: Bytes) -> Result<Json<D
             return Err(ApiError::new(StatusCode::CONFLICT, msg));
         }
     };
-    let mut macs = vec![kiln_engine::types::MacAddr(d.boot_mac.0)];
-    macs.extend(
-        d.macs
-            .iter()
-            .filter(|m| **m != d.boot_mac)
-            .map(|m| kiln_engine::types::MacAddr(m.0)),
-    );
+    let mut macs = vec![d.boot_mac];
+    macs.extend(d.macs.iter().filter(|m| **m != d.boot_mac).copied());
     let kept = app.store.set_learned_macs(host.id, &macs).await?;
     let kept = kept.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
     app.store

@@ -313,57 +313,8 @@ pub struct NicInfo {
     pub ipv4: Vec<String>,
 }
 
-/// An Ethernet MAC address (`52:54:00:12:34:56`, `-` accepted as separator), printed lower-case with colons. The one
-/// parser the agent (`kiln.mac=`) and the appliance share.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MacAddr(pub [u8; 6]);
-
-/// A string that is not six hex pairs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadMacAddr;
-
-impl std::str::FromStr for MacAddr {
-    type Err = BadMacAddr;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        if parts.len() != 6 {
-            return Err(BadMacAddr);
-        }
-        let mut out = [0u8; 6];
-        for (o, p) in out.iter_mut().zip(parts) {
-            if p.len() != 2 {
-                return Err(BadMacAddr);
-            }
-            *o = u8::from_str_radix(p, 16).map_err(|_| BadMacAddr)?;
-        }
-        Ok(Self(out))
-    }
-}
-
-impl std::fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse()
-            .map_err(|_| serde::de::Error::custom(format!("not a MAC address: {s:?}")))
-    }
-}
+/// An Ethernet MAC address: kiln's one type for it, shared with every crate.
+pub use kiln_types::{MacAddr, ParseMacError};
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
-use crate::mac::MacAddr;
+use crate::MacAddr;
 
 /// Upper bound on remembered addresses.
 pub const MAX_CLIENTS: usize = 1 << 16;

@@ -8,12 +8,12 @@ use std::path::{Component, Path};
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Encodable};
 
+use crate::MacAddr;
 use crate::config::{BootConfig, DhcpConfig, DhcpMode, SubnetConfig};
 use crate::dhcp::decide::{self, Ctx, Decision};
 use crate::dhcp::leases::{LeaseState, LeaseTable};
 use crate::dhcp::server::parse_request;
 use crate::lookup::{BootAction, BootHost};
-use crate::mac::MacAddr;
 use crate::tftp::{Files, check_path, packet, resolve_in_root};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);

@@ -14,10 +14,10 @@ use axum::routing::get;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
+use crate::MacAddr;
 use crate::counters::{PxeCounters, bump};
 use crate::ipxe;
 use crate::lookup::{BootAction, BootEvent, HostLookup};
-use crate::mac::MacAddr;
 
 #[derive(Clone)]
 struct BootState {

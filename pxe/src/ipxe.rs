@@ -1,7 +1,7 @@
 //! Renders per-host iPXE scripts (pure): agent boot, local-disk chain, or nothing.
 
+use crate::MacAddr;
 use crate::lookup::{BootAction, BootHost};
-use crate::mac::MacAddr;
 
 /// The script for `host`, or `None` when there is nothing to boot (the endpoint answers 404).
 ///

@@ -12,13 +12,12 @@ pub mod fuzzing;
 pub mod http;
 pub mod ipxe;
 pub mod lookup;
-pub mod mac;
 pub mod service;
 pub mod tftp;
 
 pub use config::{BootConfig, DhcpConfig, DhcpMode, PxeConfig, SubnetConfig, TftpConfig};
 pub use counters::PxeCounters;
 pub use error::PxeError;
+pub use kiln_types::{MacAddr, ParseMacError};
 pub use lookup::{BootAction, BootEvent, BootHost, BoxFuture, HostLookup, StaticLookup};
-pub use mac::{MacAddr, ParseMacError};
 pub use service::{PxeServices, run, spawn};

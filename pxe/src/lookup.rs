@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::mac::MacAddr;
+use crate::MacAddr;
 
 /// A boxed `Send` future, so [`HostLookup`] can be used as `Arc<dyn HostLookup>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -561,8 +561,8 @@ async fn discover(
     };
     let ip: std::net::IpAddr = ip.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
     let body = kiln_images::protocol::Discover {
-        boot_mac: kiln_images::protocol::MacAddr(mac.0),
-        macs: vec![kiln_images::protocol::MacAddr(mac.0)],
+        boot_mac: mac,
+        macs: vec![mac],
         bmc_addresses: vec![ip],
         agent_version: "simulated".into(),
     };

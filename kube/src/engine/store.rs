@@ -235,7 +235,7 @@ pub fn kiln_spec(key: &HostKey, spec: &HostSpec) -> Result<model::HostSpec, Engi
         .as_deref()
         .map(|m| {
             m.parse::<MacAddr>()
-                .map_err(|e| rejected(key, format!("spec.bootMACAddress: {}", e.0)))
+                .map_err(|e| rejected(key, format!("spec.bootMACAddress: {e}")))
         })
         .transpose()?;
     let image = match spec.image.as_ref().filter(|i| !i.url.is_empty()) {

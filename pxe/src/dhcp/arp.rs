@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::mac::MacAddr;
+use crate::MacAddr;
 
 const AF_NETLINK: i32 = 16;
 const NETLINK_ROUTE: i32 = 0;

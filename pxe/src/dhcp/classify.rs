@@ -6,8 +6,8 @@
 
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
 
+use crate::MacAddr;
 use crate::config::BootConfig;
-use crate::mac::MacAddr;
 
 /// The firmware/loader family of a client, from option 93 (RFC 4578 §2.1 and the IANA registry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,11 +7,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 
+use crate::MacAddr;
 use crate::config::{BootConfig, DhcpConfig, SubnetConfig};
 use crate::dhcp::classify::{self, BootFile, Client};
 use crate::dhcp::leases::{Lease, LeaseState, LeaseTable, OFFER_HOLD_SECS};
 use crate::lookup::{BootAction, BootEvent, BootHost};
-use crate::mac::MacAddr;
 
 /// The inputs that do not change per packet.
 #[derive(Debug, Clone, Copy)]

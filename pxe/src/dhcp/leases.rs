@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::MacAddr;
 use crate::config::SubnetConfig;
 use crate::error::PxeError;
-use crate::mac::MacAddr;
 
 /// Lease states; `Released` in the journal removes the lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

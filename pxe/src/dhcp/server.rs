@@ -13,6 +13,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::MacAddr;
 use crate::clients::ClientMap;
 use crate::config::{DhcpMode, PxeConfig};
 use crate::counters::{PxeCounters, bump};
@@ -20,7 +21,6 @@ use crate::dhcp::decide::{self, Ctx, Decision};
 use crate::dhcp::leases::{LeaseJournal, LeaseTable};
 use crate::error::PxeError;
 use crate::lookup::HostLookup;
-use crate::mac::MacAddr;
 
 /// Opens a UDP socket on `0.0.0.0:port` bound to `iface` (`SO_BINDTODEVICE`) with `SO_BROADCAST`.
 ///

@@ -1,4 +1,5 @@
-//! The `MacAddr` newtype: parsed once at the edge (DHCP `chaddr`, URL path, config), shown as `aa:bb:cc:dd:ee:ff`.
+//! The `MacAddr` newtype: parsed once at the edge (DHCP `chaddr`, an iPXE script's URL, the agent's `kiln.mac=`, a
+//! manifest's `bootMACAddress`, the REST API), shown as `aa:bb:cc:dd:ee:ff`. The one definition every kiln crate uses.
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An IEEE 802 48-bit hardware address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr([u8; 6]);
+pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
     /// Wraps six raw octets.
@@ -29,7 +30,7 @@ impl MacAddr {
 
 /// Why a string is not a MAC address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid MAC address {input:?}: expected six hex octets separated by ':' or '-'")]
+#[error("{input:?} is not a MAC address (expected six hex octets like 52:54:00:12:34:56, separated by ':' or '-')")]
 pub struct ParseMacError {
     /// The rejected input (truncated to 64 characters).
     pub input: String,
