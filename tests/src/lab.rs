@@ -262,16 +262,23 @@ impl Lab {
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGKILL,
         )?;
-        // SIGKILL is delivered asynchronously: until the process has exited (a zombie, or gone), its listening socket
-        // may still take a connection that then ends at once. Callers act on the replica being dead.
-        let stat = format!("/proc/{}/stat", child.id());
+        // SIGKILL is delivered asynchronously: until every thread of the process has exited, its listening socket
+        // may still take a connection that then ends at once, and callers act on the replica being dead. The thread
+        // group's leader shows as a zombie in /proc while other threads still hold the sockets open (seen under
+        // load), so ask the kernel: waitid(WEXITED | WNOWAIT) reports the process only once the whole group is gone,
+        // and leaves it to be reaped later.
+        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let state = std::fs::read_to_string(&stat)
-                .ok()
-                .and_then(|s| s.rsplit(')').next()?.split_whitespace().next().map(str::to_owned));
-            if state.as_deref().is_none_or(|s| s == "Z" || s == "X") {
-                return Ok(());
+            match waitid(
+                Id::Pid(pid),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG,
+            ) {
+                Ok(WaitStatus::StillAlive) => {}
+                // Exited (or already reaped: ECHILD): its sockets are closed.
+                Ok(_) | Err(nix::errno::Errno::ECHILD) => return Ok(()),
+                Err(e) => return Err(e.into()),
             }
             anyhow::ensure!(
                 std::time::Instant::now() < deadline,
