@@ -23,7 +23,7 @@ pub const STATUS_ANNOTATION: &str = "baremetalhost.metal3.io/status";
 pub const DETACHED_ANNOTATION: &str = "baremetalhost.metal3.io/detached";
 
 /// Metal3's free-form object schema for fields kiln accepts but does not interpret.
-fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub(crate) fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
@@ -32,7 +32,7 @@ fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// A list of free-form objects (Metal3's `taints`, `networkInterfaces`).
-fn free_form_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub(crate) fn free_form_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "array",
         "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}

@@ -9,9 +9,9 @@
 //! the `IPAddress` and binds it, and kiln renders once every claim is bound. The claims and the Secret are deleted
 //! when the machine releases its host, so the provider returns the addresses to their pools.
 //!
-//! What the template cannot express is refused by the CRD's schema (bonds, VLANs, IPv6 and DHCP networks are not
-//! rendered by kiln), and a reference the template cannot resolve (an unknown link, a gateway from a pool no network
-//! uses, an interface the host does not have) is named in the KilnMachine's `Ready` condition, never dropped.
+//! CAPM3's fields kiln does not render (bonds, VLANs, IPv6, DHCP and SLAAC networks, `metaData`) are kept by the CRD
+//! and refused by name, as is a reference the template cannot resolve (an unknown link, a gateway from a pool no
+//! network uses, an interface the host does not have): the KilnMachine's `Ready` condition says which, never dropped.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -48,6 +48,11 @@ pub const NETWORK_DATA_KEY: &str = "networkData";
 pub struct KilnDataTemplateSpec {
     /// The network data each machine's host gets.
     pub network_data: NetworkDataTemplate,
+    /// CAPM3's `metaData` templates: not rendered by kiln (the config drive's meta data comes from the host and the
+    /// machine), so a template that has them is refused rather than half-applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::bmh::free_form")]
+    pub meta_data: Option<Value>,
 }
 
 /// cloud-init's `network_data.json`, to be rendered per host.
@@ -70,6 +75,14 @@ pub struct Links {
     /// Physical NICs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ethernets: Vec<Ethernet>,
+    /// CAPM3's bonds: not rendered by kiln (refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::bmh::free_form_list")]
+    pub bonds: Vec<Value>,
+    /// CAPM3's VLANs: not rendered by kiln (refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::bmh::free_form_list")]
+    pub vlans: Vec<Value>,
 }
 
 /// A physical NIC.
@@ -103,6 +116,22 @@ pub struct Networks {
     /// Static IPv4 networks, each with an address from a pool.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ipv4: Vec<Ipv4Network>,
+    /// CAPM3's static IPv6 networks: not rendered by kiln (refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::bmh::free_form_list")]
+    pub ipv6: Vec<Value>,
+    /// CAPM3's DHCPv4 networks: not rendered by kiln (refused).
+    #[serde(default, rename = "ipv4DHCP", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::bmh::free_form_list")]
+    pub ipv4_dhcp: Vec<Value>,
+    /// CAPM3's DHCPv6 networks: not rendered by kiln (refused).
+    #[serde(default, rename = "ipv6DHCP", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::bmh::free_form_list")]
+    pub ipv6_dhcp: Vec<Value>,
+    /// CAPM3's SLAAC networks: not rendered by kiln (refused).
+    #[serde(default, rename = "ipv6SLAAC", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::bmh::free_form_list")]
+    pub ipv6_slaac: Vec<Value>,
 }
 
 /// A static IPv4 network.
@@ -182,6 +211,21 @@ impl NetworkDataTemplate {
     /// # Errors
     /// What is wrong, naming the field.
     pub fn validate(&self) -> Result<(), String> {
+        for (field, given) in [
+            ("links.bonds", !self.links.bonds.is_empty()),
+            ("links.vlans", !self.links.vlans.is_empty()),
+            ("networks.ipv6", !self.networks.ipv6.is_empty()),
+            ("networks.ipv4DHCP", !self.networks.ipv4_dhcp.is_empty()),
+            ("networks.ipv6DHCP", !self.networks.ipv6_dhcp.is_empty()),
+            ("networks.ipv6SLAAC", !self.networks.ipv6_slaac.is_empty()),
+        ] {
+            if given {
+                return Err(format!(
+                    "networkData.{field}: kiln does not render this (only links.ethernets, networks.ipv4 with \
+                     addresses from pools, routes and services.dns)"
+                ));
+            }
+        }
         let links: Vec<&str> = self.links.ethernets.iter().map(|e| e.id.as_str()).collect();
         for (i, e) in self.links.ethernets.iter().enumerate() {
             match (&e.mac_address.string, &e.mac_address.from_host_interface) {
@@ -679,6 +723,16 @@ mod tests {
                 .unwrap_err()
                 .contains("exactly one of string and fromHostInterface")
         );
+        let mut t = template();
+        t.links.bonds.push(json!({"id": "bond0", "bondMode": "802.3ad"}));
+        assert!(
+            t.validate()
+                .unwrap_err()
+                .starts_with("networkData.links.bonds: kiln does not render this")
+        );
+        let mut t = template();
+        t.networks.ipv4_dhcp.push(json!({"id": "dhcp", "link": "enp1s0"}));
+        assert!(t.validate().unwrap_err().starts_with("networkData.networks.ipv4DHCP:"));
         let mut t = template();
         t.services.dns.push("dns.example".into());
         assert!(t.validate().unwrap_err().contains("services.dns[1]"));

@@ -428,6 +428,12 @@ async fn network_plan(client: &Client, m: &KilnMachine, name: &str) -> Result<Re
             format!("KilnDataTemplate {name} not found"),
         )));
     };
+    if t.spec.meta_data.is_some() {
+        return Ok(Err(Ready::no(
+            "InvalidDataTemplate",
+            format!("KilnDataTemplate {name}: metaData is not rendered by kiln; remove it"),
+        )));
+    }
     let template = t.spec.network_data;
     if let Err(e) = template.validate() {
         return Ok(Err(Ready::no(

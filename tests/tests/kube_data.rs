@@ -10,8 +10,9 @@
 //!
 //! Checked: a machine waits, saying so, until its address is bound; two machines get distinct addresses; each host's
 //! config drive carries the rendered `network_data.json` (its own NIC's MAC, its address, the pool's gateway as the
-//! default route, DNS); a template naming a NIC no host has leaves the machine waiting for a host and says why;
-//! deleting a machine deletes its claim and its network data Secret.
+//! default route, DNS); a template naming a NIC no host has leaves the machine waiting for a host and says why; a
+//! template with a bond (which kiln does not render) is refused naming it; deleting a machine deletes its claim and its
+//! network data Secret.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -243,8 +244,28 @@ async fn machines_get_network_data_with_distinct_pool_addresses_and_give_them_ba
         "{c:?}"
     );
 
+    // CAPM3 template fields kiln does not render (a bond here) are refused, naming the field, not dropped.
+    let mut bonded = template("bonded", "eth0");
+    bonded["spec"]["networkData"]["links"]["bonds"] = json!([{"id": "bond0", "bondMode": "802.3ad",
+        "bondLinks": ["enp1s0"], "macAddress": {"fromHostInterface": "eth0"}}]);
+    create::<KilnDataTemplate>(&client, bonded).await;
+    machine(&client, "m3", "bonded").await;
+    let c = wait("km3 refuses its template", async || {
+        ready("km3").await.filter(|c| c.reason == "InvalidDataTemplate")
+    })
+    .await;
+    assert!(
+        c.message
+            .starts_with("KilnDataTemplate bonded: networkData.links.bonds: kiln does not render this"),
+        "{c:?}"
+    );
+    assert!(
+        claims.get_opt("km3-prov").await.unwrap().is_none(),
+        "a claim for a refused template"
+    );
+
     // Deleting machines gives their addresses back (claims deleted) and removes their network data.
-    for km in ["km0", "km2"] {
+    for km in ["km0", "km2", "km3"] {
         kms.delete(km, &DeleteParams::default()).await.unwrap();
         wait(&format!("{km} gone"), async || {
             kms.get_opt(km).await.ok()?.is_none().then_some(())
