@@ -10,6 +10,7 @@ pub mod clusterctl;
 pub mod cmd;
 pub mod failover;
 pub mod inproc;
+pub mod ipam;
 pub mod ipmi;
 pub mod ipmi_loopback;
 pub mod kube;

@@ -3,10 +3,8 @@
 //! KilnMachine controllers (as kiln's ServiceAccount, so the shipped role must grant what they do) and kiln's real
 //! engine (in-process appliance, fake BMCs, simulated agents).
 //!
-//! The IPAM provider's part is played by this test (`play_ipam_provider`): the real in-cluster IPAM provider cannot be
-//! built on this machine (the Go module proxy refuses `sigs.k8s.io/cluster-api-ipam-provider-in-cluster` and Metal3's
-//! `ip-address-manager`). It does what that provider does for a claim: an `IPAddress` with the next free address of
-//! its pool, bound in the claim's `status.addressRef`.
+//! The IPAM provider's part is played by the test kit (`kiln_tests::ipam`, pool `InClusterIPPool/pool-a`,
+//! 192.168.10.21 upwards, gateway .1): the real in-cluster IPAM provider cannot be built on this machine.
 //!
 //! Checked: a machine waits, saying so, until its address is bound; two machines get distinct addresses; each host's
 //! config drive carries the rendered `network_data.json` (its own NIC's MAC, its address, the pool's gateway as the
@@ -15,58 +13,23 @@
 //! network data Secret.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kiln_kube::bmh::{BareMetalHost, ProvisioningState as S};
 use kiln_kube::capi::KilnMachine;
-use kiln_kube::data::{KilnDataTemplate, ip_address_claim_resource, ip_address_resource};
+use kiln_kube::data::{KilnDataTemplate, ip_address_claim_resource};
 use kiln_kube::machine_controller;
 use kiln_tests::inproc::{Lab, mac_of};
+use kiln_tests::ipam;
 use kiln_tests::kube::{MachineControllers, controller_client, create, server_with_crds};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 async fn wait<T>(what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
     kiln_tests::kube::eventually(what, Duration::from_secs(60), f).await
-}
-
-/// Plays an IPAM provider for the pool `InClusterIPPool/pool-a` (192.168.10.0/24, gateway .1): every claim of that
-/// pool without an address gets the next free one, as an `IPAddress` named after the claim.
-async fn play_ipam_provider(client: Client, stop: tokio::sync::watch::Receiver<bool>) {
-    let claims: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ip_address_claim_resource());
-    let addresses: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ip_address_resource());
-    let mut next = 21;
-    while !*stop.borrow() {
-        for c in claims
-            .list(&Default::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default()
-        {
-            if c.data["spec"]["poolRef"]["name"] != "pool-a" || c.data["status"]["addressRef"]["name"].is_string() {
-                continue;
-            }
-            let name = c.name_any();
-            let mut a = DynamicObject::new(&name, &ip_address_resource()).within("default");
-            a.data = json!({"spec": {
-                "claimRef": {"name": name},
-                "poolRef": c.data["spec"]["poolRef"],
-                "address": format!("192.168.10.{next}"),
-                "prefix": 24,
-                "gateway": "192.168.10.1",
-            }});
-            if addresses.create(&PostParams::default(), &a).await.is_ok() {
-                next += 1;
-            }
-            let status = json!({"status": {"addressRef": {"name": name}}});
-            let _ = claims
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-                .await;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn machine(client: &Client, name: &str, template: &str) {
@@ -115,7 +78,6 @@ async fn machines_get_network_data_with_distinct_pool_addresses_and_give_them_ba
 
     let mut lab = Lab::start(|_| {}).await;
     let controllers = MachineControllers::start(&sa, lab.engine());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let hosts: Api<BareMetalHost> = Api::namespaced(client.clone(), "default");
     let kms: Api<KilnMachine> = Api::namespaced(client.clone(), "default");
@@ -189,7 +151,16 @@ async fn machines_get_network_data_with_distinct_pool_addresses_and_give_them_ba
     );
 
     // The provider runs: both machines get distinct addresses, and each host's config drive its network data.
-    let provider = tokio::spawn(play_ipam_provider(client.clone(), stop_rx.clone()));
+    let provider = ipam::Provider::start(
+        client.clone(),
+        ipam::Pool {
+            namespace: "default".into(),
+            name: "pool-a".into(),
+            first: Ipv4Addr::new(192, 168, 10, 21),
+            prefix: 24,
+            gateway: Ipv4Addr::new(192, 168, 10, 1),
+        },
+    );
     machine(&client, "m1", "workers").await;
     let mut seen = BTreeMap::new();
     for km in ["km0", "km1"] {
@@ -289,8 +260,7 @@ async fn machines_get_network_data_with_distinct_pool_addresses_and_give_them_ba
     }
 
     controllers.stop().await;
-    let _ = stop_tx.send(true);
-    provider.await.unwrap();
+    provider.stop().await;
     lab.stop().await;
     drop(server);
 }
