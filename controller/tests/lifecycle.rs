@@ -610,9 +610,17 @@ async fn an_ipmi_host_without_a_boot_mac_is_bound_by_the_bmc_address_its_agent_r
     let (s, b) = discover(json!(["not an address"])).await;
     assert_eq!(s, 422, "{b}");
 
-    // Two hosts waiting behind the same BMC address (two ports of one IP): neither is bound, both are told why.
+    // Two hosts waiting behind the same BMC address (two ports of one IP): neither is bound, both are told why. Their
+    // boots are held until both are enrolled and booting: otherwise, on a loaded machine, the first host's agent can
+    // report before the second host is enrolled, and is then rightly bound to the only host waiting.
+    lab.boots_held.store(true, std::sync::atomic::Ordering::Relaxed);
     lab.enroll_without_boot_mac("node-j", "ipmi://192.0.2.90:6230").await;
     lab.enroll_without_boot_mac("node-k", "ipmi://192.0.2.90:6231").await;
+    for n in ["node-j", "node-k"] {
+        let (booting, h) = lab.wait_host(n, |h| h["state"].as_str() == Some("inspecting")).await;
+        assert!(booting, "{n} is not waiting for its boot: {h}");
+    }
+    lab.boots_held.store(false, std::sync::atomic::Ordering::Relaxed);
     // The simulated agents retry their discovery with backoff: on a loaded machine the second host's boot can take
     // a while, so wait up to a minute.
     let mut both = false;

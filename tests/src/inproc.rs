@@ -66,6 +66,9 @@ pub struct Lab {
     /// What the simulated agents offer to wait for a command when idle (`wait_secs`, as kiln-agent does); 0: they
     /// do not offer (the protocol of agents before it) and poll every [`AGENT_POLL_MS`].
     pub agent_wait_secs: Arc<std::sync::atomic::AtomicU32>,
+    /// While set, network boots wait in the firmware (as if every host were slow to POST), so that a test can have
+    /// several hosts waiting for their boots at once.
+    pub boots_held: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn config(dir: &std::path::Path, tweak: fn(&mut Config)) -> Config {
@@ -119,6 +122,7 @@ impl Lab {
             credentials: Arc::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             agent_wait_secs: Arc::default(),
+            boots_held: Arc::default(),
         };
         lab.serve().await;
         lab.spawn_firmware(boots_rx);
@@ -208,6 +212,7 @@ impl Lab {
         let current = self.lookup.clone();
         let data_dir = self.dir.path().to_path_buf();
         let wait = self.agent_wait_secs.clone();
+        let held = self.boots_held.clone();
         tokio::spawn(async move {
             let mut agents: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
             while let Some((host, kind)) = rx.recv().await {
@@ -217,6 +222,9 @@ impl Lab {
                 match kind {
                     BootKind::Disk => *os_boots.lock().unwrap().entry(host).or_default() += 1,
                     BootKind::Network => {
+                        while held.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                         let mac: MacAddr = mac_of(&host).parse().unwrap();
                         // Retried: the firmware may ask before the executor has committed the booting state.
                         let mut instr = None;
