@@ -72,7 +72,8 @@ fi
 KUBE_BIN=$CACHE/kube/$(awk '$1=="k8s.io/kubernetes" {print $2; exit}' "$ROOT/tests/kube/go.mod")
 # Only the tests need them (`make test` sets KILN_SETUP_KUBE=1), so `make demo` does not wait for this build.
 if [ "${KILN_SETUP_KUBE:-0}" = 1 ]; then
-  [ -x "$KUBE_BIN/kube-apiserver" ] && [ -x "$KUBE_BIN/etcd" ] && [ -e "$CACHE/kube/cluster-api-v1.14.2/crd/.done" ] \
+  [ -x "$KUBE_BIN/kube-apiserver" ] && [ -x "$KUBE_BIN/etcd" ] && [ -x "$KUBE_BIN/kube-controller-manager" ] \
+    && [ -x "$KUBE_BIN/kubelet" ] && [ -x "$KUBE_BIN/kubeadm" ] && [ -e "$CACHE/kube/cluster-api-v1.14.2/crd/.done" ] \
     || bash "$ROOT/tests/kube/build.sh"
   [ -x "$CACHE/kube/cluster-api-v1.14.2/bin/capi-core" ] && [ -x "$CACHE/kube/cluster-api-v1.14.2/bin/capi-kubeadm-bootstrap" ] \
     && [ -x "$CACHE/kube/cluster-api-v1.14.2/bin/clusterctl" ] && [ -e "$CACHE/kube/cluster-api-v1.14.2/clusterctl-api.yaml" ] \

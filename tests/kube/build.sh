@@ -2,6 +2,8 @@
 # Builds the real Kubernetes peers kiln's tests run against, from Go modules, cached by version:
 #   $CACHE/kube/<k8s version>/kube-apiserver   (k8s.io/kubernetes/cmd/kube-apiserver)
 #   $CACHE/kube/<k8s version>/etcd             (go.etcd.io/etcd/server/v3, the version kubernetes pins)
+#   $CACHE/kube/<k8s version>/kube-controller-manager, kubelet, kubeadm (k8s.io/kubernetes/cmd/...; the kubelet and
+#                                                 kubeadm go into the node OS image, tests/os-image/build.sh)
 #   $CACHE/kube/cluster-api-<version>/crd/*.yaml (sigs.k8s.io/cluster-api config/crd/bases)
 # The Go module and build caches live under $CACHE/kube too, so CI reuses them.
 # Slow the first time (tens of minutes on 2 cores); a no-op when everything is present.
@@ -30,6 +32,9 @@ build() { # build <package> <output name>
 }
 build k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver
 build go.etcd.io/etcd/server/v3 etcd
+build k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager
+build k8s.io/kubernetes/cmd/kubelet kubelet
+build k8s.io/kubernetes/cmd/kubeadm kubeadm
 CRD=$CACHE/kube/cluster-api-$CAPI_VERSION/crd
 if [ ! -e "$CRD/.done" ]; then
   log "fetching the Cluster API $CAPI_VERSION CRDs"

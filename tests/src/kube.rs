@@ -81,13 +81,13 @@ fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let s = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-fn spawn(bin: &Path, args: &[String], log: &Path, record: &Record) -> anyhow::Result<Child> {
+pub(crate) fn spawn(bin: &Path, args: &[String], log: &Path, record: &Record) -> anyhow::Result<Child> {
     let out = std::fs::File::create(log)?;
     let child = Command::new(bin)
         .args(args)
@@ -101,7 +101,7 @@ fn spawn(bin: &Path, args: &[String], log: &Path, record: &Record) -> anyhow::Re
 }
 
 /// Kills a child politely (SIGTERM, then SIGKILL after 5 s) and reaps it.
-fn stop(child: &mut Child) {
+pub(crate) fn stop(child: &mut Child) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -172,8 +172,11 @@ impl KubeApiServer {
         openssl(d, &csr)?;
         std::fs::write(
             d.join("server.ext"),
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n\
-             subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n",
+            format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n\
+             subjectAltName=IP:127.0.0.1,IP:{},DNS:localhost,DNS:kubernetes.default.svc\n",
+                crate::operator::SERVER
+            ),
         )?;
         openssl(
             d,
@@ -239,7 +242,10 @@ impl KubeApiServer {
             format!("--tls-private-key-file={}", p("server.key")),
             format!("--client-ca-file={}", p("ca.crt")),
             format!("--token-auth-file={}", p("tokens.csv")),
-            "--authorization-mode=RBAC".into(),
+            // Node: kubelets (the node image's, joined with kubeadm) act on their own Node and pods only.
+            "--authorization-mode=Node,RBAC".into(),
+            // kubeadm join authenticates with a bootstrap token (Cluster API's kubeadm bootstrap provider makes it).
+            "--enable-bootstrap-token-auth=true".into(),
             "--service-account-issuer=https://kubernetes.default.svc".into(),
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
@@ -615,17 +621,26 @@ impl KubeApiServer {
         crate::cmd::wait_for("the bridge socket", Duration::from_secs(10), || {
             sock.exists().then_some(())
         })?;
-        let inner = ns
-            .command("socat")
-            .arg("TCP-LISTEN:6443,bind=127.0.0.1,fork,reuseaddr")
-            .arg(format!("UNIX-CONNECT:{}", sock.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start socat in the namespace")?;
-        record.add_pid(inner.id());
-        bridge.children.push(inner);
+        // Port 6443 on every address of the namespace (its loopback, and the lab network where its VMs reach it as
+        // `https://10.99.0.1:6443`), and the server's own port on the namespace's loopback, so that a kubeconfig
+        // written for the host (the workload cluster's kubeconfig Secret) works inside the namespace too.
+        let port = hostport.rsplit(':').next().unwrap_or("6443");
+        for listen in [
+            "TCP-LISTEN:6443,fork,reuseaddr".to_owned(),
+            format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"),
+        ] {
+            let inner = ns
+                .command("socat")
+                .arg(listen)
+                .arg(format!("UNIX-CONNECT:{}", sock.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("start socat in the namespace")?;
+            record.add_pid(inner.id());
+            bridge.children.push(inner);
+        }
         let kc = std::fs::read_to_string(&self.kubeconfig)?.replace(&self.url, "https://127.0.0.1:6443");
         std::fs::write(&bridge.kubeconfig, kc)?;
         Ok(bridge)

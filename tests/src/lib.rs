@@ -14,6 +14,7 @@ pub mod ipam;
 pub mod ipmi;
 pub mod ipmi_loopback;
 pub mod kube;
+pub mod kubeadm;
 pub mod lab;
 pub mod libvirt;
 pub mod logs;

@@ -1,4 +1,5 @@
-//! The end-to-end tests' OS image (Debian 12 with cloud-init), built and cached by `tests/os-image/build.sh`.
+//! The end-to-end tests' OS image (Debian 12 with cloud-init) and its Kubernetes node variant, built and cached by
+//! `tests/os-image/build.sh`.
 //! Owns finding (or building) it; what boots it is the tests' business.
 
 use std::path::PathBuf;
@@ -17,15 +18,29 @@ impl OsImage {
         crate::state::with_file_lock(&crate::cache_dir().join("os-image.lock"), Self::build)
     }
 
+    /// The Kubernetes node variant (only `debian.qcow2`): the same system plus containerd, runc and the real
+    /// kubelet and kubeadm built by `tests/kube/build.sh` (see `tests/os-image/build-node.sh`).
+    pub fn node() -> anyhow::Result<Self> {
+        // The node image starts from the base image, so it takes the base's lock too.
+        crate::state::with_file_lock(&crate::cache_dir().join("os-image.lock"), || {
+            Self::build_with("tests/os-image/build-node.sh")
+        })
+    }
+
     fn build() -> anyhow::Result<Self> {
-        let script = crate::repo_root().join("tests/os-image/build.sh");
+        Self::build_with("tests/os-image/build.sh")
+    }
+
+    fn build_with(script: &str) -> anyhow::Result<Self> {
+        let script = crate::repo_root().join(script);
         let out = std::process::Command::new("bash")
             .arg(&script)
             .env("KILN_CACHE", crate::cache_dir())
+            .env("KUBE_BIN", crate::kube::bin_dir())
             .stderr(std::process::Stdio::inherit())
             .output()
-            .context("run tests/os-image/build.sh")?;
-        anyhow::ensure!(out.status.success(), "tests/os-image/build.sh failed");
+            .with_context(|| format!("run {}", script.display()))?;
+        anyhow::ensure!(out.status.success(), "{} failed", script.display());
         let dir = PathBuf::from(
             String::from_utf8_lossy(&out.stdout)
                 .trim()

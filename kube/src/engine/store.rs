@@ -176,17 +176,29 @@ fn structured(key: &HostKey, field: &str, b: &SecretBytes) -> Result<serde_json:
         })
 }
 
-/// The config drive's meta data of a BareMetalHost: the user's `metaData`, with `providerid`, the providerID a
-/// KilnMachine that claims this host gets, so that a bootstrap template can hand it to the kubelet
-/// (`kubeletExtraArgs: {provider-id: "{{ ds.meta_data.providerid }}"}`, as CAPM3's templates do) and the Node
-/// registers with the very ID Cluster API looks for.
+/// The config drive's meta data of a BareMetalHost:
+/// - Metal3's defaults (what the baremetal-operator gives Ironic): `metal3-namespace` and `metal3-name`, and the
+///   BareMetalHost's name as the hostname (`local-hostname`, `local_hostname`, and `hostname`, which cloud-init's
+///   OpenStack config drive reader takes). kiln's own default `hostname` would be its host name,
+///   `<namespace>.<host>`, which cloud-init splits as a fully qualified name: the OS would be called after the
+///   namespace, and so would the Node its kubelet registers.
+/// - the user's `metaData` over those;
+/// - `providerid`, the providerID a KilnMachine that claims this host gets, so that a bootstrap template can hand it
+///   to the kubelet (`kubeletExtraArgs: {provider-id: "{{ ds.meta_data.providerid }}"}`, as CAPM3's templates do)
+///   and the Node registers with the very ID Cluster API looks for.
 fn with_provider_id(key: &HostKey, meta: Option<serde_json::Value>) -> Result<serde_json::Value, EngineError> {
     let id = crate::capi::provider_id(&key.namespace, &key.name);
-    let mut map = match meta {
-        None => serde_json::Map::new(),
-        Some(serde_json::Value::Object(m)) => m,
+    let mut map = serde_json::Map::new();
+    map.insert("metal3-namespace".into(), key.namespace.clone().into());
+    map.insert("metal3-name".into(), key.name.clone().into());
+    for k in ["hostname", "local-hostname", "local_hostname"] {
+        map.insert(k.into(), key.name.clone().into());
+    }
+    match meta {
+        None => {}
+        Some(serde_json::Value::Object(m)) => map.extend(m),
         Some(_) => return Err(rejected(key, "spec.metaData: the Secret's value must be a map of keys")),
-    };
+    }
     match map.get(PROVIDER_ID_KEY) {
         Some(v) if v.as_str() != Some(id.as_str()) => {
             return Err(rejected(
@@ -771,10 +783,20 @@ mod tests {
         };
         let l = kiln_spec(&key(), &live).unwrap();
         assert_eq!(l.image.unwrap().format, Some(ImageFormat::LiveIso));
-        // The config drive carries the providerID the KilnMachine will get, next to the user's meta data.
+        // The config drive carries Metal3's defaults (the BareMetalHost's name as the hostname, not kiln's dotted
+        // host name) and the providerID the KilnMachine will get, next to the user's meta data.
+        let defaults = serde_json::json!({
+            "metal3-namespace": "metal3", "metal3-name": "node-0",
+            "hostname": "node-0", "local-hostname": "node-0", "local_hostname": "node-0",
+        });
+        let with = |extra: serde_json::Value| {
+            let mut m = defaults.clone();
+            m.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            m
+        };
         assert_eq!(
             s.meta_data.unwrap(),
-            serde_json::json!({ "providerid": "kiln://metal3/node-0" })
+            with(serde_json::json!({ "providerid": "kiln://metal3/node-0" }))
         );
         let mut with_meta = spec();
         with_meta.meta_data = Some(SecretBytes(
@@ -784,7 +806,13 @@ mod tests {
         ));
         assert_eq!(
             kiln_spec(&key(), &with_meta).unwrap().meta_data.unwrap(),
-            serde_json::json!({ "rack": "r7", "providerid": "kiln://metal3/node-0" })
+            with(serde_json::json!({ "rack": "r7", "providerid": "kiln://metal3/node-0" }))
+        );
+        // The user's meta data wins over the defaults, as in Metal3.
+        with_meta.meta_data = Some(SecretBytes(b"local-hostname: worker-7\n".to_vec()));
+        assert_eq!(
+            kiln_spec(&key(), &with_meta).unwrap().meta_data.unwrap()["local-hostname"],
+            "worker-7"
         );
         with_meta.meta_data = Some(SecretBytes(b"providerid: metal3://x\n".to_vec()));
         let e = kiln_spec(&key(), &with_meta).unwrap_err().to_string();
