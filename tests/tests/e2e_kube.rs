@@ -456,7 +456,13 @@ async fn metal3_hosts_join_a_cluster_as_real_nodes_with_pool_addresses() -> anyh
     drop(control_plane);
     drop(capi);
     drop(bridge);
-    drop(lab);
+    // A passing run deletes its VMs' disks and the staged images (gigabytes); a failed one keeps them for a
+    // post-mortem.
+    if result.is_ok() {
+        lab.finish()?;
+    } else {
+        drop(lab);
+    }
     drop(server);
     result
 }
