@@ -265,16 +265,7 @@ impl KubeApiServer {
         let ca_pem = std::fs::read(d.join("ca.crt"))?;
         let kubeconfig = d.join("kubeconfig");
         let url = format!("https://127.0.0.1:{port}");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: kiln-test\n  cluster:\n    server: {url}\n    \
-                 certificate-authority: {}\nusers:\n- name: kiln-admin\n  user:\n    token: {ADMIN_TOKEN}\n\
-                 contexts:\n- name: kiln-test\n  context:\n    cluster: kiln-test\n    user: kiln-admin\n    \
-                 namespace: default\ncurrent-context: kiln-test\n",
-                p("ca.crt")
-            ),
-        )?;
+        std::fs::write(&kubeconfig, admin_kubeconfig(&url, &ca_pem))?;
         let mut me = Self {
             url,
             kubeconfig,
@@ -347,6 +338,12 @@ impl KubeApiServer {
         Ok(kube::Client::try_from(config)?)
     }
 
+    /// The admin kubeconfig for `server` (a URL: the test's own, or an address the machines reach the server at),
+    /// with the CA embedded so that it can be copied into a Secret or onto another machine.
+    pub fn admin_kubeconfig(&self, server: &str) -> String {
+        admin_kubeconfig(server, &self.ca_pem)
+    }
+
     /// The directory holding certificates, logs and the kubeconfig (removed on drop).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -363,6 +360,18 @@ impl Drop for KubeApiServer {
         stop(&mut self.apiserver);
         stop(&mut self.etcd);
     }
+}
+
+/// A kubeconfig for the admin user of the server at `url` whose CA is `ca_pem`, embedded.
+fn admin_kubeconfig(url: &str, ca_pem: &[u8]) -> String {
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kiln-test\n  cluster:\n    server: {url}\n    \
+         certificate-authority-data: {ca}\nusers:\n- name: kiln-admin\n  user:\n    token: {ADMIN_TOKEN}\n\
+         contexts:\n- name: kiln-test\n  context:\n    cluster: kiln-test\n    user: kiln-admin\n    \
+         namespace: default\ncurrent-context: kiln-test\n"
+    )
 }
 
 /// Parses a (multi-document) YAML stream of CRDs.

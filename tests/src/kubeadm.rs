@@ -73,20 +73,8 @@ impl JoinableControlPlane {
 
         // An admin kubeconfig naming the endpoint the VMs use, with the CA embedded: `bootstrap-token` copies its
         // cluster entry into `cluster-info`.
-        use base64::Engine as _;
-        let ca = base64::engine::general_purpose::STANDARD.encode(&server.ca_pem);
-        let token = crate::kube::ADMIN_TOKEN;
         let admin = d.join("admin.conf");
-        std::fs::write(
-            &admin,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: kiln-test\n  cluster:\n    server: https://{}\n    \
-                 certificate-authority-data: {ca}\nusers:\n- name: kiln-admin\n  user:\n    token: {token}\n\
-                 contexts:\n- name: kiln-test\n  context:\n    cluster: kiln-test\n    user: kiln-admin\n\
-                 current-context: kiln-test\n",
-                endpoint()
-            ),
-        )?;
+        std::fs::write(&admin, server.admin_kubeconfig(&format!("https://{}", endpoint())))?;
         let config = d.join("kubeadm.yaml");
         std::fs::write(
             &config,

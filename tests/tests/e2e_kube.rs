@@ -92,11 +92,6 @@ async fn wait<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Opti
     }
 }
 
-fn base64(b: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
 /// When each milestone of one Machine's join was first seen, in seconds after the MachineDeployment was created.
 #[derive(Default, Debug)]
 struct Join {
@@ -202,10 +197,7 @@ async fn metal3_hosts_join_a_cluster_as_real_nodes_with_pool_addresses() -> anyh
                 }))?,
             )
             .await?;
-        let kubeconfig = std::fs::read_to_string(&server.kubeconfig)?.replace(
-            &format!("certificate-authority: {}", server.dir().join("ca.crt").display()),
-            &format!("certificate-authority-data: {}", base64(&server.ca_pem)),
-        );
+        let kubeconfig = server.admin_kubeconfig(&server.url);
         secrets
             .create(
                 &PostParams::default(),
