@@ -1,12 +1,14 @@
 #!/bin/bash
 # Benchmark (not a test): a TFTP boot storm, N concurrent fetches (curl, blksize 1468 as iPXE uses) of a 1 MiB file,
 # against kiln's TFTP server and against dnsmasq's (the TFTP server Metal3/Ironic ships), same files, same run, two
-# private network namespaces joined by a veth pair, one client address per fetch. Prints wall time, MiB/s, server
-# CPU and the ratios kiln/dnsmasq; fails when a fetch did not complete.
+# private network namespaces joined by a veth pair, one client address per fetch. Both servers run side by side for
+# ROUNDS rounds, a storm against each per round in alternating order, so that load from other processes falls on
+# both; prints each round, then the medians of wall time, MiB/s and server CPU per storm and of the per-round
+# ratios kiln/dnsmasq, with their spread. Fails when a fetch did not complete.
 #
-# usage: pxe/bench/tftp-storm.sh            knobs: N=200 PROFILE=release|dev KILN_PXE_LAB=path/to/kiln-pxe-lab
+# usage: pxe/bench/tftp-storm.sh     knobs: N=200 ROUNDS=5 PROFILE=release|dev KILN_PXE_LAB=path/to/kiln-pxe-lab
 set -euo pipefail
-N=${N:-200}; PROFILE=${PROFILE:-release}
+N=${N:-200}; ROUNDS=${ROUNDS:-5}; PROFILE=${PROFILE:-release}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 W=$(mktemp -d /tmp/kiln-pxe-storm.XXXXXX)
 S=kiln-pxe-$$-storm-s; C=kiln-pxe-$$-storm-c
@@ -40,13 +42,13 @@ ip -n $S link set s0 up; ip -n $C link set c0 up
 mkdir -p "$W/root" "$W/out"
 head -c $((1 << 20)) /dev/urandom > "$W/root/storm.bin"
 
-storm() {  # $1 = label; prints seconds
+storm() {  # $1 = label, $2 = server address; prints seconds
   rm -f "$W/out/"*
   local t0 t1
   t0=$(date +%s.%N)
   for i in $(seq "$N"); do echo "$i 10.98.$((i / 250 + 1)).$((i % 250 + 1))"; done |
-    ip netns exec $C xargs -P "$N" -n 2 sh -c 'curl -s --max-time 120 --tftp-blksize 1468 --interface "$2" \
-      -o "$0/out/$1" tftp://10.98.0.1/storm.bin' "$W" || true
+    ip netns exec $C xargs -P "$N" -n 2 sh -c 'curl -s --max-time 120 --tftp-blksize 1468 --interface "$3" \
+      -o "$0/out/$2" "tftp://$1/storm.bin"' "$W" "$2" || true
   t1=$(date +%s.%N)
   local ok=0
   for f in "$W/out/"*; do cmp -s "$f" "$W/root/storm.bin" && ok=$((ok + 1)); done
@@ -68,24 +70,46 @@ cat > "$W/kiln.json" <<JSON
 JSON
 echo '{}' > "$W/hosts.json"
 RUST_LOG=warn ip netns exec $S "$BIN" "$W/kiln.json" "$W/hosts.json" > "$W/kiln.out" 2> "$W/kiln.log" &
-PIDS+=($!)
+KILN_PID=$!; PIDS+=($KILN_PID)
 for _ in $(seq 100); do grep -q READY "$W/kiln.out" && break; sleep 0.1; done
-KILN=$(storm kiln)
-KILN_CPU=$(cpu_seconds "${PIDS[-1]}")
-kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 
-# --- dnsmasq (TFTP only)
-ip netns exec $S dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --user=root --interface=s0 \
+# --- dnsmasq (TFTP only), on another address of the server side so that both listen on port 69 at once
+ip -n $S addr add 10.98.0.2/16 dev s0
+ip netns exec $S dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --user=root --listen-address=10.98.0.2 \
   --bind-interfaces --enable-tftp --tftp-root="$W/root" --tftp-max=1000 --log-facility="$W/dnsmasq.log" &
-PIDS+=($!)
+DNSMASQ_PID=$!; PIDS+=($DNSMASQ_PID)
 sleep 0.5
-DNSMASQ=$(storm dnsmasq)
-DNSMASQ_CPU=$(cpu_seconds "${PIDS[-1]}")
 
-echo "storm: $N concurrent fetches of 1 MiB, blksize 1468 (kiln profile: $PROFILE)"
-awk -v k="$KILN" -v d="$DNSMASQ" -v n="$N" -v kc="$KILN_CPU" -v dc="$DNSMASQ_CPU" 'BEGIN {
-  printf "kiln:    %.2f s  %.1f MiB/s  CPU %.2f s\n", k, n / k, kc
-  printf "dnsmasq: %.2f s  %.1f MiB/s  CPU %.2f s\n", d, n / d, dc
-  printf "ratio kiln/dnsmasq (throughput): %.2f\n", d / k
-  if (dc > 0) printf "ratio kiln/dnsmasq (CPU): %.2f\n", kc / dc }'
+one() {  # $1 = label, $2 = server address, $3 = pid: prints "seconds cpu-seconds" of one storm
+  local c0 c1 t
+  c0=$(cpu_seconds "$3")
+  t=$(storm "$1" "$2")
+  c1=$(cpu_seconds "$3")
+  echo "$t $(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')"
+}
+
+: > "$W/rounds"
+for r in $(seq "$ROUNDS"); do
+  if [ $((r % 2)) = 1 ]; then
+    K=$(one kiln 10.98.0.1 $KILN_PID); D=$(one dnsmasq 10.98.0.2 $DNSMASQ_PID)
+  else
+    D=$(one dnsmasq 10.98.0.2 $DNSMASQ_PID); K=$(one kiln 10.98.0.1 $KILN_PID)
+  fi
+  echo "$K $D" | tee -a "$W/rounds" | awk -v r="$r" -v n="$N" '{
+    printf "round %d: kiln %.2f s (%.1f MiB/s, CPU %.2f s)  dnsmasq %.2f s (%.1f MiB/s, CPU %.2f s)\n",
+      r, $1, n / $1, $2, $3, n / $3, $4 }'
+done
+
+echo "storm: $N concurrent fetches of 1 MiB, blksize 1468, $ROUNDS rounds (kiln profile: $PROFILE); median [min-max]"
+awk -v n="$N" '
+  function med(a, k,   i, j, t) { for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2 }
+  function show(label, a, k, fmt,   lo, hi, m) { m = med(a, k); lo = a[1]; hi = a[k]
+    printf "%-34s " fmt " [" fmt "-" fmt "]\n", label, m, lo, hi }
+  { k++; ks[k] = $1; kc[k] = $2; ds[k] = $3; dc[k] = $4; km[k] = n / $1; dm[k] = n / $3
+    tr[k] = $3 / $1; cr[k] = ($4 > 0) ? $2 / $4 : 0 }
+  END {
+    show("kiln wall (s)", ks, k, "%.2f"); show("kiln MiB/s", km, k, "%.1f"); show("kiln CPU (s)", kc, k, "%.2f")
+    show("dnsmasq wall (s)", ds, k, "%.2f"); show("dnsmasq MiB/s", dm, k, "%.1f"); show("dnsmasq CPU (s)", dc, k, "%.2f")
+    show("ratio kiln/dnsmasq (throughput)", tr, k, "%.2f"); show("ratio kiln/dnsmasq (CPU)", cr, k, "%.2f") }' "$W/rounds"
 if [ -e "$W/incomplete" ]; then echo "storm: some fetches did not complete; the figures above are not comparable" >&2; exit 1; fi
