@@ -363,7 +363,7 @@ fn an_image_behind_a_private_ca_is_fetched_with_the_ramdisk_bundle_and_refused_w
             .unwrap()
     };
     for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if kiln_tests::listening(port) {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));

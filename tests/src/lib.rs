@@ -67,6 +67,14 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Whether something listens on `127.0.0.1:port`: a connection reaches it from another port. (When nobody listens on a
+/// local port in the ephemeral range, a connect to it can in principle connect to itself, by TCP simultaneous open, if
+/// the kernel picks that same port as the source; a readiness loop must not take that for a server.) Who listens is
+/// not known from this alone: see `sushy_loopback`'s start, which also checks that its own emulator announced the port.
+pub fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|s| s.local_addr().is_ok_and(|a| a.port() != port))
+}
+
 /// Finds a free UDP port on loopback.
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")

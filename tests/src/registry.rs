@@ -106,10 +106,10 @@ impl Registry {
     /// # Errors
     /// As [`Registry::start`].
     pub fn on_loopback(dir: &Path, auth: &str) -> anyhow::Result<Self> {
-        let listen = format!("127.0.0.1:{}", crate::free_port());
-        let probe = listen.clone();
+        let port = crate::free_port();
+        let listen = format!("127.0.0.1:{port}");
         Self::start(Command::new(PROGRAM), dir, &listen, auth, move || {
-            std::net::TcpStream::connect(&probe).is_ok()
+            crate::listening(port)
         })
     }
 

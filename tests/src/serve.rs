@@ -52,7 +52,7 @@ impl KilnServe {
             .unwrap();
         let s = KilnServe(child);
         let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !crate::listening(port) {
             assert!(t.elapsed() < Duration::from_secs(20), "kiln serve did not start");
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -83,7 +83,6 @@ impl Sushy {
 
     pub fn start_with(systems: &[FakeSystem], options: SushyOptions) -> Sushy {
         let dir = tempfile::tempdir().unwrap();
-        let port = crate::free_port();
         let mut conf = String::new();
         conf += "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\n";
         conf += "SUSHY_EMULATOR_FAKE_DRIVER = True\n";
@@ -125,32 +124,43 @@ impl Sushy {
         }
         let conf_path = dir.path().join("sushy.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let log = std::fs::File::create(dir.path().join("sushy.log")).unwrap();
-        let child = Command::new(venv_bin("sushy-emulator"))
-            .arg("--config")
-            .arg(&conf_path)
-            .args(["--port", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start sushy-emulator");
-        let sushy = Sushy {
-            port,
-            dir,
-            child,
-            https: options.tls,
-        };
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "sushy-emulator did not start; log:\n{}",
-                sushy.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        // The port is free when picked but not reserved: another test's emulator (the tests of a binary start theirs
+        // at once, and Python takes seconds to bind under load) or a client's ephemeral port can take it before this
+        // emulator binds, and then it exits while the port answers for someone else. Such a start is retried on a new
+        // port.
+        let mut port = crate::free_port();
+        for attempt in 1.. {
+            let log_path = dir.path().join("sushy.log");
+            let log = std::fs::File::create(&log_path).unwrap();
+            let mut child = Command::new(venv_bin("sushy-emulator"))
+                .arg("--config")
+                .arg(&conf_path)
+                .args(["--port", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start sushy-emulator");
+            match wait_listening(&mut child, port, &log_path, Duration::from_secs(30)) {
+                Ok(()) => {
+                    return Sushy {
+                        port,
+                        dir,
+                        child,
+                        https: options.tls,
+                    };
+                }
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    assert!(attempt < 3, "sushy-emulator did not start ({why}); log:\n{log}");
+                    eprintln!("sushy-emulator on port {port}: {why}; starting it again on another port");
+                    port = crate::free_port();
+                }
+            }
         }
-        sushy
+        unreachable!("the loop returns or panics")
     }
 
     pub fn log(&self) -> String {
@@ -179,6 +189,30 @@ impl Sushy {
     /// How many requests with `needle` in their log line the emulator has served.
     pub fn count_requests(&self, needle: &str) -> usize {
         self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
+/// Waits until the emulator `child` is the one listening on `port`: its log says it is running there (werkzeug logs
+/// that after binding), and the port accepts connections ([`crate::listening`]). Without the first, the port may be
+/// someone else's by then.
+fn wait_listening(child: &mut Child, port: u16, log: &Path, timeout: Duration) -> Result<(), String> {
+    let t = Instant::now();
+    let running = format!("127.0.0.1:{port}");
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("it exited ({status})"));
+        }
+        let announced = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("Running on") && l.contains(&running));
+        if announced && crate::listening(port) {
+            return Ok(());
+        }
+        if t.elapsed() > timeout {
+            return Err(format!("not listening after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
