@@ -1,14 +1,16 @@
-//! Image write benchmark (not a timed test): the same 1 GiB of content written to a loop device (optionally to a
-//! regular file) by `dd bs=4M oflag=direct conv=fsync` and by kiln's pipeline (raw, zstd-compressed raw, qcow2,
-//! each with its sha256 verified), plus `qemu-img convert` of the qcow2 when qemu-img is installed. Every kiln (or
-//! qemu-img) run is paired with a dd run of the same decoded bytes just before it, and the benchmark prints the
-//! median over several rounds of each pair's ratio (dd seconds / kiln seconds: 1.00 = dd speed), so that load from
-//! other processes on the machine cancels out as far as it can. It also prints kiln's peak RSS and, as the ceiling
-//! any verified write can reach on this machine, the same pipeline with no target (decode + hash only).
+//! Image write benchmark (not a timed test): the same 1 GiB of content written to two loop devices, one whose backing
+//! file stays in the page cache (memory speed) and one with direct-io (each write reaches the disk under the scratch
+//! directory, as on a real block device), optionally to a regular file, by `dd bs=4M oflag=direct conv=fsync` and by
+//! kiln's pipeline (raw, zstd-compressed raw, qcow2, each with its sha256 verified), plus `qemu-img convert` of the
+//! qcow2 when qemu-img is installed. Every kiln (or qemu-img) run is paired with a dd run of the same decoded bytes
+//! just before it, and the benchmark prints the median over several rounds of each pair's ratio (dd seconds / kiln
+//! seconds: 1.00 = dd speed), so that load from other processes on the machine cancels out as far as it can. It also
+//! prints kiln's peak RSS and, as the ceiling any verified write can reach on this machine, the same pipeline with no
+//! target (decode + hash only).
 //!
 //! `cargo bench -p kiln-images --bench write` (as root, for the loop device). Environment: `KILN_BENCH_MIB` (image
 //! size, default 1024), `KILN_BENCH_RUNS` (rounds, default 5), `KILN_BENCH_DIR` (scratch directory, default the temp
-//! dir; the loop device's backing file lives there too), `KILN_BENCH_FILE=1` to add a regular-file target (kiln with
+//! dir; the loop devices' backing files live there too), `KILN_BENCH_FILE=1` to add a regular-file target (kiln with
 //! O_DIRECT there too; it is the only target when no loop device can be made).
 
 use std::io::Write;
@@ -158,13 +160,16 @@ fn child(spec: &str) {
 struct LoopDev(PathBuf);
 
 impl LoopDev {
-    fn attach(backing: &Path, bytes: u64) -> Option<Self> {
+    /// `direct_io`: the loop driver opens its backing file with O_DIRECT, so that a write reaches the disk under the
+    /// file system as on a real block device, instead of the backing file's page cache (memory speed).
+    fn attach(backing: &Path, bytes: u64, direct_io: bool) -> Option<Self> {
         if !Path::new("/dev/loop-control").exists() {
             return None;
         }
         std::fs::File::create(backing).unwrap().set_len(bytes).unwrap();
+        let dio = if direct_io { "--direct-io=on" } else { "--direct-io=off" };
         let out = Command::new("losetup")
-            .args(["-f", "--show", backing.to_str().unwrap()])
+            .args(["-f", "--show", dio, backing.to_str().unwrap()])
             .output()
             .ok()?;
         out.status
@@ -261,10 +266,16 @@ fn main() {
 
     // (name, path, kiln's DirectIo, loop device guard)
     let mut targets: Vec<(String, PathBuf, DirectIo, Option<LoopDev>)> = Vec::new();
-    if let Some(lo) = LoopDev::attach(&d.join("loop.img"), (mib as u64 + 16) << 20) {
-        let name = format!("loop device {}", lo.0.display());
-        targets.push((name, lo.0.clone(), DirectIo::Auto, Some(lo)));
-    } else {
+    for (file, direct_io, what) in [
+        ("loop.img", false, "backing file in the page cache"),
+        ("loop-dio.img", true, "direct-io: writes reach the disk"),
+    ] {
+        if let Some(lo) = LoopDev::attach(&d.join(file), (mib as u64 + 16) << 20, direct_io) {
+            let name = format!("loop device {} ({what})", lo.0.display());
+            targets.push((name, lo.0.clone(), DirectIo::Auto, Some(lo)));
+        }
+    }
+    if targets.is_empty() {
         println!("(no loop device: run as root on a machine with /dev/loop-control for the block-device rows)");
     }
     if targets.is_empty() || std::env::var("KILN_BENCH_FILE").is_ok_and(|v| v == "1") {
