@@ -7,7 +7,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 
 use anyhow::Context;
 
@@ -230,13 +230,7 @@ impl IpmiSim {
         };
         conf.write(&state_dir)?;
         let log = std::fs::File::create(logs.file(&format!("ipmi_sim-{}.log", spec.name)))?;
-        let child = ns
-            .command("ipmi_sim")
-            .args(SimConfig::args(&state_dir))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
+        let child = crate::spawn_logged(ns.command("ipmi_sim").args(SimConfig::args(&state_dir)), log)
             .context("start ipmi_sim")?;
         record.add_pid(child.id());
         let sim = Self {

@@ -7,7 +7,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::ipmi::{SimConfig, lanplus_args};
@@ -66,13 +66,8 @@ impl IpmiSim {
         .write(dir.path())
         .unwrap();
         let log = std::fs::File::create(dir.path().join("ipmi_sim.log")).unwrap();
-        let child = Command::new(bin)
-            .args(SimConfig::args(dir.path()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start ipmi_sim");
+        let child =
+            crate::spawn_logged(Command::new(bin).args(SimConfig::args(dir.path())), log).expect("start ipmi_sim");
         let sim = IpmiSim { port, dir, child };
         sim.wait_ready();
         sim
@@ -187,13 +182,11 @@ impl PyghmiBmc {
         let dir = tempfile::tempdir().unwrap();
         let port = crate::free_udp_port();
         let log = std::fs::File::create(dir.path().join("fakebmc.log")).unwrap();
-        let child = Command::new(venv_bin("fakebmc"))
-            .args(["--port", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start pyghmi fakebmc");
+        let child = crate::spawn_logged(
+            Command::new(venv_bin("fakebmc")).args(["--port", &port.to_string()]),
+            log,
+        )
+        .expect("start pyghmi fakebmc");
         let bmc = PyghmiBmc { port, child, dir };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {

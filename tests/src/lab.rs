@@ -192,18 +192,16 @@ impl Lab {
             .append(true)
             .open(self.logs.file("kiln.log"))?;
         let listen = format!("{SERVER_IP}:8443");
-        let child = self
-            .ns
-            .command(&kiln.display().to_string())
-            .arg("serve")
-            .args(["--listen", &listen])
-            .args(&self.kiln_args)
-            .current_dir(&data)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start kiln serve")?;
+        let child = crate::spawn_logged(
+            self.ns
+                .command(&kiln.display().to_string())
+                .arg("serve")
+                .args(["--listen", &listen])
+                .args(&self.kiln_args)
+                .current_dir(&data),
+            log,
+        )
+        .context("start kiln serve")?;
         self.record.add_pid(child.id());
         self.kiln = Some(child);
         self.wait_healthy("kiln serve", &listen, &data)
@@ -235,17 +233,15 @@ impl Lab {
         let kiln = target_bin("kiln")?;
         std::fs::create_dir_all(data)?;
         let log = std::fs::File::create(self.logs.file(&format!("kiln-{name}.log")))?;
-        let child = self
-            .ns
-            .command(&kiln.display().to_string())
-            .args(["serve", "--listen", listen, "--replica", name, "--data-dir"])
-            .arg(data)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start a kiln replica")?;
+        let child = crate::spawn_logged(
+            self.ns
+                .command(&kiln.display().to_string())
+                .args(["serve", "--listen", listen, "--replica", name, "--data-dir"])
+                .arg(data)
+                .args(args),
+            log,
+        )
+        .context("start a kiln replica")?;
         self.record.add_pid(child.id());
         self.replicas.push((name.to_owned(), child));
         self.wait_healthy(&format!("replica {name}"), listen, data)

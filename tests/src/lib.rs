@@ -59,6 +59,14 @@ pub fn venv_bin(name: &str) -> PathBuf {
     cache_dir().join("venv/bin").join(name)
 }
 
+/// Starts a test peer with stdin closed and its stdout and stderr both going to `log` (read when a test fails).
+pub fn spawn_logged(cmd: &mut std::process::Command, log: std::fs::File) -> std::io::Result<std::process::Child> {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+}
+
 /// Finds a free TCP port on loopback (racy by nature; good enough for test peers that need a fixed port).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

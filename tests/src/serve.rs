@@ -1,7 +1,7 @@
 //! `kiln serve` as a real process on a loopback port, for tests that drive the binary as an operator does.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 /// A running `kiln serve`, killed by PID on drop.
@@ -38,18 +38,17 @@ impl KilnServe {
             .append(true)
             .open(data.with_extension("log"))
             .unwrap();
-        let child = Command::new(bin)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"])
-            .arg(&config_file)
-            .arg("--data-dir")
-            .arg(data)
-            .args(extra)
-            .env("RUST_LOG", rust_log)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = crate::spawn_logged(
+            Command::new(bin)
+                .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"])
+                .arg(&config_file)
+                .arg("--data-dir")
+                .arg(data)
+                .args(extra)
+                .env("RUST_LOG", rust_log),
+            log,
+        )
+        .unwrap();
         let s = KilnServe(child);
         let t = Instant::now();
         while !crate::listening(port) {

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use anyhow::Context;
 
@@ -112,15 +112,13 @@ impl Sushy {
     /// Starts the emulator (again) with the same configuration and port; returns once its service root answers.
     pub fn resume(&mut self, record: &Record, ns: &Netns) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().append(true).open(&self.log)?;
-        let child = ns
-            .command(&crate::venv_bin("sushy-emulator").display().to_string())
-            .arg("--config")
-            .arg(&self.conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start sushy-emulator (run tests/setup.sh)")?;
+        let child = crate::spawn_logged(
+            ns.command(&crate::venv_bin("sushy-emulator").display().to_string())
+                .arg("--config")
+                .arg(&self.conf),
+            log,
+        )
+        .context("start sushy-emulator (run tests/setup.sh)")?;
         record.add_pid(child.id());
         self.child = Some(child);
         let url = format!("{}/redfish/v1/", self.base_url());

@@ -4,7 +4,7 @@
 //! stopped by PID on drop.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::venv_bin;
@@ -132,15 +132,14 @@ impl Sushy {
         for attempt in 1.. {
             let log_path = dir.path().join("sushy.log");
             let log = std::fs::File::create(&log_path).unwrap();
-            let mut child = Command::new(venv_bin("sushy-emulator"))
-                .arg("--config")
-                .arg(&conf_path)
-                .args(["--port", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start sushy-emulator");
+            let mut child = crate::spawn_logged(
+                Command::new(venv_bin("sushy-emulator"))
+                    .arg("--config")
+                    .arg(&conf_path)
+                    .args(["--port", &port.to_string()]),
+                log,
+            )
+            .expect("start sushy-emulator");
             match wait_listening(&mut child, port, &log_path, Duration::from_secs(30)) {
                 Ok(()) => {
                     return Sushy {
